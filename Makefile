@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine (Python 3.9+ with venv and pip):
+#   make quickstart   builds .venv and runs the smallest end-to-end job
+#   make test         builds .venv and runs the test suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# torch is pinned and installed first: a bare torch requirement would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup quickstart test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q $(TORCH) 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q -e '.[superb,test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, s3prl_distill; assert torch.__version__.startswith('$(subst torch==,,$(TORCH))'), torch.__version__"
+	touch $@
+
+quickstart: setup
+	$(VENV)/bin/s3prl-distill quickstart --workdir result/quickstart
+
+# pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
+test: setup
+	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status
+
+clean:
+	rm -rf $(VENV) result build *.egg-info

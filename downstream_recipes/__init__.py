@@ -1,0 +1,1 @@
+"""SUPERB downstream recipes run through s3prl's own downstream runner."""

@@ -1,0 +1,1 @@
+"""Pretraining (distillation) recipes: one folder per method."""

@@ -1,0 +1,123 @@
+"""Start-up hook, imported by the ``s3prl_distill_autoload.pth`` file pip puts in site-packages.
+
+It only inserts an import hook (no torch, no s3prl import at start-up). The hook acts when, and if, these modules
+are first imported:
+
+* ``torchaudio._extension.utils``: guard the native-library loader (see :mod:`s3prl_distill.compat`);
+* ``s3prl``: apply the compat patches before any s3prl code runs;
+* ``s3prl.hub``: register our upstream entries in it, so ``run_downstream.py -u <ours>``, ``S3PRLUpstream`` and
+  ``hub.options()`` find them with no change to s3prl and no import in the user's code.
+
+Set ``S3PRL_DISTILL_NO_AUTOLOAD=1`` to turn all of this off (then call ``s3prl_distill.register()`` yourself).
+A failure inside a hook is logged and never breaks the import it is attached to.
+"""
+
+import logging
+import os
+import sys
+from importlib.abc import Loader, MetaPathFinder
+
+DISABLE_ENV = "S3PRL_DISTILL_NO_AUTOLOAD"
+
+logger = logging.getLogger("s3prl_distill")
+
+
+def _guard_torchaudio(module):
+    from .compat import guard_native_library_loader
+
+    guard_native_library_loader(module)
+
+
+def _apply_compat(_module=None):
+    from .compat import apply
+
+    apply()
+
+
+def _register(module):
+    from .registry import register
+
+    register(module)
+
+
+class _HookedLoader(Loader):
+    """Runs the real loader, with a hook before and/or after the module's code executes."""
+
+    def __init__(self, loader, before, after):
+        self._loader = loader
+        self._before = before
+        self._after = after
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        _run_hook(self._before, module)
+        self._loader.exec_module(module)
+        _run_hook(self._after, module)
+
+    def __getattr__(self, name):  # get_source, get_resource_reader, ... of the real loader
+        return getattr(self._loader, name)
+
+
+def _run_hook(hook, module):
+    if hook is None:
+        return
+    try:
+        hook(module)
+    except Exception:  # a bug of ours must not break the user's import
+        logger.warning("s3prl_distill import hook %s failed for %s", hook.__name__, module.__name__, exc_info=True)
+
+
+class ImportHook(MetaPathFinder):
+    def __init__(self, hooks):
+        self.hooks = hooks  # module name -> (before, after)
+        self._resolving = set()
+
+    def find_spec(self, fullname, path=None, target=None):
+        hook = self.hooks.get(fullname)
+        if hook is None or fullname in self._resolving:
+            return None
+        self._resolving.add(fullname)
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._resolving.discard(fullname)
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _HookedLoader(spec.loader, *hook)
+        return spec
+
+
+_TORCHAUDIO_HOOK = {"torchaudio._extension.utils": (None, _guard_torchaudio)}
+_ALL_HOOKS = dict(_TORCHAUDIO_HOOK, **{"s3prl": (_apply_compat, None), "s3prl.hub": (None, _register)})
+
+
+def _installed():
+    return next((finder for finder in sys.meta_path if isinstance(finder, ImportHook)), None)
+
+
+def install():
+    """Insert the full hook (called at interpreter start-up) unless disabled by the environment."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0") or _installed() is not None:
+        return
+    sys.meta_path.insert(0, ImportHook(dict(_ALL_HOOKS)))
+
+
+def install_torchaudio_guard():
+    """Only the torchaudio guard, for explicit ``compat.apply()`` calls when the automatic hook is off."""
+    hook = _installed()
+    if hook is None:
+        sys.meta_path.insert(0, ImportHook(dict(_TORCHAUDIO_HOOK)))
+    else:
+        hook.hooks.update(_TORCHAUDIO_HOOK)
+
+
+install()

@@ -1,0 +1,24 @@
+"""The shared student backbone: config, building blocks, heads and the model."""
+
+from .config import (
+    EncoderConfig,
+    FeatureExtractorConfig,
+    PredictionHeadConfig,
+    StudentConfig,
+    format_conv_layers,
+    parse_conv_layers,
+)
+from .factory import distilhubert_config
+from .student import StudentModel, StudentOutput
+
+__all__ = [
+    "EncoderConfig",
+    "FeatureExtractorConfig",
+    "PredictionHeadConfig",
+    "StudentConfig",
+    "StudentModel",
+    "StudentOutput",
+    "distilhubert_config",
+    "format_conv_layers",
+    "parse_conv_layers",
+]

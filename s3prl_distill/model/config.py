@@ -1,0 +1,228 @@
+"""Configuration of the student backbone.
+
+Every student (DistilHuBERT, FitHuBERT, deep-thin, pruned) is a :class:`StudentConfig`; the model code reads nothing
+else. Configs come from YAML, so they are validated strictly: an unknown or misspelt key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any, List, Literal, Optional, Tuple, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ConvLayerSpec = Tuple[int, int, int]  # (out_channels, kernel_size, stride)
+
+HUBERT_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2"
+
+
+def parse_conv_layers(spec: Union[str, List[Any]]) -> List[ConvLayerSpec]:
+    """Parse a fairseq-style conv spec such as ``"[(512,10,5)] + [(512,3,2)]*4"`` without ``eval``.
+
+    Only list/tuple literals of integers combined with ``+`` and ``*`` are accepted, so a config file can never run
+    code. A list of triples (as YAML would give it) is accepted as well.
+    """
+    if isinstance(spec, str):
+        try:
+            tree = ast.parse(spec.strip(), mode="eval")
+        except SyntaxError as error:
+            raise ValueError(f"conv layer spec {spec!r} is not valid: {error.msg}") from None
+        value = _evaluate_spec_node(tree.body, spec)
+    else:
+        value = spec
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"conv layer spec {spec!r} must be a non-empty list of (channels, kernel, stride) triples")
+    layers = []
+    for item in value:
+        if (
+            not isinstance(item, (list, tuple))
+            or len(item) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)
+        ):
+            raise ValueError(
+                f"conv layer spec {spec!r}: {item!r} is not a (channels, kernel, stride) triple of positive integers"
+            )
+        layers.append(tuple(item))
+    return layers
+
+
+def _evaluate_spec_node(node: ast.AST, spec: str) -> Any:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_evaluate_spec_node(element, spec) for element in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+        left, right = _evaluate_spec_node(node.left, spec), _evaluate_spec_node(node.right, spec)
+        return left + right if isinstance(node.op, ast.Add) else left * right
+    raise ValueError(f"conv layer spec {spec!r}: only integer tuples, lists, '+' and '*' are allowed")
+
+
+def format_conv_layers(layers: List[ConvLayerSpec]) -> str:
+    """The canonical string form of a conv spec (readable by fairseq/s3prl's ``eval`` too)."""
+    return "[" + ", ".join(f"({c},{k},{s})" for c, k, s in layers) + "]"
+
+
+class StrictModel(BaseModel):
+    """Base of all config sections: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FeatureExtractorConfig(StrictModel):
+    """The convolutional waveform encoder."""
+
+    conv_layers: List[ConvLayerSpec] = Field(default_factory=lambda: parse_conv_layers(HUBERT_CONV_LAYERS))
+    # group_norm: a per-channel GroupNorm on the first layer only (wav2vec 2.0 / HuBERT Base "default" mode);
+    # layer_norm: a LayerNorm over channels after every layer ("layer_norm" mode of the Large models).
+    norm: Literal["group_norm", "layer_norm"] = "group_norm"
+    bias: bool = False
+    dropout: float = 0.0
+    # Scales the gradient reaching the CNN (DistilHuBERT uses 0.1); 0 freezes it and skips its backward pass.
+    grad_mult: float = 1.0
+
+    @field_validator("conv_layers", mode="before")
+    @classmethod
+    def _parse_conv_layers(cls, value: Any) -> List[ConvLayerSpec]:
+        return parse_conv_layers(value)
+
+    @field_validator("dropout")
+    @classmethod
+    def _check_probability(cls, value: float) -> float:
+        return _probability(value)
+
+    @field_validator("grad_mult")
+    @classmethod
+    def _check_grad_mult(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+
+class EncoderConfig(StrictModel):
+    """The transformer encoder: positional convolution and ``num_layers`` self-attention layers."""
+
+    num_layers: int = 2
+    embed_dim: int = 768
+    # An int applies to every layer; a list gives each layer its own width (pruned students).
+    ffn_dim: Union[int, List[int]] = 3072
+    num_heads: Union[int, List[int]] = 12
+    # Width of one attention head; defaults to embed_dim // num_heads.
+    head_dim: Optional[int] = None
+    layer_norm_first: bool = False
+    activation: Literal["gelu", "relu"] = "gelu"
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    pos_conv_kernel: int = 128
+    pos_conv_groups: int = 16
+    pos_conv_weight_norm: bool = True
+
+    @field_validator("dropout", "attention_dropout", "activation_dropout")
+    @classmethod
+    def _check_probability(cls, value: float) -> float:
+        return _probability(value)
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "EncoderConfig":
+        if self.num_layers < 0:
+            raise ValueError("num_layers must be >= 0")
+        if self.embed_dim <= 0:
+            raise ValueError("embed_dim must be > 0")
+        for name in ("ffn_dim", "num_heads"):
+            values = getattr(self, name)
+            if isinstance(values, list) and len(values) != self.num_layers:
+                raise ValueError(f"{name} lists {len(values)} values for {self.num_layers} layers")
+            if any(v <= 0 for v in (values if isinstance(values, list) else [values])):
+                raise ValueError(f"{name} must be > 0")
+        if self.head_dim is None:
+            bad = [h for h in self.layer_num_heads() if self.embed_dim % h]
+            if bad:
+                raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {bad[0]}; set head_dim")
+        if self.pos_conv_kernel <= 0 or self.embed_dim % self.pos_conv_groups:
+            raise ValueError("pos_conv_kernel must be > 0 and embed_dim divisible by pos_conv_groups")
+        return self
+
+    def layer_ffn_dims(self) -> List[int]:
+        return self.ffn_dim if isinstance(self.ffn_dim, list) else [self.ffn_dim] * self.num_layers
+
+    def layer_num_heads(self) -> List[int]:
+        return self.num_heads if isinstance(self.num_heads, list) else [self.num_heads] * self.num_layers
+
+    def layer_head_dim(self, num_heads: int) -> int:
+        return self.head_dim if self.head_dim is not None else self.embed_dim // num_heads
+
+
+class PredictionHeadConfig(StrictModel):
+    """Heads that map the student to teacher layers.
+
+    ``expand_last`` (DistilHuBERT): the last encoder layer goes through one shared Linear expanding to
+    ``len(target_layers) * inner_dim``, a GELU, then one Linear per target layer.
+    """
+
+    type: Literal["expand_last"] = "expand_last"
+    # Teacher hidden-state indices (s3prl indexing: 0 = transformer input, i = output of layer i).
+    target_layers: List[int] = Field(default_factory=lambda: [4, 8, 12])
+    inner_dim: Optional[int] = None  # defaults to the encoder width
+    out_dim: int = 768  # the teacher's width
+
+    @field_validator("target_layers")
+    @classmethod
+    def _check_targets(cls, value: List[int]) -> List[int]:
+        if not value or any(v < 0 for v in value):
+            raise ValueError("target_layers must be a non-empty list of indices >= 0")
+        return value
+
+
+class StudentConfig(StrictModel):
+    """CNN feature extractor -> (LayerNorm) -> projection -> transformer encoder -> (prediction heads)."""
+
+    feature_extractor: FeatureExtractorConfig = Field(default_factory=FeatureExtractorConfig)
+    # LayerNorm on the CNN output (HuBERT and FitHuBERT have it, DistilHuBERT does not).
+    feature_layer_norm: bool = False
+    # Dropout on the projected features, before the positional convolution (fairseq's dropout_input).
+    feature_dropout: float = 0.0
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    prediction_head: Optional[PredictionHeadConfig] = None
+
+    @field_validator("feature_dropout")
+    @classmethod
+    def _check_probability(cls, value: float) -> float:
+        return _probability(value)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "student config") -> "StudentConfig":
+        """Validate a plain dict (e.g. from YAML); errors name ``source`` and every offending key."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ValueError(f"invalid {source}:\n{_format_validation_error(error)}") from None
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path]) -> "StudentConfig":
+        path = Path(path)
+        with path.open() as file:
+            return cls.from_dict(yaml.safe_load(file), source=str(path))
+
+    def to_dict(self) -> dict:
+        """A plain, YAML/torch-serialisable dict that :meth:`from_dict` reads back."""
+        data = self.model_dump()
+        data["feature_extractor"]["conv_layers"] = format_conv_layers(self.feature_extractor.conv_layers)
+        return data
+
+
+def _probability(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ValueError("must be in [0, 1)")
+    return value
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {location}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""What every upstream family shares: input checks, padding, options, checkpoint resolution, weight loading.
+
+The contract with s3prl (``s3prl/upstream/example/expert.py``): ``forward(wavs)`` takes a list of unpadded 1-D
+float32 16 kHz tensors and returns a dict whose ``hidden_states`` is a list of equal-shape ``(batch, frames, dim)``
+tensors; ``get_downsample_rates(key)`` gives waveform samples per frame for each key.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import yaml
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+from s3prl_distill.checkpoint import CheckpointError
+from s3prl_distill.model.config import StrictModel
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+def validate_waveforms(wavs: Any, min_samples: int, name: str) -> None:
+    """Raise one clear ``ValueError`` for input s3prl's contract does not allow, before any model code runs."""
+    if isinstance(wavs, Tensor) or not isinstance(wavs, Sequence) or len(wavs) == 0:
+        raise ValueError(f"{name}: expected a non-empty list of 1-D waveform tensors, got {type(wavs).__name__}")
+    for index, wav in enumerate(wavs):
+        where = f"{name}: waveform {index}"
+        if not isinstance(wav, Tensor):
+            raise ValueError(f"{where} is a {type(wav).__name__}, expected a torch.Tensor")
+        if wav.dim() != 1:
+            raise ValueError(
+                f"{where} has shape {tuple(wav.shape)}; expected a 1-D mono waveform (samples,). "
+                "Downmix multi-channel audio first, e.g. wav.mean(dim=0)"
+            )
+        if wav.dtype != torch.float32:
+            raise ValueError(
+                f"{where} has dtype {wav.dtype}; expected torch.float32 samples in [-1, 1] "
+                "(16-bit PCM: wav.float() / 32768)"
+            )
+        if wav.numel() == 0:
+            raise ValueError(f"{where} is empty")
+        if wav.numel() < min_samples:
+            raise ValueError(
+                f"{where} has {wav.numel()} samples, fewer than the {min_samples} "
+                f"({1000 * min_samples / SAMPLE_RATE:.0f} ms at 16 kHz) the model needs for one frame"
+            )
+    # One check for the whole batch (a single device sync); find the culprit only on failure.
+    if not bool(torch.isfinite(torch.cat([wav.reshape(-1) for wav in wavs])).all()):
+        bad = next(i for i, wav in enumerate(wavs) if not bool(torch.isfinite(wav).all()))
+        raise ValueError(f"{name}: waveform {bad} contains NaN or Inf samples")
+
+
+def pad_waveforms(wavs: Sequence[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    """Zero-pad to ``(batch, max_samples)``; lengths are None when nothing was padded."""
+    lengths = [wav.numel() for wav in wavs]
+    padded = nn.utils.rnn.pad_sequence(list(wavs), batch_first=True)
+    if min(lengths) == max(lengths):
+        return padded, None
+    return padded, torch.tensor(lengths, device=padded.device)
+
+
+class UpstreamOptions(StrictModel):
+    """Options an upstream reads from ``-g`` (``model_config``): a YAML file, or a dict from Python."""
+
+    # Allow full unpickling of a checkpoint that holds Python objects beyond s3prl's known formats.
+    trust_checkpoint: bool = False
+
+
+def read_options(model_config: Union[None, str, Path, Mapping[str, Any]], name: str) -> UpstreamOptions:
+    if model_config is None:
+        return UpstreamOptions()
+    source = "model_config"
+    if isinstance(model_config, (str, Path)):
+        path = Path(model_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: upstream config (-g / model_config) {path} does not exist")
+        source = str(path)
+        with path.open() as file:
+            model_config = yaml.safe_load(file) or {}
+    try:
+        return UpstreamOptions.model_validate(model_config)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in error.errors()
+        )
+        raise ValueError(f"{name}: invalid upstream options in {source}: {problems}") from None
+
+
+def resolve_local_checkpoint(ckpt: Optional[Union[str, Path]], name: str) -> str:
+    if ckpt is None or str(ckpt) == "":
+        raise ValueError(f"{name} needs a checkpoint path: pass it with -k (run_downstream.py) or ckpt=")
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: checkpoint {path} does not exist" + ("" if not path.exists() else " as a file"))
+    return str(path)
+
+
+def resolve_checkpoint(ckpt: Union[str, Path], refresh: bool, name: str) -> str:
+    """A local path as is, or a URL downloaded into s3prl's cache (``~/.cache/s3prl/download``)."""
+    text = str(ckpt)
+    if "://" not in text:
+        return resolve_local_checkpoint(text, name)
+    from s3prl.util.download import _urls_to_filepaths
+
+    try:
+        return _urls_to_filepaths(text, refresh=refresh)
+    except Exception as error:
+        raise RuntimeError(
+            f"{name}: could not download {text} ({type(error).__name__}: {error}). "
+            "Download the file where a network is available and pass its path with -k."
+        ) from None
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:
+    """Strict load whose failure names the file and the mismatching keys or shapes."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {error}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not match the model its config describes "
+            f"(missing: {result.missing_keys[:5]}, unexpected: {result.unexpected_keys[:5]})"
+        )
+
+
+def check_feature_key(key: str, keys: Sequence[str], name: str) -> None:
+    if key not in keys:
+        raise KeyError(f"{name} has no feature {key!r}; available: {', '.join(keys)}")
+
+
+def stackable(states: List[Tensor]) -> bool:
+    return all(state.shape == states[0].shape for state in states)
+
+
+def as_pad_mask(padding_mask: Optional[Tensor], like: Tensor) -> Tensor:
+    """s3prl's ``pad_mask``: float, 1 on valid frames."""
+    if padding_mask is None:
+        return torch.ones(like.shape[:2], device=like.device)
+    return (~padding_mask).float()
+
+
+OutputDict = Dict[str, Any]
