@@ -13,7 +13,6 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q $(TORCH) 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q -e '.[superb,test]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import torch, s3prl_distill; assert torch.__version__.startswith('$(subst torch==,,$(TORCH))'), torch.__version__"

@@ -70,7 +70,7 @@ setup(
         "tensorboardX",
     ],
     extras_require={
-        "superb": ["editdistance", "pandas", "librosa", "catalyst", "joblib"],
+        "superb": ["editdistance", "pandas", "librosa", "catalyst==22.4", "joblib"],
         "test": ["pytest>=7"],
     },
     entry_points={"console_scripts": ["s3prl-distill = s3prl_distill.cli:main"]},
