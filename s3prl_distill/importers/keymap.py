@@ -33,19 +33,20 @@ class KeyMap:
                 return target + key[match.end():]
         raise KeyError(key)
 
-    def _apply(self, state: Mapping[str, Tensor], rules, what: str) -> Dict[str, Tensor]:
+    def _apply(self, state: Mapping[str, Tensor], rules, what: str, skip_unmatched: bool = False) -> Dict[str, Tensor]:
         renamed, unknown = {}, []
         for key, value in state.items():
             try:
                 renamed[self._rename(key, rules)] = value
             except KeyError:
                 unknown.append(key)
-        if unknown:
+        if unknown and not skip_unmatched:
             raise ValueError(f"{what}: no rule for keys {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
         return renamed
 
-    def to_ours(self, state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-        return self._apply(state, self._to_ours, "importing a foreign state dict")
+    def to_ours(self, state: Mapping[str, Tensor], skip_unmatched: bool = False) -> Dict[str, Tensor]:
+        """Renamed copy; ``skip_unmatched`` drops keys no rule covers instead of failing (partial imports)."""
+        return self._apply(state, self._to_ours, "importing a foreign state dict", skip_unmatched)
 
     def to_theirs(self, state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         return self._apply(state, self._to_theirs, "exporting a state dict")

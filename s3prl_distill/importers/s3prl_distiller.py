@@ -20,37 +20,15 @@ from ..model.config import (
     format_conv_layers,
     parse_conv_layers,
 )
-from .keymap import KeyMap
-
-_ENCODER_RULES = [
-    ("post_extract_proj.", "feature_projection."),
-    ("encoder.pos_conv.0.weight_g", "encoder.pos_conv.conv.parametrizations.weight.original0"),
-    ("encoder.pos_conv.0.weight_v", "encoder.pos_conv.conv.parametrizations.weight.original1"),
-    ("encoder.pos_conv.0.", "encoder.pos_conv.conv."),
-    ("encoder.layers.{n}.self_attn.", "encoder.layers.{n}.attention."),
-    ("encoder.layers.{n}.self_attn_layer_norm.", "encoder.layers.{n}.attention_norm."),
-    ("encoder.layers.{n}.fc1.", "encoder.layers.{n}.feed_forward.fc1."),
-    ("encoder.layers.{n}.fc2.", "encoder.layers.{n}.feed_forward.fc2."),
-    ("encoder.layers.{n}.final_layer_norm.", "encoder.layers.{n}.feed_forward_norm."),
-    ("encoder.layer_norm.", "encoder.layer_norm."),
-    ("output_layer.0.", "prediction_head.expand."),
-]
-
-
-def _backbone_keys(config: StudentConfig) -> KeyMap:
-    # fairseq blocks are Sequential(conv, dropout, norm, gelu); layer-norm mode wraps the norm in
-    # Sequential(transpose, norm, transpose).
-    norm_prefix = "2.1." if config.feature_extractor.norm == "layer_norm" else "2."
-    return KeyMap(
-        [
-            ("feature_extractor.conv_layers.{n}.0.", "feature_extractor.conv_layers.{n}.conv."),
-            ("feature_extractor.conv_layers.{n}." + norm_prefix, "feature_extractor.conv_layers.{n}.norm."),
-        ]
-        + _ENCODER_RULES
-    )
+from .fairseq import fairseq_keys
 
 # Fields of s3prl's DistillerConfig we read; anything else in a checkpoint's config is reported, not ignored.
 _SUPPORTED_TASK_EMB = {"expand-last", "none"}
+
+
+def _distiller_keys(config: StudentConfig):
+    # The expand-last heads' shared Linear is index 0 of s3prl's output_layer Sequential.
+    return fairseq_keys(config, extra=[("output_layer.0.", "prediction_head.expand.")])
 
 
 def is_distiller_checkpoint(checkpoint: Any) -> bool:
@@ -171,7 +149,7 @@ def config_to_distiller(config: StudentConfig) -> Dict[str, Any]:
 def state_dict_from_distiller(state: Mapping[str, Tensor], config: StudentConfig) -> Dict[str, Tensor]:
     """Rename s3prl distiller weights to ours and split the ``SplitLinear`` heads per target."""
     head_state = {k: v for k, v in state.items() if k.startswith("output_layer.2.")}
-    ours = _backbone_keys(config).to_ours({k: v for k, v in state.items() if k not in head_state})
+    ours = _distiller_keys(config).to_ours({k: v for k, v in state.items() if k not in head_state})
     if head_state:
         num_targets = len(config.prediction_head.target_layers)
         if "output_layer.2.layer.weight" in head_state:  # SplitLinear with one target is a plain Linear
@@ -189,7 +167,7 @@ def state_dict_from_distiller(state: Mapping[str, Tensor], config: StudentConfig
 def state_dict_to_distiller(state: Mapping[str, Tensor], config: StudentConfig) -> Dict[str, Tensor]:
     """The inverse of :func:`state_dict_from_distiller`."""
     projections = {k: v for k, v in state.items() if k.startswith("prediction_head.projections.")}
-    theirs = _backbone_keys(config).to_theirs({k: v for k, v in state.items() if k not in projections})
+    theirs = _distiller_keys(config).to_theirs({k: v for k, v in state.items() if k not in projections})
     if projections:
         num_targets = len(config.prediction_head.target_layers)
         if num_targets == 1:

@@ -1,0 +1,178 @@
+"""The pretraining (distillation) config: one YAML with runner, optimizer, scheduler, teacher, student, student_init,
+method and data sections. Unknown keys are errors; ``-o`` overrides use s3prl's syntax
+(``config.runner.total_steps=10,,config.optimizer.lr=1e-4``), with values parsed as YAML (never ``eval``)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from s3prl_distill.model.config import StrictModel, StudentConfig, _format_validation_error
+
+from .distilhubert.recipe import DistilHuBERTMethodConfig
+
+
+class RunnerConfig(StrictModel):
+    total_steps: int = 200000
+    log_step: int = 50
+    save_step: int = 5000
+    keep_last: int = 3  # states-<step>.ckpt files kept; older ones are deleted after each save
+    gradient_accumulate_steps: int = 1
+    gradient_clipping: float = 5.0
+    # Mixed precision on CUDA (bf16 / fp16 autocast; fp16 adds a grad scaler). On CPU training runs in fp32.
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    seed: int = 1337
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunnerConfig":
+        for name in ("total_steps", "log_step", "save_step", "keep_last", "gradient_accumulate_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.gradient_clipping <= 0:
+            raise ValueError("gradient_clipping must be > 0")
+        return self
+
+
+class OptimizerConfig(StrictModel):
+    """AdamW. Weight decay applies to every parameter except biases (as s3prl's AdamW_with_schedule groups them)."""
+
+    name: Literal["AdamW"] = "AdamW"
+    lr: float = 2.0e-4
+    betas: Tuple[float, float] = (0.9, 0.98)
+    eps: float = 1.0e-6
+    weight_decay: float = 0.01
+
+
+class SchedulerConfig(StrictModel):
+    """Linear warm-up from 0 to the optimizer's lr, then linear decay to 0 at ``runner.total_steps``."""
+
+    name: Literal["linear_warmup_decay", "constant"] = "linear_warmup_decay"
+    warmup_proportion: float = 0.07
+
+    @field_validator("warmup_proportion")
+    @classmethod
+    def _check_proportion(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return value
+
+
+class TeacherConfig(StrictModel):
+    """Any s3prl upstream: ``getattr(s3prl.hub, name)(ckpt=..., model_config=..., refresh=...)``."""
+
+    name: str
+    ckpt: Optional[str] = None
+    upstream_config: Optional[str] = None  # passed as the upstream's model_config (what -g gives it in s3prl)
+    refresh: bool = False
+
+
+class StudentInitConfig(StrictModel):
+    """What the student copies from the teacher before training (shapes must match). DistilHuBERT: all of it."""
+
+    feature_extractor: bool = False
+    feature_projection: bool = False
+    pos_conv: bool = False
+    layers: int = 0  # the first N transformer layers
+
+
+class DataConfig(StrictModel):
+    """s3prl ``len_for_bucket`` CSVs (``<bucket_dir>/<set>.csv``: ``file_path`` relative to ``root``, ``length``)."""
+
+    root: str
+    bucket_dir: str
+    sets: List[str]
+    batch_size: int = 24  # global: all ranks and one accumulation micro-batch together
+    max_length: Optional[int] = 250000  # random crop, in samples
+    num_workers: int = 4
+    check_files: bool = True  # read every file's header before training starts
+    on_bad_file: Literal["stop", "skip"] = "stop"
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if not self.sets:
+            raise ValueError("sets must name at least one CSV")
+        if self.batch_size < 1 or self.num_workers < 0 or (self.max_length is not None and self.max_length < 400):
+            raise ValueError("batch_size >= 1, num_workers >= 0 and max_length >= 400 samples are required")
+        return self
+
+
+MethodConfig = Union[DistilHuBERTMethodConfig]
+
+
+class ModelSections(StrictModel):
+    """The model part of a run (what s3prl's runner reads from ``config_model.yaml``)."""
+
+    teacher: TeacherConfig
+    student: StudentConfig
+    student_init: StudentInitConfig = Field(default_factory=StudentInitConfig)
+    method: MethodConfig = Field(discriminator="name")
+
+
+class PretrainConfig(StrictModel):
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    teacher: TeacherConfig
+    student: StudentConfig
+    student_init: StudentInitConfig = Field(default_factory=StudentInitConfig)
+    method: MethodConfig = Field(discriminator="name")
+    data: DataConfig
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = self.model_dump()
+        data["student"] = self.student.to_dict()
+        return data
+
+
+def parse_overrides(overrides: Optional[str]) -> List[Tuple[List[str], Any]]:
+    """``config.a.b=V,,config.c=W`` -> [(["a", "b"], V), (["c"], W)]; values are YAML scalars/lists."""
+    parsed = []
+    for option in (overrides or "").split(",,"):
+        option = option.strip()
+        if not option:
+            continue
+        key, separator, value = option.partition("=")
+        if not separator:
+            raise ValueError(f"override {option!r} is not of the form config.section.key=value")
+        path = key.strip().split(".")
+        if path[0] != "config" or len(path) < 2:
+            raise ValueError(f"override {option!r}: keys start with 'config.' (e.g. config.runner.total_steps=10)")
+        try:
+            parsed.append((path[1:], yaml.safe_load(value.strip())))
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {option!r}: value is not valid YAML ({error})") from None
+    return parsed
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Optional[str]) -> Dict[str, Any]:
+    data = copy.deepcopy(data)
+    for path, value in parse_overrides(overrides):
+        target = data
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"override config.{'.'.join(path)}: {part} is not a section")
+        target[path[-1]] = value
+    return data
+
+
+def validate_config(data: Any, source: str) -> PretrainConfig:
+    try:
+        return PretrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise ValueError(f"invalid pretrain config {source}:\n{_format_validation_error(error)}") from None
+
+
+def load_config(path: Union[str, Path], overrides: Optional[str] = None) -> PretrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrain config {path} does not exist")
+    with path.open() as file:
+        data = yaml.safe_load(file)
+    if not isinstance(data, dict):
+        raise ValueError(f"pretrain config {path} must be a YAML mapping")
+    return validate_config(apply_overrides(data, overrides), str(path))

@@ -1,0 +1,543 @@
+"""Data pipeline of the distillation pretraining runner.
+
+Reads and writes s3prl's ``len_for_bucket`` CSVs (one per data set: ``<bucket_dir>/<set>.csv`` with columns
+``file_path``, a path relative to the audio root, and ``length``, in samples), checks audio headers, and builds
+batches that are
+
+* length-bucketed: items sorted by length are cut into fixed global batches, whose order is shuffled per epoch;
+* exactly resumable: the batch order is a pure function of ``(seed, epoch)`` and each random crop a pure function of
+  ``(seed, epoch, item index)``, so a run restarted at a recorded ``(epoch, batch_index)`` sees the same data as an
+  uninterrupted one, whatever the number of DataLoader workers;
+* DDP-shardable: rank ``r`` of ``world_size`` takes ``global_batch[r::world_size]``, so the union of the ranks'
+  shares is the single-process batch.
+
+Audio must be 16 kHz mono; all audio I/O goes through ``soundfile``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import soundfile
+import torch
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+# Allowed values of ``on_bad_file``.
+ON_BAD_FILE = ("stop", "skip")
+# How many bad files an error or warning lists before summarising the rest.
+MAX_LISTED = 10
+# s3prl's header: a leading unnamed index column (pandas' ``to_csv`` default), then the data columns.
+CSV_HEADER = ("", "file_path", "length", "label")
+# Multiplier that mixes the seed and the epoch into one generator seed for the batch order.
+_EPOCH_SEED_STRIDE = 100003
+
+
+class DataError(ValueError):
+    """Bad data, with a message naming the file (and CSV) concerned."""
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    """One utterance of a data set.
+
+    Attributes:
+        path: absolute path of the audio file (audio root / the CSV's ``file_path``).
+        length: number of samples, as the CSV states it.
+    """
+
+    path: Path
+    length: int
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _check_on_bad_file(on_bad_file: str) -> None:
+    if on_bad_file not in ON_BAD_FILE:
+        raise ValueError(f"on_bad_file must be one of {', '.join(map(repr, ON_BAD_FILE))}, got {on_bad_file!r}")
+
+
+def _check_set_names(sets: Sequence[str]) -> List[str]:
+    """The set names as a list; a bare string is refused because iterating it would give its characters."""
+    if isinstance(sets, (str, bytes)):
+        raise TypeError(f"sets must be a sequence of set names, not a single string ({sets!r}); use [{sets!r}]")
+    return list(sets)
+
+
+def _describe_bad_files(bad: Sequence[Tuple[Path, str]], total: int) -> str:
+    """``N of M audio files are bad`` followed by the first few ``path: reason`` lines."""
+    lines = [f"{len(bad)} of {total} audio files are bad:"]
+    lines += [f"  {path}: {reason}" for path, reason in bad[:MAX_LISTED]]
+    if len(bad) > MAX_LISTED:
+        lines.append(f"  ... and {len(bad) - MAX_LISTED} more")
+    return "\n".join(lines)
+
+
+def _probe(path: Path) -> Tuple[Optional[int], Optional[str]]:
+    """Reads a file's header: ``(frames, None)`` for a usable 16 kHz mono file, else ``(None, reason)``."""
+    if not path.is_file():
+        return None, "file not found"
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, OSError, ValueError) as error:  # LibsndfileError is a RuntimeError
+        return None, f"unreadable ({error})"
+    if info.samplerate != SAMPLE_RATE:
+        return None, f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE} Hz"
+    if info.channels != 1:
+        return None, f"{info.channels} channels, expected mono"
+    return int(info.frames), None
+
+
+def _handle_bad_files(bad: Sequence[Tuple[Path, str]], total: int, on_bad_file: str, context: str) -> None:
+    """Raises (``stop``) or logs a warning (``skip``) about ``bad`` files; nothing when there are none."""
+    if not bad:
+        return
+    message = f"{context}: {_describe_bad_files(bad, total)}"
+    if on_bad_file == "stop":
+        raise DataError(message + "\n(on_bad_file='skip' leaves them out instead)")
+    logger.warning("%s\nSkipping them.", message)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Length CSVs
+
+
+def read_length_csvs(root: Path, bucket_dir: Path, sets: Sequence[str]) -> List[AudioItem]:
+    """Reads ``<bucket_dir>/<set>.csv`` for each set, in order, and concatenates their items.
+
+    Only the ``file_path`` and ``length`` columns are used (s3prl's index and ``label`` columns are ignored); each
+    ``file_path`` is taken relative to ``root``. Raises DataError, naming the CSV, for a missing or empty CSV, a
+    missing column, or a length that is not a positive integer (naming the row too).
+    """
+    root, bucket_dir = Path(root), Path(bucket_dir)
+    names = _check_set_names(sets)
+    if not names:
+        raise ValueError("read_length_csvs needs at least one set name")
+    items: List[AudioItem] = []
+    for name in names:
+        csv_path = bucket_dir / f"{name}.csv"
+        if not csv_path.is_file():
+            raise DataError(f"{csv_path}: length CSV of set {name!r} not found")
+        # utf-8-sig: tolerate a byte-order mark written by spreadsheet tools.
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames
+            if not columns:
+                raise DataError(f"{csv_path}: empty CSV (no header)")
+            missing = [column for column in ("file_path", "length") if column not in columns]
+            if missing:
+                raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)} (header: {','.join(columns)})")
+            count = 0
+            for row_number, row in enumerate(reader, start=1):
+                where = f"{csv_path}: row {row_number} (line {reader.line_num})"
+                file_path = (row.get("file_path") or "").strip()
+                if not file_path:
+                    raise DataError(f"{where}: empty file_path")
+                raw_length = (row.get("length") or "").strip()
+                try:
+                    length = int(raw_length)
+                except ValueError:
+                    raise DataError(f"{where}: length {raw_length!r} is not an integer") from None
+                if length <= 0:
+                    raise DataError(f"{where}: length {length} is not positive")
+                items.append(AudioItem(path=root / file_path, length=length))
+                count += 1
+        if count == 0:
+            raise DataError(f"{csv_path}: empty CSV (header but no rows)")
+        logger.info("Read %d items from %s", count, csv_path)
+    return items
+
+
+def check_audio_files(
+    items: Sequence[AudioItem], on_bad_file: str = "stop", progress: bool = True
+) -> List[AudioItem]:
+    """Checks every item's header: the file exists and reads, is 16 kHz mono and has the CSV's length.
+
+    ``on_bad_file="stop"`` raises DataError with the number of bad files and the first few (path and reason);
+    ``"skip"`` logs that as a warning and returns only the good items (in their original order).
+    """
+    _check_on_bad_file(on_bad_file)
+    good: List[AudioItem] = []
+    bad: List[Tuple[Path, str]] = []
+    for item in tqdm(items, desc="Checking audio files", unit="file", disable=not progress):
+        frames, reason = _probe(item.path)
+        if reason is None and frames != item.length:
+            reason = f"{frames} samples in the file, {item.length} in the CSV"
+        if reason is None:
+            good.append(item)
+        else:
+            bad.append((item.path, reason))
+    _handle_bad_files(bad, len(items), on_bad_file, "check_audio_files")
+    return good
+
+
+def _normalise_extensions(extensions: Sequence[str]) -> Tuple[str, ...]:
+    """Lower-case extensions with a leading dot."""
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    if not extensions:
+        raise ValueError("extensions must name at least one file extension")
+    # Compare case-insensitively so ".FLAC" files are found too.
+    return tuple(ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions)
+
+
+def _audio_files(directory: Path, extensions: Tuple[str, ...]) -> List[Path]:
+    """Audio files under ``directory``, recursively, in sorted (deterministic) order.
+
+    Follows symlinked directories (data trees are often assembled from links) but visits each real directory once,
+    so a link cycle cannot loop forever.
+    """
+    found: List[Path] = []
+    seen = set()
+    for current, dirnames, filenames in os.walk(directory, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()  # os.walk visits subdirectories in this list's order
+        for filename in sorted(filenames):
+            if os.path.splitext(filename)[1].lower() in extensions:
+                found.append(Path(current) / filename)
+    return sorted(found)
+
+
+def _direct_audio(directory: Path, extensions: Tuple[str, ...]) -> List[Path]:
+    """Audio files directly in ``directory`` (not in its subdirectories), sorted."""
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+
+
+def _discover_sets(audio_root: Path, extensions: Tuple[str, ...]) -> Dict[str, List[Path]]:
+    """Every immediate subdirectory holding audio; else audio_root itself as one set named after its folder."""
+    found: Dict[str, List[Path]] = {}
+    for sub in sorted(p for p in audio_root.iterdir() if p.is_dir()):
+        files = _audio_files(sub, extensions)
+        if files:
+            found[sub.name] = files
+    direct = _direct_audio(audio_root, extensions)
+    if found:
+        if direct:
+            logger.warning(
+                "%s: ignoring %d audio file(s) directly in the root (e.g. %s); only subdirectories become sets",
+                audio_root, len(direct), direct[0].name,
+            )
+        return found
+    if direct:
+        return {audio_root.resolve().name: _audio_files(audio_root, extensions)}
+    raise DataError(f"{audio_root}: no audio files (extensions {', '.join(extensions)}) found")
+
+
+def _write_csv_atomically(path: Path, rows: Sequence[Tuple[str, int, str]]) -> None:
+    """Writes s3prl's CSV layout to a temporary file beside ``path``, then renames it over ``path``."""
+    handle = tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, newline="", encoding="utf-8"
+    )
+    try:
+        with handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(CSV_HEADER)
+            for index, (file_path, length, label) in enumerate(rows):
+                writer.writerow((index, file_path, length, label))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        # Leave no half-written temporary file behind.
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def write_length_csvs(
+    audio_root: Path,
+    output_dir: Path,
+    sets: Optional[Sequence[str]] = None,
+    extensions: Sequence[str] = (".flac", ".wav"),
+    on_bad_file: str = "stop",
+    progress: bool = True,
+) -> Dict[str, Path]:
+    """Scans audio and writes one s3prl length CSV per set: the data-prep command's engine.
+
+    Args:
+        audio_root: folder that CSV paths are relative to (e.g. the ``LibriSpeech`` folder).
+        output_dir: where ``<set>.csv`` files go (created if needed).
+        sets: names of subdirectories of ``audio_root``; None takes every immediate subdirectory holding audio
+            (recursively), or, when there is none but ``audio_root`` directly holds audio, one set named after
+            ``audio_root``'s folder.
+        extensions: file extensions counted as audio (case-insensitive).
+        on_bad_file: ``"stop"`` raises DataError for unreadable or non-16 kHz-mono files, ``"skip"`` leaves them
+            out with a warning.
+        progress: show a tqdm progress bar while reading headers.
+
+    Returns:
+        ``{set name: CSV path}``. Rows are ``index,file_path,length,label`` (label = file stem), sorted by length
+        descending, ties by path. All sets are scanned before any CSV is written, so a stop leaves no partial output.
+    """
+    audio_root, output_dir = Path(audio_root), Path(output_dir)
+    _check_on_bad_file(on_bad_file)
+    exts = _normalise_extensions(extensions)
+    if not audio_root.is_dir():
+        raise DataError(f"{audio_root}: audio root is not a directory")
+
+    if sets is None:
+        files_by_set = _discover_sets(audio_root, exts)
+    else:
+        names = list(dict.fromkeys(_check_set_names(sets)))  # drop repeats, keep order
+        if not names:
+            raise ValueError("sets is empty; pass None to take every subdirectory holding audio")
+        files_by_set = {}
+        for name in names:
+            # A set is one folder level below the root, so its CSV name is a plain file name.
+            if not name or name in (".", "..") or "/" in name or os.sep in name:
+                raise DataError(f"{name!r}: a set must be the name of a subdirectory of {audio_root}")
+            set_dir = audio_root / name
+            if not set_dir.is_dir():
+                raise DataError(f"{set_dir}: set directory {name!r} does not exist")
+            files = _audio_files(set_dir, exts)
+            if not files:
+                raise DataError(f"{set_dir}: set {name!r} holds no audio files ({', '.join(exts)})")
+            files_by_set[name] = files
+
+    rows_by_set: Dict[str, List[Tuple[str, int, str]]] = {}
+    for name, files in files_by_set.items():
+        rows: List[Tuple[str, int, str]] = []
+        bad: List[Tuple[Path, str]] = []
+        for path in tqdm(files, desc=f"Reading headers of {name}", unit="file", disable=not progress):
+            frames, reason = _probe(path)
+            if reason is None and frames == 0:
+                reason = "no samples"  # a zero length would be rejected when the CSV is read back
+            if reason is not None:
+                bad.append((path, reason))
+                continue
+            relative = path.relative_to(audio_root).as_posix()
+            rows.append((relative, int(frames), path.stem))
+        _handle_bad_files(bad, len(files), on_bad_file, f"set {name!r} under {audio_root}")
+        if not rows:
+            raise DataError(f"{audio_root / name}: set {name!r} has no usable audio files left")
+        rows.sort(key=lambda row: (-row[1], row[0]))
+        rows_by_set[name] = rows
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written: Dict[str, Path] = {}
+    for name, rows in rows_by_set.items():
+        csv_path = output_dir / f"{name}.csv"
+        _write_csv_atomically(csv_path, rows)
+        hours = sum(row[1] for row in rows) / SAMPLE_RATE / 3600
+        logger.info("Wrote %s: %d files, %.2f hours", csv_path, len(rows), hours)
+        written[name] = csv_path
+    return written
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Batching
+
+
+class BucketBatchSampler:
+    """Length-bucketed batches with a resumable position.
+
+    Item indices sorted by length (descending, ties by index) are cut into consecutive chunks of ``batch_size``:
+    these global batches are fixed for the whole run, only their order changes per epoch (``batch_order``). Each
+    rank yields its share ``global_batch[rank::world_size]`` as ``(item_index, epoch)`` pairs, ready to be the keys
+    of a :class:`CroppedAudioDataset`. Use it as a DataLoader's ``batch_sampler``.
+
+    Attributes:
+        epoch: epoch of the next batch to be yielded.
+        batch_index: position, within that epoch's order, of the next batch to be yielded.
+
+    With DataLoader workers, the loader draws batches ahead of the training loop (``prefetch_factor`` per worker),
+    so these attributes run ahead of the batches consumed. A runner that checkpoints should therefore read the
+    position before ``iter(loader)`` and add the number of batches it consumed (see :meth:`position_after`).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, world_size: int = 1, rank: int = 0):
+        """
+        Args:
+            lengths: length in samples of each item (index i = item i).
+            batch_size: GLOBAL batch size, all ranks together.
+            seed: seed of the per-epoch batch order (non-negative); identical on every rank.
+            world_size: number of DDP processes.
+            rank: this process's rank.
+        """
+        if len(lengths) == 0:
+            raise ValueError("BucketBatchSampler needs at least one item")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if world_size <= 0:
+            raise ValueError(f"world_size must be positive, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must satisfy 0 <= rank < world_size={world_size}, got {rank}")
+        if batch_size < world_size:
+            raise ValueError(f"the global batch_size ({batch_size}) must be at least world_size ({world_size})")
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.world_size = int(world_size)
+        self.rank = int(rank)
+        lengths = [int(length) for length in lengths]
+        # sorted() is stable, so equal lengths keep index order.
+        order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        if len(batches[-1]) < world_size:
+            # Every rank needs a share of every batch, or DDP's collective calls would hang.
+            logger.info(
+                "Dropping the last batch (%d item(s), fewer than world_size=%d)", len(batches[-1]), world_size
+            )
+            batches.pop()
+        if not batches:
+            raise ValueError(f"{len(lengths)} item(s) cannot give every one of {world_size} ranks a share")
+        self._batches: List[List[int]] = batches
+        self.epoch = 0
+        self.batch_index = 0
+
+    def __len__(self) -> int:
+        """Batches per epoch (the same on every rank)."""
+        return len(self._batches)
+
+    @property
+    def global_batches(self) -> List[List[int]]:
+        """The fixed global batches (lists of item indices), by bucket; a copy."""
+        return [list(batch) for batch in self._batches]
+
+    def batch_order(self, epoch: int) -> List[int]:
+        """The permutation of global-batch ids for ``epoch``: a pure function of ``(seed, epoch)``."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        # A fresh generator: the order must not depend on the global RNG state or on what ran before.
+        generator = torch.Generator().manual_seed(self.seed * _EPOCH_SEED_STRIDE + int(epoch))
+        return torch.randperm(len(self._batches), generator=generator).tolist()
+
+    def set_position(self, epoch: int, batch_index: int) -> None:
+        """Makes the next iteration start at batch ``batch_index`` of ``epoch``.
+
+        ``batch_index == len(self)`` (an epoch fully consumed) is stored as ``(epoch + 1, 0)``, which is the same
+        position in the batch stream and avoids an empty epoch on resume.
+        """
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        if not 0 <= batch_index <= len(self):
+            raise ValueError(f"batch_index must be in [0, {len(self)}], got {batch_index}")
+        self.epoch, self.batch_index = int(epoch), int(batch_index)
+        if self.batch_index == len(self):
+            self.epoch, self.batch_index = self.epoch + 1, 0
+
+    def position_after(self, epoch: int, batch_index: int, consumed: int) -> Tuple[int, int]:
+        """The position reached from ``(epoch, batch_index)`` after ``consumed`` more batches, across epochs."""
+        absolute = epoch * len(self) + batch_index + consumed
+        return divmod(absolute, len(self))
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        """Yields this rank's share of each remaining batch of the current epoch, as (item_index, epoch) pairs.
+
+        The start position is read when ``iter()`` is called; afterwards the position moves with every batch,
+        to ``(epoch + 1, 0)`` once the epoch's last batch is yielded, so the next ``iter()`` continues there.
+        """
+        return self._iterate(self.epoch, self.batch_index)
+
+    def _iterate(self, epoch: int, start: int) -> Iterator[List[Tuple[int, int]]]:
+        order = self.batch_order(epoch)
+        for position in range(start, len(order)):
+            batch = self._batches[order[position]]
+            share = [(index, epoch) for index in batch[self.rank::self.world_size]]
+            # Move first, so the attributes name the next batch while the consumer holds this one.
+            if position + 1 == len(order):
+                self.epoch, self.batch_index = epoch + 1, 0
+            else:
+                self.epoch, self.batch_index = epoch, position + 1
+            yield share
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+class CroppedAudioDataset(torch.utils.data.Dataset):
+    """Waveforms of ``items``, randomly cropped to at most ``max_length`` samples.
+
+    Keys are ``(item_index, epoch)`` pairs (what :class:`BucketBatchSampler` yields). The crop offset is drawn from
+    ``numpy.random.default_rng([seed, epoch, item_index])``, so it is the same in any process or worker and on
+    resume, and differs between epochs.
+    """
+
+    def __init__(self, items: Sequence[AudioItem], max_length: Optional[int], seed: int):
+        """
+        Args:
+            items: the utterances (e.g. from :func:`read_length_csvs`).
+            max_length: longest waveform returned, in samples; None returns whole files.
+            seed: crop seed (non-negative).
+        """
+        if max_length is not None and max_length <= 0:
+            raise ValueError(f"max_length must be positive or None, got {max_length}")
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.items = list(items)
+        self.max_length = None if max_length is None else int(max_length)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        """Number of items."""
+        return len(self.items)
+
+    def crop_offset(self, index: int, epoch: int) -> int:
+        """Start sample of the window read for item ``index`` in ``epoch`` (0 when the item is not cropped)."""
+        length = self.items[index].length
+        if self.max_length is None or length <= self.max_length:
+            return 0
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+        return int(rng.integers(0, length - self.max_length, endpoint=True))
+
+    def __getitem__(self, key: Tuple[int, int]) -> torch.Tensor:
+        """The 1-D float32 waveform of item ``key[0]``, cropped for epoch ``key[1]``."""
+        index, epoch = key
+        if not 0 <= index < len(self.items):
+            raise IndexError(f"item index {index} out of range for {len(self.items)} items")
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        item = self.items[index]
+        offset = self.crop_offset(index, epoch)
+        frames = item.length if self.max_length is None else min(item.length, self.max_length)
+        try:
+            with soundfile.SoundFile(str(item.path)) as audio:
+                if audio.samplerate != SAMPLE_RATE:
+                    raise DataError(f"{item.path}: sample rate {audio.samplerate} Hz, expected {SAMPLE_RATE} Hz")
+                if audio.channels != 1:
+                    raise DataError(f"{item.path}: {audio.channels} channels, expected mono")
+                if audio.frames != item.length:
+                    # A wrong CSV length would silently shorten crops; check_audio_files reports all such files.
+                    raise DataError(f"{item.path}: {audio.frames} samples in the file, {item.length} in the CSV")
+                if offset:
+                    audio.seek(offset)
+                # Only the window is decoded, so long files cost no more than max_length samples.
+                wave = audio.read(frames, dtype="float32", always_2d=False)
+        except DataError:
+            raise
+        except (RuntimeError, OSError, ValueError) as error:  # LibsndfileError is a RuntimeError
+            raise DataError(f"{item.path}: cannot read audio ({error})") from error
+        if len(wave) != frames:
+            raise DataError(f"{item.path}: read {len(wave)} samples at offset {offset}, expected {frames}")
+        return torch.from_numpy(np.ascontiguousarray(wave))
+
+
+def collate_waveforms(batch: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stacks 1-D waveforms: a zero-padded ``(batch, max_samples)`` float32 tensor and int64 ``(batch,)`` lengths."""
+    if len(batch) == 0:
+        raise ValueError("collate_waveforms needs at least one waveform")
+    for wave in batch:
+        if wave.dim() != 1:
+            raise ValueError(f"collate_waveforms expects 1-D waveforms, got shape {tuple(wave.shape)}")
+    lengths = torch.tensor([wave.shape[0] for wave in batch], dtype=torch.long)
+    padded = torch.zeros(len(batch), int(lengths.max()), dtype=torch.float32)
+    for row, wave in enumerate(batch):
+        padded[row, : wave.shape[0]] = wave
+    return padded, lengths

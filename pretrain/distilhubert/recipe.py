@@ -1,0 +1,57 @@
+"""DistilHuBERT (Chang et al., 2022): the student's expand-last heads predict teacher layers; loss
+L1 + λ · (−log σ(cos)) over every target layer, means over all elements as in s3prl's distiller.
+
+The recipe is the method's whole difference from the others: which teacher layers, which student outputs, which
+loss, and how the trained student is written (s3prl's distiller format, so stock ``distiller_local`` loads it).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Mapping, Optional
+
+from torch import Tensor
+
+from s3prl_distill.importers.s3prl_distiller import export_distiller, state_dict_from_distiller
+from s3prl_distill.losses import LossTerm, log_sigmoid_cosine_term, regression_term
+from s3prl_distill.model.config import StrictModel, StudentConfig
+from s3prl_distill.model.student import StudentOutput
+
+
+class DistilHuBERTMethodConfig(StrictModel):
+    name: Literal["distilhubert"] = "distilhubert"
+    loss_type: Literal["l1", "l2"] = "l1"
+    regression_weight: float = 1.0
+    cosine_weight: float = 1.0  # λ of the −log σ(cos) term
+    # s3prl averages over padded frames too; true excludes them.
+    mask_padding: bool = False
+
+
+class DistilHuBERT:
+    """Targets are the student's ``prediction_head.target_layers`` (s3prl hidden-state indices of the teacher)."""
+
+    def __init__(self, config: DistilHuBERTMethodConfig, student: StudentConfig) -> None:
+        head = student.prediction_head
+        if head is None or head.type != "expand_last":
+            raise ValueError("the distilhubert method needs a student with an expand_last prediction_head")
+        self.config = config
+        self.target_layers: List[int] = list(head.target_layers)
+
+    def losses(self, student: StudentOutput, targets: Tensor, valid: Optional[Tensor]) -> Dict[str, LossTerm]:
+        """``targets``: (B, N, T, D) teacher layers aligned with ``student.predictions`` (same T)."""
+        valid = valid if self.config.mask_padding else None
+        return {
+            "regression": regression_term(
+                student.predictions, targets, valid, self.config.loss_type, self.config.regression_weight
+            ),
+            "cosine": log_sigmoid_cosine_term(student.predictions, targets, valid, self.config.cosine_weight),
+        }
+
+    @staticmethod
+    def export(student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
+        """Checkpoint keys that make the file loadable by s3prl's ``distiller_local`` and ours."""
+        return export_distiller(student, state)
+
+    @staticmethod
+    def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
+        """The inverse of :meth:`export`."""
+        return state_dict_from_distiller(checkpoint["Distiller"], student)

@@ -1,0 +1,370 @@
+"""s3prl-style distillation pretraining.
+
+    s3prl-distill pretrain -g CONFIG.yaml -n NAME [-p EXPROOT] [-o OVERRIDES] [-e CHECKPOINT]
+    python -m s3prl_distill.pretrain ...            (same)
+    torchrun --nproc_per_node=N -m s3prl_distill.pretrain ...
+
+Writes ``EXPROOT/NAME/``: ``states-<step>.ckpt`` (atomic; the last ``keep_last`` kept), ``config.yaml`` (the
+resolved config), ``train.log`` and TensorBoard events. ``-e`` resumes exactly: model, optimizer, scheduler, grad
+scaler, step, data position and RNG state are restored, so a killed-and-resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from s3prl_distill import __version__
+from s3prl_distill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from s3prl_distill.losses import combine
+
+from .config import PretrainConfig, apply_overrides, load_config, validate_config
+from .data import BucketBatchSampler, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
+from .task import DistillationTask
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"states-(\d+)\.ckpt$")
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; NCCL on GPUs, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Distributed(rank, world_size, local_rank)
+
+
+def find_latest_checkpoint(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"-e {path}: no such checkpoint file or directory")
+    found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := CHECKPOINT_PATTERN.search(p.name)))
+    if not found:
+        raise FileNotFoundError(f"-e {path}: the directory holds no states-<step>.ckpt")
+    return found[-1][1]
+
+
+def linear_warmup_decay(total_steps: int, warmup_proportion: float):
+    warmup = int(total_steps * warmup_proportion)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+class Trainer:
+    def __init__(self, config: PretrainConfig, expdir: Path, resume: Optional[dict] = None) -> None:
+        self.config = config
+        self.expdir = expdir
+        self.dist = setup_distributed()
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.dist.local_rank)
+            self.device = torch.device("cuda", self.dist.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        runner = config.runner
+        self.precision = runner.precision if self.device.type == "cuda" else "fp32"
+        if self.precision != runner.precision:
+            logger.warning("precision %s needs CUDA; training in fp32 on %s", runner.precision, self.device)
+
+        # Same seed on every rank: identical initial weights (DDP also broadcasts them).
+        torch.manual_seed(runner.seed)
+        self.task = DistillationTask(config.teacher, config.student, config.student_init, config.method, self.device)
+        self.student = self.task.student
+        self.model = (
+            DistributedDataParallel(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.enabled else self.student
+        )
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            linear_warmup_decay(runner.total_steps, config.scheduler.warmup_proportion)
+            if config.scheduler.name == "linear_warmup_decay" else (lambda step: 1.0),
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.step, self.epoch, self.batch_index = 0, 0, 0
+        # Dropout differs per rank, as it would per sample in one big batch.
+        torch.manual_seed(runner.seed + 1000 * (self.dist.rank + 1))
+        self._data()
+        if resume is not None:
+            self._restore(resume)
+
+    # --- construction ---------------------------------------------------------------------------------------------
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config.optimizer
+        decay = [p for n, p in self.student.named_parameters() if p.requires_grad and not n.endswith("bias")]
+        no_decay = [p for n, p in self.student.named_parameters() if p.requires_grad and n.endswith("bias")]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+    def _data(self) -> None:
+        data = self.config.data
+        items = read_length_csvs(Path(data.root), Path(data.bucket_dir), data.sets)
+        if data.check_files:
+            items = check_audio_files(items, data.on_bad_file, progress=self.dist.is_main)
+        self.items = items
+        batch_size = data.batch_size
+        if batch_size % self.dist.world_size:
+            raise ValueError(f"data.batch_size={batch_size} is not divisible by the {self.dist.world_size} processes")
+        self.sampler = BucketBatchSampler(
+            [item.length for item in items], batch_size, self.config.runner.seed, self.dist.world_size, self.dist.rank
+        )
+        self.loader = torch.utils.data.DataLoader(
+            CroppedAudioDataset(items, data.max_length, self.config.runner.seed),
+            batch_sampler=self.sampler,
+            collate_fn=collate_waveforms,
+            num_workers=data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=data.num_workers > 0,
+            # Its own generator: creating an iterator must not draw from the global RNG (exact resume).
+            generator=torch.Generator(),
+        )
+        logger.info("data: %d utterances, %d batches per epoch", len(items), len(self.sampler))
+
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+
+    def _rng_states(self) -> List[dict]:
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        if not self.dist.enabled:
+            return [state]
+        gathered: List[Optional[dict]] = [None] * self.dist.world_size
+        dist.all_gather_object(gathered, state)
+        return gathered
+
+    def save(self) -> Optional[Path]:
+        rng = self._rng_states()  # collective: every rank takes part
+        if not self.dist.is_main:
+            return None
+        checkpoint = self.task.export(self.student.state_dict())
+        checkpoint.update(
+            {
+                "Step": self.step,
+                "Optimizer": self.optimizer.state_dict(),
+                "Scheduler": self.scheduler.state_dict(),
+                "Scaler": self.scaler.state_dict(),
+                "TrainingState": {
+                    "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
+                    "world_size": self.dist.world_size, "rng": rng,
+                },
+                "RunConfig": self.config.to_dict(),
+                "Version": __version__,
+            }
+        )
+        path = save_checkpoint(checkpoint, self.expdir / f"states-{self.step}.ckpt")
+        existing = sorted(
+            (int(m.group(1)), p) for p in self.expdir.iterdir() if (m := CHECKPOINT_PATTERN.search(p.name))
+        )
+        for _, old in existing[: -self.config.runner.keep_last]:
+            old.unlink(missing_ok=True)
+        logger.info("saved %s", path)
+        return path
+
+    def _restore(self, checkpoint: dict) -> None:
+        state = checkpoint["TrainingState"]
+        self.student.load_state_dict(self.task.student_state(checkpoint))
+        self.optimizer.load_state_dict(checkpoint["Optimizer"])
+        self.scheduler.load_state_dict(checkpoint["Scheduler"])
+        self.scaler.load_state_dict(checkpoint["Scaler"])
+        self.step, self.epoch, self.batch_index = state["step"], state["epoch"], state["batch_index"]
+        rng = state["rng"]
+        if len(rng) == self.dist.world_size:
+            torch.set_rng_state(rng[self.dist.rank]["torch"])
+            if self.device.type == "cuda" and "cuda" in rng[self.dist.rank]:
+                torch.cuda.set_rng_state(rng[self.dist.rank]["cuda"], self.device)
+        else:
+            logger.warning(
+                "resuming with %d processes instead of %d: dropout RNG is re-seeded, the run is no longer "
+                "bit-identical to an uninterrupted one", self.dist.world_size, len(rng),
+            )
+        logger.info("resumed at step %d (epoch %d, batch %d)", self.step, self.epoch, self.batch_index)
+
+    # --- training -------------------------------------------------------------------------------------------------
+
+    def _reduce_counts(self, count: torch.Tensor) -> torch.Tensor:
+        if not self.dist.enabled:
+            return count
+        count = count.clone()
+        dist.all_reduce(count)
+        return count
+
+    def _batches(self):
+        """Batches from the saved position on, epoch after epoch; keeps (epoch, batch_index) = what was consumed."""
+        while True:
+            if self.batch_index >= len(self.sampler):  # saved right after an epoch's last batch
+                self.epoch, self.batch_index = self.epoch + 1, 0
+            self.sampler.set_position(self.epoch, self.batch_index)
+            for batch in self.loader:
+                self.batch_index += 1
+                yield batch
+            self.epoch, self.batch_index = self.epoch + 1, 0
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def train(self) -> None:
+        runner = self.config.runner
+        if self.step >= runner.total_steps:
+            logger.info("this run already finished at step %d (total_steps %d): nothing to do", self.step, runner.total_steps)
+            return
+        writer = None
+        if self.dist.is_main:
+            from tensorboardX import SummaryWriter
+
+            writer = SummaryWriter(str(self.expdir))
+        self.student.train()
+        batches = self._batches()
+        accumulate = runner.gradient_accumulate_steps
+        window: Dict[str, List[torch.Tensor]] = {}
+        window_utterances, window_start = 0, time.perf_counter()
+        progress = tqdm(total=runner.total_steps, initial=self.step, desc="distill", dynamic_ncols=True,
+                        disable=not self.dist.is_main)
+        while self.step < runner.total_steps:
+            for micro in range(accumulate):
+                waveforms, lengths = next(batches)
+                waveforms = waveforms.to(self.device, non_blocking=True)
+                lengths = lengths.to(self.device, non_blocking=True)
+                last = micro == accumulate - 1
+                sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
+                with sync:
+                    with self._autocast():
+                        terms = self.task.losses(self.model, waveforms, lengths)
+                        loss = combine(terms, self._reduce_counts)
+                    # DDP averages gradients over ranks; the loss is already normalised by the global count.
+                    self.scaler.scale(loss * self.dist.world_size / accumulate).backward()
+                for name, term in terms.items():
+                    window.setdefault(name, []).append(term.per_target())
+                window.setdefault("loss", []).append(loss.detach()[None])
+                window_utterances += waveforms.shape[0] * self.dist.world_size
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), runner.gradient_clipping)
+            if self.precision == "fp16" or torch.isfinite(grad_norm):
+                self.scaler.step(self.optimizer)  # skips the update itself on inf/NaN under fp16
+            else:
+                logger.warning("step %d: gradient norm is %s, update skipped", self.step + 1, grad_norm.item())
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            progress.update(1)
+            if self.step % runner.log_step == 0 or self.step == runner.total_steps:
+                elapsed = time.perf_counter() - window_start
+                self._log(writer, window, grad_norm, window_utterances / max(elapsed, 1e-9), progress)
+                window, window_utterances, window_start = {}, 0, time.perf_counter()
+            if self.step % runner.save_step == 0 or self.step == runner.total_steps:
+                self.save()
+        progress.close()
+        if writer is not None:
+            writer.close()
+
+    def _log(self, writer, window, grad_norm, utterances_per_second, progress) -> None:
+        if writer is None:
+            return
+        means = {name: torch.stack(values).mean(0).cpu() for name, values in window.items()}
+        scalars = {"loss": means.pop("loss").item(), "lr": self.scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "utterances_per_s": utterances_per_second}
+        for name, per_target in means.items():
+            for layer, value in zip(self.task.method.target_layers, per_target.tolist()):
+                scalars[f"{name}/layer{layer}"] = value
+        for key, value in scalars.items():
+            writer.add_scalar(f"train/{key}", value, self.step)
+        progress.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}")
+        logger.info("step %d: %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+
+
+def _configure_logging(expdir: Path, is_main: bool) -> None:
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if is_main:
+        handler = logging.FileHandler(expdir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
+def run(
+    config_path: Optional[str], name: Optional[str], exproot: str = "result/pretrain",
+    overrides: Optional[str] = None, resume: Optional[str] = None,
+) -> Path:
+    """Start (``config_path`` + ``name``) or resume (``resume``) a run; returns its directory."""
+    checkpoint = None
+    if resume is not None:
+        path = find_latest_checkpoint(Path(resume))
+        checkpoint = load_checkpoint(path, what="checkpoint to resume")
+        if "TrainingState" not in checkpoint or "RunConfig" not in checkpoint:
+            raise CheckpointError(f"{path} is not a checkpoint of this pretrain runner (no TrainingState/RunConfig)")
+        config = validate_config(apply_overrides(checkpoint["RunConfig"], overrides), f"{path} (RunConfig)")
+        expdir = path.parent if name is None else Path(exproot) / name
+    else:
+        if config_path is None or name is None:
+            raise ValueError("a new run needs -g CONFIG and -n NAME (or -e CHECKPOINT to resume)")
+        config = load_config(config_path, overrides)
+        expdir = Path(exproot) / name
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        expdir.mkdir(parents=True, exist_ok=True)
+        (expdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    _configure_logging(expdir, is_main)
+    trainer = Trainer(config, expdir, checkpoint)
+    try:
+        trainer.train()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return expdir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s3prl-distill pretrain", description="distillation pretraining")
+    parser.add_argument("-g", "--config", help="the run's YAML config (see pretrain/<method>/config.yaml)")
+    parser.add_argument("-n", "--name", help="experiment name: outputs go to EXPROOT/NAME")
+    parser.add_argument("-p", "--exproot", default="result/pretrain", help="experiment root (default result/pretrain)")
+    parser.add_argument("-o", "--override", help="s3prl-style overrides: config.runner.total_steps=10,,config.optimizer.lr=1e-4")
+    parser.add_argument("-e", "--resume", help="checkpoint (or experiment directory) to resume from")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    run(args.config, args.name, args.exproot, args.override, args.resume)

@@ -1,0 +1,106 @@
+"""The teacher: any s3prl upstream, frozen (eval mode, no grad, fp32, layerdrop off), and copying its weights into a
+student where shapes allow."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from s3prl_distill.importers.fairseq import fairseq_keys
+from s3prl_distill.model import StudentModel
+
+from .config import StudentInitConfig, TeacherConfig
+
+logger = logging.getLogger(__name__)
+
+
+class Teacher(nn.Module):
+    """Wraps ``getattr(s3prl.hub, name)(...)``; ``forward`` returns its ``hidden_states`` in s3prl's indexing
+    (0 = transformer input, i = output of layer i)."""
+
+    def __init__(self, config: TeacherConfig) -> None:
+        super().__init__()
+        from s3prl_distill import register
+
+        register()  # compat patches, and our own upstreams may serve as teachers too
+        import s3prl.hub as hub
+
+        entry = getattr(hub, config.name, None)
+        if entry is None or not callable(entry):
+            close = difflib.get_close_matches(config.name, hub.options(), n=5)
+            raise ValueError(f"teacher.name {config.name!r} is not an s3prl upstream (close matches: {close})")
+        kwargs = {"refresh": config.refresh}
+        if config.ckpt is not None:
+            kwargs["ckpt"] = config.ckpt
+        if config.upstream_config is not None:
+            kwargs["model_config"] = config.upstream_config
+        self.name = config.name
+        self.upstream = entry(**kwargs)
+        disabled = 0
+        for module in self.upstream.modules():
+            for attribute in ("layerdrop", "encoder_layerdrop"):
+                if isinstance(getattr(module, attribute, None), float) and getattr(module, attribute) > 0:
+                    setattr(module, attribute, 0.0)
+                    disabled += 1
+        if disabled:
+            logger.info("teacher %s: layerdrop turned off in %d modules", config.name, disabled)
+        self.upstream.eval()
+        self.upstream.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)  # always frozen
+
+    @torch.no_grad()
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> List[Tensor]:
+        """``waveforms`` (B, S) zero-padded, ``lengths`` (B,) -> hidden states, each (B, T, D), in fp32."""
+        wavs = [wave[:length] for wave, length in zip(waveforms, lengths.tolist())]
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):
+            states = self.upstream(wavs)["hidden_states"]
+        return [state.float() for state in states]
+
+    def fairseq_model(self) -> nn.Module:
+        """The fairseq-layout model inside an s3prl HuBERT / wav2vec 2.0 expert (for initialising students)."""
+        model = getattr(self.upstream, "model", None)
+        if not isinstance(model, nn.Module) or not hasattr(model, "feature_extractor") or not hasattr(model, "encoder"):
+            raise ValueError(
+                f"teacher {self.name!r} has no fairseq-style model (feature_extractor + encoder) to initialise the "
+                "student from; set every student_init option to false/0"
+            )
+        return model
+
+
+def initialise_student(student: StudentModel, teacher: Teacher, init: StudentInitConfig) -> List[str]:
+    """Copy the requested parts from the teacher; a requested part whose shapes differ is an error."""
+    wanted: List[Tuple[str, str]] = []
+    if init.feature_extractor:
+        wanted.append(("feature_extractor.", "feature_extractor"))
+    if init.feature_projection:
+        wanted.append(("feature_projection.", "feature_projection"))
+    if init.pos_conv:
+        wanted.append(("encoder.pos_conv.", "pos_conv"))
+    if init.layers > student.config.encoder.num_layers:
+        raise ValueError(f"student_init.layers={init.layers} but the student has {student.config.encoder.num_layers}")
+    wanted += [(f"encoder.layers.{i}.", f"layer {i}") for i in range(init.layers)]
+    if not wanted:
+        return []
+    theirs = fairseq_keys(student.config).to_ours(teacher.fairseq_model().state_dict(), skip_unmatched=True)
+    ours = student.state_dict()
+    update = {}
+    for prefix, part in wanted:
+        keys = [key for key in ours if key.startswith(prefix)]
+        missing = [key for key in keys if key not in theirs]
+        mismatched = [key for key in keys if key in theirs and theirs[key].shape != ours[key].shape]
+        if not keys or missing or mismatched:
+            detail = (f"missing in the teacher: {missing[:3]}" if missing else
+                      f"shape {tuple(theirs[mismatched[0]].shape)} vs {tuple(ours[mismatched[0]].shape)} "
+                      f"for {mismatched[0]}" if mismatched else "the student has no such part")
+            raise ValueError(f"student_init: cannot copy {part} from teacher {teacher.name!r} ({detail})")
+        update.update({key: theirs[key] for key in keys})
+    student.load_state_dict(update, strict=False)
+    copied = [part for _, part in wanted]
+    logger.info("student initialised from the teacher: %s", ", ".join(copied))
+    return copied

@@ -1,0 +1,70 @@
+"""Distillation loss terms, shared by the methods.
+
+Each term is returned as per-target-layer *sums* and *counts* rather than means, so the runner can normalise by
+the count over the whole global batch (all DDP ranks): a 2-process run then optimises exactly what a 1-process run
+with the same global batch does, and excluding padded frames is just a different count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class LossTerm:
+    sums: Tensor  # (num_targets,) summed loss per target layer
+    counts: Tensor  # (num_targets,) number of elements each sum covers
+    weight: float
+
+    def per_target(self) -> Tensor:
+        """Mean per target layer (local to this process; for logging)."""
+        return self.sums.detach() / self.counts.clamp(min=1)
+
+
+def _frame_mask(valid: Optional[Tensor], prediction: Tensor) -> Tensor:
+    """(B, 1, T, 1) float mask of frames that count; all ones when ``valid`` is None."""
+    if valid is None:
+        return prediction.new_ones(prediction.shape[0], 1, prediction.shape[2], 1)
+    return valid[:, None, :, None].to(prediction.dtype)
+
+
+def regression_term(
+    prediction: Tensor, target: Tensor, valid: Optional[Tensor], kind: str = "l1", weight: float = 1.0
+) -> LossTerm:
+    """L1 (or squared error with ``kind="l2"``) per element; ``prediction``/``target``: (B, N, T, D),
+    ``valid``: (B, T) bool of frames that count (None: every frame, padding included, as s3prl does)."""
+    difference = prediction.float() - target.float()
+    per_element = difference.abs() if kind == "l1" else difference.pow(2)
+    mask = _frame_mask(valid, prediction)
+    sums = (per_element * mask).sum(dim=(0, 2, 3))
+    counts = mask.sum(dim=(0, 2, 3)) * prediction.shape[-1]
+    return LossTerm(sums, counts.expand_as(sums).clone(), weight)
+
+
+def log_sigmoid_cosine_term(
+    prediction: Tensor, target: Tensor, valid: Optional[Tensor], weight: float = 1.0
+) -> LossTerm:
+    """DistilHuBERT's similarity term: -log(sigmoid(cos(prediction, target))) per frame."""
+    cosine = F.cosine_similarity(prediction.float(), target.float(), dim=-1)  # (B, N, T)
+    per_frame = -F.logsigmoid(cosine)
+    mask = _frame_mask(valid, prediction).squeeze(-1)
+    sums = (per_frame * mask).sum(dim=(0, 2))
+    counts = mask.sum(dim=(0, 2))
+    return LossTerm(sums, counts.expand_as(sums).clone(), weight)
+
+
+def combine(terms: dict, reduce_counts=None) -> Tensor:
+    """Σ_term weight · Σ_layers sums / Σ_layers counts, counts summed over DDP ranks by ``reduce_counts``."""
+    total = None
+    for term in terms.values():
+        count = term.counts.sum().detach()
+        if reduce_counts is not None:
+            count = reduce_counts(count)
+        value = term.weight * term.sums.sum() / count.clamp(min=1)
+        total = value if total is None else total + value
+    return total
