@@ -85,7 +85,8 @@ class DataConfig(StrictModel):
     root: str
     bucket_dir: str
     sets: List[str]
-    batch_size: int = 24  # global: all ranks and one accumulation micro-batch together
+    # Global batch: all ranks and one accumulation micro-batch together (s3prl's name for it).
+    train_batch_size: int = 24
     max_length: Optional[int] = 250000  # random crop, in samples
     num_workers: int = 4
     check_files: bool = True  # read every file's header before training starts
@@ -95,8 +96,8 @@ class DataConfig(StrictModel):
     def _check(self) -> "DataConfig":
         if not self.sets:
             raise ValueError("sets must name at least one CSV")
-        if self.batch_size < 1 or self.num_workers < 0 or (self.max_length is not None and self.max_length < 400):
-            raise ValueError("batch_size >= 1, num_workers >= 0 and max_length >= 400 samples are required")
+        if self.train_batch_size < 1 or self.num_workers < 0 or (self.max_length is not None and self.max_length < 400):
+            raise ValueError("train_batch_size >= 1, num_workers >= 0 and max_length >= 400 samples are required")
         return self
 
 

@@ -141,9 +141,9 @@ class Trainer:
         if data.check_files:
             items = check_audio_files(items, data.on_bad_file, progress=self.dist.is_main)
         self.items = items
-        batch_size = data.batch_size
+        batch_size = data.train_batch_size
         if batch_size % self.dist.world_size:
-            raise ValueError(f"data.batch_size={batch_size} is not divisible by the {self.dist.world_size} processes")
+            raise ValueError(f"data.train_batch_size={batch_size} is not divisible by the {self.dist.world_size} processes")
         self.sampler = BucketBatchSampler(
             [item.length for item in items], batch_size, self.config.runner.seed, self.dist.world_size, self.dist.rank
         )

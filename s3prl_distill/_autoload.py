@@ -6,7 +6,8 @@ are first imported:
 * ``torchaudio._extension.utils``: guard the native-library loader (see :mod:`s3prl_distill.compat`);
 * ``s3prl``: apply the compat patches before any s3prl code runs;
 * ``s3prl.hub``: register our upstream entries in it, so ``run_downstream.py -u <ours>``, ``S3PRLUpstream`` and
-  ``hub.options()`` find them with no change to s3prl and no import in the user's code.
+  ``hub.options()`` find them with no change to s3prl and no import in the user's code;
+* ``s3prl.optimizers`` (or ``optimizers`` in a checkout): allow-list its LR-schedule classes for ``torch.load``.
 
 Set ``S3PRL_DISTILL_NO_AUTOLOAD=1`` to turn all of this off (then call ``s3prl_distill.register()`` yourself).
 A failure inside a hook is logged and never breaks the import it is attached to.
@@ -32,6 +33,15 @@ def _apply_compat(_module=None):
     from .compat import apply
 
     apply()
+
+
+def _allow_schedules(module):
+    from .compat import allow_s3prl_schedules, apply
+
+    # Scripts of an s3prl checkout (run_pretrain.py) import s3prl's modules as top-level names and never import the
+    # s3prl package: its optimizers module is then the first sign of s3prl, so the compat patches go in here too.
+    if allow_s3prl_schedules(module):
+        apply()
 
 
 def _register(module):
@@ -97,7 +107,16 @@ class ImportHook(MetaPathFinder):
 
 
 _TORCHAUDIO_HOOK = {"torchaudio._extension.utils": (None, _guard_torchaudio)}
-_ALL_HOOKS = dict(_TORCHAUDIO_HOOK, **{"s3prl": (_apply_compat, None), "s3prl.hub": (None, _register)})
+_ALL_HOOKS = dict(
+    _TORCHAUDIO_HOOK,
+    **{
+        "s3prl": (_apply_compat, None),
+        "s3prl.hub": (None, _register),
+        # s3prl's optimizers, as a package module or as the top-level module scripts in a checkout import.
+        "s3prl.optimizers": (None, _allow_schedules),
+        "optimizers": (None, _allow_schedules),
+    },
+)
 
 
 def _installed():

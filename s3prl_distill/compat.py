@@ -13,6 +13,7 @@ is first imported; call it yourself when the hook is disabled.
 | ``audio_io`` | ``torchaudio.load``/``save`` without torchcodec (PR, ASR, SID, ER datasets); ``torchaudio.info`` |
 | ``huggingface_hub`` | ``run_downstream.py`` and ``downstream/runner.py`` import ``HfFolder``/``Repository`` |
 | ``torch_load_namespace`` | ``run_downstream.py -e``: torch's ``weights_only`` default rejects the saved ``Args`` Namespace |
+| ``s3prl_schedules`` | ``run_pretrain.py -e``: the same default rejects the LR-schedule objects in s3prl's optimizer state |
 """
 
 from __future__ import annotations
@@ -249,6 +250,34 @@ def patch_torch_load_namespace(torch_module: types.ModuleType) -> bool:
         return False
     serialization.add_safe_globals([argparse.Namespace])
     return True
+
+
+S3PRL_SCHEDULES = (
+    "ConstantLR",
+    "WarmupConstantSchedule",
+    "WarmupCosineSchedule",
+    "WarmupCosineWithHardRestartsSchedule",
+    "WarmupCosineWithWarmupRestartsSchedule",
+    "WarmupLinearSchedule",
+)
+
+
+def allow_s3prl_schedules(optimizers_module: types.ModuleType) -> List[str]:
+    """s3prl's pretrain checkpoints pickle LR-schedule objects (plain data: warm-up and total steps) inside the
+    optimizer state, under the module name ``optimizers`` (run from a checkout) or ``s3prl.optimizers``; torch >= 2.6
+    refuses them, so ``run_pretrain.py -e`` cannot resume. Allow-list those classes, and only those."""
+    import torch
+
+    serialization = torch.serialization
+    if not hasattr(serialization, "add_safe_globals") or not hasattr(optimizers_module, "get_optimizer"):
+        return []  # torch < 2.4 (no allow-list needed), or a module named "optimizers" that is not s3prl's
+    allowed = []
+    for name in S3PRL_SCHEDULES:
+        cls = getattr(optimizers_module, name, None)
+        if isinstance(cls, type):
+            serialization.add_safe_globals([(cls, f"optimizers.{name}"), (cls, f"s3prl.optimizers.{name}")])
+            allowed.append(name)
+    return allowed
 
 
 # --- entry point ----------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ PROBE = textwrap.dedent(
         "audio_io": lambda: compat.patch_audio_io(torchaudio),
         "huggingface_hub": lambda: compat.patch_huggingface_hub(huggingface_hub),
         "torch_load_namespace": lambda: compat.patch_torch_load_namespace(torch),
+        "s3prl_schedules": lambda: compat.allow_s3prl_schedules(__import__("s3prl.optimizers").optimizers),
     }
     for name, patch in patches.items():
         if name != skip:
@@ -48,6 +49,7 @@ SCENARIOS = {
     "huggingface_hub": "import s3prl.downstream.runner",
     "audio_io": "import torchaudio; torchaudio.load(sys.argv[3])",
     "torch_load_namespace": "torch.load(sys.argv[3])",
+    "s3prl_schedules": "torch.load(sys.argv[3])",
 }
 
 
@@ -63,7 +65,16 @@ def probe_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("probe")
     soundfile.write(folder / "tone.wav", np.zeros(1600, dtype=np.float32), 16000)
     torch.save({"Args": argparse.Namespace(mode="train")}, folder / "args.ckpt")
-    return {"audio_io": str(folder / "tone.wav"), "torch_load_namespace": str(folder / "args.ckpt")}
+    from s3prl.optimizers import get_optimizer
+
+    # What s3prl's pretrain runner saves: AdamW_with_schedule keeps a schedule object in each param group.
+    optimizer = get_optimizer([torch.nn.Linear(2, 2)], 100, {"name": "AdamW_with_schedule", "lr": 1e-3})
+    torch.save({"Optimizer": optimizer.state_dict()}, folder / "optimizer.ckpt")
+    return {
+        "audio_io": str(folder / "tone.wav"),
+        "torch_load_namespace": str(folder / "args.ckpt"),
+        "s3prl_schedules": str(folder / "optimizer.ckpt"),
+    }
 
 
 @pytest.mark.parametrize("patch", sorted(SCENARIOS))
@@ -129,6 +140,17 @@ def test_patches_leave_working_apis_alone():
 
     old_torch = types.SimpleNamespace(serialization=types.SimpleNamespace())  # torch < 2.4: no allow-list
     assert compat.patch_torch_load_namespace(old_torch) is False
+
+
+def test_schedule_allow_list_covers_checkout_module_names_and_only_s3prl():
+    import s3prl.optimizers
+
+    assert "WarmupLinearSchedule" in compat.allow_s3prl_schedules(s3prl.optimizers)
+    allowed = {entry[1] for entry in torch.serialization.get_safe_globals() if isinstance(entry, tuple)}
+    assert {"optimizers.WarmupLinearSchedule", "s3prl.optimizers.WarmupLinearSchedule"} <= allowed
+    stranger = types.ModuleType("optimizers")
+    stranger.WarmupLinearSchedule = type("WarmupLinearSchedule", (), {})
+    assert compat.allow_s3prl_schedules(stranger) == []  # not s3prl's: no get_optimizer
 
 
 def test_apply_is_idempotent_and_reports_what_it_did():

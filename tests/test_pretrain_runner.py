@@ -58,7 +58,7 @@ def setup(tmp_path_factory):
         "student_init": {"feature_extractor": True, "feature_projection": True, "pos_conv": True, "layers": 2},
         "method": {"name": "distilhubert"},
         "data": {"root": str(audio), "bucket_dir": str(folder / "len_for_bucket"), "sets": ["train-tiny"],
-                 "batch_size": 4, "max_length": 12000, "num_workers": 0},
+                 "train_batch_size": 4, "max_length": 12000, "num_workers": 0},
     }
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -213,5 +213,5 @@ def test_shipped_configs_agree():
     # The paper's setting, not s3prl's repository default [4, 12].
     config = load_config(root / "config.yaml")
     assert config.student.prediction_head.target_layers == [4, 8, 12]
-    assert (config.data.batch_size, config.data.max_length, config.runner.total_steps) == (24, 250000, 200000)
+    assert (config.data.train_batch_size, config.data.max_length, config.runner.total_steps) == (24, 250000, 200000)
     assert config.scheduler.warmup_proportion == 0.07 and config.runner.gradient_clipping == 5.0

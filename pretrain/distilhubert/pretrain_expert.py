@@ -73,7 +73,7 @@ class UpstreamPretrainExpert(nn.Module):
         if data.check_files:
             items = check_audio_files(items, data.on_bad_file)
         seed = torch.initial_seed()  # what run_pretrain.py's --seed set
-        sampler = BucketBatchSampler([item.length for item in items], data.batch_size, seed)
+        sampler = BucketBatchSampler([item.length for item in items], data.train_batch_size, seed)
         return torch.utils.data.DataLoader(
             CroppedAudioDataset(items, data.max_length, seed), batch_sampler=sampler, collate_fn=collate_waveforms,
             num_workers=data.num_workers, pin_memory=self.device.type == "cuda",
