@@ -1,4 +1,4 @@
-"""The ``s3prl-distill`` command.
+"""s3prl-distill: distil speech SSL students and evaluate them with s3prl.
 
 ``s3prl-distill downstream ARGS...`` runs s3prl's own downstream runner with ``ARGS`` passed through unchanged
 (after the compat patches and our registration, which the start-up hook would also do).
