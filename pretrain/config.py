@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from s3prl_distill.model.config import StrictModel, StudentConfig, _format_validation_error
 
 from .distilhubert.recipe import DistilHuBERTMethodConfig
+from .fithubert.recipe import FitHuBERTMethodConfig
 
 
 class RunnerConfig(StrictModel):
@@ -101,7 +102,7 @@ class DataConfig(StrictModel):
         return self
 
 
-MethodConfig = Union[DistilHuBERTMethodConfig]
+MethodConfig = Union[DistilHuBERTMethodConfig, FitHuBERTMethodConfig]
 
 
 class ModelSections(StrictModel):

@@ -120,6 +120,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step, self.epoch, self.batch_index = 0, 0, 0
+        self.term_layers: Dict[str, List[int]] = {}
         # Dropout differs per rank, as it would per sample in one big batch.
         torch.manual_seed(runner.seed + 1000 * (self.dist.rank + 1))
         self._data()
@@ -276,6 +277,7 @@ class Trainer:
                     self.scaler.scale(loss * self.dist.world_size / accumulate).backward()
                 for name, term in terms.items():
                     window.setdefault(name, []).append(term.per_target())
+                    self.term_layers[name] = term.layers or list(range(len(term.sums)))
                 window.setdefault("loss", []).append(loss.detach()[None])
                 window_utterances += waveforms.shape[0] * self.dist.world_size
             self.scaler.unscale_(self.optimizer)
@@ -306,7 +308,7 @@ class Trainer:
         scalars = {"loss": means.pop("loss").item(), "lr": self.scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm), "utterances_per_s": utterances_per_second}
         for name, per_target in means.items():
-            for layer, value in zip(self.task.method.target_layers, per_target.tolist()):
+            for layer, value in zip(self.term_layers[name], per_target.tolist()):
                 scalars[f"{name}/layer{layer}"] = value
         for key, value in scalars.items():
             writer.add_scalar(f"train/{key}", value, self.step)

@@ -13,9 +13,13 @@ from s3prl_distill.model import StudentConfig, StudentModel
 
 from .config import StudentInitConfig, TeacherConfig
 from .distilhubert.recipe import DistilHuBERT, DistilHuBERTMethodConfig
+from .fithubert.recipe import FitHuBERT, FitHuBERTMethodConfig
 from .teacher import Teacher, initialise_student
 
-METHODS = {"distilhubert": (DistilHuBERTMethodConfig, DistilHuBERT)}
+METHODS = {
+    "distilhubert": (DistilHuBERTMethodConfig, DistilHuBERT),
+    "fithubert": (FitHuBERTMethodConfig, FitHuBERT),
+}
 
 
 def build_method(config, student: StudentConfig):
@@ -52,7 +56,7 @@ class DistillationTask:
         # Teacher and student CNNs may differ by a frame at the end; compare the common frames.
         frames = min(output.predictions.shape[2], hidden_states[0].shape[1])
         targets = torch.stack([hidden_states[i][:, :frames] for i in self.method.target_layers], dim=1)
-        output = output._replace(predictions=output.predictions[:, :, :frames])
+        output = output._replace(predictions=output.predictions[:, self.method.prediction_indices, :frames])
         valid = None
         if output.lengths is not None:
             valid = torch.arange(frames, device=waveforms.device)[None, :] < output.lengths[:, None]

@@ -128,10 +128,25 @@ def save_checkpoint(obj: Any, path: Union[str, Path]) -> Path:
     return path
 
 
+# Our own checkpoint layout for students s3prl has no format for (everything but DistilHuBERT).
+NATIVE_FORMAT = "s3prl_distill.student/1"
+
+
+def export_student(family: str, config: Any, state: Mapping[str, Any]) -> dict:
+    """``{"Format", "Family", "StudentConfig", "Student"}``: plain dicts and tensors only."""
+    return {"Format": NATIVE_FORMAT, "Family": family, "StudentConfig": config.to_dict(), "Student": dict(state)}
+
+
+def is_native_student(checkpoint: Any) -> bool:
+    return isinstance(checkpoint, Mapping) and checkpoint.get("Format") == NATIVE_FORMAT
+
+
 def describe_checkpoint(checkpoint: Any) -> str:
     """A short human description of a loaded checkpoint's format, for error messages."""
     if not isinstance(checkpoint, Mapping):
         return f"a {type(checkpoint).__name__}, not a checkpoint dict"
+    if is_native_student(checkpoint):
+        return f"an s3prl-distill {checkpoint.get('Family')} student checkpoint"
     keys = set(checkpoint)
     if "Distiller" in keys:
         return "an s3prl distiller (DistilHuBERT) checkpoint"

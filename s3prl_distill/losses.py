@@ -8,7 +8,7 @@ with the same global batch does, and excluding padded frames is just a different
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,14 @@ class LossTerm:
     sums: Tensor  # (num_targets,) summed loss per target layer
     counts: Tensor  # (num_targets,) number of elements each sum covers
     weight: float
+    # False: one mean over every target's elements (DistilHuBERT); True: the sum of per-target means (FitHuBERT's
+    # "MSE(layer 12) + 0.1 * sum over hint layers of MSE").
+    sum_over_targets: bool = False
+    layers: Optional[List[int]] = None  # teacher layer of each target, for logging
+
+    def labelled(self, layers: List[int]) -> "LossTerm":
+        self.layers = list(layers)
+        return self
 
     def per_target(self) -> Tensor:
         """Mean per target layer (local to this process; for logging)."""
@@ -34,7 +42,8 @@ def _frame_mask(valid: Optional[Tensor], prediction: Tensor) -> Tensor:
 
 
 def regression_term(
-    prediction: Tensor, target: Tensor, valid: Optional[Tensor], kind: str = "l1", weight: float = 1.0
+    prediction: Tensor, target: Tensor, valid: Optional[Tensor], kind: str = "l1", weight: float = 1.0,
+    sum_over_targets: bool = False,
 ) -> LossTerm:
     """L1 (or squared error with ``kind="l2"``) per element; ``prediction``/``target``: (B, N, T, D),
     ``valid``: (B, T) bool of frames that count (None: every frame, padding included, as s3prl does)."""
@@ -43,7 +52,7 @@ def regression_term(
     mask = _frame_mask(valid, prediction)
     sums = (per_element * mask).sum(dim=(0, 2, 3))
     counts = mask.sum(dim=(0, 2, 3)) * prediction.shape[-1]
-    return LossTerm(sums, counts.expand_as(sums).clone(), weight)
+    return LossTerm(sums, counts.expand_as(sums).clone(), weight, sum_over_targets)
 
 
 def log_sigmoid_cosine_term(
@@ -59,12 +68,16 @@ def log_sigmoid_cosine_term(
 
 
 def combine(terms: dict, reduce_counts=None) -> Tensor:
-    """Σ_term weight · Σ_layers sums / Σ_layers counts, counts summed over DDP ranks by ``reduce_counts``."""
-    total = None
+    """Σ_term weight · (Σ sums / Σ counts, or Σ per-target sums / counts), with the counts summed over DDP ranks by
+    ``reduce_counts`` (all terms' counts in one collective)."""
+    counts = torch.cat([term.counts.detach().reshape(-1) for term in terms.values()])
+    if reduce_counts is not None:
+        counts = reduce_counts(counts)
+    total, offset = None, 0
     for term in terms.values():
-        count = term.counts.sum().detach()
-        if reduce_counts is not None:
-            count = reduce_counts(count)
-        value = term.weight * term.sums.sum() / count.clamp(min=1)
+        count = counts[offset: offset + term.counts.numel()].clamp(min=1)
+        offset += term.counts.numel()
+        value = (term.sums / count).sum() if term.sum_over_targets else term.sums.sum() / count.sum()
+        value = term.weight * value
         total = value if total is None else total + value
     return total

@@ -75,3 +75,28 @@ def test_runner_trains_and_evaluates_our_upstream(way, tmp_path, emotion_setup, 
     assert len(predictions) == 3 * len(EMOTIONS)
     assert all(line.split()[1] in EMOTIONS for line in predictions)
     assert 0.0 <= accuracy(expdir) <= 1.0
+
+
+@pytest.mark.slow
+def test_runner_trains_fithubert_with_the_default_weighted_sum(tmp_path, emotion_setup):
+    """FitHuBERT's 40 ms layers must pass s3prl's weighted-sum featurizer (the official upstream crashes it)."""
+    import torch
+
+    from s3prl_distill.checkpoint import export_student, save_checkpoint
+    from s3prl_distill.model import StudentModel
+
+    from test_fithubert import tiny_fithubert
+
+    config = tiny_fithubert()
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(export_student("fithubert", config, StudentModel(config).state_dict()),
+                                 tmp_path / "fithubert.ckpt")
+    corpus, emotion_config = emotion_setup
+    expdir = tmp_path / "exp"
+    train = ["-m", "train", "-u", "fithubert_local", "-k", str(checkpoint), "-d", "emotion", "-c",
+             str(emotion_config), "-p", str(expdir), "--device", "cpu"]
+    _, result = launch("module", train, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (expdir / "states-2.ckpt").is_file()
+    weights = torch.load(expdir / "states-2.ckpt", weights_only=False)["Featurizer"]["weights"]
+    assert weights.shape == (4,)  # transformer input + 3 layers, all at 20 ms

@@ -38,6 +38,16 @@ def test_combine_normalises_by_the_global_count():
     assert math.isclose(doubled.item(), total.item() / 2, rel_tol=1e-6)
 
 
+def test_sum_over_targets_adds_per_layer_means():
+    # Layer 0: mean |1| = 1 over 2 elements; layer 1: mean |3| = 3 over 4 frames' worth (2 frames, D=2).
+    prediction = torch.zeros(1, 2, 2, 2)
+    target = torch.stack([torch.ones(2, 2), 3 * torch.ones(2, 2)])[None]
+    pooled = regression_term(prediction, target, None)
+    summed = regression_term(prediction, target, None, sum_over_targets=True)
+    assert math.isclose(combine({"t": pooled}).item(), 2.0)  # (4 + 12) / 8
+    assert math.isclose(combine({"t": summed}).item(), 4.0)  # 1 + 3
+
+
 def test_distilhubert_loss_is_s3prls_formula():
     """s3prl's DistillerForPretrain: L1 mean over (B, N, T, D) + λ · mean over (B, N, T) of −log σ(cos)."""
     from s3prl_distill.model import StudentOutput, distilhubert_config

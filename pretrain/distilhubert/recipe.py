@@ -35,6 +35,7 @@ class DistilHuBERT:
             raise ValueError("the distilhubert method needs a student with an expand_last prediction_head")
         self.config = config
         self.target_layers: List[int] = list(head.target_layers)
+        self.prediction_indices: List[int] = list(range(len(self.target_layers)))
 
     def losses(self, student: StudentOutput, targets: Tensor, valid: Optional[Tensor]) -> Dict[str, LossTerm]:
         """``targets``: (B, N, T, D) teacher layers aligned with ``student.predictions`` (same T)."""
@@ -42,8 +43,10 @@ class DistilHuBERT:
         return {
             "regression": regression_term(
                 student.predictions, targets, valid, self.config.loss_type, self.config.regression_weight
-            ),
-            "cosine": log_sigmoid_cosine_term(student.predictions, targets, valid, self.config.cosine_weight),
+            ).labelled(self.target_layers),
+            "cosine": log_sigmoid_cosine_term(
+                student.predictions, targets, valid, self.config.cosine_weight
+            ).labelled(self.target_layers),
         }
 
     @staticmethod

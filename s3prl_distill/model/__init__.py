@@ -5,10 +5,11 @@ from .config import (
     FeatureExtractorConfig,
     PredictionHeadConfig,
     StudentConfig,
+    TimeReductionConfig,
     format_conv_layers,
     parse_conv_layers,
 )
-from .factory import distilhubert_config
+from .factory import distilhubert_config, fithubert_config
 from .student import StudentModel, StudentOutput
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "StudentConfig",
     "StudentModel",
     "StudentOutput",
+    "TimeReductionConfig",
     "distilhubert_config",
+    "fithubert_config",
     "format_conv_layers",
     "parse_conv_layers",
 ]

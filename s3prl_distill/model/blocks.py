@@ -8,7 +8,7 @@ means every row is fully valid.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -230,8 +230,29 @@ class EncoderLayer(nn.Module):
         return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
 
 
+class TimeReduction(nn.Module):
+    """Strided Conv1d over time (kernel = stride = ``factor``): ``factor`` frames become one."""
+
+    def __init__(self, dim: int, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.conv = nn.Conv1d(dim, dim, kernel_size=factor, stride=factor)
+
+    def forward(self, x: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """(B, T, C) -> (B, T // factor, C); an output frame is valid when all its input frames were."""
+        y = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return y, (None if lengths is None else torch.div(lengths, self.factor, rounding_mode="floor"))
+
+
+class EncoderOutput(NamedTuple):
+    last_hidden: Tensor  # last layer's output (+ final LayerNorm when pre-LN), at the encoder's output rate
+    layer_outputs: List[Tensor]  # raw output of every layer, each at its own rate
+    lengths: Optional[Tensor]  # valid frames at the output rate (None: no padding)
+    padding_mask: Optional[Tensor]  # (B, T_out), True on padding
+
+
 class TransformerEncoder(nn.Module):
-    """Positional convolution, LayerNorm and a stack of :class:`EncoderLayer`."""
+    """Positional convolution, LayerNorm, a stack of :class:`EncoderLayer` and an optional time reduction."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -255,13 +276,14 @@ class TransformerEncoder(nn.Module):
             )
             for num_heads, ffn_dim in zip(config.layer_num_heads(), config.layer_ffn_dims())
         )
+        tr = config.time_reduction
+        self.time_reduction_index = tr.index if tr is not None else None
+        self.time_reduction = TimeReduction(config.embed_dim, tr.factor) if tr is not None else None
         self.apply(_init_bert_params)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-        """``x``: (batch, frames, embed_dim) -> (encoder output, the raw output of every layer).
-
-        The encoder output is the last layer's, plus the final LayerNorm for a pre-LN encoder.
-        """
+    def forward(self, x: Tensor, lengths: Optional[Tensor]) -> EncoderOutput:
+        """``x``: (batch, frames, embed_dim); ``lengths``: valid frames per row (None: no padding)."""
+        padding_mask = lengths_to_padding_mask(lengths, x.shape[1])
         if padding_mask is not None:
             # Padding must look like the zero padding the positional convolution sees at the true end.
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
@@ -270,12 +292,20 @@ class TransformerEncoder(nn.Module):
             x = self.layer_norm(x)
         x = self.dropout(x)
         layer_outputs = []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            if index == self.time_reduction_index:
+                x, lengths, padding_mask = self._reduce(x, lengths)
             x = layer(x, padding_mask)
             layer_outputs.append(x)
+        if self.time_reduction_index == len(self.layers):
+            x, lengths, padding_mask = self._reduce(x, lengths)
         if self.layer_norm_first:
             x = self.layer_norm(x)
-        return x, layer_outputs
+        return EncoderOutput(x, layer_outputs, lengths, padding_mask)
+
+    def _reduce(self, x: Tensor, lengths: Optional[Tensor]):
+        x, lengths = self.time_reduction(x, lengths)
+        return x, lengths, lengths_to_padding_mask(lengths, x.shape[1])
 
 
 def _init_bert_params(module: nn.Module) -> None:

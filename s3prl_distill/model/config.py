@@ -101,6 +101,21 @@ class FeatureExtractorConfig(StrictModel):
         return value
 
 
+class TimeReductionConfig(StrictModel):
+    """A strided Conv1d (kernel = stride = ``factor``) that shortens the sequence before encoder layer ``index``
+    (FitHuBERT: index 0, factor 2, so every layer runs at 40 ms). A frame stays valid only if all the frames it
+    merges were valid; an odd trailing frame is dropped."""
+
+    index: int = 0
+    factor: int = 2
+
+    @model_validator(mode="after")
+    def _check(self) -> "TimeReductionConfig":
+        if self.index < 0 or self.factor < 2:
+            raise ValueError("index must be >= 0 and factor >= 2")
+        return self
+
+
 class EncoderConfig(StrictModel):
     """The transformer encoder: positional convolution and ``num_layers`` self-attention layers."""
 
@@ -119,6 +134,7 @@ class EncoderConfig(StrictModel):
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
     pos_conv_weight_norm: bool = True
+    time_reduction: Optional[TimeReductionConfig] = None
 
     @field_validator("dropout", "attention_dropout", "activation_dropout")
     @classmethod
@@ -143,7 +159,14 @@ class EncoderConfig(StrictModel):
                 raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {bad[0]}; set head_dim")
         if self.pos_conv_kernel <= 0 or self.embed_dim % self.pos_conv_groups:
             raise ValueError("pos_conv_kernel must be > 0 and embed_dim divisible by pos_conv_groups")
+        if self.time_reduction is not None and self.time_reduction.index > self.num_layers:
+            raise ValueError(f"time_reduction.index {self.time_reduction.index} > num_layers {self.num_layers}")
         return self
+
+    def layer_rate_factor(self, layer: int) -> int:
+        """How many input frames one output frame of layer ``layer`` (0-based) covers."""
+        tr = self.time_reduction
+        return tr.factor if tr is not None and layer >= tr.index else 1
 
     def layer_ffn_dims(self) -> List[int]:
         return self.ffn_dim if isinstance(self.ffn_dim, list) else [self.ffn_dim] * self.num_layers
@@ -160,9 +183,12 @@ class PredictionHeadConfig(StrictModel):
 
     ``expand_last`` (DistilHuBERT): the last encoder layer goes through one shared Linear expanding to
     ``len(target_layers) * inner_dim``, a GELU, then one Linear per target layer.
+    ``layerwise`` (FitHuBERT hints, deep-thin students): one head per encoder layer, head ``i`` on layer ``i + 1``
+    predicting ``target_layers[i]``: a ConvTranspose1d back to 20 ms for layers after a time reduction, then a
+    Linear to ``out_dim`` when the widths differ.
     """
 
-    type: Literal["expand_last"] = "expand_last"
+    type: Literal["expand_last", "layerwise"] = "expand_last"
     # Teacher hidden-state indices (s3prl indexing: 0 = transformer input, i = output of layer i).
     target_layers: List[int] = Field(default_factory=lambda: [4, 8, 12])
     inner_dim: Optional[int] = None  # defaults to the encoder width
@@ -191,6 +217,15 @@ class StudentConfig(StrictModel):
     @classmethod
     def _check_probability(cls, value: float) -> float:
         return _probability(value)
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "StudentConfig":
+        head = self.prediction_head
+        if head is not None and head.type == "layerwise" and len(head.target_layers) != self.encoder.num_layers:
+            raise ValueError(
+                f"layerwise heads: {len(head.target_layers)} target_layers for {self.encoder.num_layers} layers"
+            )
+        return self
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "student config") -> "StudentConfig":

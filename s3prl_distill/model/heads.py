@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,3 +24,33 @@ class ExpandLastHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         chunks = F.gelu(self.expand(x)).chunk(self.num_targets, dim=-1)
         return torch.stack([projection(chunk) for projection, chunk in zip(self.projections, chunks)], dim=1)
+
+
+class HintHead(nn.Module):
+    """FitHuBERT's per-layer head: ConvTranspose1d back to the input rate (layers after a time reduction), then a
+    Linear to the teacher width when it differs. (batch, frames, in_dim) -> (batch, frames * upsample, out_dim)."""
+
+    def __init__(self, in_dim: int, out_dim: int, upsample: int) -> None:
+        super().__init__()
+        self.upsampler = nn.ConvTranspose1d(in_dim, in_dim, upsample, stride=upsample) if upsample > 1 else None
+        self.projection = nn.Linear(in_dim, out_dim) if in_dim != out_dim else None
+
+    def upsample(self, x: Tensor) -> Tensor:
+        return x if self.upsampler is None else self.upsampler(x.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.upsample(x)
+        return x if self.projection is None else self.projection(x)
+
+
+class LayerwiseHeads(nn.Module):
+    """One :class:`HintHead` per encoder layer; outputs stacked to (batch, num_layers, frames, out_dim)."""
+
+    def __init__(self, in_dim: int, out_dim: int, upsample_factors: List[int]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(HintHead(in_dim, out_dim, factor) for factor in upsample_factors)
+
+    def forward(self, layer_outputs: List[Tensor]) -> Tensor:
+        outputs = [head(x) for head, x in zip(self.heads, layer_outputs)]
+        frames = min(o.shape[1] for o in outputs)  # layers before/after a time reduction may differ by a frame
+        return torch.stack([o[:, :frames] for o in outputs], dim=1)

@@ -9,16 +9,16 @@ from torch import Tensor, nn
 
 from .blocks import ConvFeatureExtractor, TransformerEncoder, lengths_to_padding_mask
 from .config import StudentConfig
-from .heads import ExpandLastHead
+from .heads import ExpandLastHead, LayerwiseHeads
 
 
 class StudentOutput(NamedTuple):
     features: Tensor  # (batch, frames, embed_dim): projected CNN features = transformer input, padding zeroed
-    layer_outputs: List[Tensor]  # raw output of each transformer layer, (batch, frames, embed_dim)
+    layer_outputs: List[Tensor]  # raw output of each transformer layer (at 40 ms after a 2x time reduction)
     last_hidden: Tensor  # encoder output: last layer (+ final LayerNorm when pre-LN)
     predictions: Optional[Tensor]  # (batch, num_targets, frames, out_dim) from the prediction head, if any
-    lengths: Optional[Tensor]  # valid frames per utterance; None when the batch had no padding
-    padding_mask: Optional[Tensor]  # (batch, frames), True on padded frames; None without padding
+    lengths: Optional[Tensor]  # valid CNN frames per utterance; None when the batch had no padding
+    padding_mask: Optional[Tensor]  # (batch, frames), True on padded CNN frames; None without padding
 
 
 class StudentModel(nn.Module):
@@ -39,10 +39,13 @@ class StudentModel(nn.Module):
         head = config.prediction_head
         if head is None:
             self.prediction_head = None
-        else:
+        elif head.type == "expand_last":
             self.prediction_head = ExpandLastHead(
                 embed_dim, head.inner_dim or embed_dim, head.out_dim, len(head.target_layers)
             )
+        else:
+            factors = [config.encoder.layer_rate_factor(i) for i in range(config.encoder.num_layers)]
+            self.prediction_head = LayerwiseHeads(embed_dim, head.out_dim, factors)
 
     @property
     def downsample_rate(self) -> int:
@@ -88,8 +91,13 @@ class StudentModel(nn.Module):
         padding_mask = lengths_to_padding_mask(frame_lengths, features.shape[1])
         if padding_mask is not None:
             features = features.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        last_hidden, layer_outputs = self.encoder(features, padding_mask)
+        encoded = self.encoder(features, frame_lengths)
         predictions = None
         if predict and self.prediction_head is not None:
-            predictions = self.prediction_head(last_hidden)
-        return StudentOutput(features, layer_outputs, last_hidden, predictions, frame_lengths, padding_mask)
+            if isinstance(self.prediction_head, LayerwiseHeads):
+                predictions = self.prediction_head(encoded.layer_outputs)
+            else:
+                predictions = self.prediction_head(encoded.last_hidden)
+        return StudentOutput(
+            features, encoded.layer_outputs, encoded.last_hidden, predictions, frame_lengths, padding_mask
+        )

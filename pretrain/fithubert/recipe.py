@@ -1,0 +1,70 @@
+"""FitHuBERT (Lee et al., Interspeech 2022): a thin, deep student with a time-reduction layer, trained by
+hint-based distillation. Every student layer has a head predicting the same teacher layer;
+
+    L = final_weight · MSE(head_12, teacher_12) + hint_weight · Σ_{l in hint_layers} MSE(head_l, teacher_l)
+
+(official config: MSE, final 1.0, hint 0.1 on all 11 intermediate layers, each MSE a mean over B, T, D).
+FitW2V2 is the same with a wav2vec 2.0 teacher.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Mapping, Optional
+
+from pydantic import Field
+from torch import Tensor
+
+from s3prl_distill.checkpoint import export_student
+from s3prl_distill.losses import LossTerm, regression_term
+from s3prl_distill.model.config import StrictModel, StudentConfig
+from s3prl_distill.model.student import StudentOutput
+
+
+class FitHuBERTMethodConfig(StrictModel):
+    name: Literal["fithubert"] = "fithubert"
+    loss_type: Literal["mse", "l1"] = "mse"
+    final_weight: float = 1.0
+    hint_weight: float = 0.1
+    # Student layers (1-based) whose heads get the hint loss; the last layer always gets the final loss.
+    hint_layers: List[int] = Field(default_factory=lambda: list(range(1, 12)))
+    mask_padding: bool = False
+
+
+class FitHuBERT:
+    family = "fithubert"
+
+    def __init__(self, config: FitHuBERTMethodConfig, student: StudentConfig) -> None:
+        head = student.prediction_head
+        if head is None or head.type != "layerwise":
+            raise ValueError("the fithubert method needs a student with layerwise prediction heads")
+        last = student.encoder.num_layers
+        bad = [layer for layer in config.hint_layers if not 1 <= layer < last]
+        if bad:
+            raise ValueError(f"method.hint_layers {bad}: hint layers are student layers 1..{last - 1}")
+        self.config = config
+        # Which student heads (0-based) and which teacher layers the loss compares, hints first, final last.
+        self.prediction_indices: List[int] = [layer - 1 for layer in config.hint_layers] + [last - 1]
+        self.target_layers: List[int] = [head.target_layers[i] for i in self.prediction_indices]
+
+    def losses(self, student: StudentOutput, targets: Tensor, valid: Optional[Tensor]) -> Dict[str, LossTerm]:
+        valid = valid if self.config.mask_padding else None
+        kind = "l2" if self.config.loss_type == "mse" else "l1"
+        predictions = student.predictions
+        terms = {
+            "final": regression_term(
+                predictions[:, -1:], targets[:, -1:], valid, kind, self.config.final_weight
+            ).labelled(self.target_layers[-1:])
+        }
+        if predictions.shape[1] > 1:
+            terms["hint"] = regression_term(
+                predictions[:, :-1], targets[:, :-1], valid, kind, self.config.hint_weight, sum_over_targets=True
+            ).labelled(self.target_layers[:-1])
+        return terms
+
+    @staticmethod
+    def export(student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
+        return export_student(FitHuBERT.family, student, state)
+
+    @staticmethod
+    def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
+        return dict(checkpoint["Student"])

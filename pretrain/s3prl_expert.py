@@ -1,0 +1,108 @@
+"""The shared body of our methods' ``pretrain_expert.py`` files: our teacher/student/loss code
+(:class:`DistillationTask`) behind the interface s3prl's ``run_pretrain.py`` drives, so s3prl's own loop trains the
+same thing as ``s3prl-distill pretrain``. s3prl imports those files as ``pretrain.<method>.pretrain_expert``;
+everything here uses absolute imports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, Mapping, Union
+
+import torch
+import yaml
+from pydantic import ValidationError
+from torch import nn
+
+from s3prl_distill.losses import combine
+from s3prl_distill.model.config import _format_validation_error
+from s3prl_distill.pretrain.config import DataConfig, ModelSections
+from s3prl_distill.pretrain.data import (
+    BucketBatchSampler,
+    CroppedAudioDataset,
+    check_audio_files,
+    collate_waveforms,
+    read_length_csvs,
+)
+from s3prl_distill.pretrain.task import DistillationTask
+
+logger = logging.getLogger(__name__)
+
+
+def _validated(model, data: Any, source: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ValueError(f"invalid {source}:\n{_format_validation_error(error)}") from None
+
+
+class S3prlPretrainExpert(nn.Module):
+    """The interface s3prl's pretrain runner asserts: ``device``, ``forward``, ``load_model``,
+    ``add_state_to_save``, ``on_before_zero_grad``, ``get_train_dataloader`` (+ ``log_records``).
+
+    Each method folder's ``pretrain_expert.py`` subclasses this as ``UpstreamPretrainExpert``."""
+
+    def __init__(
+        self, datarc: Mapping[str, Any], upstream_config: Union[str, Mapping[str, Any]], device: str = "cuda",
+        multi_gpu: bool = False, **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if multi_gpu:
+            raise ValueError("--multi_gpu (DataParallel) is not supported; use s3prl-distill pretrain under torchrun")
+        if isinstance(upstream_config, (str, Path)):
+            with open(upstream_config) as file:
+                self.upstream_config = yaml.safe_load(file)
+            source = str(upstream_config)
+        else:  # a resumed s3prl run hands back the dict saved as Upstream_Config
+            self.upstream_config = dict(upstream_config)
+            source = "Upstream_Config"
+        sections = _validated(ModelSections, self.upstream_config, source)
+        self.datarc = _validated(DataConfig, dict(datarc), "pretrain_expert.datarc")
+        self.device = torch.device(device)
+        self.task = DistillationTask(sections.teacher, sections.student, sections.student_init, sections.method,
+                                     self.device)
+        self.model = self.task.student  # what s3prl's runner optimises
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        data = self.datarc
+        items = read_length_csvs(Path(data.root), Path(data.bucket_dir), data.sets)
+        if data.check_files:
+            items = check_audio_files(items, data.on_bad_file)
+        seed = torch.initial_seed()  # what run_pretrain.py's --seed set
+        sampler = BucketBatchSampler([item.length for item in items], data.train_batch_size, seed)
+        return torch.utils.data.DataLoader(
+            CroppedAudioDataset(items, data.max_length, seed), batch_sampler=sampler, collate_fn=collate_waveforms,
+            num_workers=data.num_workers, pin_memory=self.device.type == "cuda",
+        )
+
+    def forward(self, data, records=None, global_step: int = 0, log_step: int = 1000, **kwargs: Any):
+        waveforms, lengths = (tensor.to(self.device, non_blocking=True) for tensor in data)
+        terms = self.task.losses(self.model, waveforms, lengths)
+        loss = combine(terms)
+        records = defaultdict(list) if records is None else records
+        if global_step % log_step == 0:
+            for name, term in terms.items():
+                for layer, value in zip(term.layers or range(len(term.sums)), term.per_target().tolist()):
+                    records[f"{name}/layer{layer}"].append(value)
+        return loss, records
+
+    def load_model(self, init_ckpt: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(self.task.student_state(init_ckpt))
+
+    def add_state_to_save(self, all_states: Dict[str, Any]) -> Dict[str, Any]:
+        exported = self.task.export()
+        # "Config" is s3prl's runner config (its resume reads it); a distiller checkpoint adds Config["distiller"].
+        all_states["Config"] = {**all_states.get("Config", {}), **exported.pop("Config", {})}
+        all_states.update(exported)
+        all_states["Upstream_Config"] = self.upstream_config
+        return all_states
+
+    def on_before_zero_grad(self) -> None:
+        pass
+
+    def log_records(self, records, logger, prefix: str, global_step: int, **kwargs: Any) -> None:
+        for key, values in records.items():
+            if values:
+                logger.add_scalar(f"{prefix}{key}", sum(values) / len(values), global_step=global_step)

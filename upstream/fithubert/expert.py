@@ -1,0 +1,163 @@
+"""FitHuBERT upstream on the shared student backbone.
+
+Reads our own checkpoints and the official release (a Lightning checkpoint + its training YAML given with ``-g``).
+Its layers run at 40 ms (after the 2x time reduction); s3prl's weighted sum needs one rate for every entry, so
+``hidden_states`` brings them back to 20 ms (see ``upsample``), while the native 40 ms outputs stay selectable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+
+import torch
+import yaml
+from pydantic import Field, ValidationError
+from torch import Tensor, nn
+
+from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
+from s3prl_distill.importers.fithubert import import_lightning, is_lightning_checkpoint
+from s3prl_distill.model import StudentConfig, StudentModel
+from s3prl_distill.model.config import _format_validation_error
+
+from ..interfaces import OutputDict, UpstreamOptions, check_feature_key, load_weights, pad_waveforms, validate_waveforms
+
+
+class FitHuBERTOptions(UpstreamOptions):
+    # How 40 ms layer outputs become 20 ms in hidden_states: "repeat" each frame twice (parameter-free, the same for
+    # every layer), or "trained": each layer's own hint-head ConvTranspose1d, learnt during distillation.
+    upsample: Literal["repeat", "trained"] = "repeat"
+
+
+def read_fithubert_config(
+    model_config: Union[None, str, Path, Mapping[str, Any]], name: str
+) -> Tuple[FitHuBERTOptions, Optional[Mapping[str, Any]]]:
+    """``-g`` is either our options YAML, or the official training YAML (with a ``distiller`` section; our options
+    may then sit in an ``s3prl_distill`` section). Returns (options, official YAML or None)."""
+    if model_config is None:
+        return FitHuBERTOptions(), None
+    source = "model_config"
+    data = model_config
+    if isinstance(model_config, (str, Path)):
+        path = Path(model_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: config (-g / model_config) {path} does not exist")
+        source = str(path)
+        data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{name}: {source} must be a YAML mapping")
+    official = data if "distiller" in data else None
+    options = data.get("s3prl_distill", {}) if official is not None else data
+    try:
+        return FitHuBERTOptions.model_validate(options), official
+    except ValidationError as error:
+        raise ValueError(f"{name}: invalid options in {source}:\n{_format_validation_error(error)}") from None
+
+
+def parameter_counts(model: StudentModel) -> Dict[str, int]:
+    """The sizes the literature reports for FitHuBERT-style students.
+
+    ``backbone``: CNN to last layer; ``inference``: + the last layer's head (the official upstream's output);
+    ``with_all_heads``: + every hint head; ``paper``: ``inference`` + the official model's top-level ConvTranspose1d
+    upsampler (C·C·f + C), built but never used, which the paper's 22.49 M includes.
+    """
+    backbone = model.num_parameters()
+    heads = model.prediction_head.heads
+    last = sum(p.numel() for p in heads[-1].parameters())
+    tr = model.config.encoder.time_reduction
+    width = model.config.encoder.embed_dim
+    unused = width * width * tr.factor + width if tr is not None else 0
+    return {
+        "backbone": backbone,
+        "inference": backbone + last,
+        "with_all_heads": model.num_parameters(include_heads=True),
+        "paper": backbone + last + unused,
+    }
+
+
+class UpstreamExpert(nn.Module):
+    """Outputs:
+
+    * ``hidden_states``: [transformer input, layer 1, ..., layer 12] at 20 ms, width 480 (40 ms layers upsampled);
+    * ``hidden_states_40ms``: the 12 raw layer outputs at their native 40 ms (``get_downsample_rates`` 640);
+    * ``head_outputs``: the 12 hint heads' predictions of teacher layers 1..12 (20 ms, teacher width);
+    * ``last_hidden_state``: the last head's output, the official upstream's only usable feature (FitHuBERT's
+      README evaluates SUPERB with ``-s last_hidden_state``).
+
+    20 ms outputs have ``2 * floor(T / 2)`` frames for T CNN frames (an odd last frame has no 40 ms partner).
+    """
+
+    name = "fithubert"
+
+    def __init__(
+        self,
+        ckpt: str,
+        model_config: Union[None, str, Mapping[str, Any]] = None,
+        trust_checkpoint: bool = False,
+        upsample: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        options, official_yaml = read_fithubert_config(model_config, self.name)
+        if upsample is not None:
+            options = FitHuBERTOptions(**{**options.model_dump(), "upsample": upsample})
+        self.upsample_mode = options.upsample
+        checkpoint = load_checkpoint(
+            ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint, what="FitHuBERT checkpoint"
+        )
+        config, state = self._import(checkpoint, official_yaml, ckpt)
+        if config.encoder.time_reduction is None or config.prediction_head is None \
+                or config.prediction_head.type != "layerwise":
+            raise CheckpointError(f"{ckpt}: not a FitHuBERT-shaped student (time reduction + layerwise heads)")
+        self.model = StudentModel(config)
+        load_weights(self.model, state, ckpt)
+        self.factor = config.encoder.time_reduction.factor
+        rate = self.model.downsample_rate
+        self.rates = {"hidden_states": rate, "hidden_states_40ms": rate * self.factor, "head_outputs": rate,
+                      "last_hidden_state": rate}
+
+    def _import(self, checkpoint: Any, official_yaml, path: str) -> Tuple[StudentConfig, Dict[str, Tensor]]:
+        try:
+            if is_native_student(checkpoint) and checkpoint.get("Family") == "fithubert":
+                return StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)"), checkpoint["Student"]
+            if is_lightning_checkpoint(checkpoint):
+                if official_yaml is None:
+                    raise CheckpointError(
+                        f"{path} is an official FitHuBERT Lightning checkpoint: also pass its training YAML "
+                        "(the file with the 'distiller' section) with -g / model_config"
+                    )
+                return import_lightning(checkpoint, official_yaml)
+        except ValueError as error:
+            if isinstance(error, CheckpointError):
+                raise
+            raise CheckpointError(f"{path}: {error}") from None
+        raise CheckpointError(
+            f"{path} is {describe_checkpoint(checkpoint)}; the fithubert upstream expects our FitHuBERT checkpoint "
+            "or the official release (a Lightning checkpoint with student_model.* weights, plus its YAML via -g)"
+        )
+
+    def get_downsample_rates(self, key: str) -> int:
+        check_feature_key(key, tuple(self.rates), self.name)
+        return self.rates[key]
+
+    def _to_20ms(self, index: int, layer_output: Tensor) -> Tensor:
+        if self.upsample_mode == "trained":
+            return self.model.prediction_head.heads[index].upsample(layer_output)
+        return layer_output.repeat_interleave(self.factor, dim=1)
+
+    def forward(self, wavs: List[Tensor]) -> OutputDict:
+        validate_waveforms(wavs, self.model.receptive_field, self.name)
+        waveforms, lengths = pad_waveforms(wavs)
+        out = self.model(waveforms, lengths)
+        frames = out.predictions.shape[2]  # factor * floor(T / factor)
+        tr_index = self.model.config.encoder.time_reduction.index
+        states = [out.features[:, :frames]]
+        for index, layer_output in enumerate(out.layer_outputs):
+            states.append((self._to_20ms(index, layer_output) if index >= tr_index else layer_output)[:, :frames])
+        heads = list(out.predictions.unbind(dim=1))
+        return {
+            "hidden_states": states,
+            "hidden_states_40ms": [x for i, x in enumerate(out.layer_outputs) if i >= tr_index],
+            "head_outputs": heads,
+            "last_hidden_state": heads[-1],
+        }
