@@ -1,0 +1,81 @@
+"""Forward time of each shipped student relative to a HuBERT-Base-sized teacher, measured in one run.
+
+Every model is randomly initialised at full size and loaded through its s3prl entry (the teacher through s3prl's
+own ``hubert_local``), so this times exactly what ``run_downstream.py`` would run. Batch: 4 x 10 s by default.
+
+    python benchmarks/inference_ratio.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from s3prl_distill.checkpoint import export_student, save_checkpoint
+from s3prl_distill.importers.s3prl_distiller import export_distiller
+from s3prl_distill.importers.s3prl_hubert import HUBERT_BASE, write_random_hubert
+from s3prl_distill.model import StudentModel, distilhubert_config, fithubert_config
+
+
+def time_forward(model: torch.nn.Module, wavs, repeats: int) -> float:
+    with torch.no_grad():
+        model(wavs)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(wavs)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "inference_ratio.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import s3prl.hub as hub
+
+    generator = torch.Generator().manual_seed(0)
+    wavs = [0.1 * torch.randn(int(16000 * args.seconds), generator=generator) for _ in range(args.batch)]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        torch.manual_seed(0)
+        models = {"HuBERT Base (teacher, s3prl hubert_local)": hub.hubert_local(
+            ckpt=str(write_random_hubert(folder / "hubert.ckpt", HUBERT_BASE)))}
+        config = distilhubert_config()
+        save_checkpoint(export_distiller(config, StudentModel(config).state_dict()), folder / "distilhubert.ckpt")
+        models["DistilHuBERT (distilhubert_local)"] = hub.distilhubert_local(ckpt=str(folder / "distilhubert.ckpt"))
+        models["s3prl's DistilHuBERT (distiller_local), same weights"] = hub.distiller_local(
+            ckpt=str(folder / "distilhubert.ckpt"))
+        config = fithubert_config()
+        save_checkpoint(export_student("fithubert", config, StudentModel(config).state_dict()), folder / "fit.ckpt")
+        models["FitHuBERT (fithubert_local)"] = hub.fithubert_local(ckpt=str(folder / "fit.ckpt"))
+        teacher_time = None
+        for name, model in models.items():
+            model.eval()
+            seconds = time_forward(model, wavs, args.repeats)
+            teacher_time = teacher_time or seconds
+            rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters()),
+                         "median_s": round(seconds, 3), "ratio_to_teacher": round(seconds / teacher_time, 3)})
+    result = {"benchmark": "inference_ratio", "batch": f"{args.batch} x {args.seconds:g} s", "threads": args.threads,
+              "device": "cpu", "machine": platform.machine(), "repeats": args.repeats, "rows": rows}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    for row in rows:
+        print(f"{row['model']:55s} {row['parameters'] / 1e6:7.2f} M  {row['median_s']:7.3f} s  x{row['ratio_to_teacher']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
