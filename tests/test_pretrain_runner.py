@@ -215,3 +215,14 @@ def test_shipped_configs_agree():
     assert config.student.prediction_head.target_layers == [4, 8, 12]
     assert (config.data.train_batch_size, config.data.max_length, config.runner.total_steps) == (24, 250000, 200000)
     assert config.scheduler.warmup_proportion == 0.07 and config.runner.gradient_clipping == 5.0
+
+
+def test_keep_last_rotates_old_checkpoints_and_accumulation_runs(setup, tmp_path):
+    overrides = ("config.runner.total_steps=4,,config.runner.save_step=1,,config.runner.keep_last=2,,"
+                 "config.runner.gradient_accumulate_steps=2,,config.runner.log_step=2")
+    result = pretrain(["-g", str(setup["config"]), "-n", "rotate", "-p", str(tmp_path), "-o", overrides], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "rotate").glob("states-*.ckpt")) == ["states-3.ckpt", "states-4.ckpt"]
+    assert not list((tmp_path / "rotate").glob(".states-*"))  # no temporary files left
+    state = load_checkpoint(tmp_path / "rotate" / "states-4.ckpt")["TrainingState"]
+    assert state["step"] == 4 and state["epoch"] * 4 + state["batch_index"] == 8  # 4 batches per epoch, 2 per step
