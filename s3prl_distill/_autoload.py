@@ -7,7 +7,9 @@ are first imported:
 * ``s3prl``: apply the compat patches before any s3prl code runs;
 * ``s3prl.hub``: register our upstream entries in it, so ``run_downstream.py -u <ours>``, ``S3PRLUpstream`` and
   ``hub.options()`` find them with no change to s3prl and no import in the user's code;
-* ``s3prl.optimizers`` (or ``optimizers`` in a checkout): allow-list its LR-schedule classes for ``torch.load``.
+* ``s3prl.optimizers`` (or ``optimizers`` in a checkout): allow-list its LR-schedule classes for ``torch.load``;
+* modules s3prl's tasks import but PyPI s3prl lacks (:data:`FALLBACKS`): served from :mod:`s3prl_distill.s3prl_ext`
+  under s3prl's name, only when no s3prl file exists (an s3prl git checkout keeps its own).
 
 Set ``S3PRL_DISTILL_NO_AUTOLOAD=1`` to turn all of this off (then call ``s3prl_distill.register()`` yourself).
 A failure inside a hook is logged and never breaks the import it is attached to.
@@ -17,8 +19,12 @@ import logging
 import os
 import sys
 from importlib.abc import Loader, MetaPathFinder
+from importlib.util import find_spec, spec_from_file_location
 
 DISABLE_ENV = "S3PRL_DISTILL_NO_AUTOLOAD"
+
+# s3prl package -> our package standing in for it when s3prl has none (its submodules follow via __path__).
+FALLBACKS = {"s3prl.downstream.ctc.corpus": "s3prl_distill.s3prl_ext.ctc_corpus"}
 
 logger = logging.getLogger("s3prl_distill")
 
@@ -79,13 +85,26 @@ def _run_hook(hook, module):
         logger.warning("s3prl_distill import hook %s failed for %s", hook.__name__, module.__name__, exc_info=True)
 
 
+def _fallback_spec(fullname):
+    """A spec that loads our stand-in package under s3prl's module name."""
+    ours = find_spec(FALLBACKS[fullname])
+    if ours is None or ours.origin is None:
+        return None
+    return spec_from_file_location(
+        fullname, ours.origin, submodule_search_locations=list(ours.submodule_search_locations or [])
+    )
+
+
 class ImportHook(MetaPathFinder):
-    def __init__(self, hooks):
+    def __init__(self, hooks, fallbacks=()):
         self.hooks = hooks  # module name -> (before, after)
+        self.fallbacks = set(fallbacks)
         self._resolving = set()
 
     def find_spec(self, fullname, path=None, target=None):
         hook = self.hooks.get(fullname)
+        if fullname in self.fallbacks and fullname not in self._resolving:
+            return self._find_or_fallback(fullname, path, target)
         if hook is None or fullname in self._resolving:
             return None
         self._resolving.add(fullname)
@@ -104,6 +123,18 @@ class ImportHook(MetaPathFinder):
             return spec
         spec.loader = _HookedLoader(spec.loader, *hook)
         return spec
+
+    def _find_or_fallback(self, fullname, path, target):
+        self._resolving.add(fullname)
+        try:
+            for finder in sys.meta_path:
+                if finder is not self and hasattr(finder, "find_spec"):
+                    spec = finder.find_spec(fullname, path, target)
+                    if spec is not None:
+                        return spec  # s3prl has its own: use it
+        finally:
+            self._resolving.discard(fullname)
+        return _fallback_spec(fullname)
 
 
 _TORCHAUDIO_HOOK = {"torchaudio._extension.utils": (None, _guard_torchaudio)}
@@ -127,16 +158,17 @@ def install():
     """Insert the full hook (called at interpreter start-up) unless disabled by the environment."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0") or _installed() is not None:
         return
-    sys.meta_path.insert(0, ImportHook(dict(_ALL_HOOKS)))
+    sys.meta_path.insert(0, ImportHook(dict(_ALL_HOOKS), FALLBACKS))
 
 
 def install_torchaudio_guard():
     """Only the torchaudio guard, for explicit ``compat.apply()`` calls when the automatic hook is off."""
     hook = _installed()
     if hook is None:
-        sys.meta_path.insert(0, ImportHook(dict(_TORCHAUDIO_HOOK)))
+        sys.meta_path.insert(0, ImportHook(dict(_TORCHAUDIO_HOOK), FALLBACKS))
     else:
         hook.hooks.update(_TORCHAUDIO_HOOK)
+        hook.fallbacks.update(FALLBACKS)
 
 
 install()

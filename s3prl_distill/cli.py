@@ -49,6 +49,31 @@ def run_quickstart(workdir: str, steps: int) -> None:
     )
 
 
+def _learning_rates(items: Optional[List[str]]) -> dict:
+    rates = {}
+    for item in items or []:
+        task, separator, value = item.partition("=")
+        if not separator:
+            raise SystemExit(f"--lr {item!r}: expected TASK=VALUE, e.g. sid=1e-2")
+        rates[task.strip().lower()] = float(value)
+    return rates
+
+
+def run_superb_command(args: argparse.Namespace) -> None:
+    from .downstream_recipes.superb.runner import SweepSpec, run_superb
+    from .downstream_recipes.superb.tasks import parse_tasks
+
+    spec = SweepSpec(
+        upstream=args.upstream, ckpt=args.ckpt, model_config=args.model_config, feature=args.feature,
+        tasks=parse_tasks(args.tasks), data_root=args.data_root, name=args.name, exproot=args.exproot,
+        device=args.device, steps=args.steps, learning_rates=_learning_rates(args.lr), num_workers=args.num_workers,
+        label=args.label, settings=args.set,
+    )
+    run_dir = run_superb(spec)
+    print((run_dir / "results.md").read_text())
+    print(f"results: {run_dir / 'results.json'}, {run_dir / 'results.md'}, {run_dir / 'results.png'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3prl-distill", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +98,40 @@ def build_parser() -> argparse.ArgumentParser:
         "link-pretrain", help="make our recipes visible to run_pretrain.py of an s3prl git checkout"
     )
     link.add_argument("checkout", help="the s3prl checkout (its root, or the s3prl/ folder holding run_pretrain.py)")
+    superb = commands.add_parser(
+        "superb", help="train + evaluate an upstream on SUPERB PR/ASR/KS/SID/ER through s3prl's runner (resumable)"
+    )
+    superb.add_argument("-u", "--upstream", required=True, help="any s3prl upstream name (ours, or e.g. fbank)")
+    superb.add_argument("-k", "--ckpt", help="the upstream's checkpoint (s3prl's -k)")
+    superb.add_argument("-g", "--model-config", help="the upstream's config (s3prl's -g)")
+    superb.add_argument("-s", "--feature", help="feature key (s3prl's -s; default hidden_states)")
+    superb.add_argument("--tasks", default="pr,asr,ks,sid,er", help="comma-separated subset of pr,asr,ks,sid,er")
+    superb.add_argument("--data-root", required=True, help="folder holding the corpora (see the README's layout)")
+    superb.add_argument("-n", "--name", required=True, help="sweep name: results go to EXPROOT/NAME")
+    superb.add_argument("-p", "--exproot", default="result/superb")
+    superb.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    superb.add_argument("--steps", type=int, help="train every task for this many steps (default: SUPERB's)")
+    superb.add_argument("--lr", nargs="*", metavar="TASK=LR", help="per-task learning rate, e.g. sid=1e-2")
+    superb.add_argument("--num-workers", type=int, default=4, help="data loader workers of each task")
+    superb.add_argument("--set", nargs="*", default=[], metavar="TASK:KEY=VALUE",
+                        help="override one config value, e.g. asr:downstream_expert.modelrc.project_dim=128")
+    superb.add_argument("--label", help="row name in the results table (default: the upstream name)")
+    mini = commands.add_parser(
+        "mini-superb", help="generate the mini-SUPERB corpora (espeak-ng speech in the five tasks' exact layouts)"
+    )
+    mini.add_argument("output", help="the data root to write (use it as superb --data-root)")
+    mini.add_argument("--size", default="small", help="tiny | small (default) | medium")
+    mini.add_argument("--seed", type=int, default=0)
+    mini.add_argument("--tasks", default="pr,asr,ks,sid,er")
+    mini.add_argument("--jobs", type=int, default=2, help="parallel espeak-ng processes")
+    report = commands.add_parser("superb-report", help="one table + chart from several finished superb runs")
+    report.add_argument("runs", nargs="+", help="run directories (EXPROOT/NAME)")
+    report.add_argument("-o", "--output", required=True, help="folder for results.md and results.png")
+    submit = commands.add_parser("submit", help="leaderboard predict.zip + efficiency.json from a finished superb run")
+    submit.add_argument("run", help="the run directory (EXPROOT/NAME)")
+    submit.add_argument("-o", "--output", required=True, help="folder for predict/, predict.zip, efficiency.json")
+    submit.add_argument("--seconds", type=float, nargs="+", default=[1.0, 5.0, 10.0],
+                        help="utterance lengths the MACs are counted on")
     commands.add_parser("upstreams", help="list the upstream names this package registers in s3prl")
     quick = commands.add_parser(
         "quickstart", help="smallest end-to-end run: a DistilHuBERT-shaped checkpoint through s3prl's ER runner"
@@ -113,6 +172,15 @@ def link_pretrain(checkout: str) -> None:
     print(f"now, in {target.parent}: python3 run_pretrain.py -u <method> -g pretrain/<method>/config_model.yaml -n NAME")
 
 
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     # Everything after "downstream" / "pretrain" belongs to that runner's parser, --help included.
@@ -135,6 +203,24 @@ def main(argv: Optional[List[str]] = None) -> None:
         prepare_data(args.audio_root, args.output, args.sets, args.on_bad_file)
     elif args.command == "link-pretrain":
         link_pretrain(args.checkout)
+    elif args.command == "superb":
+        run_superb_command(args)
+    elif args.command == "mini-superb":
+        from .downstream_recipes.minisuperb import generate_minisuperb
+        from .downstream_recipes.superb.tasks import parse_tasks
+
+        generate_minisuperb(Path(args.output), tuple(parse_tasks(args.tasks)), args.size, args.seed, args.jobs)
+        print(f"mini-SUPERB written to {args.output}: s3prl-distill superb --data-root {args.output} ...")
+    elif args.command == "superb-report":
+        from .downstream_recipes.superb.report import load_results, write_report
+
+        paths = write_report([load_results(Path(run)) for run in args.runs], Path(args.output))
+        print(paths["markdown"].read_text())
+    elif args.command == "submit":
+        from .downstream_recipes.superb.submit import submit
+
+        written = submit(Path(args.run), Path(args.output), args.seconds)
+        print(f"{written['zip']}\n{written['efficiency']}")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
 
 
 def noise(kind: str, length: int, rng: np.random.Generator, rate: int = TARGET_RATE) -> np.ndarray:
-    """``length`` samples of a named background noise (see ``NOISE_KINDS``), scaled to an RMS of 0.1."""
+    """``length`` samples of a named background noise (see ``NOISE_KINDS``), RMS 0.1 (less if the peak is high)."""
     if kind == "white":
         signal = rng.standard_normal(length)
     elif kind in ("pink", "brown"):
@@ -92,7 +92,9 @@ def noise(kind: str, length: int, rng: np.random.Generator, rate: int = TARGET_R
         raise ValueError(f"unknown noise kind {kind!r}; known: {', '.join(NOISE_KINDS)}")
     signal = np.asarray(signal, dtype=np.float64)
     rms = float(np.sqrt(np.mean(signal ** 2))) or 1.0
-    return 0.1 * signal / rms
+    peak = float(np.max(np.abs(signal))) or 1.0
+    # Spiky kinds (crackle) would clip at RMS 0.1; their peak is held to 0.9 instead.
+    return signal * min(0.1 / rms, 0.9 / peak)
 
 
 def mix_at_snr(speech: np.ndarray, background: np.ndarray, snr_db: float) -> np.ndarray:
@@ -128,7 +130,10 @@ def fit_to_length(samples: np.ndarray, length: int, rng: np.random.Generator) ->
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
-    """Float samples in [-1, 1] to 16-bit integers, rounding and clipping."""
+    """Float samples to 16-bit integers, rounding; a signal peaking above full scale is scaled down, not clipped."""
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    if peak > 0.99:
+        samples = samples * (0.99 / peak)
     return np.clip(np.rint(samples * 32767.0), -32768, 32767).astype(np.int16)
 
 

@@ -41,17 +41,19 @@ def _corpus_rng(seed: int, corpus: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(corpus.encode("utf-8"))])
 
 
-def _claim(directory: Path) -> None:
-    """Make ``directory`` ours and empty: remove it if an earlier run of this generator made it, refuse otherwise."""
-    if directory.exists():
-        if (directory / MARKER).is_file():
-            shutil.rmtree(directory)
-        elif directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
-        else:
+def _check_claimable(directory: Path) -> None:
+    """Refuse a non-empty ``directory`` that this generator did not make (it could be a real data set)."""
+    if directory.exists() and not (directory / MARKER).is_file():
+        if not directory.is_dir() or any(directory.iterdir()):
             raise FileExistsError(
                 f"{directory} exists and was not made by the mini-SUPERB generator; refusing to overwrite it"
             )
+
+
+def _claim(directory: Path) -> None:
+    """Replace ``directory`` with an empty one carrying this generator's marker (checked claimable before)."""
+    if directory.exists():
+        shutil.rmtree(directory)
     directory.mkdir(parents=True)
     (directory / MARKER).write_text("made by s3prl_distill.downstream_recipes.minisuperb; safe to delete\n")
 
@@ -94,10 +96,12 @@ def generate_minisuperb(
     validate_names(voices, variants)  # before anything touches the disk
 
     corpora = sorted({_CORPUS_OF_TASK[task] for task in tasks})
+    owned = [output / name for corpus in corpora for name in _CORPORA[corpus][1]]
+    for directory in owned:  # all checked before any is touched
+        _check_claimable(directory)
     output.mkdir(parents=True, exist_ok=True)
-    for corpus in corpora:
-        for name in _CORPORA[corpus][1]:
-            _claim(output / name)
+    for directory in owned:
+        _claim(directory)
 
     started = time.perf_counter()
     plans: Dict[str, TaskPlan] = {}

@@ -12,7 +12,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -57,7 +57,9 @@ class ArrayJob:
         return write_audio(self.path, self.make(np.random.default_rng(self.seed)))
 
 
-def run_jobs(jobs: Sequence, workers: int = 2, progress: bool = True, description: str = "mini-SUPERB") -> Dict[Path, int]:
+def run_jobs(
+    jobs: Sequence, workers: int = 2, progress: bool = True, description: str = "mini-SUPERB"
+) -> Dict[Path, int]:
     """Run every job (threads: the heavy part is the espeak-ng subprocess); returns each output path's length."""
     lengths: Dict[Path, int] = {}
     bar = tqdm(total=len(jobs), desc=description, unit="file", disable=not progress, dynamic_ncols=True)
@@ -69,9 +71,15 @@ def run_jobs(jobs: Sequence, workers: int = 2, progress: bool = True, descriptio
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 futures = {pool.submit(job.run): job for job in jobs}
-                for future in as_completed(futures):
-                    lengths[futures[future].path] = future.result()
-                    bar.update()
+                try:
+                    for future in as_completed(futures):
+                        lengths[futures[future].path] = future.result()
+                        bar.update()
+                except BaseException:
+                    # Fail fast (a bad espeak-ng call, Ctrl-C) instead of waiting for thousands of queued jobs.
+                    for future in futures:
+                        future.cancel()
+                    raise
     finally:
         bar.close()
     return lengths
@@ -87,8 +95,8 @@ def speaker_pool(
     count: int,
     voices: Sequence[str],
     variants: Sequence[str],
-    pitch_range: tuple = (30, 70),
-    speed_range: tuple = (145, 190),
+    pitch_range: Tuple[float, float] = (30, 70),
+    speed_range: Tuple[float, float] = (145, 190),
 ) -> List[Prosody]:
     """``count`` speakers with distinct (voice, variant, pitch) settings, in random order.
 

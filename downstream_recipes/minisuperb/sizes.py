@@ -47,11 +47,11 @@ SIZES: Dict[str, MiniSuperbSize] = {
     ),
     # The default: enough for a downstream model to learn something; builds in under 2 minutes on 2 cores.
     "small": MiniSuperbSize(
-        librispeech_train=(40, 30), librispeech_eval=(8, 20), librispeech_other=(4, 20), librispeech_chapters=2,
+        librispeech_train=(50, 30), librispeech_eval=(8, 20), librispeech_other=(4, 20), librispeech_chapters=2,
         ks_train_speakers=54, ks_dev_speakers=6, ks_repeats=1, ks_unknown_per_speaker=4, ks_test_speakers=16,
         ks_test_silence=16, ks_noise_seconds=10.0,
         sid_speakers=24, sid_utterances=(24, 4, 4), sid_videos=4,
-        er_utterances=16, er_dialogs=4,
+        er_utterances=20, er_dialogs=4,
     ),
     # Several minutes: closer to a real benchmark's class balance and speaker count.
     "medium": MiniSuperbSize(

@@ -68,7 +68,7 @@ class Vocabulary:
     def words(self) -> List[str]:
         """Every word the grammar can produce, sorted and unique (the article ``AN`` included)."""
         found = {"AN"}
-        for role, entries in vars(self).items():
+        for entries in vars(self).values():
             for entry in entries:
                 found.update(entry if isinstance(entry, tuple) else (entry,))
         return sorted(found)

@@ -1,0 +1,156 @@
+"""``s3prl-distill superb``: train and evaluate an upstream on SUPERB tasks through s3prl's own downstream runner.
+
+Each task (each ER fold) is one experiment directory ``EXPROOT/NAME/<task>[_<fold>]`` holding the resolved config,
+s3prl's checkpoints and prediction files, ``train.log``/``evaluate.log`` and ``done.json``. Re-running the same
+command skips finished experiments and resumes an interrupted training from its last checkpoint (s3prl's ``-e``),
+so a half-finished sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import yaml
+from tqdm import tqdm
+
+from .metrics import task_metric
+from .report import write_report
+from .tasks import TASKS, Task, data_values, parse_settings, render_config
+
+logger = logging.getLogger(__name__)
+
+_STATES = re.compile(r"states-(\d+)\.ckpt$")
+
+
+@dataclass
+class SweepSpec:
+    upstream: str
+    data_root: str
+    name: str
+    tasks: List[str]
+    ckpt: Optional[str] = None
+    model_config: Optional[str] = None
+    feature: Optional[str] = None  # s3prl's -s; None = its default (hidden_states)
+    exproot: str = "result/superb"
+    device: str = "cpu"
+    steps: Optional[int] = None  # shorten every task (smoke runs); None = SUPERB's steps
+    learning_rates: Dict[str, float] = field(default_factory=dict)
+    settings: List[str] = field(default_factory=list)  # TASK:dotted.key=VALUE config overrides
+    num_workers: int = 4
+    label: Optional[str] = None  # row name in tables
+
+
+def count_parameters(spec: SweepSpec) -> int:
+    from s3prl_distill import register
+
+    register()
+    import s3prl.hub as hub
+
+    entry = getattr(hub, spec.upstream, None)
+    if entry is None:
+        raise ValueError(f"-u {spec.upstream!r} is not an s3prl upstream")
+    model = entry(ckpt=spec.ckpt, model_config=spec.model_config, refresh=False)
+    return sum(p.numel() for p in model.parameters())
+
+
+def clear_voxceleb1_cache() -> None:
+    """s3prl caches VoxCeleb1 file lists inside its package and silently reuses them for another dataset."""
+    spec = importlib.util.find_spec("s3prl")
+    if spec is None or spec.origin is None:
+        return
+    cache = Path(spec.origin).parent / "downstream" / "voxceleb1" / ".cache"
+    if cache.exists():
+        shutil.rmtree(cache)
+        logger.info("removed s3prl's stale VoxCeleb1 file-list cache %s", cache)
+
+
+def _latest_states(expdir: Path) -> Optional[Path]:
+    found = sorted((int(m.group(1)), p) for p in expdir.glob("states-*.ckpt") if (m := _STATES.search(p.name)))
+    return found[-1][1] if found else None
+
+
+def _s3prl(arguments: List[str], log: Path) -> float:
+    command = [sys.executable, "-m", "s3prl.run_downstream", *arguments]
+    start = time.perf_counter()
+    with log.open("a") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-25:])
+        raise RuntimeError(f"s3prl's runner failed (exit {result.returncode}); end of {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, expdir: Path) -> dict:
+    done = expdir / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    expdir.mkdir(parents=True, exist_ok=True)
+    config = render_config(task, values, fold, spec.steps, spec.learning_rates.get(task.key),
+                           parse_settings(spec.settings).get(task.key))
+    config_path = expdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    if task.key == "sid":
+        clear_voxceleb1_cache()
+    record = {"task": task.key, "fold": fold}
+    trained = expdir / "train.done"
+    if not trained.is_file():
+        previous = _latest_states(expdir)
+        if previous is not None:  # interrupted: s3prl resumes from the checkpoint's saved arguments
+            arguments = ["-m", "train", "-e", str(previous), "--device", spec.device]
+        else:
+            arguments = ["-m", "train", "-u", spec.upstream, "-d", task.downstream, "-c", str(config_path),
+                         "-p", str(expdir), "--device", spec.device]
+            arguments += ["-k", spec.ckpt] if spec.ckpt else []
+            arguments += ["-g", spec.model_config] if spec.model_config else []
+            arguments += ["-s", spec.feature] if spec.feature else []
+        record["train_s"] = round(_s3prl(arguments, expdir / "train.log"), 1)
+        trained.write_text("")
+    best = expdir / task.best_checkpoint
+    checkpoint = best if best.is_file() else _latest_states(expdir)
+    if checkpoint is None:
+        raise RuntimeError(f"{expdir}: training left no checkpoint to evaluate")
+    record["evaluated_checkpoint"] = checkpoint.name
+    record["evaluate_s"] = round(_s3prl(["-m", "evaluate", "-e", str(checkpoint), "-t", task.evaluate_split,
+                                         "--device", spec.device], expdir / "evaluate.log"), 1)
+    record["value"] = task_metric(task, expdir, fold)
+    done.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_superb(spec: SweepSpec) -> Path:
+    """Run (or resume) the sweep; returns the run directory with results.json, results.md, results.png."""
+    run_dir = Path(spec.exproot) / spec.name
+    parse_settings(spec.settings)  # malformed overrides fail before any training
+    values = data_values(Path(spec.data_root), spec.tasks, spec.num_workers)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
+    results = {"upstream": spec.upstream, "label": spec.label or spec.upstream, "ckpt": spec.ckpt,
+               "feature": spec.feature, "steps": spec.steps, "parameters": count_parameters(spec), "tasks": {}}
+    units = [(TASKS[key], fold) for key in spec.tasks for fold in (TASKS[key].folds or (None,))]
+    for task, fold in tqdm(units, desc=f"SUPERB {spec.label or spec.upstream}", unit="run"):
+        expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
+        record = run_unit(spec, task, fold, values, expdir)
+        entry = results["tasks"].setdefault(task.key, {"metric": task.metric, "higher_is_better":
+                                                       task.higher_is_better, "train_s": 0.0, "evaluate_s": 0.0})
+        entry["train_s"] += record.get("train_s", 0.0)
+        entry["evaluate_s"] += record.get("evaluate_s", 0.0)
+        if fold is None:
+            entry["value"] = record["value"]
+        else:
+            entry.setdefault("folds", {})[fold] = record["value"]
+            entry["value"] = sum(entry["folds"].values()) / len(entry["folds"])
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_report([results], run_dir, title=f"SUPERB: {results['label']}")
+    return run_dir

@@ -1,0 +1,101 @@
+"""``s3prl-distill submit``: pack a finished sweep into the SUPERB leaderboard's ``predict.zip`` layout (as s3prl's
+``submit/submit.py`` builds it) and write the efficiency figures the leaderboard asks for.
+
+Layout inside the zip (``predict/`` as its top folder): ``pr_public/predict.ark``, ``asr_public/predict.ark``,
+``ks_public/predict.txt``, ``sid_public/predict.txt``, ``er_fold{1..5}_public/predict.txt`` (ER is scored only with
+all five folds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .metrics import prediction_file
+from .tasks import TASKS
+
+logger = logging.getLogger(__name__)
+
+LEADERBOARD_NAMES = {"pr": "pr_public/predict.ark", "asr": "asr_public/predict.ark", "ks": "ks_public/predict.txt",
+                     "sid": "sid_public/predict.txt"}
+
+
+def collect_predictions(run_dir: Path, out_dir: Path) -> List[str]:
+    """Copy each evaluated task's prediction file to ``out_dir/predict/...``; returns the relative paths."""
+    run_dir, predict = Path(run_dir), Path(out_dir) / "predict"
+    if predict.exists():
+        shutil.rmtree(predict)
+    written = []
+    for key, task in TASKS.items():
+        units = [(f"{key}_{fold}", fold, f"er_{fold}_public/predict.txt") for fold in task.folds] if task.folds \
+            else [(key, None, LEADERBOARD_NAMES[key])]
+        present = [(name, fold, target) for name, fold, target in units if (run_dir / name / "done.json").is_file()]
+        if not present:
+            continue
+        if task.folds and len(present) != len(task.folds):
+            logger.warning("ER has %d of 5 folds evaluated; the leaderboard scores ER only with all five", len(present))
+        for name, fold, target in present:
+            source = prediction_file(task, run_dir / name, fold)
+            if not source.is_file():
+                raise FileNotFoundError(f"{source} is missing: was {run_dir / name} evaluated on the test split?")
+            destination = predict / target
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+            written.append(str(destination.relative_to(out_dir)))
+    if not written:
+        raise FileNotFoundError(f"{run_dir} holds no evaluated task (no <task>/done.json)")
+    return written
+
+
+def zip_predictions(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    archive = out_dir / "predict.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+        for path in sorted((out_dir / "predict").rglob("*")):
+            if path.is_file():
+                handle.write(path, path.relative_to(out_dir))
+    return archive
+
+
+def efficiency(upstream: str, ckpt: Optional[str], model_config: Optional[str],
+               seconds: Sequence[float] = (1.0, 5.0, 10.0)) -> Dict[str, object]:
+    """Parameters and multiply-accumulates of the upstream's forward pass, counted by ``torch.utils.flop_counter``
+    (MACs = FLOPs / 2) on single utterances of fixed lengths."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from s3prl_distill import register
+
+    register()
+    import s3prl.hub as hub
+
+    model = getattr(hub, upstream)(ckpt=ckpt, model_config=model_config, refresh=False).eval()
+    figures: Dict[str, object] = {"upstream": upstream, "ckpt": ckpt,
+                                  "parameters": sum(p.numel() for p in model.parameters()), "macs": {}}
+    generator = torch.Generator().manual_seed(0)
+    for length in seconds:
+        wav = 0.1 * torch.randn(int(16000 * length), generator=generator)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model([wav])
+        figures["macs"][f"{length:g}s"] = counter.get_total_flops() // 2
+    return figures
+
+
+def submit(run_dir: Path, out_dir: Path, seconds: Sequence[float] = (1.0, 5.0, 10.0)) -> Dict[str, Path]:
+    """predict/ + predict.zip + efficiency.json for the sweep in ``run_dir``."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    sweep = json.loads((run_dir / "sweep.json").read_text()) if (run_dir / "sweep.json").is_file() else None
+    if sweep is None:
+        raise FileNotFoundError(f"{run_dir}/sweep.json does not exist: is it an `s3prl-distill superb` run?")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = collect_predictions(run_dir, out_dir)
+    archive = zip_predictions(out_dir)
+    figures = efficiency(sweep["upstream"], sweep.get("ckpt"), sweep.get("model_config"), seconds)
+    figures["files"] = files
+    (out_dir / "efficiency.json").write_text(json.dumps(figures, indent=2))
+    return {"zip": archive, "efficiency": out_dir / "efficiency.json"}
