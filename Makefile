@@ -7,9 +7,16 @@ PY := $(VENV)/bin/python
 # torch is pinned and installed first: a bare torch requirement would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup quickstart test clean
+.PHONY: setup quickstart test clean system-packages
 
-setup: $(VENV)/.installed
+setup: system-packages $(VENV)/.installed
+
+# espeak-ng synthesises the mini-SUPERB speech (tests, demo). Installed with apt when missing and we are root.
+system-packages:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	  else echo "espeak-ng is missing: install it (e.g. sudo apt-get install espeak-ng)"; exit 1; fi; }
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
