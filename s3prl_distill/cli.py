@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--sets", nargs="+", help="subfolders to index (default: every subfolder with audio)")
     prepare.add_argument("--on-bad-file", choices=["stop", "skip"], default="stop",
                          help="a file that is unreadable or not 16 kHz mono: stop (default) or skip with a warning")
+    teacher = commands.add_parser(
+        "hubert-teacher", help="pretrain a small HuBERT (MFCC k-means targets, masked prediction) as a hubert_local teacher"
+    )
+    teacher.add_argument("--data-root", required=True, help="audio root the CSV paths are relative to")
+    teacher.add_argument("--csv", required=True, nargs="+", help="len_for_bucket CSV(s) listing the training audio")
+    teacher.add_argument("-o", "--output", required=True, help="checkpoint to write (hubert_local format)")
+    teacher.add_argument("--steps", type=int, default=600)
+    teacher.add_argument("--clusters", type=int, default=50)
+    teacher.add_argument("--seed", type=int, default=0)
     link = commands.add_parser(
         "link-pretrain", help="make our recipes visible to run_pretrain.py of an s3prl git checkout"
     )
@@ -203,6 +212,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         prepare_data(args.audio_root, args.output, args.sets, args.on_bad_file)
     elif args.command == "link-pretrain":
         link_pretrain(args.checkout)
+    elif args.command == "hubert-teacher":
+        from .pretrain.data import read_length_csvs
+        from .pretrain.hubert_teacher import HubertTeacherConfig, train_hubert_teacher
+
+        csvs = [Path(c) for c in args.csv]
+        items = [item for c in csvs for item in read_length_csvs(Path(args.data_root), c.parent, [c.stem])]
+        config = HubertTeacherConfig(steps=args.steps, clusters=args.clusters, seed=args.seed)
+        print(train_hubert_teacher(items, Path(args.output), config))
     elif args.command == "superb":
         run_superb_command(args)
     elif args.command == "mini-superb":
