@@ -12,7 +12,7 @@ from s3prl_distill import registry
 
 from conftest import run_python
 
-OURS = ["distilhubert_local", "distilhubert_ls960", "distilhubert_url"]
+OURS = ["distilhubert_local", "distilhubert_ls960", "distilhubert_url", "fithubert", "fithubert_local", "fithubert_url"]
 
 
 def hub_names(autoload: bool, code: str = "") -> list:

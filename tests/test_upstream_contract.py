@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from s3prl_distill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from s3prl_distill.checkpoint import CheckpointError, UnpickledPlaceholder, load_checkpoint, save_checkpoint
 
 from conftest import random_waves, write_s3prl_distiller_checkpoint
 
@@ -163,7 +163,10 @@ def test_pretrain_runner_checkpoint_loads_without_full_unpickling(tmp_path, dist
         del sys.modules["optimizers"]
     loaded = load_checkpoint(path)
     assert loaded["Args"].seed == 1337
-    assert loaded["Optimizer"]["param_groups"][0]["schedule"].state == {"warmup": 0.07, "t_total": 200000}
+    schedule = loaded["Optimizer"]["param_groups"][0]["schedule"]
+    # An inert placeholder, or s3prl's own class once the compat layer allow-listed it in this process.
+    state = schedule.state if isinstance(schedule, UnpickledPlaceholder) else vars(schedule)
+    assert state == {"warmup": 0.07, "t_total": 200000}
     assert distilhubert_local(ckpt=str(path)) is not None
 
 

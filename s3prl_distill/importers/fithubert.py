@@ -197,6 +197,14 @@ def import_lightning(checkpoint: Mapping[str, Any], training_yaml: Mapping[str, 
 def export_lightning(config: StudentConfig, state: Mapping[str, Tensor]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(Lightning checkpoint, training YAML) in the official layout, for the official upstream or training code."""
     official = state_dict_to_official(state, config)
+    tr = config.encoder.time_reduction
+    if tr is not None:
+        # The official model always builds this ConvTranspose1d (never used with layer-wise heads) and loads
+        # strictly, so it must be present; its values do not matter.
+        width = config.encoder.embed_dim
+        reference = next(iter(state.values()))
+        official["upsampler.weight"] = reference.new_zeros(width, width, tr.factor)
+        official["upsampler.bias"] = reference.new_zeros(width)
     checkpoint = {
         "state_dict": {STUDENT_PREFIX + k: v for k, v in official.items()},
         "pytorch-lightning_version": "1.9.0",
