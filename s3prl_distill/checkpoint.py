@@ -23,18 +23,10 @@ from typing import Any, Iterator, Mapping, Union
 
 import torch
 
+from .compat import S3PRL_SCHEDULES
+
 TRUST_ENV = "S3PRL_DISTILL_TRUST_CHECKPOINTS"
 
-# Schedule classes s3prl's BertAdam/Lamb optimizers keep in their param groups, pickled under the module name
-# "optimizers" (old checkpoints) or "s3prl.optimizers".
-_S3PRL_SCHEDULES = (
-    "ConstantLR",
-    "WarmupConstantSchedule",
-    "WarmupCosineSchedule",
-    "WarmupCosineWithHardRestartsSchedule",
-    "WarmupCosineWithWarmupRestartsSchedule",
-    "WarmupLinearSchedule",
-)
 
 
 class CheckpointError(ValueError):
@@ -51,7 +43,7 @@ class UnpickledPlaceholder:
 def _allowed_globals() -> list:
     allowed: list = [argparse.Namespace]
     for module in ("optimizers", "s3prl.optimizers"):
-        allowed += [(UnpickledPlaceholder, f"{module}.{name}") for name in _S3PRL_SCHEDULES]
+        allowed += [(UnpickledPlaceholder, f"{module}.{name}") for name in S3PRL_SCHEDULES]
     return allowed
 
 

@@ -252,6 +252,8 @@ def patch_torch_load_namespace(torch_module: types.ModuleType) -> bool:
     return True
 
 
+# Schedule classes s3prl's BertAdam/Lamb optimizers keep in their param groups, pickled under the module name
+# "optimizers" (old checkpoints, scripts run in a checkout) or "s3prl.optimizers".
 S3PRL_SCHEDULES = (
     "ConstantLR",
     "WarmupConstantSchedule",

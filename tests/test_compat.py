@@ -1,7 +1,6 @@
 """Each compat patch: s3prl fails without it, works with it, and it is a no-op where the API already works."""
 
 import argparse
-import json
 import textwrap
 import types
 

@@ -1,6 +1,5 @@
 """The pretrain runner end to end: a tiny hubert_local teacher, generated audio, DistilHuBERT distillation."""
 
-import os
 import shutil
 import signal
 import subprocess
@@ -167,8 +166,6 @@ def test_two_process_ddp_equals_one_process(setup, tmp_path):
 
 def load_initial(setup, key):
     """The single run's student weights before training are the teacher's for encoder layers."""
-    from s3prl_distill.importers.s3prl_hubert import TINY_HUBERT  # noqa: F401 (documents the teacher)
-
     weights = load_checkpoint(setup["teacher"])["model_weight"]
     return weights[key]
 

@@ -5,8 +5,6 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
-
 import s3prl_distill
 from s3prl_distill import registry
 

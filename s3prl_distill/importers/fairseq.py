@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Any, Iterable, Mapping, Optional, Tuple
 
-from ..model.config import StudentConfig
+from ..model.config import EncoderConfig, StudentConfig, TimeReductionConfig
 from .keymap import KeyMap
 
 _ENCODER_RULES = [
@@ -35,4 +35,26 @@ def fairseq_keys(config: StudentConfig, extra: Iterable[Tuple[str, str]] = ()) -
             *_ENCODER_RULES,
             *extra,
         ]
+    )
+
+
+def fairseq_encoder_config(
+    cfg: Mapping[str, Any], num_layers: int, activation_dropout: float,
+    time_reduction: Optional[TimeReductionConfig] = None,
+) -> EncoderConfig:
+    """Our encoder config from fairseq-named fields (wav2vec 2.0 / HuBERT / s3prl distiller / FitHuBERT configs);
+    ``activation_dropout`` is the default of the source's own config class when the field is absent."""
+    return EncoderConfig(
+        num_layers=num_layers,
+        embed_dim=int(cfg.get("encoder_embed_dim", 768)),
+        ffn_dim=int(cfg.get("encoder_ffn_embed_dim", 3072)),
+        num_heads=int(cfg.get("encoder_attention_heads", 12)),
+        layer_norm_first=bool(cfg.get("layer_norm_first", False)),
+        activation=str(cfg.get("activation_fn", "gelu")),
+        dropout=float(cfg.get("dropout", 0.1)),
+        attention_dropout=float(cfg.get("attention_dropout", 0.1)),
+        activation_dropout=float(cfg.get("activation_dropout", activation_dropout)),
+        pos_conv_kernel=int(cfg.get("conv_pos", 128)),
+        pos_conv_groups=int(cfg.get("conv_pos_groups", 16)),
+        time_reduction=time_reduction,
     )

@@ -15,7 +15,6 @@ from typing import Any, Dict, Mapping, Tuple
 from torch import Tensor
 
 from ..model.config import (
-    EncoderConfig,
     FeatureExtractorConfig,
     PredictionHeadConfig,
     StudentConfig,
@@ -23,7 +22,7 @@ from ..model.config import (
     format_conv_layers,
     parse_conv_layers,
 )
-from .fairseq import fairseq_keys
+from .fairseq import fairseq_encoder_config, fairseq_keys
 
 STUDENT_PREFIX = "student_model."
 _HEAD_RULES = [("proj_head.{n}.upsampler.", "prediction_head.heads.{n}.upsampler."),
@@ -62,7 +61,6 @@ def config_from_official(distiller: Mapping[str, Any]) -> StudentConfig:
     if problems:
         raise ValueError(f"unsupported FitHuBERT variant: {', '.join(problems)}")
     layers = int(distiller.get("encoder_layers", 12))
-    embed_dim = int(distiller.get("encoder_embed_dim", 768))
     time_reduction = None
     if tr_enabled:
         time_reduction = TimeReductionConfig(
@@ -77,20 +75,7 @@ def config_from_official(distiller: Mapping[str, Any]) -> StudentConfig:
         ),
         feature_layer_norm=True,
         feature_dropout=float(distiller.get("dropout_input", 0.0)),
-        encoder=EncoderConfig(
-            num_layers=layers,
-            embed_dim=embed_dim,
-            ffn_dim=int(distiller.get("encoder_ffn_embed_dim", 3072)),
-            num_heads=int(distiller.get("encoder_attention_heads", 12)),
-            layer_norm_first=bool(distiller.get("layer_norm_first", False)),
-            activation=str(distiller.get("activation_fn", "gelu")),
-            dropout=float(distiller.get("dropout", 0.1)),
-            attention_dropout=float(distiller.get("attention_dropout", 0.1)),
-            activation_dropout=float(distiller.get("activation_dropout", 0.0)),
-            pos_conv_kernel=int(distiller.get("conv_pos", 128)),
-            pos_conv_groups=int(distiller.get("conv_pos_groups", 16)),
-            time_reduction=time_reduction,
-        ),
+        encoder=fairseq_encoder_config(distiller, layers, activation_dropout=0.0, time_reduction=time_reduction),
         prediction_head=PredictionHeadConfig(
             type="layerwise", target_layers=list(range(1, layers + 1)),
             out_dim=int(distiller.get("pred_head_final_dim", 768)),

@@ -13,14 +13,13 @@ import torch
 from torch import Tensor
 
 from ..model.config import (
-    EncoderConfig,
     FeatureExtractorConfig,
     PredictionHeadConfig,
     StudentConfig,
     format_conv_layers,
     parse_conv_layers,
 )
-from .fairseq import fairseq_keys
+from .fairseq import fairseq_encoder_config, fairseq_keys
 
 # Fields of s3prl's DistillerConfig we read; anything else in a checkpoint's config is reported, not ignored.
 _SUPPORTED_TASK_EMB = {"expand-last", "none"}
@@ -76,19 +75,7 @@ def config_from_distiller(cfg: Mapping[str, Any]) -> StudentConfig:
             grad_mult=float(cfg.get("feature_grad_mult", 1.0)),
         ),
         feature_layer_norm=False,
-        encoder=EncoderConfig(
-            num_layers=int(cfg.get("encoder_layers", 1)),
-            embed_dim=embed_dim,
-            ffn_dim=int(cfg.get("encoder_ffn_embed_dim", 3072)),
-            num_heads=int(cfg.get("encoder_attention_heads", 12)),
-            layer_norm_first=bool(cfg.get("layer_norm_first", False)),
-            activation=str(cfg.get("activation_fn", "gelu")),
-            dropout=float(cfg.get("dropout", 0.1)),
-            attention_dropout=float(cfg.get("attention_dropout", 0.1)),
-            activation_dropout=float(cfg.get("activation_dropout", 0.1)),
-            pos_conv_kernel=int(cfg.get("conv_pos", 128)),
-            pos_conv_groups=int(cfg.get("conv_pos_groups", 16)),
-        ),
+        encoder=fairseq_encoder_config(cfg, int(cfg.get("encoder_layers", 1)), activation_dropout=0.1),
         prediction_head=head,
     )
 

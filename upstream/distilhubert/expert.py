@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, List, Mapping, Union
 
 from torch import Tensor, nn
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
-import torch
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
