@@ -3,7 +3,7 @@
 Every model is randomly initialised at full size and loaded through its s3prl entry (the teacher through s3prl's
 own ``hubert_local``), so this times exactly what ``run_downstream.py`` would run. Batch: 4 x 10 s by default.
 
-    python benchmarks/inference_ratio.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 3]
+    python benchmarks/inference_ratio.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -24,15 +24,19 @@ from s3prl_distill.importers.s3prl_hubert import HUBERT_BASE, write_random_huber
 from s3prl_distill.model import StudentModel, distilhubert_config, fithubert_config
 
 
-def time_forward(model: torch.nn.Module, wavs, repeats: int) -> float:
+def time_round_robin(models: dict, wavs, repeats: int) -> dict:
+    """Median forward time per model; repeats are interleaved across models so that a noisy moment on a shared
+    machine hits all of them, not one."""
+    times = {name: [] for name in models}
     with torch.no_grad():
-        model(wavs)  # warm-up
-        times = []
+        for model in models.values():
+            model(wavs)  # warm-up
         for _ in range(repeats):
-            start = time.perf_counter()
-            model(wavs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(wavs)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -40,7 +44,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "inference_ratio.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -62,13 +66,13 @@ def main() -> None:
         config = fithubert_config()
         save_checkpoint(export_student("fithubert", config, StudentModel(config).state_dict()), folder / "fit.ckpt")
         models["FitHuBERT (fithubert_local)"] = hub.fithubert_local(ckpt=str(folder / "fit.ckpt"))
-        teacher_time = None
-        for name, model in models.items():
+        for model in models.values():
             model.eval()
-            seconds = time_forward(model, wavs, args.repeats)
-            teacher_time = teacher_time or seconds
+        medians = time_round_robin(models, wavs, args.repeats)
+        teacher_time = next(iter(medians.values()))
+        for name, model in models.items():
             rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters()),
-                         "median_s": round(seconds, 3), "ratio_to_teacher": round(seconds / teacher_time, 3)})
+                         "median_s": round(medians[name], 3), "ratio_to_teacher": round(medians[name] / teacher_time, 3)})
     result = {"benchmark": "inference_ratio", "batch": f"{args.batch} x {args.seconds:g} s", "threads": args.threads,
               "device": "cpu", "machine": platform.machine(), "repeats": args.repeats, "rows": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
