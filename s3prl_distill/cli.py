@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     superb.add_argument("--set", nargs="*", default=[], metavar="TASK:KEY=VALUE",
                         help="override one config value, e.g. asr:downstream_expert.modelrc.project_dim=128")
     superb.add_argument("--label", help="row name in the results table (default: the upstream name)")
+    prep = commands.add_parser(
+        "superb-prepare", help="derive and check what the SUPERB tasks read under a data root of real corpora"
+    )
+    prep.add_argument("--data-root", required=True)
+    prep.add_argument("--tasks", default="pr,asr,ks,sid,er")
+    prep.add_argument("--voxceleb-split", help="VoxCeleb1's iden_split.txt (copied to VoxCeleb1/veri_test_class.txt)")
     mini = commands.add_parser(
         "mini-superb", help="generate the mini-SUPERB corpora (espeak-ng speech in the five tasks' exact layouts)"
     )
@@ -222,6 +229,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(train_hubert_teacher(items, Path(args.output), config))
     elif args.command == "superb":
         run_superb_command(args)
+    elif args.command == "superb-prepare":
+        from .downstream_recipes.superb.prepare import prepare_data_root
+        from .downstream_recipes.superb.tasks import parse_tasks
+
+        values = prepare_data_root(Path(args.data_root), parse_tasks(args.tasks),
+                                   Path(args.voxceleb_split) if args.voxceleb_split else None)
+        print("ready:", json.dumps(values, indent=2))
     elif args.command == "mini-superb":
         from .downstream_recipes.minisuperb import generate_minisuperb
         from .downstream_recipes.superb.tasks import parse_tasks

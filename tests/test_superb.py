@@ -114,6 +114,17 @@ def test_submit_builds_the_leaderboard_zip(sweeps, tmp_path):
     assert figures["parameters"] > 0 and figures["macs"]["1s"] > 0
 
 
+def test_superb_prepare_checks_a_complete_data_root(data_root, tmp_path):
+    result = run_python([COMMAND, "superb-prepare", "--data-root", str(data_root)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '"iemocap_meta"' in result.stdout and '"lexicon"' in result.stdout
+    broken = tmp_path / "root"
+    (broken / "speech_commands" / "train").mkdir(parents=True)
+    (broken / "speech_commands" / "test").mkdir()
+    result = run_python([COMMAND, "superb-prepare", "--data-root", str(broken), "--tasks", "ks"])
+    assert result.returncode != 0 and "no " + str(broken / "speech_commands" / "train" / "yes") in result.stderr
+
+
 def test_data_root_errors_name_the_missing_piece(tmp_path):
     (tmp_path / "LibriSpeech" / "train-clean-100").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"LibriSpeech split dev-clean: .*dev-clean does not exist"):

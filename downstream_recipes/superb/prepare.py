@@ -108,3 +108,28 @@ def check_speech_commands(root: Path) -> None:
     for folder in sorted(p for p in test.iterdir() if p.is_dir()):
         if folder.name not in KS_CLASSES:
             raise LayoutError(f"Speech Commands: test folder {folder} is not one of s3prl's classes {KS_CLASSES}")
+
+
+def prepare_data_root(data_root: Path, tasks: List[str], voxceleb_split: Optional[Path] = None,
+                      num_workers: int = 4) -> Dict[str, object]:
+    """Create what can be derived (ASR length CSVs, IEMOCAP meta data, the VoxCeleb1 split file) and check the rest;
+    returns the config values :func:`.tasks.data_values` resolves, so a later ``superb`` run starts cleanly."""
+    from s3prl_distill.pretrain.data import write_length_csvs
+
+    from .tasks import data_values
+
+    root = Path(data_root)
+    if "asr" in tasks and not (root / "len_for_bucket").is_dir():
+        libri = root / "LibriSpeech"
+        if not libri.is_dir():
+            raise LayoutError(f"LibriSpeech: {libri} does not exist")
+        write_length_csvs(libri, root / "len_for_bucket",
+                          sets=["train-clean-100", "dev-clean", "dev-other", "test-clean", "test-other"]
+                          if (libri / "dev-other").is_dir() else ["train-clean-100", "dev-clean", "test-clean"])
+    if "er" in tasks and not (root / "IEMOCAP" / "meta_data").is_dir():
+        iemocap_meta_data(root / "IEMOCAP")
+    if "sid" in tasks:
+        check_voxceleb1(root / "VoxCeleb1", voxceleb_split)
+    if "ks" in tasks:
+        check_speech_commands(root / "speech_commands")
+    return data_values(root, tasks, num_workers)
