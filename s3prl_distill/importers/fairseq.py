@@ -58,3 +58,21 @@ def fairseq_encoder_config(
         pos_conv_groups=int(cfg.get("conv_pos_groups", 16)),
         time_reduction=time_reduction,
     )
+
+
+def fairseq_encoder_fields(encoder: EncoderConfig) -> dict:
+    """The inverse of :func:`fairseq_encoder_config`: fairseq-named encoder fields (uniform widths only)."""
+    return {
+        "conv_pos": encoder.pos_conv_kernel,
+        "conv_pos_groups": encoder.pos_conv_groups,
+        "encoder_layers": encoder.num_layers,
+        "encoder_embed_dim": encoder.embed_dim,
+        "encoder_ffn_embed_dim": encoder.ffn_dim,
+        "encoder_attention_heads": encoder.num_heads,
+        "activation_fn": encoder.activation,
+        "layer_norm_first": encoder.layer_norm_first,
+        "dropout": encoder.dropout,
+        "attention_dropout": encoder.attention_dropout,
+        "activation_dropout": encoder.activation_dropout,
+        "encoder_layerdrop": 0.0,
+    }

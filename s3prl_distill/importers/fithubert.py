@@ -22,7 +22,7 @@ from ..model.config import (
     format_conv_layers,
     parse_conv_layers,
 )
-from .fairseq import fairseq_encoder_config, fairseq_keys
+from .fairseq import fairseq_encoder_config, fairseq_encoder_fields, fairseq_keys
 
 STUDENT_PREFIX = "student_model."
 _HEAD_RULES = [("proj_head.{n}.upsampler.", "prediction_head.heads.{n}.upsampler."),
@@ -93,20 +93,9 @@ def config_to_official(config: StudentConfig) -> Dict[str, Any]:
         "conv_bias": config.feature_extractor.bias,
         "n_mels": 0,
         "enable_log_mel": False,
-        "conv_pos": enc.pos_conv_kernel,
-        "conv_pos_groups": enc.pos_conv_groups,
+        **fairseq_encoder_fields(enc),
         "pos_conv_depth": 1,
         "layer_type": "transformer",
-        "encoder_layers": enc.num_layers,
-        "encoder_embed_dim": enc.embed_dim,
-        "encoder_ffn_embed_dim": enc.ffn_dim,
-        "encoder_attention_heads": enc.num_heads,
-        "activation_fn": enc.activation,
-        "layer_norm_first": enc.layer_norm_first,
-        "dropout": enc.dropout,
-        "attention_dropout": enc.attention_dropout,
-        "activation_dropout": enc.activation_dropout,
-        "encoder_layerdrop": 0.0,
         "dropout_input": config.feature_dropout,
         "final_dim": 256,
         "pred_head_final_dim": config.prediction_head.out_dim,

@@ -19,7 +19,7 @@ from ..model.config import (
     format_conv_layers,
     parse_conv_layers,
 )
-from .fairseq import fairseq_encoder_config, fairseq_keys
+from .fairseq import fairseq_encoder_config, fairseq_encoder_fields, fairseq_keys
 
 # Fields of s3prl's DistillerConfig we read; anything else in a checkpoint's config is reported, not ignored.
 _SUPPORTED_TASK_EMB = {"expand-last", "none"}
@@ -104,19 +104,8 @@ def config_to_distiller(config: StudentConfig) -> Dict[str, Any]:
         "extractor_conv_feature_layers": format_conv_layers(config.feature_extractor.conv_layers),
         "extractor_dropout": config.feature_extractor.dropout,
         "feature_grad_mult": config.feature_extractor.grad_mult,
-        "conv_pos": enc.pos_conv_kernel,
-        "conv_pos_groups": enc.pos_conv_groups,
-        "encoder_layers": enc.num_layers,
-        "encoder_embed_dim": enc.embed_dim,
-        "encoder_ffn_embed_dim": enc.ffn_dim,
-        "encoder_attention_heads": enc.num_heads,
-        "activation_fn": enc.activation,
-        "layer_norm_first": enc.layer_norm_first,
+        **fairseq_encoder_fields(enc),
         "attention_type": "original",
-        "dropout": enc.dropout,
-        "attention_dropout": enc.attention_dropout,
-        "activation_dropout": enc.activation_dropout,
-        "encoder_layerdrop": 0.0,
         "final_dim": head.out_dim if head is not None else enc.embed_dim,
         "out_layer_type": "expand-last" if head is not None else "none",
         "out_layer_inter_dim": (head.inner_dim or enc.embed_dim) if head is not None else -1,
