@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,21 +20,7 @@ from s3prl_distill.checkpoint import export_student, save_checkpoint
 from s3prl_distill.importers.s3prl_distiller import export_distiller
 from s3prl_distill.importers.s3prl_hubert import HUBERT_BASE, write_random_hubert
 from s3prl_distill.model import StudentModel, distilhubert_config, fithubert_config
-
-
-def time_round_robin(models: dict, wavs, repeats: int) -> dict:
-    """Median forward time per model; repeats are interleaved across models so that a noisy moment on a shared
-    machine hits all of them, not one."""
-    times = {name: [] for name in models}
-    with torch.no_grad():
-        for model in models.values():
-            model(wavs)  # warm-up
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(wavs)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+from s3prl_distill.profiling import forward_times
 
 
 def main() -> None:
@@ -66,9 +50,7 @@ def main() -> None:
         config = fithubert_config()
         save_checkpoint(export_student("fithubert", config, StudentModel(config).state_dict()), folder / "fit.ckpt")
         models["FitHuBERT (fithubert_local)"] = hub.fithubert_local(ckpt=str(folder / "fit.ckpt"))
-        for model in models.values():
-            model.eval()
-        medians = time_round_robin(models, wavs, args.repeats)
+        medians = forward_times(models, wavs, args.repeats)
         teacher_time = next(iter(medians.values()))
         for name, model in models.items():
             rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters()),

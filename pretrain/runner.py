@@ -315,13 +315,23 @@ class Trainer:
         logger.info("step %d: %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
 
 
+_run_log_handler: Optional[logging.Handler] = None
+
+
 def _configure_logging(expdir: Path, is_main: bool) -> None:
+    """Console logging, plus ``train.log`` of this run only (several runs may share one process)."""
+    global _run_log_handler
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if _run_log_handler is not None:
+        root.removeHandler(_run_log_handler)
+        _run_log_handler.close()
+        _run_log_handler = None
     if is_main:
-        handler = logging.FileHandler(expdir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
+        _run_log_handler = logging.FileHandler(expdir / "train.log")
+        _run_log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(_run_log_handler)
 
 
 def run(

@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--seconds", type=float, nargs="+", default=[1.0, 5.0, 10.0],
                         help="utterance lengths the MACs are counted on")
     commands.add_parser("upstreams", help="list the upstream names this package registers in s3prl")
+    demo = commands.add_parser(
+        "demo", help="offline end to end: mini-SUPERB, a small HuBERT teacher, two distilled students, SUPERB table"
+    )
+    demo.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
+    demo.add_argument("--workdir", default="result/demo", help="stages are cached here; re-running resumes")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cuda" if _cuda() else "cpu")
     quick = commands.add_parser(
         "quickstart", help="smallest end-to-end run: a DistilHuBERT-shaped checkpoint through s3prl's ER runner"
     )
@@ -215,6 +222,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         list_upstreams()
     elif args.command == "quickstart":
         run_quickstart(args.workdir, args.steps)
+    elif args.command == "demo":
+        from .downstream_recipes.demo import run_demo
+
+        paths = run_demo(Path(args.workdir), args.preset, args.seed, args.device)
+        print(paths["markdown"].read_text())
+        print(f"table: {paths['markdown']}, chart: {paths['chart']}, stage times: {Path(args.workdir) / 'timings.json'}")
     elif args.command == "prepare-data":
         prepare_data(args.audio_root, args.output, args.sets, args.on_bad_file)
     elif args.command == "link-pretrain":

@@ -1,0 +1,211 @@
+"""``s3prl-distill demo``: the whole product offline, on an embedded default.
+
+Stages, each cached in the work directory and skipped when already done (an interrupted run resumes):
+
+1. ``data``: generate mini-SUPERB (espeak-ng);
+2. ``teacher``: pretrain a small HuBERT on its LibriSpeech-style training set (MFCC k-means targets, masked
+   prediction), saved for ``hubert_local``; plus the same model with random weights, as a control;
+3. ``students``: distil a DistilHuBERT-shaped and a FitHuBERT-shaped student, scaled to the teacher, with our runner;
+4. ``superb``: the five tasks for the teacher, the random teacher, both students and s3prl's ``fbank``;
+5. ``report``: one table (metric per task, parameters, inference time relative to the teacher) as Markdown + PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+import yaml
+
+from s3prl_distill.importers.s3prl_hubert import build_hubert, save_hubert_checkpoint
+from s3prl_distill.model.config import format_conv_layers, parse_conv_layers
+from s3prl_distill.pretrain.config import validate_config
+from s3prl_distill.pretrain.data import read_length_csvs
+from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig, train_hubert_teacher
+from s3prl_distill.pretrain.runner import find_latest_checkpoint, run as run_pretrain
+
+from .minisuperb import generate_minisuperb
+from .superb.report import write_report
+from .superb.runner import SweepSpec, run_superb
+
+logger = logging.getLogger(__name__)
+
+# SUPERB's ASR head (2 x BLSTM 1024) takes minutes per step on a CPU; the demo uses a small one for every upstream.
+SMALL_ASR_HEAD = ["asr:downstream_expert.modelrc.project_dim=128", "asr:downstream_expert.modelrc.RNNs.dim=[128,128]"]
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    data_size: str
+    teacher_steps: int
+    teacher_batch: int
+    student_steps: int
+    student_batch: int
+    superb_steps: int
+    timing_seconds: float  # utterance length of the inference-time measurement
+
+
+PRESETS: Dict[str, DemoPreset] = {
+    "tiny": DemoPreset("tiny", teacher_steps=4, teacher_batch=4, student_steps=3, student_batch=4, superb_steps=2,
+                       timing_seconds=1.0),
+    "quick": DemoPreset("small", teacher_steps=400, teacher_batch=8, student_steps=300, student_batch=8,
+                        superb_steps=200, timing_seconds=4.0),
+    "full": DemoPreset("medium", teacher_steps=4000, teacher_batch=8, student_steps=3000, student_batch=8,
+                       superb_steps=2000, timing_seconds=10.0),
+}
+
+
+def _done(stage: Path) -> bool:
+    return (stage / "done.json").is_file()
+
+
+def _finish(stage: Path, record: dict) -> None:
+    (stage / "done.json").write_text(json.dumps(record, indent=2))
+
+
+def _targets(layers: int) -> List[int]:
+    """DistilHuBERT's 4/8/12 of a 12-layer teacher, scaled to ``layers``."""
+    return sorted({max(1, round(layers * k / 3)) for k in (1, 2, 3)})
+
+
+def student_configs(teacher_model: Dict) -> Dict[str, Dict]:
+    """DistilHuBERT- and FitHuBERT-shaped students (and their recipes) scaled to the teacher's size."""
+    layers, width = int(teacher_model["encoder_layers"]), int(teacher_model["encoder_embed_dim"])
+    heads, ffn = int(teacher_model["encoder_attention_heads"]), int(teacher_model["encoder_ffn_embed_dim"])
+    conv = parse_conv_layers(teacher_model["conv_feature_layers"])
+    channels = conv[-1][0]
+    distil = {
+        "student": {
+            "feature_extractor": {"conv_layers": format_conv_layers(conv), "grad_mult": 0.1},
+            "encoder": {"num_layers": 2, "embed_dim": width, "ffn_dim": ffn, "num_heads": heads,
+                        "pos_conv_kernel": int(teacher_model["conv_pos"]),
+                        "pos_conv_groups": int(teacher_model["conv_pos_groups"])},
+            "prediction_head": {"type": "expand_last", "target_layers": _targets(layers), "out_dim": width},
+        },
+        "student_init": {"feature_extractor": True, "feature_projection": True, "pos_conv": True, "layers": 2},
+        "method": {"name": "distilhubert"},
+    }
+    thin = max(8, (width * 5 // 8) // (2 * heads) * 2 * heads)  # FitHuBERT's 480/768, divisible by heads and groups
+    fit_conv = (f"[({channels // 4},10,5)] + [({channels // 2},1,1)] + [({channels // 2},3,2)]*4 + "
+                f"[({channels},1,1)] + [({channels},2,2)]*2")
+    fit = {
+        "student": {
+            "feature_extractor": {"conv_layers": fit_conv, "grad_mult": 1.0},
+            "feature_layer_norm": True,
+            "feature_dropout": 0.05,
+            "encoder": {"num_layers": layers, "embed_dim": thin, "ffn_dim": thin, "num_heads": heads,
+                        "pos_conv_kernel": int(teacher_model["conv_pos"]), "pos_conv_groups": heads,
+                        "time_reduction": {"index": 0, "factor": 2}},
+            "prediction_head": {"type": "layerwise", "target_layers": list(range(1, layers + 1)), "out_dim": width},
+        },
+        "student_init": {},
+        "method": {"name": "fithubert", "hint_layers": list(range(1, layers))},
+    }
+    return {"distilhubert": distil, "fithubert": fit}
+
+
+def run_demo(workdir: Path, preset: str = "quick", seed: int = 0, device: str = "cpu") -> Dict[str, Path]:
+    settings = PRESETS[preset]
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    timings: Dict[str, float] = {}
+
+    # 1. data
+    data = workdir / "data"
+    stage = workdir / "stage_data"
+    stage.mkdir(exist_ok=True)
+    if not _done(stage):
+        start = time.perf_counter()
+        generate_minisuperb(data, size=settings.data_size, seed=seed)
+        _finish(stage, {"seconds": time.perf_counter() - start})
+    timings["data"] = json.loads((stage / "done.json").read_text())["seconds"]
+    libri, buckets = data / "LibriSpeech", data / "len_for_bucket"
+
+    # 2. teacher (+ the same architecture with random weights, the control)
+    stage = workdir / "stage_teacher"
+    stage.mkdir(exist_ok=True)
+    teacher_config = HubertTeacherConfig(steps=settings.teacher_steps, batch_size=settings.teacher_batch, seed=seed)
+    teacher, random_teacher = stage / "teacher.ckpt", stage / "random_teacher.ckpt"
+    if not _done(stage):
+        start = time.perf_counter()
+        items = read_length_csvs(libri, buckets, ["train-clean-100"])
+        train_hubert_teacher(items, teacher, teacher_config)
+        torch.manual_seed(seed + 1)
+        model, task_cfg, dictionaries = build_hubert(dict(teacher_config.model), num_labels=teacher_config.clusters)
+        save_hubert_checkpoint(model, dict(teacher_config.model), task_cfg, dictionaries, random_teacher)
+        _finish(stage, {"seconds": time.perf_counter() - start})
+    timings["teacher"] = json.loads((stage / "done.json").read_text())["seconds"]
+
+    # 3. students
+    stage = workdir / "stage_students"
+    stage.mkdir(exist_ok=True)
+    checkpoints: Dict[str, Path] = {}
+    start = time.perf_counter()
+    for family, parts in student_configs(teacher_config.model).items():
+        expdir = stage / family
+        config = {
+            "runner": {"total_steps": settings.student_steps, "log_step": max(1, settings.student_steps // 10),
+                       "save_step": settings.student_steps, "keep_last": 1, "seed": seed,
+                       "precision": "bf16" if device == "cuda" else "fp32"},
+            "optimizer": {"lr": 5.0e-4},
+            "scheduler": {"warmup_proportion": 0.07},
+            "teacher": {"name": "hubert_local", "ckpt": str(teacher)},
+            "data": {"root": str(libri), "bucket_dir": str(buckets), "sets": ["train-clean-100"],
+                     "train_batch_size": settings.student_batch, "max_length": 48000, "num_workers": 2},
+            **parts,
+        }
+        final = expdir / f"states-{settings.student_steps}.ckpt"
+        if not final.is_file():
+            validate_config(config, f"demo {family} config")
+            config_path = stage / f"{family}.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            resume = str(find_latest_checkpoint(expdir)) if list(expdir.glob("states-*.ckpt")) else None
+            run_pretrain(None if resume else str(config_path), family, str(stage), None, resume)
+        checkpoints[family] = final
+    timings["students"] = time.perf_counter() - start
+
+    # 4. SUPERB for every upstream
+    upstreams = [
+        ("teacher (HuBERT, pretrained)", "hubert_local", teacher),
+        ("teacher, random weights", "hubert_local", random_teacher),
+        ("DistilHuBERT-shaped student", "distilhubert_local", checkpoints["distilhubert"]),
+        ("FitHuBERT-shaped student", "fithubert_local", checkpoints["fithubert"]),
+        ("fbank (s3prl)", "fbank", None),
+    ]
+    results = []
+    start = time.perf_counter()
+    for index, (label, upstream, ckpt) in enumerate(upstreams):
+        spec = SweepSpec(upstream=upstream, data_root=str(data), name=f"upstream{index}", tasks=list(
+            ("pr", "asr", "ks", "sid", "er")), ckpt=str(ckpt) if ckpt else None, exproot=str(workdir / "stage_superb"),
+            device=device, steps=settings.superb_steps, num_workers=2, label=label, settings=SMALL_ASR_HEAD)
+        run_dir = run_superb(spec)
+        results.append(json.loads((run_dir / "results.json").read_text()))
+    timings["superb"] = time.perf_counter() - start
+
+    # 5. report, with inference time relative to the teacher
+    ratios = inference_ratios(upstreams, settings.timing_seconds)
+    paths = write_report(results, workdir, title=f"s3prl-distill demo ({preset})",
+                         extra_columns={"time / teacher": [f"{ratios[label]:.2f}" for label, _, _ in upstreams]})
+    (workdir / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
+    return paths
+
+
+def inference_ratios(upstreams, seconds: float) -> Dict[str, float]:
+    from s3prl_distill import register
+    from s3prl_distill.profiling import forward_times
+
+    register()
+    import s3prl.hub as hub
+
+    models = {label: getattr(hub, name)(ckpt=str(ckpt) if ckpt else None, model_config=None, refresh=False)
+              for label, name, ckpt in upstreams}
+    generator = torch.Generator().manual_seed(0)
+    wavs = [0.1 * torch.randn(int(16000 * seconds), generator=generator) for _ in range(4)]
+    times = forward_times(models, wavs, repeats=3)
+    reference = times[upstreams[0][0]]
+    return {label: value / reference for label, value in times.items()}
