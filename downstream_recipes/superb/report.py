@@ -62,6 +62,8 @@ def bar_chart(results: Sequence[dict], path: Path, title: str = "SUPERB") -> Pat
         axis.set_xticks(range(len(results)))
         axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
         axis.set_ylabel("%", fontsize=8)
+        finite = [v for v in values if math.isfinite(v)]
+        axis.set_ylim(0, 1.15 * max(finite) if finite and max(finite) > 0 else 1.0)  # rates are never negative
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
