@@ -27,7 +27,8 @@ from s3prl_distill.model.config import format_conv_layers, parse_conv_layers
 from s3prl_distill.pretrain.config import validate_config
 from s3prl_distill.pretrain.data import read_length_csvs
 from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig, train_hubert_teacher
-from s3prl_distill.pretrain.runner import find_latest_checkpoint, run as run_pretrain
+from s3prl_distill.checkpoint import latest_step_checkpoint
+from s3prl_distill.pretrain.runner import run as run_pretrain
 
 from .minisuperb import generate_minisuperb
 from .superb.report import write_report
@@ -164,8 +165,9 @@ def run_demo(workdir: Path, preset: str = "quick", seed: int = 0, device: str = 
             validate_config(config, f"demo {family} config")
             config_path = stage / f"{family}.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-            resume = str(find_latest_checkpoint(expdir)) if list(expdir.glob("states-*.ckpt")) else None
-            run_pretrain(None if resume else str(config_path), family, str(stage), None, resume)
+            previous = latest_step_checkpoint(expdir)
+            run_pretrain(None if previous else str(config_path), family, str(stage), None,
+                         str(previous) if previous else None)
         checkpoints[family] = final
     timings["students"] = time.perf_counter() - start
 

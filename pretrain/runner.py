@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +27,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from s3prl_distill import __version__
-from s3prl_distill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from s3prl_distill.checkpoint import (
+    CheckpointError,
+    latest_step_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    step_checkpoints,
+)
 from s3prl_distill.losses import combine
 
-from .config import PretrainConfig, apply_overrides, load_config, validate_config
+from .config import DataConfig, PretrainConfig, apply_overrides, load_config, validate_config
 from .data import BucketBatchSampler, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
 from .task import DistillationTask
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_PATTERN = re.compile(r"states-(\d+)\.ckpt$")
 
 
 @dataclass
@@ -71,10 +74,33 @@ def find_latest_checkpoint(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"-e {path}: no such checkpoint file or directory")
-    found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := CHECKPOINT_PATTERN.search(p.name)))
-    if not found:
+    latest = latest_step_checkpoint(path)
+    if latest is None:
         raise FileNotFoundError(f"-e {path}: the directory holds no states-<step>.ckpt")
-    return found[-1][1]
+    return latest
+
+
+def build_data(data: DataConfig, seed: int, world_size: int = 1, rank: int = 0, pin_memory: bool = False,
+               progress: bool = True):
+    """(items, sampler, loader) for a data config: CSVs, header checks, length buckets, resumable crops."""
+    items = read_length_csvs(Path(data.root), Path(data.bucket_dir), data.sets)
+    if data.check_files:
+        items = check_audio_files(items, data.on_bad_file, progress=progress)
+    if data.train_batch_size % world_size:
+        raise ValueError(f"data.train_batch_size={data.train_batch_size} is not divisible by the {world_size} processes")
+    sampler = BucketBatchSampler([item.length for item in items], data.train_batch_size, seed, world_size, rank)
+    loader = torch.utils.data.DataLoader(
+        CroppedAudioDataset(items, data.max_length, seed),
+        batch_sampler=sampler,
+        collate_fn=collate_waveforms,
+        num_workers=data.num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=data.num_workers > 0,
+        # Its own generator: creating an iterator must not draw from the global RNG (exact resume).
+        generator=torch.Generator(),
+    )
+    logger.info("data: %d utterances, %d batches per epoch", len(items), len(sampler))
+    return items, sampler, loader
 
 
 def linear_warmup_decay(total_steps: int, warmup_proportion: float):
@@ -136,28 +162,10 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
     def _data(self) -> None:
-        data = self.config.data
-        items = read_length_csvs(Path(data.root), Path(data.bucket_dir), data.sets)
-        if data.check_files:
-            items = check_audio_files(items, data.on_bad_file, progress=self.dist.is_main)
-        self.items = items
-        batch_size = data.train_batch_size
-        if batch_size % self.dist.world_size:
-            raise ValueError(f"data.train_batch_size={batch_size} is not divisible by the {self.dist.world_size} processes")
-        self.sampler = BucketBatchSampler(
-            [item.length for item in items], batch_size, self.config.runner.seed, self.dist.world_size, self.dist.rank
+        self.items, self.sampler, self.loader = build_data(
+            self.config.data, self.config.runner.seed, self.dist.world_size, self.dist.rank,
+            pin_memory=self.device.type == "cuda", progress=self.dist.is_main,
         )
-        self.loader = torch.utils.data.DataLoader(
-            CroppedAudioDataset(items, data.max_length, self.config.runner.seed),
-            batch_sampler=self.sampler,
-            collate_fn=collate_waveforms,
-            num_workers=data.num_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=data.num_workers > 0,
-            # Its own generator: creating an iterator must not draw from the global RNG (exact resume).
-            generator=torch.Generator(),
-        )
-        logger.info("data: %d utterances, %d batches per epoch", len(items), len(self.sampler))
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -191,10 +199,7 @@ class Trainer:
             }
         )
         path = save_checkpoint(checkpoint, self.expdir / f"states-{self.step}.ckpt")
-        existing = sorted(
-            (int(m.group(1)), p) for p in self.expdir.iterdir() if (m := CHECKPOINT_PATTERN.search(p.name))
-        )
-        for _, old in existing[: -self.config.runner.keep_last]:
+        for _, old in step_checkpoints(self.expdir)[: -self.config.runner.keep_last]:
             old.unlink(missing_ok=True)
         logger.info("saved %s", path)
         return path

@@ -19,13 +19,7 @@ from torch import nn
 from s3prl_distill.losses import combine
 from s3prl_distill.model.config import _format_validation_error
 from s3prl_distill.pretrain.config import DataConfig, ModelSections
-from s3prl_distill.pretrain.data import (
-    BucketBatchSampler,
-    CroppedAudioDataset,
-    check_audio_files,
-    collate_waveforms,
-    read_length_csvs,
-)
+from s3prl_distill.pretrain.runner import build_data
 from s3prl_distill.pretrain.task import DistillationTask
 
 logger = logging.getLogger(__name__)
@@ -66,16 +60,9 @@ class S3prlPretrainExpert(nn.Module):
         self.model = self.task.student  # what s3prl's runner optimises
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
-        data = self.datarc
-        items = read_length_csvs(Path(data.root), Path(data.bucket_dir), data.sets)
-        if data.check_files:
-            items = check_audio_files(items, data.on_bad_file)
-        seed = torch.initial_seed()  # what run_pretrain.py's --seed set
-        sampler = BucketBatchSampler([item.length for item in items], data.train_batch_size, seed)
-        return torch.utils.data.DataLoader(
-            CroppedAudioDataset(items, data.max_length, seed), batch_sampler=sampler, collate_fn=collate_waveforms,
-            num_workers=data.num_workers, pin_memory=self.device.type == "cuda",
-        )
+        # The seed is what run_pretrain.py's --seed set.
+        _, _, loader = build_data(self.datarc, torch.initial_seed(), pin_memory=self.device.type == "cuda")
+        return loader
 
     def forward(self, data, records=None, global_step: int = 0, log_step: int = 1000, **kwargs: Any):
         waveforms, lengths = (tensor.to(self.device, non_blocking=True) for tensor in data)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -101,6 +102,22 @@ def _s3prl_optimizers_alias() -> Iterator[None]:
             sys.modules.pop("optimizers", None)
         else:
             sys.modules["optimizers"] = previous
+
+
+STATES_PATTERN = re.compile(r"^states-(\d+)\.ckpt$")  # what s3prl's runners and ours name step checkpoints
+
+
+def step_checkpoints(folder: Union[str, Path]) -> List[Tuple[int, Path]]:
+    """``(step, path)`` of every ``states-<step>.ckpt`` in ``folder``, oldest step first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := STATES_PATTERN.match(p.name)))
+
+
+def latest_step_checkpoint(folder: Union[str, Path]) -> Optional[Path]:
+    found = step_checkpoints(folder)
+    return found[-1][1] if found else None
 
 
 def save_checkpoint(obj: Any, path: Union[str, Path]) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import re
 import shutil
 import subprocess
 import sys
@@ -23,14 +22,13 @@ from typing import Dict, List, Optional
 import yaml
 from tqdm import tqdm
 
+from s3prl_distill.checkpoint import latest_step_checkpoint
+
 from .metrics import task_metric
 from .report import write_report
 from .tasks import TASKS, Task, data_values, parse_settings, render_config
 
 logger = logging.getLogger(__name__)
-
-_STATES = re.compile(r"states-(\d+)\.ckpt$")
-
 
 @dataclass
 class SweepSpec:
@@ -74,11 +72,6 @@ def clear_voxceleb1_cache() -> None:
         logger.info("removed s3prl's stale VoxCeleb1 file-list cache %s", cache)
 
 
-def _latest_states(expdir: Path) -> Optional[Path]:
-    found = sorted((int(m.group(1)), p) for p in expdir.glob("states-*.ckpt") if (m := _STATES.search(p.name)))
-    return found[-1][1] if found else None
-
-
 def _s3prl(arguments: List[str], log: Path) -> float:
     command = [sys.executable, "-m", "s3prl.run_downstream", *arguments]
     start = time.perf_counter()
@@ -106,7 +99,7 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     record = {"task": task.key, "fold": fold}
     trained = expdir / "train.done"
     if not trained.is_file():
-        previous = _latest_states(expdir)
+        previous = latest_step_checkpoint(expdir)
         if previous is not None:  # interrupted: s3prl resumes from the checkpoint's saved arguments
             arguments = ["-m", "train", "-e", str(previous), "--device", spec.device]
         else:
@@ -118,7 +111,7 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
         record["train_s"] = round(_s3prl(arguments, expdir / "train.log"), 1)
         trained.write_text("")
     best = expdir / task.best_checkpoint
-    checkpoint = best if best.is_file() else _latest_states(expdir)
+    checkpoint = best if best.is_file() else latest_step_checkpoint(expdir)
     if checkpoint is None:
         raise RuntimeError(f"{expdir}: training left no checkpoint to evaluate")
     record["evaluated_checkpoint"] = checkpoint.name
