@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine (Python 3.9+ with venv and pip):
-#   make quickstart   builds .venv and runs the smallest end-to-end job
+#   make demo         builds .venv and runs the main job: the offline demo, quick preset (< 20 min on 2 CPU cores)
 #   make test         builds .venv and runs the test suite
+# (make quickstart: a 15-second smoke job through s3prl's downstream runner.)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 # torch is pinned and installed first: a bare torch requirement would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup quickstart test clean system-packages
+.PHONY: setup demo quickstart test clean system-packages
 
 setup: system-packages $(VENV)/.installed
 
@@ -24,6 +25,9 @@ $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m pip install -q -e '.[superb,test]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import torch, s3prl_distill; assert torch.__version__.startswith('$(subst torch==,,$(TORCH))'), torch.__version__"
 	touch $@
+
+demo: setup
+	$(VENV)/bin/s3prl-distill demo --preset quick --workdir result/demo
 
 quickstart: setup
 	$(VENV)/bin/s3prl-distill quickstart --workdir result/quickstart

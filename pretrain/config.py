@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from s3prl_distill.model.config import StrictModel, StudentConfig, _format_validation_error
 
+from .asr_distill.recipe import AsrDistillMethodConfig
 from .distilhubert.recipe import DistilHuBERTMethodConfig
 from .fithubert.recipe import FitHuBERTMethodConfig
 
@@ -92,6 +93,9 @@ class DataConfig(StrictModel):
     num_workers: int = 4
     check_files: bool = True  # read every file's header before training starts
     on_bad_file: Literal["stop", "skip"] = "stop"
+    # A teacher-target cache (s3prl-distill cache-teacher): targets are read from it instead of running the teacher,
+    # and each epoch's crop is one of its fixed windows. It must match this run's teacher, layers and data.
+    teacher_cache: Optional[str] = None
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -102,7 +106,7 @@ class DataConfig(StrictModel):
         return self
 
 
-MethodConfig = Union[DistilHuBERTMethodConfig, FitHuBERTMethodConfig]
+MethodConfig = Union[DistilHuBERTMethodConfig, FitHuBERTMethodConfig, AsrDistillMethodConfig]
 
 
 class ModelSections(StrictModel):

@@ -505,8 +505,12 @@ class CroppedAudioDataset(torch.utils.data.Dataset):
         if epoch < 0:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
         item = self.items[index]
-        offset = self.crop_offset(index, epoch)
         frames = item.length if self.max_length is None else min(item.length, self.max_length)
+        return self.read(index, self.crop_offset(index, epoch), frames)
+
+    def read(self, index: int, offset: int, frames: int) -> torch.Tensor:
+        """``frames`` samples of item ``index`` from ``offset``, checking the file against its CSV entry."""
+        item = self.items[index]
         try:
             with soundfile.SoundFile(str(item.path)) as audio:
                 if audio.samplerate != SAMPLE_RATE:

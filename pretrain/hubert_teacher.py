@@ -41,11 +41,15 @@ class HubertTeacherConfig(StrictModel):
         "encoder_layerdrop": 0.0, "feature_grad_mult": 0.1,
     })
     clusters: int = 50
+    # HuBERT's alpha: loss = alpha * CE(masked frames) + (1 - alpha) * CE(unmasked frames). HuBERT Base uses 1.0,
+    # but in a few hundred CPU steps the masked term alone stays at chance (measured: 3.8 vs 3.91 after 800 steps),
+    # while with 0.5 the unmasked term teaches each frame's content and the masked CE falls to ~2.6 by step 400.
+    masked_weight: float = Field(0.5, ge=0.0, le=1.0)
     kmeans_frames: int = 200000  # frames sampled for fitting k-means
     steps: int = 600
     batch_size: int = 8
     max_length: int = 48000  # crop, samples
-    lr: float = 1.0e-3
+    lr: float = 2.0e-3
     warmup_proportion: float = 0.08
     seed: int = 0
 
@@ -119,16 +123,21 @@ def train_hubert_teacher(items: List[AudioItem], output: Path, config: Optional[
         source = torch.stack(sources)
         no_padding = torch.zeros(source.shape, dtype=torch.bool)  # equal-length crops; the model needs a mask
         output_dict = model(source, target_list=[torch.stack(targets)], padding_mask=no_padding, mask=True)
-        logits = model.get_logits(output_dict, True)[0]
-        loss = F.cross_entropy(logits.float(), model.get_targets(output_dict, True)[0])
+        masked = F.cross_entropy(model.get_logits(output_dict, True)[0].float(),
+                                 model.get_targets(output_dict, True)[0])
+        loss = config.masked_weight * masked
+        if config.masked_weight < 1.0:
+            unmasked = F.cross_entropy(model.get_logits(output_dict, False)[0].float(),
+                                       model.get_targets(output_dict, False)[0])
+            loss = loss + (1.0 - config.masked_weight) * unmasked
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         scheduler.step()
         if step % 20 == 0 or step == config.steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            logger.info("teacher step %d: masked-prediction loss %.4f (chance %.3f)", step + 1, loss.item(),
-                        math.log(config.clusters))
+            bar.set_postfix(loss=f"{loss.item():.3f}", masked=f"{masked.item():.3f}")
+            logger.info("teacher step %d: loss %.4f, masked-frame CE %.4f (chance %.3f)", step + 1, loss.item(),
+                        masked.item(), math.log(config.clusters))
     model.eval()
     return save_hubert_checkpoint(model, dict(config.model), task_cfg, dictionaries, output)

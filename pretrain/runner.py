@@ -39,6 +39,7 @@ from s3prl_distill.losses import combine
 from .config import DataConfig, PretrainConfig, apply_overrides, load_config, validate_config
 from .data import BucketBatchSampler, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
 from .task import DistillationTask
+from .teacher_cache import CachedWindowDataset, TeacherCache, collate_with_targets
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +83,23 @@ def find_latest_checkpoint(path: Path) -> Path:
 
 def build_data(data: DataConfig, seed: int, world_size: int = 1, rank: int = 0, pin_memory: bool = False,
                progress: bool = True):
-    """(items, sampler, loader) for a data config: CSVs, header checks, length buckets, resumable crops."""
+    """(items, sampler, loader) for a data config: CSVs, header checks, length buckets, resumable crops (or, with a
+    teacher cache, its windows and their cached targets)."""
     items = read_length_csvs(Path(data.root), Path(data.bucket_dir), data.sets)
     if data.check_files:
         items = check_audio_files(items, data.on_bad_file, progress=progress)
     if data.train_batch_size % world_size:
         raise ValueError(f"data.train_batch_size={data.train_batch_size} is not divisible by the {world_size} processes")
     sampler = BucketBatchSampler([item.length for item in items], data.train_batch_size, seed, world_size, rank)
+    if data.teacher_cache is not None:
+        dataset = CachedWindowDataset(items, TeacherCache(Path(data.teacher_cache)), data.max_length, seed)
+        collate = collate_with_targets
+    else:
+        dataset, collate = CroppedAudioDataset(items, data.max_length, seed), collate_waveforms
     loader = torch.utils.data.DataLoader(
-        CroppedAudioDataset(items, data.max_length, seed),
+        dataset,
         batch_sampler=sampler,
-        collate_fn=collate_waveforms,
+        collate_fn=collate,
         num_workers=data.num_workers,
         pin_memory=pin_memory,
         persistent_workers=data.num_workers > 0,
@@ -131,10 +138,14 @@ class Trainer:
 
         # Same seed on every rank: identical initial weights (DDP also broadcasts them).
         torch.manual_seed(runner.seed)
-        self.task = DistillationTask(config.teacher, config.student, config.student_init, config.method, self.device)
+        cache = TeacherCache(Path(config.data.teacher_cache)) if config.data.teacher_cache else None
+        self.task = DistillationTask(config.teacher, config.student, config.student_init, config.method, self.device,
+                                     cache)
         self.student = self.task.student
         self.model = (
-            DistributedDataParallel(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            DistributedDataParallel(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                    # a front-end stage leaves the encoder and heads without gradients
+                                    find_unused_parameters=self.task.method.front_end_steps > 0)
             if self.dist.enabled else self.student
         )
         self.optimizer = self._optimizer()
@@ -149,8 +160,11 @@ class Trainer:
         # Dropout differs per rank, as it would per sample in one big batch.
         torch.manual_seed(runner.seed + 1000 * (self.dist.rank + 1))
         self._data()
+        if cache is not None:
+            self.task.check_cache(config.teacher, config.data, self.items)
         if resume is not None:
             self._restore(resume)
+        self.task.prepare_front_end(self.items)
 
     # --- construction ---------------------------------------------------------------------------------------------
 
@@ -159,7 +173,8 @@ class Trainer:
         decay = [p for n, p in self.student.named_parameters() if p.requires_grad and not n.endswith("bias")]
         no_decay = [p for n, p in self.student.named_parameters() if p.requires_grad and n.endswith("bias")]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        # The fused kernel (one launch for all parameters) exists for CUDA tensors; CPU keeps the foreach version.
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=self.device.type == "cuda")
 
     def _data(self) -> None:
         self.items, self.sampler, self.loader = build_data(
@@ -268,14 +283,12 @@ class Trainer:
                         disable=not self.dist.is_main)
         while self.step < runner.total_steps:
             for micro in range(accumulate):
-                waveforms, lengths = next(batches)
-                waveforms = waveforms.to(self.device, non_blocking=True)
-                lengths = lengths.to(self.device, non_blocking=True)
+                waveforms, lengths, *cached = (t.to(self.device, non_blocking=True) for t in next(batches))
                 last = micro == accumulate - 1
                 sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
                 with sync:
                     with self._autocast():
-                        terms = self.task.losses(self.model, waveforms, lengths)
+                        terms = self.task.losses(self.model, waveforms, lengths, self.step, *cached)
                         loss = combine(terms, self._reduce_counts)
                     # DDP averages gradients over ranks; the loss is already normalised by the global count.
                     self.scaler.scale(loss * self.dist.world_size / accumulate).backward()

@@ -21,6 +21,7 @@ from s3prl_distill.model.config import _format_validation_error
 from s3prl_distill.pretrain.config import DataConfig, ModelSections
 from s3prl_distill.pretrain.runner import build_data
 from s3prl_distill.pretrain.task import DistillationTask
+from s3prl_distill.pretrain.teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +56,23 @@ class S3prlPretrainExpert(nn.Module):
         sections = _validated(ModelSections, self.upstream_config, source)
         self.datarc = _validated(DataConfig, dict(datarc), "pretrain_expert.datarc")
         self.device = torch.device(device)
+        cache = TeacherCache(Path(self.datarc.teacher_cache)) if self.datarc.teacher_cache else None
         self.task = DistillationTask(sections.teacher, sections.student, sections.student_init, sections.method,
-                                     self.device)
+                                     self.device, cache)
+        self.teacher_config = sections.teacher
         self.model = self.task.student  # what s3prl's runner optimises
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         # The seed is what run_pretrain.py's --seed set.
-        _, _, loader = build_data(self.datarc, torch.initial_seed(), pin_memory=self.device.type == "cuda")
+        items, _, loader = build_data(self.datarc, torch.initial_seed(), pin_memory=self.device.type == "cuda")
+        if self.task.cache is not None:
+            self.task.check_cache(self.teacher_config, self.datarc, items)
+        self.task.prepare_front_end(items)  # after load_model: a resumed run keeps its statistics
         return loader
 
     def forward(self, data, records=None, global_step: int = 0, log_step: int = 1000, **kwargs: Any):
-        waveforms, lengths = (tensor.to(self.device, non_blocking=True) for tensor in data)
-        terms = self.task.losses(self.model, waveforms, lengths)
+        waveforms, lengths, *cached = (tensor.to(self.device, non_blocking=True) for tensor in data)
+        terms = self.task.losses(self.model, waveforms, lengths, global_step, *cached)
         loss = combine(terms)
         records = defaultdict(list) if records is None else records
         if global_step % log_step == 0:

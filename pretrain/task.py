@@ -3,26 +3,41 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+import logging
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import soundfile
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from s3prl_distill.losses import LossTerm
 from s3prl_distill.model import StudentConfig, StudentModel
+from s3prl_distill.model.fbank import fbank_statistics
 
-from .config import StudentInitConfig, TeacherConfig
+from .asr_distill.recipe import AsrDistill, AsrDistillMethodConfig
+from .config import DataConfig, StudentInitConfig, TeacherConfig
+from .data import AudioItem
 from .distilhubert.recipe import DistilHuBERT, DistilHuBERTMethodConfig
 from .fithubert.recipe import FitHuBERT, FitHuBERTMethodConfig
+from .method import DistillationBatch, Method
 from .teacher import Teacher, initialise_student
+from .teacher_cache import TeacherCache, cache_key, required_layers
+
+logger = logging.getLogger(__name__)
+
+# Global mean/variance of 80 fbank bins are stable long before this (1000 LibriSpeech utterances ~ 3.4 h).
+STATISTICS_UTTERANCES = 1000
 
 METHODS = {
     "distilhubert": (DistilHuBERTMethodConfig, DistilHuBERT),
     "fithubert": (FitHuBERTMethodConfig, FitHuBERT),
+    "asr_distill": (AsrDistillMethodConfig, AsrDistill),
 }
 
 
-def build_method(config, student: StudentConfig):
+def build_method(config, student: StudentConfig) -> Method:
     return METHODS[config.name][1](config, student)
 
 
@@ -36,31 +51,97 @@ class DistillationTask:
         student_init: StudentInitConfig,
         method,
         device: torch.device,
+        cache: Optional[TeacherCache] = None,
     ) -> None:
-        self.teacher = Teacher(teacher).to(device)
+        """With a ``cache``, targets come from it: the teacher is loaded only when the student copies weights from
+        it, and released after that."""
+        self.cache = cache
+        needs_teacher = cache is None or any(value for value in student_init.model_dump().values())
+        self.teacher = Teacher(teacher).to(device) if needs_teacher else None
         self.student_config = student
         self.student = StudentModel(student)
-        initialise_student(self.student, self.teacher, student_init)
+        if self.teacher is not None:
+            initialise_student(self.student, self.teacher, student_init)
         self.student.to(device)
         self.method = build_method(method, student)
+        self.codebook = None
+        if self.method.uses_codebook:
+            source = cache.codebook() if cache is not None else self.teacher.codebook(self.method.codebook_ckpt)
+            self.codebook = source.to(device)
+            self._check_codeword_head()
+        if cache is not None:
+            self.teacher = None
+            logger.info("targets from the teacher cache %s: no teacher forward", cache.directory)
 
-    def losses(self, student: nn.Module, waveforms: Tensor, lengths: Tensor) -> Dict[str, LossTerm]:
-        """Teacher targets, student forward (through ``student``, which may be DDP-wrapped), the method's loss."""
-        hidden_states = self.teacher(waveforms, lengths)
-        missing = [i for i in self.method.target_layers if i >= len(hidden_states)]
-        if missing:
-            raise ValueError(
-                f"target layers {missing} do not exist: teacher {self.teacher.name!r} has hidden states 0..{len(hidden_states) - 1}"
-            )
+    def check_cache(self, teacher: TeacherConfig, data: DataConfig, items: Sequence[AudioItem]) -> None:
+        """Refuse a cache built for another teacher, layer set or data list, or at another frame rate than the
+        student's."""
+        layers = required_layers(self.method, int(self.cache.meta["num_hidden_states"]))
+        self.cache.check(cache_key(teacher, data, items, layers, self.student.downsample_rate))
+
+    def _check_codeword_head(self) -> None:
+        head = self.student_config.codeword_head
+        codewords, width = self.codebook.embeddings.shape
+        expected = width if head.type == "cosine" else codewords
+        if head.out_dim != expected:
+            what = "projection width" if head.type == "cosine" else "number of codewords"
+            raise ValueError(f"student.codeword_head.out_dim is {head.out_dim} but the teacher's {what} is "
+                             f"{expected} (codebook {codewords} x {width})")
+
+    def in_front_end_stage(self, step: int) -> bool:
+        return step < self.method.front_end_steps
+
+    def teacher_hidden_states(self, waveforms: Tensor, lengths: Tensor,
+                              cached: Optional[Tensor] = None) -> List[Optional[Tensor]]:
+        """The teacher's hidden states (s3prl indexing): computed, or from ``cached`` (B, T, layers, D) targets of
+        the cache, with None for the layers it does not hold."""
+        if cached is None:
+            hidden_states = self.teacher(waveforms, lengths)
+            missing = [i for i in self.method.target_layers if i >= len(hidden_states)]
+            if missing:
+                raise ValueError(f"target layers {missing} do not exist: teacher {self.teacher.name!r} has hidden "
+                                 f"states 0..{len(hidden_states) - 1}")
+            return hidden_states
+        hidden_states: List[Optional[Tensor]] = [None] * int(self.cache.meta["num_hidden_states"])
+        for position, layer in enumerate(self.cache.layers):
+            hidden_states[layer] = cached[:, :, position].float()
+        return hidden_states
+
+    def losses(self, student: nn.Module, waveforms: Tensor, lengths: Tensor, step: int = 0,
+               cached: Optional[Tensor] = None) -> Dict[str, LossTerm]:
+        """Teacher targets (computed, or ``cached`` from a teacher cache), student forward (through ``student``,
+        which may be DDP-wrapped), the method's loss. ``step`` (0-based) selects the method's stage."""
+        hidden_states = self.teacher_hidden_states(waveforms, lengths, cached)
+        if self.in_front_end_stage(step):
+            output = student(waveforms, lengths, front_end_only=True)
+            return self.method.front_end_losses(output, hidden_states[0], _valid_frames(output, hidden_states[0]))
         output = student(waveforms, lengths)
         # Teacher and student CNNs may differ by a frame at the end; compare the common frames.
-        frames = min(output.predictions.shape[2], hidden_states[0].shape[1])
+        teacher_frames = next(state for state in hidden_states if state is not None).shape[1]
+        frames = min(output.predictions.shape[2], teacher_frames)
         targets = torch.stack([hidden_states[i][:, :frames] for i in self.method.target_layers], dim=1)
         output = output._replace(predictions=output.predictions[:, self.method.prediction_indices, :frames])
-        valid = None
-        if output.lengths is not None:
-            valid = torch.arange(frames, device=waveforms.device)[None, :] < output.lengths[:, None]
-        return self.method.losses(output, targets, valid)
+        teacher_logits = codewords = None
+        if self.codebook is not None:
+            teacher_logits = self.codebook.logits(hidden_states[-1], self.method.codebook_temperature)
+            codewords = self.codebook.embeddings
+        batch = DistillationBatch(output, targets, _valid_frames(output, targets[:, 0]), hidden_states,
+                                  teacher_logits, codewords)
+        return self.method.losses(batch)
+
+    def prepare_front_end(self, items: Sequence[AudioItem]) -> None:
+        """Before the first step: the fbank front end's normalisation statistics from (up to
+        ``STATISTICS_UTTERANCES`` evenly spaced) training utterances. A no-op when there are statistics already
+        (no fbank front end, or a resumed run)."""
+        fbank = self.student.fbank
+        if fbank is None or fbank.has_statistics:
+            return
+        chosen = items[:: max(1, len(items) // STATISTICS_UTTERANCES)][:STATISTICS_UTTERANCES]
+        waveforms = (torch.from_numpy(soundfile.read(str(item.path), dtype="float32")[0]) for item in
+                     tqdm(chosen, desc="fbank statistics", leave=False))
+        mean, std, frames = fbank_statistics(waveforms, fbank.num_mel_bins)
+        fbank.set_statistics(mean.to(fbank.mean.device), std.to(fbank.std.device), frames)
+        logger.info("fbank normalisation statistics from %d frames", frames)
 
     def student_state(self, checkpoint: Mapping) -> Dict[str, Tensor]:
         """The student's weights (our layout) from a checkpoint the method exported."""
@@ -69,3 +150,10 @@ class DistillationTask:
     def export(self, state: Optional[Mapping[str, Tensor]] = None) -> dict:
         """The method's checkpoint layout for the student's weights."""
         return self.method.export(self.student_config, self.student.state_dict() if state is None else state)
+
+
+def _valid_frames(output, like: Tensor) -> Optional[Tensor]:
+    """(B, T) True on frames of real audio, for the T frames of ``like`` (B, T, ...); None without padding."""
+    if output.lengths is None:
+        return None
+    return torch.arange(like.shape[1], device=like.device)[None, :] < output.lengths[:, None]

@@ -5,17 +5,67 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
 from s3prl_distill.importers.fairseq import fairseq_keys
+from s3prl_distill.losses import codeword_logits
 from s3prl_distill.model import StudentModel
 
 from .config import StudentInitConfig, TeacherConfig
 
 logger = logging.getLogger(__name__)
+
+
+CODEBOOK_KEYS = ("final_proj.weight", "final_proj.bias", "label_embs_concat")
+
+
+@dataclass
+class HubertCodebook:
+    """HuBERT's prediction layer: ``final_proj`` (Linear D -> final_dim) and the label embeddings (C, final_dim) it
+    is scored against by cosine; C counts every codeword of the dictionary (500 clusters + 4 specials for Base)."""
+
+    projection_weight: Tensor
+    projection_bias: Tensor
+    embeddings: Tensor
+
+    def to(self, device: torch.device) -> "HubertCodebook":
+        return HubertCodebook(*(t.to(device) for t in (self.projection_weight, self.projection_bias, self.embeddings)))
+
+    def logits(self, last_hidden: Tensor, temperature: float) -> Tensor:
+        """(B, T, D) teacher last layer -> (B, T, C): cos(final_proj(h), e_c) / temperature."""
+        projected = torch.nn.functional.linear(last_hidden.float(), self.projection_weight.float(),
+                                               self.projection_bias.float())
+        return codeword_logits(projected, self.embeddings, temperature)
+
+
+def codebook_from_state(state: Mapping[str, Tensor], source: str) -> HubertCodebook:
+    missing = [key for key in CODEBOOK_KEYS if key not in state]
+    if missing:
+        raise ValueError(
+            f"{source} has no {', '.join(missing)}: the discriminative loss needs a HuBERT teacher's final "
+            "projection and label embeddings (s3prl's converted hubert_local checkpoints and fairseq HuBERT "
+            "checkpoints carry them; method.codebook_ckpt can name such a file)"
+        )
+    if state["final_proj.weight"].shape[0] != state["label_embs_concat"].shape[1]:
+        raise ValueError(f"{source}: final_proj gives {state['final_proj.weight'].shape[0]} dimensions but the label "
+                         f"embeddings have {state['label_embs_concat'].shape[1]} (untied projections are not supported)")
+    return HubertCodebook(*(state[key].detach().float().clone() for key in CODEBOOK_KEYS))
+
+
+def read_hubert_codebook(path: str, trust_checkpoint: bool = False) -> HubertCodebook:
+    """The codebook from a HuBERT checkpoint file: s3prl's converted format (``model_weight``, what
+    ``hubert_local`` reads) or fairseq's (``model``)."""
+    checkpoint = load_checkpoint(path, trust_checkpoint, what="HuBERT checkpoint")
+    for key in ("model_weight", "model"):
+        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
+            return codebook_from_state(checkpoint[key], f"HuBERT checkpoint {path}")
+    raise CheckpointError(f"{path} is neither an s3prl-converted HuBERT checkpoint ('model_weight') nor a fairseq "
+                          "one ('model')")
 
 
 class Teacher(nn.Module):
@@ -39,6 +89,7 @@ class Teacher(nn.Module):
         if config.upstream_config is not None:
             kwargs["model_config"] = config.upstream_config
         self.name = config.name
+        self.ckpt = config.ckpt
         self.upstream = entry(**kwargs)
         disabled = 0
         for module in self.upstream.modules():
@@ -61,6 +112,14 @@ class Teacher(nn.Module):
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
             states = self.upstream(wavs)["hidden_states"]
         return [state.float() for state in states]
+
+    def codebook(self, path: Optional[str] = None) -> HubertCodebook:
+        """HuBERT's final projection + label embeddings: from ``path`` if given, else from the teacher's model."""
+        if path is not None:
+            return read_hubert_codebook(path)
+        model = getattr(self.upstream, "model", None)
+        state = model.state_dict() if isinstance(model, nn.Module) else {}
+        return codebook_from_state(state, f"teacher {self.name!r}" + (f" ({self.ckpt})" if self.ckpt else ""))
 
     def fairseq_model(self) -> nn.Module:
         """The fairseq-layout model inside an s3prl HuBERT / wav2vec 2.0 expert (for initialising students)."""

@@ -68,11 +68,28 @@ def run_superb_command(args: argparse.Namespace) -> None:
         upstream=args.upstream, ckpt=args.ckpt, model_config=args.model_config, feature=args.feature,
         tasks=parse_tasks(args.tasks), data_root=args.data_root, name=args.name, exproot=args.exproot,
         device=args.device, steps=args.steps, learning_rates=_learning_rates(args.lr), num_workers=args.num_workers,
-        label=args.label, settings=args.set,
+        label=args.label, settings=args.set, folds=args.folds,
     )
-    run_dir = run_superb(spec)
+    run_dir = run_superb(spec, jobs=args.jobs)
     print((run_dir / "results.md").read_text())
     print(f"results: {run_dir / 'results.json'}, {run_dir / 'results.md'}, {run_dir / 'results.png'}")
+
+
+def run_profile_command(args: argparse.Namespace) -> None:
+    from .profiler import UpstreamSpec, format_table, profile_upstreams, specs_from_lists
+
+    try:
+        specs = specs_from_lists(args.upstream, args.ckpt, args.model_config)
+        reference = UpstreamSpec(args.vs, args.vs_ckpt, args.vs_config) if args.vs else None
+        result = profile_upstreams(specs, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
+                                   args.device, reference, memory=not args.no_memory)
+    except ValueError as error:  # unknown upstream name, mismatched -k/-g lists, bad settings, unreadable checkpoint
+        raise SystemExit(f"profile: {error}")
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"json: {args.json}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", help="distillation pretraining: -g CONFIG -n NAME [-p EXPROOT] [-o OVERRIDES] [-e CKPT]",
         add_help=False,
     )
+    cache = commands.add_parser(
+        "cache-teacher", help="run a pretrain config's teacher once over its data and store the target layers"
+    )
+    cache.add_argument("-g", "--config", required=True, help="the pretrain config (its teacher, method and data)")
+    cache.add_argument("-o", "--override", help="config overrides, as for pretrain")
+    cache.add_argument("--output", required=True, help="cache directory to write; train with "
+                       "-o config.data.teacher_cache=DIR")
+    cache.add_argument("--batch-size", type=int, default=8, help="windows per teacher forward")
+    cache.add_argument("--device", default="cuda" if _cuda() else "cpu")
     prepare = commands.add_parser(
         "prepare-data", help="write s3prl len_for_bucket CSVs (file_path, length) for an audio tree"
     )
@@ -125,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     superb.add_argument("--num-workers", type=int, default=4, help="data loader workers of each task")
     superb.add_argument("--set", nargs="*", default=[], metavar="TASK:KEY=VALUE",
                         help="override one config value, e.g. asr:downstream_expert.modelrc.project_dim=128")
+    superb.add_argument("--folds", nargs="+", metavar="FOLD",
+                        help="ER folds to run, e.g. fold1 (default: all five, as SUPERB reports)")
+    superb.add_argument("--jobs", type=int, default=1,
+                        help="experiments run at once (CPU: each gets its share of the threads)")
     superb.add_argument("--label", help="row name in the results table (default: the upstream name)")
     prep = commands.add_parser(
         "superb-prepare", help="derive and check what the SUPERB tasks read under a data root of real corpora"
@@ -148,6 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-o", "--output", required=True, help="folder for predict/, predict.zip, efficiency.json")
     submit.add_argument("--seconds", type=float, nargs="+", default=[1.0, 5.0, 10.0],
                         help="utterance lengths the MACs are counted on")
+    profile = commands.add_parser(
+        "profile", help="parameters, MACs, latency / real-time factor and peak memory of s3prl upstreams (--vs: ratios)"
+    )
+    profile.add_argument("-u", "--upstream", required=True, nargs="+", action="extend",
+                         help="s3prl upstream name(s), ours or s3prl's (repeatable)")
+    profile.add_argument("-k", "--ckpt", nargs="+", action="extend",
+                         help="checkpoint per upstream, in -u order ('-' for one that takes none)")
+    profile.add_argument("-g", "--model-config", nargs="+", action="extend",
+                         help="upstream config per upstream, in -u order ('-' for none)")
+    profile.add_argument("--vs", help="reference upstream (e.g. the teacher): ratios to it, measured in the same run")
+    profile.add_argument("--vs-ckpt", help="the reference's checkpoint")
+    profile.add_argument("--vs-config", help="the reference's config (-g)")
+    profile.add_argument("--seconds", type=float, nargs="+", default=[10.0], help="audio lengths (default: 10)")
+    profile.add_argument("--batch", type=int, default=1, help="utterances per timed forward (MACs: always 1)")
+    profile.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's)")
+    profile.add_argument("--repeats", type=int, default=5, help="timed forwards; the median is reported")
+    profile.add_argument("--warmup", type=int, default=2, help="untimed forwards before timing")
+    profile.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    profile.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    profile.add_argument("--json", help="write every figure and the settings to this JSON file")
     commands.add_parser("upstreams", help="list the upstream names this package registers in s3prl")
     demo = commands.add_parser(
         "demo", help="offline end to end: mini-SUPERB, a small HuBERT teacher, two distilled students, SUPERB table"
@@ -228,6 +278,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         paths = run_demo(Path(args.workdir), args.preset, args.seed, args.device)
         print(paths["markdown"].read_text())
         print(f"table: {paths['markdown']}, chart: {paths['chart']}, stage times: {Path(args.workdir) / 'timings.json'}")
+    elif args.command == "cache-teacher":
+        from .pretrain.config import load_config
+        from .pretrain.teacher_cache import build_teacher_cache
+
+        output = build_teacher_cache(load_config(args.config, args.override), Path(args.output), args.batch_size,
+                                     args.device)
+        print(f"teacher cache written to {output}; train from it with -o config.data.teacher_cache={output}")
     elif args.command == "prepare-data":
         prepare_data(args.audio_root, args.output, args.sets, args.on_bad_file)
     elif args.command == "link-pretrain":
@@ -260,6 +317,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         paths = write_report([load_results(Path(run)) for run in args.runs], Path(args.output))
         print(paths["markdown"].read_text())
+    elif args.command == "profile":
+        run_profile_command(args)
     elif args.command == "submit":
         from .downstream_recipes.superb.submit import submit
 

@@ -81,3 +81,20 @@ def combine(terms: dict, reduce_counts=None) -> Tensor:
         value = term.weight * value
         total = value if total is None else total + value
     return total
+
+
+def codeword_logits(embeddings: Tensor, codewords: Tensor, temperature: float) -> Tensor:
+    """HuBERT's codeword scores: cos(embedding, codeword) / temperature; (..., D) x (C, D) -> (..., C)."""
+    return F.normalize(embeddings.float(), dim=-1) @ F.normalize(codewords.float(), dim=-1).t() / temperature
+
+
+def kl_divergence_term(
+    student_logits: Tensor, teacher_logits: Tensor, valid: Optional[Tensor], weight: float = 1.0
+) -> LossTerm:
+    """KL(p_teacher ‖ p_student) per frame over the codewords, p = softmax(logits); logits (B, T, C), ``valid``
+    (B, T) bool of frames that count (None: all)."""
+    teacher_log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    student_log_p = F.log_softmax(student_logits.float(), dim=-1)
+    per_frame = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(-1)  # (B, T)
+    mask = per_frame.new_ones(per_frame.shape) if valid is None else valid.to(per_frame.dtype)
+    return LossTerm((per_frame * mask).sum().reshape(1), mask.sum().reshape(1), weight)

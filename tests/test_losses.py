@@ -52,12 +52,13 @@ def test_distilhubert_loss_is_s3prls_formula():
     """s3prl's DistillerForPretrain: L1 mean over (B, N, T, D) + λ · mean over (B, N, T) of −log σ(cos)."""
     from s3prl_distill.model import StudentOutput, distilhubert_config
     from s3prl_distill.pretrain.distilhubert.recipe import DistilHuBERT, DistilHuBERTMethodConfig
+    from s3prl_distill.pretrain.method import DistillationBatch
 
     torch.manual_seed(0)
     prediction, target = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
     method = DistilHuBERT(DistilHuBERTMethodConfig(cosine_weight=0.7), distilhubert_config())
     output = StudentOutput(None, [], None, prediction, None, None)
-    ours = combine(method.losses(output, target, valid=torch.ones(2, 5, dtype=torch.bool)))
+    ours = combine(method.losses(DistillationBatch(output, target, torch.ones(2, 5, dtype=torch.bool), [])))
     cosine = torch.nn.functional.cosine_similarity(prediction, target, dim=-1)
     reference = (prediction - target).abs().mean() - 0.7 * torch.nn.functional.logsigmoid(cosine).mean()
     assert torch.allclose(ours, reference, atol=1e-6)

@@ -10,7 +10,9 @@ from s3prl_distill import registry
 
 from conftest import run_python
 
-OURS = ["distilhubert_local", "distilhubert_ls960", "distilhubert_url", "fithubert", "fithubert_local", "fithubert_url"]
+OURS = ["deepthin_fbank_local", "deepthin_fbank_url", "deepthin_local", "deepthin_url", "distilhubert_local",
+        "distilhubert_ls960", "distilhubert_url", "fithubert", "fithubert_local", "fithubert_url",
+        "shallowwide_fbank_local", "shallowwide_fbank_url", "shallowwide_local", "shallowwide_url"]
 
 
 def hub_names(autoload: bool, code: str = "") -> list:

@@ -41,7 +41,7 @@ def sweeps(data_root, session_distiller_ckpt, tmp_path_factory):
     ours = superb(["-u", "distilhubert_local", "-k", str(session_distiller_ckpt), "-n", "distilhubert", *common],
                   exproot)
     assert ours.returncode == 0, ours.stdout[-2000:] + ours.stderr[-3000:]
-    fbank = superb(["-u", "fbank", "-n", "fbank", *common], exproot)
+    fbank = superb(["-u", "fbank", "-n", "fbank", "--jobs", "2", *common], exproot)  # two experiments at a time
     assert fbank.returncode == 0, fbank.stdout[-2000:] + fbank.stderr[-3000:]
     return exproot, common
 
@@ -62,6 +62,18 @@ def test_all_five_tasks_produce_finite_metrics_and_a_table(sweeps):
         assert (exproot / name / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         for expdir in ("pr", "asr", "ks", "sid", "er_fold3"):  # s3prl's own files, evaluated on test
             assert (exproot / name / expdir / "evaluate.log").is_file()
+
+
+@pytest.mark.slow
+def test_fold_selection_and_its_errors(data_root, tmp_path):
+    common = ["-u", "fbank", "--data-root", str(data_root), "-p", str(tmp_path), "--steps", "1", "--num-workers", "0"]
+    result = superb([*common, "-n", "er2", "--tasks", "er", "--folds", "fold2"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "er2" / "results.json").read_text())
+    assert list(results["tasks"]["er"]["folds"]) == ["fold2"]
+    assert sorted(p.name for p in (tmp_path / "er2").iterdir() if p.is_dir()) == ["er_fold2"]
+    result = superb([*common, "-n", "bad", "--tasks", "er", "--folds", "fold9"], tmp_path)
+    assert result.returncode != 0 and "folds ['fold9']: choose from ['fold1'," in result.stderr
 
 
 @pytest.mark.slow

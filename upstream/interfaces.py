@@ -117,6 +117,15 @@ def resolve_checkpoint(ckpt: Union[str, Path], refresh: bool, name: str) -> str:
         ) from None
 
 
+def run_student(model: nn.Module, wavs: Any, name: str) -> Tuple[Any, List[Tensor]]:
+    """Validate and pad ``wavs``, run our ``StudentModel``; returns its output and the hidden states every student
+    upstream starts from: [front-end output (transformer input), each transformer layer]."""
+    validate_waveforms(wavs, model.receptive_field, name)
+    waveforms, lengths = pad_waveforms(wavs)
+    out = model(waveforms, lengths)
+    return out, [out.features, *out.layer_outputs]
+
+
 def load_weights(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:
     """Strict load whose failure names the file and the mismatching keys or shapes."""
     try:

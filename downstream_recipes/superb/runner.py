@@ -11,13 +11,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import yaml
 from tqdm import tqdm
@@ -42,10 +45,12 @@ class SweepSpec:
     exproot: str = "result/superb"
     device: str = "cpu"
     steps: Optional[int] = None  # shorten every task (smoke runs); None = SUPERB's steps
+    task_steps: Dict[str, int] = field(default_factory=dict)  # per-task step counts, overriding ``steps``
     learning_rates: Dict[str, float] = field(default_factory=dict)
     settings: List[str] = field(default_factory=list)  # TASK:dotted.key=VALUE config overrides
     num_workers: int = 4
     label: Optional[str] = None  # row name in tables
+    folds: Optional[List[str]] = None  # ER folds to run (None = all five, SUPERB's protocol)
 
 
 def count_parameters(spec: SweepSpec) -> int:
@@ -72,26 +77,27 @@ def clear_voxceleb1_cache() -> None:
         logger.info("removed s3prl's stale VoxCeleb1 file-list cache %s", cache)
 
 
-def _s3prl(arguments: List[str], log: Path) -> float:
+def _s3prl(arguments: List[str], log: Path, environment: Optional[Dict[str, str]] = None) -> float:
     command = [sys.executable, "-m", "s3prl.run_downstream", *arguments]
     start = time.perf_counter()
     with log.open("a") as handle:
         handle.write("$ " + " ".join(command) + "\n")
         handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
     if result.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-25:])
         raise RuntimeError(f"s3prl's runner failed (exit {result.returncode}); end of {log}:\n{tail}")
     return time.perf_counter() - start
 
 
-def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, expdir: Path) -> dict:
+def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, expdir: Path,
+             environment: Optional[Dict[str, str]] = None) -> dict:
     done = expdir / "done.json"
     if done.is_file():
         return json.loads(done.read_text())
     expdir.mkdir(parents=True, exist_ok=True)
-    config = render_config(task, values, fold, spec.steps, spec.learning_rates.get(task.key),
-                           parse_settings(spec.settings).get(task.key))
+    config = render_config(task, values, fold, spec.task_steps.get(task.key, spec.steps),
+                           spec.learning_rates.get(task.key), parse_settings(spec.settings).get(task.key))
     config_path = expdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     if task.key == "sid":
@@ -108,7 +114,7 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
             arguments += ["-k", spec.ckpt] if spec.ckpt else []
             arguments += ["-g", spec.model_config] if spec.model_config else []
             arguments += ["-s", spec.feature] if spec.feature else []
-        record["train_s"] = round(_s3prl(arguments, expdir / "train.log"), 1)
+        record["train_s"] = round(_s3prl(arguments, expdir / "train.log", environment), 1)
         trained.write_text("")
     best = expdir / task.best_checkpoint
     checkpoint = best if best.is_file() else latest_step_checkpoint(expdir)
@@ -116,25 +122,30 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
         raise RuntimeError(f"{expdir}: training left no checkpoint to evaluate")
     record["evaluated_checkpoint"] = checkpoint.name
     record["evaluate_s"] = round(_s3prl(["-m", "evaluate", "-e", str(checkpoint), "-t", task.evaluate_split,
-                                         "--device", spec.device], expdir / "evaluate.log"), 1)
+                                         "--device", spec.device], expdir / "evaluate.log", environment), 1)
     record["value"] = task_metric(task, expdir, fold)
     done.write_text(json.dumps(record, indent=2))
     return record
 
 
-def run_superb(spec: SweepSpec) -> Path:
-    """Run (or resume) the sweep; returns the run directory with results.json, results.md, results.png."""
+def _units(spec: SweepSpec) -> List[Tuple[Task, Optional[str]]]:
+    known = {fold for key in spec.tasks for fold in TASKS[key].folds}
+    unknown = sorted(set(spec.folds or ()) - known)
+    if unknown or spec.folds == []:
+        raise ValueError(f"folds {unknown or '[]'}: choose from {sorted(known) or 'none (no task has folds)'}")
+    units = []
+    for key in spec.tasks:
+        task = TASKS[key]
+        folds = [f for f in task.folds if spec.folds is None or f in spec.folds] if task.folds else [None]
+        units += [(task, fold) for fold in folds]
+    return units
+
+
+def _collect(spec: SweepSpec, records: List[Tuple[Task, Optional[str], dict]]) -> Path:
     run_dir = Path(spec.exproot) / spec.name
-    parse_settings(spec.settings)  # malformed overrides fail before any training
-    values = data_values(Path(spec.data_root), spec.tasks, spec.num_workers)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
     results = {"upstream": spec.upstream, "label": spec.label or spec.upstream, "ckpt": spec.ckpt,
                "feature": spec.feature, "steps": spec.steps, "parameters": count_parameters(spec), "tasks": {}}
-    units = [(TASKS[key], fold) for key in spec.tasks for fold in (TASKS[key].folds or (None,))]
-    for task, fold in tqdm(units, desc=f"SUPERB {spec.label or spec.upstream}", unit="run"):
-        expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
-        record = run_unit(spec, task, fold, values, expdir)
+    for task, fold, record in records:
         entry = results["tasks"].setdefault(task.key, {"metric": task.metric, "higher_is_better":
                                                        task.higher_is_better, "train_s": 0.0, "evaluate_s": 0.0})
         entry["train_s"] += record.get("train_s", 0.0)
@@ -147,3 +158,54 @@ def run_superb(spec: SweepSpec) -> Path:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     write_report([results], run_dir, title=f"SUPERB: {results['label']}")
     return run_dir
+
+
+def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> List[Path]:
+    """Run (or resume) several sweeps; ``jobs`` experiments run at once, each s3prl process then getting an equal
+    share of the CPU threads (unless OMP_NUM_THREADS is set). Returns each sweep's run directory (results.json,
+    results.md, results.png), in order."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    plans = []
+    for spec in specs:
+        parse_settings(spec.settings)  # malformed overrides fail before any training
+        values = data_values(Path(spec.data_root), spec.tasks, spec.num_workers)
+        run_dir = Path(spec.exproot) / spec.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
+        plans.append((spec, values, run_dir, _units(spec)))
+    environment = None
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        environment = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    # s3prl keeps VoxCeleb1 file lists in one cache inside its package: SID experiments must not overlap.
+    sid_lock = threading.Lock()
+
+    def execute(spec: SweepSpec, values: dict, run_dir: Path, task: Task, fold: Optional[str]) -> dict:
+        expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
+        if task.key == "sid":
+            with sid_lock:
+                return run_unit(spec, task, fold, values, expdir, environment)
+        return run_unit(spec, task, fold, values, expdir, environment)
+
+    work = [(spec, values, run_dir, task, fold) for spec, values, run_dir, units in plans for task, fold in units]
+    records: Dict[int, dict] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(work), desc=desc, unit="run") as bar:
+        futures = {pool.submit(execute, *item): index for index, item in enumerate(work)}
+        try:
+            for future in as_completed(futures):
+                records[futures[future]] = future.result()
+                bar.update()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    run_dirs, index = [], 0
+    for spec, _, _, units in plans:
+        run_dirs.append(_collect(spec, [(task, fold, records[index + i]) for i, (task, fold) in enumerate(units)]))
+        index += len(units)
+    return run_dirs
+
+
+def run_superb(spec: SweepSpec, jobs: int = 1) -> Path:
+    """Run (or resume) one sweep; returns the run directory with results.json, results.md, results.png."""
+    return run_sweeps([spec], jobs, desc=f"SUPERB {spec.label or spec.upstream}")[0]

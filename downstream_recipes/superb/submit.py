@@ -65,24 +65,15 @@ def zip_predictions(out_dir: Path) -> Path:
 
 def efficiency(upstream: str, ckpt: Optional[str], model_config: Optional[str],
                seconds: Sequence[float] = (1.0, 5.0, 10.0)) -> Dict[str, object]:
-    """Parameters and multiply-accumulates of the upstream's forward pass, counted by ``torch.utils.flop_counter``
-    (MACs = FLOPs / 2) on single utterances of fixed lengths."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Parameters and multiply-accumulates of the upstream's forward pass, counted as ``s3prl-distill profile``
+    does (torch's FLOP counter, attention included on CPU; MACs = FLOPs / 2) on single utterances of fixed lengths."""
+    from s3prl_distill.profiler import UpstreamSpec, count_macs, length_key, load_upstream, profile_waves
 
-    from s3prl_distill import register
-
-    register()
-    import s3prl.hub as hub
-
-    model = getattr(hub, upstream)(ckpt=ckpt, model_config=model_config, refresh=False).eval()
+    model = load_upstream(UpstreamSpec(upstream, ckpt, model_config)).eval()
     figures: Dict[str, object] = {"upstream": upstream, "ckpt": ckpt,
                                   "parameters": sum(p.numel() for p in model.parameters()), "macs": {}}
-    generator = torch.Generator().manual_seed(0)
     for length in seconds:
-        wav = 0.1 * torch.randn(int(16000 * length), generator=generator)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model([wav])
-        figures["macs"][f"{length:g}s"] = counter.get_total_flops() // 2
+        figures["macs"][length_key(length)] = count_macs(model, profile_waves(length, 1, torch.device("cpu")))[0]
     return figures
 
 

@@ -7,14 +7,15 @@ loss, and how the trained student is written (s3prl's distiller format, so stock
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Mapping, Optional
+from typing import Dict, List, Literal, Mapping
 
 from torch import Tensor
 
 from s3prl_distill.importers.s3prl_distiller import export_distiller, state_dict_from_distiller
 from s3prl_distill.losses import LossTerm, log_sigmoid_cosine_term, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
-from s3prl_distill.model.student import StudentOutput
+
+from ..method import DistillationBatch, Method
 
 
 class DistilHuBERTMethodConfig(StrictModel):
@@ -26,7 +27,18 @@ class DistilHuBERTMethodConfig(StrictModel):
     mask_padding: bool = False
 
 
-class DistilHuBERT:
+def regression_terms(batch: DistillationBatch, layers: List[int], loss_type: str, regression_weight: float,
+                     cosine_weight: float, mask_padding: bool) -> Dict[str, LossTerm]:
+    """DistilHuBERT's L1 (or L2) + λ · (−log σ(cos)) of every prediction against its teacher layer."""
+    valid = batch.valid if mask_padding else None
+    predictions = batch.student.predictions
+    return {
+        "regression": regression_term(predictions, batch.targets, valid, loss_type, regression_weight).labelled(layers),
+        "cosine": log_sigmoid_cosine_term(predictions, batch.targets, valid, cosine_weight).labelled(layers),
+    }
+
+
+class DistilHuBERT(Method):
     """Targets are the student's ``prediction_head.target_layers`` (s3prl hidden-state indices of the teacher)."""
 
     def __init__(self, config: DistilHuBERTMethodConfig, student: StudentConfig) -> None:
@@ -37,17 +49,9 @@ class DistilHuBERT:
         self.target_layers: List[int] = list(head.target_layers)
         self.prediction_indices: List[int] = list(range(len(self.target_layers)))
 
-    def losses(self, student: StudentOutput, targets: Tensor, valid: Optional[Tensor]) -> Dict[str, LossTerm]:
-        """``targets``: (B, N, T, D) teacher layers aligned with ``student.predictions`` (same T)."""
-        valid = valid if self.config.mask_padding else None
-        return {
-            "regression": regression_term(
-                student.predictions, targets, valid, self.config.loss_type, self.config.regression_weight
-            ).labelled(self.target_layers),
-            "cosine": log_sigmoid_cosine_term(
-                student.predictions, targets, valid, self.config.cosine_weight
-            ).labelled(self.target_layers),
-        }
+    def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:
+        return regression_terms(batch, self.target_layers, self.config.loss_type, self.config.regression_weight,
+                                self.config.cosine_weight, self.config.mask_padding)
 
     @staticmethod
     def export(student: StudentConfig, state: Mapping[str, Tensor]) -> dict:

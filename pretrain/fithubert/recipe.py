@@ -9,7 +9,7 @@ FitW2V2 is the same with a wav2vec 2.0 teacher.
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Mapping, Optional
+from typing import Dict, List, Literal, Mapping
 
 from pydantic import Field
 from torch import Tensor
@@ -17,7 +17,8 @@ from torch import Tensor
 from s3prl_distill.checkpoint import export_student
 from s3prl_distill.losses import LossTerm, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
-from s3prl_distill.model.student import StudentOutput
+
+from ..method import DistillationBatch, Method
 
 
 class FitHuBERTMethodConfig(StrictModel):
@@ -30,7 +31,7 @@ class FitHuBERTMethodConfig(StrictModel):
     mask_padding: bool = False
 
 
-class FitHuBERT:
+class FitHuBERT(Method):
     family = "fithubert"
 
     def __init__(self, config: FitHuBERTMethodConfig, student: StudentConfig) -> None:
@@ -46,10 +47,10 @@ class FitHuBERT:
         self.prediction_indices: List[int] = [layer - 1 for layer in config.hint_layers] + [last - 1]
         self.target_layers: List[int] = [head.target_layers[i] for i in self.prediction_indices]
 
-    def losses(self, student: StudentOutput, targets: Tensor, valid: Optional[Tensor]) -> Dict[str, LossTerm]:
-        valid = valid if self.config.mask_padding else None
+    def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:
+        valid = batch.valid if self.config.mask_padding else None
         kind = "l2" if self.config.loss_type == "mse" else "l1"
-        predictions = student.predictions
+        predictions, targets = batch.student.predictions, batch.targets
         terms = {
             "final": regression_term(
                 predictions[:, -1:], targets[:, -1:], valid, kind, self.config.final_weight

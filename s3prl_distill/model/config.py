@@ -178,6 +178,33 @@ class EncoderConfig(StrictModel):
         return self.head_dim if self.head_dim is not None else self.embed_dim // num_heads
 
 
+class FbankFrontEndConfig(StrictModel):
+    """Replaces the CNN (+ LayerNorm + projection): 80-dim Kaldi fbank every 10 ms -> global mean/variance
+    normalisation (statistics from training data, stored in the checkpoint) -> Conv1d(kernel, stride 2) + GLU to
+    20 ms frames -> Linear to the encoder width (Wang et al.'s input distillation; fairseq's Conv1dSubsampler)."""
+
+    num_mel_bins: int = 80
+    kernel_size: int = 5
+
+    @model_validator(mode="after")
+    def _check(self) -> "FbankFrontEndConfig":
+        if self.num_mel_bins < 1 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError("num_mel_bins must be >= 1 and kernel_size odd and >= 1")
+        return self
+
+
+class CodewordHeadConfig(StrictModel):
+    """A head on the last encoder layer for the discriminative loss against the teacher's codeword distribution.
+
+    ``cosine``: a Linear to ``out_dim`` = the teacher's projection width (HuBERT Base's ``final_proj``: 256), scored
+    by cosine against the teacher's frozen label embeddings; ``logits``: a Linear straight to ``out_dim`` = the
+    number of codewords (504 for HuBERT Base: 500 clusters + 4 special symbols).
+    """
+
+    type: Literal["cosine", "logits"] = "logits"
+    out_dim: int = Field(ge=1)
+
+
 class PredictionHeadConfig(StrictModel):
     """Heads that map the student to teacher layers.
 
@@ -193,6 +220,9 @@ class PredictionHeadConfig(StrictModel):
     target_layers: List[int] = Field(default_factory=lambda: [4, 8, 12])
     inner_dim: Optional[int] = None  # defaults to the encoder width
     out_dim: int = 768  # the teacher's width
+    # Also a Linear from the front-end output to out_dim, predicting the teacher's hidden state 0 (the fbank
+    # front end's adaptation stage).
+    front_end: bool = False
 
     @field_validator("target_layers")
     @classmethod
@@ -203,15 +233,18 @@ class PredictionHeadConfig(StrictModel):
 
 
 class StudentConfig(StrictModel):
-    """CNN feature extractor -> (LayerNorm) -> projection -> transformer encoder -> (prediction heads)."""
+    """CNN feature extractor -> (LayerNorm) -> projection -> transformer encoder -> (prediction heads), or with
+    ``fbank_front_end`` the fbank front end in place of the first three."""
 
     feature_extractor: FeatureExtractorConfig = Field(default_factory=FeatureExtractorConfig)
+    fbank_front_end: Optional[FbankFrontEndConfig] = None
     # LayerNorm on the CNN output (HuBERT and FitHuBERT have it, DistilHuBERT does not).
     feature_layer_norm: bool = False
     # Dropout on the projected features, before the positional convolution (fairseq's dropout_input).
     feature_dropout: float = 0.0
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     prediction_head: Optional[PredictionHeadConfig] = None
+    codeword_head: Optional[CodewordHeadConfig] = None
 
     @field_validator("feature_dropout")
     @classmethod
@@ -220,6 +253,10 @@ class StudentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_heads(self) -> "StudentConfig":
+        if self.fbank_front_end is not None:
+            cnn_only = sorted({"feature_extractor", "feature_layer_norm"} & self.model_fields_set)
+            if cnn_only:
+                raise ValueError(f"{', '.join(cnn_only)}: the CNN's options do not apply with fbank_front_end")
         head = self.prediction_head
         if head is not None and head.type == "layerwise" and len(head.target_layers) != self.encoder.num_layers:
             raise ValueError(
@@ -245,6 +282,8 @@ class StudentConfig(StrictModel):
         """A plain, YAML/torch-serialisable dict that :meth:`from_dict` reads back."""
         data = self.model_dump()
         data["feature_extractor"]["conv_layers"] = format_conv_layers(self.feature_extractor.conv_layers)
+        if self.fbank_front_end is not None:  # the CNN sections are unused and would not validate back
+            del data["feature_extractor"], data["feature_layer_norm"]
         return data
 
 

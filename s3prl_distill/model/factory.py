@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from .config import (
     HUBERT_CONV_LAYERS,
+    CodewordHeadConfig,
     EncoderConfig,
+    FbankFrontEndConfig,
     FeatureExtractorConfig,
     PredictionHeadConfig,
     StudentConfig,
@@ -47,3 +49,40 @@ def fithubert_config(teacher_dim: int = 768) -> StudentConfig:
         ),
         prediction_head=PredictionHeadConfig(type="layerwise", target_layers=list(range(1, 13)), out_dim=teacher_dim),
     )
+
+
+def deepthin_config(teacher_dim: int = 768) -> StudentConfig:
+    """Wang et al.'s deep-thin student: HuBERT's CNN (gradient scaled by 0.1, no LayerNorm on its output), projection
+    512 -> 480, 12 post-LN layers of width 480 (FFN 480, 12 heads), no time reduction, and a Linear head per layer
+    (480 -> 768) predicting teacher layer l. 22.94 M parameters without heads."""
+    return StudentConfig(
+        feature_extractor=FeatureExtractorConfig(conv_layers=HUBERT_CONV_LAYERS, norm="group_norm", grad_mult=0.1),
+        feature_layer_norm=False,
+        encoder=EncoderConfig(
+            num_layers=12, embed_dim=480, ffn_dim=480, num_heads=12, layer_norm_first=False,
+            dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, pos_conv_kernel=128, pos_conv_groups=16,
+        ),
+        prediction_head=PredictionHeadConfig(type="layerwise", target_layers=list(range(1, 13)), out_dim=teacher_dim),
+    )
+
+
+def shallowwide_config(teacher_dim: int = 768) -> StudentConfig:
+    """Wang et al.'s shallow-wide student: DistilHuBERT's architecture (2 layers of 768, heads on 4, 8, 12)."""
+    return distilhubert_config(teacher_dim=teacher_dim)
+
+
+def with_fbank_front_end(config: StudentConfig, front_end_head: bool = True) -> StudentConfig:
+    """The same student with Wang et al.'s fbank front end (80-dim fbank -> Conv1d stride 2 + GLU -> Linear) in
+    place of the CNN and its projection, plus (for the front-end stage) a head predicting teacher hidden state 0."""
+    data = config.to_dict()
+    del data["feature_extractor"], data["feature_layer_norm"]
+    data["fbank_front_end"] = FbankFrontEndConfig().model_dump()
+    if data["prediction_head"] is not None:
+        data["prediction_head"]["front_end"] = front_end_head
+    return StudentConfig.from_dict(data)
+
+
+def with_codeword_head(config: StudentConfig, kind: str = "logits", out_dim: int = 504) -> StudentConfig:
+    """The same student with a codeword head for the discriminative loss (``logits``: HuBERT Base's 504 codewords;
+    ``cosine``: its 256-dim projection)."""
+    return config.model_copy(update={"codeword_head": CodewordHeadConfig(type=kind, out_dim=out_dim)})

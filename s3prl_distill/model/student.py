@@ -9,7 +9,11 @@ from torch import Tensor, nn
 
 from .blocks import ConvFeatureExtractor, TransformerEncoder, lengths_to_padding_mask
 from .config import StudentConfig
+from .fbank import FbankFrontEnd
 from .heads import ExpandLastHead, LayerwiseHeads
+
+# Parameters that only serve training (prediction targets), not the features an upstream gives.
+HEAD_PREFIXES = ("prediction_head.", "front_end_head.", "codeword_head.")
 
 
 class StudentOutput(NamedTuple):
@@ -19,21 +23,29 @@ class StudentOutput(NamedTuple):
     predictions: Optional[Tensor]  # (batch, num_targets, frames, out_dim) from the prediction head, if any
     lengths: Optional[Tensor]  # valid CNN frames per utterance; None when the batch had no padding
     padding_mask: Optional[Tensor]  # (batch, frames), True on padded CNN frames; None without padding
+    front_end_prediction: Optional[Tensor] = None  # (batch, frames, out_dim): the front-end head, if any
+    codeword_output: Optional[Tensor] = None  # (batch, frames, out_dim): the codeword head on the last layer
 
 
 class StudentModel(nn.Module):
-    """Conv feature extractor -> (LayerNorm) -> projection -> transformer encoder -> (prediction heads)."""
+    """Front end (conv feature extractor -> (LayerNorm) -> projection, or fbank) -> transformer encoder ->
+    (prediction heads)."""
 
     def __init__(self, config: StudentConfig) -> None:
         super().__init__()
         self.config = config
-        fe = config.feature_extractor
-        self.feature_extractor = ConvFeatureExtractor(fe.conv_layers, fe.norm, fe.bias, fe.dropout)
-        channels = self.feature_extractor.out_channels
         embed_dim = config.encoder.embed_dim
-        self.feature_norm = nn.LayerNorm(channels) if config.feature_layer_norm else None
-        # As in fairseq, no projection when the CNN already has the encoder's width.
-        self.feature_projection = nn.Linear(channels, embed_dim) if channels != embed_dim else None
+        self.feature_extractor, self.feature_norm, self.feature_projection, self.fbank = None, None, None, None
+        if config.fbank_front_end is not None:
+            fbank = config.fbank_front_end
+            self.fbank = FbankFrontEnd(fbank.num_mel_bins, embed_dim, fbank.kernel_size)
+        else:
+            fe = config.feature_extractor
+            self.feature_extractor = ConvFeatureExtractor(fe.conv_layers, fe.norm, fe.bias, fe.dropout)
+            channels = self.feature_extractor.out_channels
+            self.feature_norm = nn.LayerNorm(channels) if config.feature_layer_norm else None
+            # As in fairseq, no projection when the CNN already has the encoder's width.
+            self.feature_projection = nn.Linear(channels, embed_dim) if channels != embed_dim else None
         self.feature_dropout = nn.Dropout(config.feature_dropout)
         self.encoder = TransformerEncoder(config.encoder)
         head = config.prediction_head
@@ -46,31 +58,36 @@ class StudentModel(nn.Module):
         else:
             factors = [config.encoder.layer_rate_factor(i) for i in range(config.encoder.num_layers)]
             self.prediction_head = LayerwiseHeads(embed_dim, head.out_dim, factors)
+        self.front_end_head = nn.Linear(embed_dim, head.out_dim) if head is not None and head.front_end else None
+        codewords = config.codeword_head
+        self.codeword_head = nn.Linear(embed_dim, codewords.out_dim) if codewords is not None else None
+
+    @property
+    def front_end(self) -> nn.Module:
+        """The module turning waveforms into frames: the CNN or the fbank front end."""
+        return self.fbank if self.fbank is not None else self.feature_extractor
 
     @property
     def downsample_rate(self) -> int:
         """Waveform samples per output frame."""
-        return self.feature_extractor.downsample_rate
+        return self.front_end.downsample_rate
 
     @property
     def receptive_field(self) -> int:
         """Samples the CNN needs to produce one frame: the shortest input the model accepts."""
-        return self.feature_extractor.receptive_field
+        return self.front_end.receptive_field
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
-        return self.feature_extractor.output_lengths(sample_lengths)
+        return self.front_end.output_lengths(sample_lengths)
 
     def num_parameters(self, include_heads: bool = False) -> int:
-        """Parameter count of the backbone, optionally with the prediction heads."""
-        heads = self.prediction_head
-        return sum(
-            p.numel()
-            for name, p in self.named_parameters()
-            if include_heads or heads is None or not name.startswith("prediction_head.")
-        )
+        """Parameter count of the backbone, optionally with the heads used in training."""
+        return sum(p.numel() for name, p in self.named_parameters() if include_heads or not name.startswith(HEAD_PREFIXES))
 
     def extract_features(self, waveforms: Tensor, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        """CNN with the configured gradient scaling -> (features (B, T, C), frame lengths)."""
+        """CNN with the configured gradient scaling (or the fbank front end) -> (features (B, T, C), frame lengths)."""
+        if self.fbank is not None:
+            return self.fbank(waveforms, lengths)
         grad_mult = self.config.feature_extractor.grad_mult
         if grad_mult == 0.0:
             with torch.no_grad():  # frozen CNN: skip building its graph altogether
@@ -80,8 +97,12 @@ class StudentModel(nn.Module):
             features.register_hook(lambda grad: grad * grad_mult)
         return features, lengths
 
-    def forward(self, waveforms: Tensor, lengths: Optional[Tensor] = None, predict: bool = True) -> StudentOutput:
-        """``waveforms``: (batch, samples) at 16 kHz; ``lengths``: valid samples per row (None = no padding)."""
+    def forward(
+        self, waveforms: Tensor, lengths: Optional[Tensor] = None, predict: bool = True, front_end_only: bool = False
+    ) -> StudentOutput:
+        """``waveforms``: (batch, samples) at 16 kHz; ``lengths``: valid samples per row (None = no padding).
+        ``predict``: run the training heads; ``front_end_only``: stop after the front end (and its head), for
+        training the front end alone."""
         features, frame_lengths = self.extract_features(waveforms, lengths)
         if self.feature_norm is not None:
             features = self.feature_norm(features)
@@ -91,13 +112,17 @@ class StudentModel(nn.Module):
         padding_mask = lengths_to_padding_mask(frame_lengths, features.shape[1])
         if padding_mask is not None:
             features = features.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        front_end_prediction = self.front_end_head(features) if predict and self.front_end_head is not None else None
+        if front_end_only:
+            return StudentOutput(features, [], features, None, frame_lengths, padding_mask, front_end_prediction)
         encoded = self.encoder(features, frame_lengths)
-        predictions = None
+        predictions = codeword_output = None
         if predict and self.prediction_head is not None:
             if isinstance(self.prediction_head, LayerwiseHeads):
                 predictions = self.prediction_head(encoded.layer_outputs)
             else:
                 predictions = self.prediction_head(encoded.last_hidden)
-        return StudentOutput(
-            features, encoded.layer_outputs, encoded.last_hidden, predictions, frame_lengths, padding_mask
-        )
+        if predict and self.codeword_head is not None:
+            codeword_output = self.codeword_head(encoded.last_hidden)
+        return StudentOutput(features, encoded.layer_outputs, encoded.last_hidden, predictions, frame_lengths,
+                             padding_mask, front_end_prediction, codeword_output)

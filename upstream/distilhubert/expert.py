@@ -15,10 +15,9 @@ from ..interfaces import (
     as_pad_mask,
     check_feature_key,
     load_weights,
-    pad_waveforms,
     read_options,
+    run_student,
     stackable,
-    validate_waveforms,
 )
 
 # Same keys as s3prl's distiller expert, so "-s paper" and friends work unchanged.
@@ -65,10 +64,7 @@ class UpstreamExpert(nn.Module):
         return self.model.downsample_rate
 
     def forward(self, wavs: List[Tensor]) -> OutputDict:
-        validate_waveforms(wavs, self.model.receptive_field, self.name)
-        waveforms, lengths = pad_waveforms(wavs)
-        out = self.model(waveforms, lengths)
-        hidden_states = [out.features, *out.layer_outputs]
+        out, hidden_states = run_student(self.model, wavs, self.name)
         if out.predictions is not None:
             heads = list(out.predictions.unbind(dim=1))
             # Heads are part of the weighted sum only when they have the backbone's width (they do in DistilHuBERT).

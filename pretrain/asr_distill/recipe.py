@@ -1,0 +1,108 @@
+"""Distillation for ASR students (Wang et al., "Exploring Effective Distillation of Self-Supervised Speech Models
+for ASR"): a deep-thin (12 x 480, a linear head per layer) or shallow-wide (DistilHuBERT-shaped) student, with
+
+    L = L1 + (−log σ(cos))                        over every head and its teacher layer (DistilHuBERT's regression)
+      + λ_disc · KL(p_teacher ‖ p_student)        the discriminative loss, per frame over HuBERT's codewords
+
+where p_teacher = softmax(cos(final_proj(h_T), e_c) / τ) over the teacher's label embeddings e_c, and p_student
+comes from the student's codeword head: ``cosine`` (scored like the teacher, against the same frozen embeddings,
+÷ τ) or ``logits`` (a Linear straight to the codewords). With an fbank front end, the first ``front_end_steps``
+steps train the front end alone: L1 between its head and the teacher's hidden state 0.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Mapping, Optional
+
+from pydantic import Field
+from torch import Tensor
+
+from s3prl_distill.checkpoint import export_student
+from s3prl_distill.losses import LossTerm, codeword_logits, kl_divergence_term, regression_term
+from s3prl_distill.model.config import StrictModel, StudentConfig
+from s3prl_distill.model.student import StudentOutput
+
+from ..distilhubert.recipe import regression_terms
+from ..method import DistillationBatch, Method
+
+FAMILY = "asr_distill"
+
+
+class AsrDistillMethodConfig(StrictModel):
+    name: Literal["asr_distill"] = "asr_distill"
+    loss_type: Literal["l1", "l2"] = "l1"
+    regression_weight: float = 1.0
+    cosine_weight: float = 1.0
+    # λ of the discriminative term (the paper sweeps 0.2-0.8); 0 turns it off. Needs student.codeword_head.
+    discriminative_weight: float = Field(0.0, ge=0.0)
+    # τ of the teacher's codeword distribution (HuBERT's logit_temp) and of the cosine codeword head.
+    temperature: float = Field(0.1, gt=0.0)
+    # Read the codebook from this HuBERT checkpoint (s3prl-converted or fairseq) instead of the teacher's model,
+    # for teachers loaded without it (e.g. a Hugging Face HuBERT).
+    codebook_ckpt: Optional[str] = None
+    # Length of the front-end stage (steps, counted in runner.total_steps). Needs an fbank front end with a
+    # front-end head (student.prediction_head.front_end).
+    front_end_steps: int = Field(0, ge=0)
+    # The regression terms average over padded frames too unless true (as s3prl's distiller); the discriminative
+    # and front-end terms always count only real frames.
+    mask_padding: bool = False
+
+
+class AsrDistill(Method):
+    family = FAMILY
+
+    def __init__(self, config: AsrDistillMethodConfig, student: StudentConfig) -> None:
+        head = student.prediction_head
+        if head is None:
+            raise ValueError("the asr_distill method needs a student with a prediction_head")
+        if config.discriminative_weight > 0:
+            if student.codeword_head is None:
+                raise ValueError("method.discriminative_weight > 0 needs a student.codeword_head")
+            if student.encoder.time_reduction is not None:
+                raise ValueError("the discriminative loss compares frames at the teacher's rate: the student's last "
+                                 "layer must not be time-reduced")
+        if config.front_end_steps > 0 and (student.fbank_front_end is None or not head.front_end):
+            raise ValueError("method.front_end_steps > 0 needs student.fbank_front_end and "
+                             "student.prediction_head.front_end: true")
+        self.config = config
+        self.target_layers: List[int] = list(head.target_layers)
+        self.prediction_indices: List[int] = list(range(len(self.target_layers)))
+        self.front_end_steps = config.front_end_steps
+        self.uses_codebook = config.discriminative_weight > 0
+        self.codebook_temperature = config.temperature
+        self.codebook_ckpt = config.codebook_ckpt
+        self.codeword_head_type = student.codeword_head.type if student.codeword_head is not None else None
+
+    def student_codeword_logits(self, output: Tensor, codewords: Tensor) -> Tensor:
+        if self.codeword_head_type == "cosine":
+            return codeword_logits(output, codewords, self.config.temperature)
+        return output.float()
+
+    def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:
+        config = self.config
+        terms = regression_terms(batch, self.target_layers, config.loss_type, config.regression_weight,
+                                 config.cosine_weight, config.mask_padding)
+        if self.uses_codebook:
+            teacher_logits = batch.teacher_codeword_logits
+            frames = min(teacher_logits.shape[1], batch.student.codeword_output.shape[1])
+            student_logits = self.student_codeword_logits(batch.student.codeword_output[:, :frames],
+                                                          batch.codewords)
+            valid = None if batch.valid is None else batch.valid[:, :frames]
+            terms["discriminative"] = kl_divergence_term(student_logits, teacher_logits[:, :frames], valid,
+                                                         config.discriminative_weight)
+        return terms
+
+    def front_end_losses(self, student: StudentOutput, target: Tensor, valid: Optional[Tensor]) -> Dict[str, LossTerm]:
+        frames = min(student.front_end_prediction.shape[1], target.shape[1])
+        prediction = student.front_end_prediction[:, None, :frames]
+        valid = None if valid is None else valid[:, :frames]
+        return {"front_end": regression_term(prediction, target[:, None, :frames], valid, self.config.loss_type)
+                .labelled([0])}
+
+    @staticmethod
+    def export(student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
+        return export_student(FAMILY, student, state)
+
+    @staticmethod
+    def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
+        return dict(checkpoint["Student"])

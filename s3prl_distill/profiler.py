@@ -1,0 +1,472 @@
+"""Efficiency profile of s3prl upstreams (``s3prl-distill profile``): parameters, multiply-accumulates, latency,
+real-time factor and peak memory of the forward pass, all measured in one run, so that ratios to a reference
+upstream (``--vs``) compare like with like.
+
+- **Parameters**: every parameter of the module the s3prl entry returns ("with heads"). "Backbone" leaves out the
+  training-only heads of our ``StudentModel`` (``num_parameters()``); for any other upstream no split is known and
+  backbone = total (the output says which).
+- **MACs**: torch's own ``FlopCounterMode`` on one utterance of each length, MACs = FLOPs / 2. It counts only the
+  ops it has formulas for (matmuls, convolutions, attention); we add the CPU attention kernel torch lacks a formula
+  for, so SDPA is counted on CPU as it is on CUDA.
+- **Latency**: warm-up forwards, then the median of ``repeats`` forwards, models interleaved round-robin
+  (:func:`s3prl_distill.profiling.forward_time_samples`); real-time factor = latency / seconds of audio in the batch.
+- **Peak memory**: measured in a fresh process per upstream, after one warm-up forward. CPU: the growth of the
+  process's peak resident set size (Linux ``VmHWM``, reset just before the forward) over its resident size before
+  it. CUDA: ``torch.cuda.max_memory_allocated`` growth over ``memory_allocated`` before the forward.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import difflib
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .profiling import forward_time_samples
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+DEFAULT_SECONDS = (10.0,)
+NO_CKPT = ("", "-", "none", "None")  # placeholders in a -k/-g list for "this upstream takes none"
+
+
+class UnknownUpstreamError(ValueError):
+    """An upstream name that ``s3prl.hub`` does not have."""
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """One s3prl upstream as ``run_downstream.py`` would build it: ``-u name -k ckpt -g model_config``."""
+
+    name: str
+    ckpt: Optional[str] = None
+    model_config: Optional[str] = None
+    label: Optional[str] = None
+
+    @property
+    def identity(self) -> Tuple[str, Optional[str], Optional[str]]:
+        return (self.name, self.ckpt, self.model_config)
+
+
+def specs_from_lists(
+    names: Sequence[str], ckpts: Optional[Sequence[str]] = None, model_configs: Optional[Sequence[str]] = None
+) -> List[UpstreamSpec]:
+    """Pair ``-u`` names with ``-k`` / ``-g`` values given in the same order (``-`` or ``none`` for "no value")."""
+
+    def column(values: Optional[Sequence[str]], option: str) -> List[Optional[str]]:
+        if not values:
+            return [None] * len(names)
+        if len(values) != len(names):
+            raise ValueError(f"{option} has {len(values)} values for {len(names)} upstreams: give one per -u, "
+                             "'-' for an upstream that takes none")
+        return [None if value in NO_CKPT else value for value in values]
+
+    return [UpstreamSpec(name, ckpt, config)
+            for name, ckpt, config in zip(names, column(ckpts, "-k/--ckpt"), column(model_configs, "-g"))]
+
+
+def load_upstream(spec: UpstreamSpec) -> torch.nn.Module:
+    """``getattr(s3prl.hub, name)(ckpt=..., model_config=..., refresh=False)``, with our upstreams registered."""
+    from s3prl_distill import register
+
+    register()
+    import s3prl.hub as hub
+
+    check_names([spec.name])
+    return getattr(hub, spec.name)(ckpt=spec.ckpt, model_config=spec.model_config, refresh=False)
+
+
+def check_names(names: Sequence[str]) -> None:
+    """Raise :class:`UnknownUpstreamError` naming the first name ``s3prl.hub`` lacks, with its close matches."""
+    from s3prl_distill import register
+
+    register()
+    import s3prl.hub as hub
+
+    options = hub.options()
+    for name in names:
+        if name not in options:
+            close = difflib.get_close_matches(name, options, n=5)
+            raise UnknownUpstreamError(f"upstream {name!r} is not in s3prl.hub (close matches: {close}); "
+                                       "`s3prl-distill upstreams` lists ours")
+
+
+def parameter_counts(upstream: torch.nn.Module) -> Dict[str, Any]:
+    """Total parameters of the upstream module, and its backbone without our students' training heads."""
+    from s3prl_distill.model import StudentModel
+
+    total = sum(p.numel() for p in upstream.parameters())
+    students = [module for module in upstream.modules() if isinstance(module, StudentModel)]
+    if not students:
+        return {"with_heads": total, "backbone": total, "heads": 0,
+                "split": "no head split known for this upstream: backbone = total"}
+    heads = sum(m.num_parameters(include_heads=True) - m.num_parameters() for m in students)
+    return {"with_heads": total, "backbone": total - heads, "heads": heads,
+            "split": "backbone = total minus StudentModel training heads (prediction/front-end/codeword heads)"}
+
+
+def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # q @ k^T then scores @ v, 2 FLOPs per multiply-accumulate (torch's formula for its CUDA attention kernels).
+    *batch, queries, head_dim = query_shape
+    keys, value_dim = key_shape[-2], value_shape[-1]
+    rows = math.prod(batch)
+    return 2 * rows * queries * keys * head_dim + 2 * rows * queries * keys * value_dim
+
+
+def _extra_flop_formulas() -> Dict[Any, Any]:
+    """Formulas for ops torch's counter skips. On CPU, scaled_dot_product_attention lowers to a kernel with no
+    formula, so attention would count as free; added only where this torch lacks it."""
+    from torch.utils.flop_counter import flop_registry
+
+    extra = {}
+    packet = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if packet is not None and packet not in flop_registry:
+        extra[packet] = _attention_flops
+    return extra
+
+
+def count_macs(upstream: torch.nn.Module, wavs: List[torch.Tensor]) -> Tuple[int, Dict[str, int]]:
+    """Multiply-accumulates of one forward on ``wavs`` (FLOPs / 2 from ``FlopCounterMode``), total and per op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+        upstream(wavs)
+    by_op = {str(op): flops // 2 for op, flops in counter.get_flop_counts().get("Global", {}).items()}
+    return counter.get_total_flops() // 2, by_op
+
+
+def profile_waves(seconds: float, batch: int, device: torch.device, seed: int = 0) -> List[torch.Tensor]:
+    """``batch`` utterances of ``seconds`` of low-level noise: the same audio for every upstream."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = int(round(SAMPLE_RATE * seconds))
+    return [(0.1 * torch.randn(samples, generator=generator)).to(device) for _ in range(batch)]
+
+
+def length_key(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def machine_info(device: torch.device, threads: int) -> Dict[str, Any]:
+    info: Dict[str, Any] = {
+        "platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+        "torch": torch.__version__, "cpu_count": os.cpu_count(), "cpu": _cpu_name(), "device": str(device),
+        "threads": threads, "interop_threads": torch.get_num_interop_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _cpu_name() -> Optional[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _labels(specs: Sequence[UpstreamSpec]) -> List[str]:
+    """Row names: the given label, else the upstream name, else name + checkpoint file where names repeat."""
+    names = [spec.name for spec in specs]
+    labels = []
+    for spec in specs:
+        label = spec.label or spec.name
+        if not spec.label and names.count(spec.name) > 1 and spec.ckpt:
+            label = f"{spec.name}:{Path(spec.ckpt).name}"
+        base, index = label, 2
+        while label in labels:
+            label, index = f"{base}#{index}", index + 1
+        labels.append(label)
+    return labels
+
+
+def profile_upstreams(
+    specs: Sequence[UpstreamSpec],
+    seconds: Sequence[float] = DEFAULT_SECONDS,
+    batch: int = 1,
+    threads: Optional[int] = None,
+    repeats: int = 5,
+    warmup: int = 2,
+    device: str = "cpu",
+    reference: Optional[UpstreamSpec] = None,
+    memory: bool = True,
+) -> Dict[str, Any]:
+    """Parameters, MACs (one utterance per length), latency and real-time factor (``batch`` utterances per length),
+    and peak memory of each upstream, plus ratios to ``reference`` when given; everything from this one call.
+
+    ``threads``: ``torch.set_num_threads`` for the whole run (default: torch's current setting), restored after.
+    A reference equal to one of ``specs`` (same name, ckpt, config) is that very row, so its ratios are exactly 1."""
+    if not specs:
+        raise ValueError("no upstream to profile")
+    if not seconds or any(s <= 0 for s in seconds) or batch < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need positive seconds, batch >= 1, repeats >= 1, warmup >= 0 (got seconds={list(seconds)}, "
+                         f"batch={batch}, repeats={repeats}, warmup={warmup})")
+    target = torch.device(device)
+    if target.type not in MEMORY_METHOD:
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available in this torch ({torch.__version__})")
+    seconds = list(dict.fromkeys(float(s) for s in seconds))  # figures are keyed by length: one entry each
+    specs = list(specs)
+    reference_index = None
+    if reference is not None:
+        # Same identity = same row: the reference is timed once, so its ratio to itself is 1 by construction.
+        matches = [i for i, spec in enumerate(specs) if spec.identity == reference.identity]
+        if matches:
+            reference_index = matches[0]
+        else:
+            specs.append(reference)
+            reference_index = len(specs) - 1
+    check_names([spec.name for spec in specs])  # a typo in the last name fails before the first model loads
+    labels = _labels(specs)
+    previous_threads = torch.get_num_threads()
+    threads = threads or previous_threads
+    torch.set_num_threads(threads)
+    try:
+        models: Dict[str, torch.nn.Module] = {}
+        for label, spec in zip(labels, specs):
+            logger.info("loading %s (%s, ckpt=%s)", label, spec.name, spec.ckpt)
+            models[label] = load_upstream(spec).to(target).eval()
+        rows = []
+        for label, spec in zip(labels, specs):
+            row: Dict[str, Any] = {"label": label, "upstream": spec.name, "ckpt": spec.ckpt,
+                                   "model_config": spec.model_config, "class": _class_name(models[label]),
+                                   "parameters": parameter_counts(models[label]), "macs": {}, "macs_by_op": {},
+                                   "gmacs_per_audio_second": {}}
+            for length in seconds:
+                macs, by_op = count_macs(models[label], profile_waves(length, 1, target))
+                row["macs"][length_key(length)] = macs
+                row["macs_by_op"][length_key(length)] = by_op
+                row["gmacs_per_audio_second"][length_key(length)] = macs / length / 1e9
+            rows.append(row)
+        sync = (lambda: torch.cuda.synchronize(target)) if target.type == "cuda" else None
+        for length in seconds:
+            logger.info("timing %d upstream(s) on %d x %g s, %d threads", len(models), batch, length, threads)
+            samples = forward_time_samples(models, profile_waves(length, batch, target), repeats, warmup, sync)
+            for row in rows:
+                latency = statistics.median(samples[row["label"]])
+                row.setdefault("latency_s", {})[length_key(length)] = latency
+                row.setdefault("latency_samples_s", {})[length_key(length)] = samples[row["label"]]
+                row.setdefault("rtf", {})[length_key(length)] = latency / (batch * length)
+        if memory:
+            del models  # the workers load their own copy; free this one first
+            gc.collect()
+            if target.type == "cuda":
+                torch.cuda.empty_cache()
+            for row, spec in zip(rows, specs):
+                logger.info("peak memory of %s (fresh process)", row["label"])
+                row["memory"] = measure_memory(spec, seconds, batch, threads, str(target))
+    finally:
+        torch.set_num_threads(previous_threads)
+    result: Dict[str, Any] = {
+        "tool": "s3prl-distill profile",
+        "environment": machine_info(target, threads),
+        "settings": {"seconds": list(seconds), "batch": batch, "repeats": repeats, "warmup": warmup,
+                     "sample_rate": SAMPLE_RATE, "macs": "FlopCounterMode on 1 utterance per length, MACs = FLOPs/2",
+                     "latency": f"median of {repeats} forwards of {batch} utterance(s) after {warmup} warm-up, "
+                                "upstreams interleaved round-robin",
+                     "rtf": "latency / (batch x seconds)",
+                     "memory": MEMORY_METHOD[target.type] if memory else None},
+        "reference": labels[reference_index] if reference_index is not None else None,
+        "upstreams": rows,
+    }
+    if reference_index is not None:
+        for row in rows:
+            row["vs_reference"] = ratios(row, rows[reference_index])
+    return result
+
+
+MEMORY_METHOD = {
+    "cpu": "fresh process per upstream; after 1 warm-up forward, peak RSS (VmHWM, reset before the forward) minus "
+           "RSS before it; glibc returns freed blocks >= 64 KiB so earlier forwards do not hide the peak",
+    "cuda": "fresh process per upstream; after 1 warm-up forward, torch.cuda.max_memory_allocated minus "
+            "memory_allocated before the forward (tensor memory only, not the caching allocator's reserve)",
+}
+
+
+def _class_name(module: torch.nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def _ratio(value: Optional[float], reference: Optional[float]) -> Optional[float]:
+    if value is None or reference is None or reference == 0:
+        return None
+    return value / reference
+
+
+def ratios(row: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
+    """``row`` / ``reference`` for parameters, MACs, latency and peak memory, per length."""
+    keys = list(row["macs"])
+    out: Dict[str, Any] = {
+        "parameters_backbone": _ratio(row["parameters"]["backbone"], reference["parameters"]["backbone"]),
+        "parameters_with_heads": _ratio(row["parameters"]["with_heads"], reference["parameters"]["with_heads"]),
+        "macs": {k: _ratio(row["macs"][k], reference["macs"][k]) for k in keys},
+        "latency": {k: _ratio(row["latency_s"][k], reference["latency_s"][k]) for k in keys},
+    }
+    if "memory" in row and "memory" in reference:
+        out["peak_memory"] = {k: _ratio(row["memory"]["forward_peak_bytes"][k],
+                                        reference["memory"]["forward_peak_bytes"][k]) for k in keys}
+    return out
+
+
+def measure_memory(spec: UpstreamSpec, seconds: Sequence[float], batch: int, threads: int,
+                   device: str = "cpu", timeout: float = 1800) -> Dict[str, Any]:
+    """Peak memory of the forward on each length, in a fresh process (see :data:`MEMORY_METHOD`)."""
+    payload = json.dumps({"name": spec.name, "ckpt": spec.ckpt, "model_config": spec.model_config,
+                          "seconds": list(seconds), "batch": batch, "threads": threads, "device": device})
+    env = dict(os.environ)
+    # glibc: blocks of >= 64 KiB come from mmap and go back to the OS when freed, so the warm-up forward's freed
+    # activations are not still resident (which would hide the measured forward's peak).
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    env["MALLOC_TRIM_THRESHOLD_"] = "0"
+    done = subprocess.run([sys.executable, "-m", "s3prl_distill.profiler", "--memory-worker", payload],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"memory measurement of {spec.name} failed (exit {done.returncode}):\n"
+                           f"{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _proc_status_bytes(field: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    # Writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0).
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _memory_worker(payload: Dict[str, Any]) -> Dict[str, Any]:
+    device = torch.device(payload["device"])
+    torch.set_num_threads(payload["threads"])
+    spec = UpstreamSpec(payload["name"], payload["ckpt"], payload["model_config"])
+    model = load_upstream(spec).to(device).eval()
+    forward, baseline, peak = {}, {}, {}
+    method = "cuda_max_memory_allocated" if device.type == "cuda" else "rss_vmhwm"
+    with torch.no_grad():
+        for length in payload["seconds"]:
+            key = length_key(length)
+            wavs = profile_waves(length, payload["batch"], device)
+            model(wavs)  # warm-up: one-time allocations (thread pools, kernel caches) are not the forward's
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                baseline[key] = torch.cuda.memory_allocated(device)
+                model(wavs)
+                torch.cuda.synchronize(device)
+                peak[key] = torch.cuda.max_memory_allocated(device)
+            else:
+                _trim_heap()
+                if _reset_peak_rss() and _proc_status_bytes("VmRSS") is not None:
+                    baseline[key] = _proc_status_bytes("VmRSS")
+                    model(wavs)
+                    peak[key] = _proc_status_bytes("VmHWM")
+                else:
+                    # No resettable peak (not Linux): ru_maxrss only rises, so this is a lower bound.
+                    method = "ru_maxrss_lower_bound"
+                    scale = 1 if sys.platform == "darwin" else 1024
+                    baseline[key] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+                    model(wavs)
+                    peak[key] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            forward[key] = max(0, peak[key] - baseline[key])
+            del wavs
+    return {"method": method, "forward_peak_bytes": forward, "baseline_bytes": baseline, "process_peak_bytes": peak}
+
+
+def _cell(value: Optional[float], fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    """The profile as a plain-text table (one row per upstream and audio length)."""
+    env, settings = result["environment"], result["settings"]
+    lines = [
+        f"device {env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, threads {env['threads']} "
+        f"(torch.set_num_threads), torch {env['torch']}, {env['machine']}, {env.get('cpu') or '?'}",
+        f"batch {settings['batch']} for latency (MACs: 1 utterance), warm-up {settings['warmup']}, "
+        f"median of {settings['repeats']}; RTF = latency / audio seconds",
+    ]
+    reference = result.get("reference")
+    if reference:
+        lines.append(f"ratios (x) are to {reference}, measured in this run")
+    header = ["upstream", "backbone M", "w/ heads M", "audio", "GMACs", "GMACs/s", "latency ms", "RTF", "peak MiB"]
+    if reference:
+        header += ["x backbone", "x MACs", "x latency", "x memory"]
+    table = [header]
+    for row in result["upstreams"]:
+        params = row["parameters"]
+        for index, key in enumerate(row["macs"]):
+            memory = row.get("memory", {}).get("forward_peak_bytes", {}).get(key)
+            cells = [row["label"] if index == 0 else "",
+                     f"{params['backbone'] / 1e6:.3f}" if index == 0 else "",
+                     f"{params['with_heads'] / 1e6:.3f}" if index == 0 else "",
+                     key, f"{row['macs'][key] / 1e9:.3f}", f"{row['gmacs_per_audio_second'][key]:.3f}",
+                     f"{row['latency_s'][key] * 1e3:.1f}", f"{row['rtf'][key]:.4f}",
+                     _cell(None if memory is None else memory / 2**20, ".1f")]
+            if reference:
+                vs = row["vs_reference"]
+                cells += [_cell(vs["parameters_backbone"], ".3f") if index == 0 else "",
+                          _cell(vs["macs"][key], ".3f"), _cell(vs["latency"][key], ".3f"),
+                          _cell(vs.get("peak_memory", {}).get(key), ".3f")]
+            table.append(cells)
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for number, cells in enumerate(table):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+        if number == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    notes = [f"{row['label']}: {row['parameters']['split']}" for row in result["upstreams"]]
+    lines += ["", "parameters: " + "; ".join(notes),
+              "MACs: torch FlopCounterMode (matmul, convolution, attention only; elementwise ops and norms are not "
+              "counted), FLOPs / 2"]
+    if settings.get("memory"):
+        lines.append(f"peak memory: {settings['memory']}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--memory-worker":
+        print(json.dumps(_memory_worker(json.loads(argv[1]))))
+        return
+    raise SystemExit("internal entry point (memory worker); use `s3prl-distill profile`")
+
+
+if __name__ == "__main__":
+    main()

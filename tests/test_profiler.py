@@ -1,0 +1,184 @@
+"""``s3prl-distill profile``: parameters, MACs, latency and memory of s3prl upstreams, on tiny models only.
+
+No timing assertions here: speed targets live in benchmarks/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from s3prl_distill.importers.s3prl_hubert import TINY_HUBERT, write_random_hubert
+from s3prl_distill.profiler import (
+    UnknownUpstreamError,
+    UpstreamSpec,
+    format_table,
+    load_upstream,
+    parameter_counts,
+    profile_upstreams,
+    specs_from_lists,
+)
+
+from conftest import run_python
+
+
+class ToyUpstream(torch.nn.Module):
+    """Conv (kernel 400, stride 320, no bias) -> Linear -> one self-attention: MACs countable by hand."""
+
+    def __init__(self, channels: int = 8, dim: int = 12, heads: int = 2) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, channels, 400, stride=320, bias=False)
+        self.proj = torch.nn.Linear(channels, dim)
+        self.heads = heads
+
+    def forward(self, wavs):
+        x = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).unsqueeze(1)
+        x = self.proj(self.conv(x).transpose(1, 2))
+        batch, frames, dim = x.shape
+        q = x.view(batch, frames, self.heads, dim // self.heads).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(batch, frames, dim)
+        return {"hidden_states": [x, attended]}
+
+
+def toy_macs(samples: int, channels: int = 8, dim: int = 12) -> int:
+    frames = (samples - 400) // 320 + 1
+    conv = frames * channels * 400
+    linear = frames * channels * dim
+    attention = 2 * frames * frames * dim  # q @ k^T and scores @ v, over all heads
+    return conv + linear + attention
+
+
+@pytest.fixture
+def toy_hub(monkeypatch):
+    """A toy entry in s3prl.hub, the way our registration adds real ones."""
+    from s3prl_distill import register
+
+    register()
+    import s3prl.hub as hub
+
+    def toy_profile_upstream(ckpt=None, model_config=None, refresh=False, **kwargs):
+        torch.manual_seed(0)
+        return ToyUpstream()
+
+    monkeypatch.setattr(hub, "toy_profile_upstream", toy_profile_upstream, raising=False)
+    return "toy_profile_upstream"
+
+
+@pytest.fixture(scope="module")
+def hubert_ckpt(tmp_path_factory) -> Path:
+    return write_random_hubert(tmp_path_factory.mktemp("profile") / "hubert.ckpt")
+
+
+def test_macs_equal_a_hand_count_and_params_equal_numel(toy_hub):
+    result = profile_upstreams([UpstreamSpec(toy_hub)], seconds=[1.0, 2.5], threads=1, repeats=1, warmup=0,
+                               memory=False)
+    row = result["upstreams"][0]
+    assert row["macs"] == {"1s": toy_macs(16000), "2.5s": toy_macs(40000)}
+    # The attention is counted on CPU too (torch has no formula for its CPU kernel; the profiler adds one).
+    assert any("attention" in op for op in row["macs_by_op"]["1s"])
+    assert row["gmacs_per_audio_second"]["2.5s"] == pytest.approx(toy_macs(40000) / 2.5 / 1e9)
+    expected_params = 8 * 400 + 8 * 12 + 12
+    assert row["parameters"] == {"with_heads": expected_params, "backbone": expected_params, "heads": 0,
+                                 "split": row["parameters"]["split"]}
+    assert "backbone = total" in row["parameters"]["split"]
+    assert set(row["latency_s"]) == set(row["rtf"]) == {"1s", "2.5s"}
+    assert row["rtf"]["2.5s"] == row["latency_s"]["2.5s"] / 2.5
+    assert "memory" not in row
+
+
+def test_student_backbone_excludes_heads_and_macs_scale(session_distiller_ckpt, hubert_ckpt, tmp_path):
+    wide = write_random_hubert(tmp_path / "wide.ckpt", dict(TINY_HUBERT, encoder_embed_dim=96,
+                                                              encoder_ffn_embed_dim=192))
+    specs = [UpstreamSpec("distilhubert_local", str(session_distiller_ckpt)),
+             UpstreamSpec("hubert_local", str(hubert_ckpt)), UpstreamSpec("hubert_local", str(wide))]
+    previous = torch.get_num_threads()
+    result = profile_upstreams(specs, seconds=[2.0, 4.0], threads=1, repeats=1, warmup=0, memory=False)
+    assert torch.get_num_threads() == previous  # the run's thread setting does not leak
+    assert result["environment"]["threads"] == 1
+    student, teacher, wide_teacher = result["upstreams"]
+    assert [teacher["label"], wide_teacher["label"]] == ["hubert_local:hubert.ckpt", "hubert_local:wide.ckpt"]
+
+    expert = load_upstream(specs[0])
+    total = sum(p.numel() for p in expert.parameters())
+    heads = expert.model.num_parameters(include_heads=True) - expert.model.num_parameters()
+    assert heads > 0
+    assert student["parameters"]["with_heads"] == total
+    assert student["parameters"]["backbone"] == total - heads < total
+    assert parameter_counts(expert) == student["parameters"]
+    hubert = load_upstream(specs[1])
+    assert teacher["parameters"]["with_heads"] == teacher["parameters"]["backbone"] == sum(
+        p.numel() for p in hubert.parameters())
+
+    for row in result["upstreams"]:
+        # Convolutions and per-frame matmuls are linear in the length, attention quadratic in the frame count.
+        short, long = row["macs_by_op"]["2s"], row["macs_by_op"]["4s"]
+        attention = [op for op in short if "attention" in op]
+        assert len(attention) == 1, row["label"]
+        linear_short = sum(v for op, v in short.items() if op not in attention)
+        linear_long = sum(v for op, v in long.items() if op not in attention)
+        assert 1.98 < linear_long / linear_short < 2.02, row["label"]
+        assert 3.9 < long[attention[0]] / short[attention[0]] < 4.1, row["label"]
+        assert row["macs"]["2s"] == sum(short.values()) > 0
+    assert wide_teacher["macs"]["2s"] > teacher["macs"]["2s"]
+    assert wide_teacher["parameters"]["with_heads"] > teacher["parameters"]["with_heads"]
+
+
+def test_vs_reference_is_the_same_measurement(session_distiller_ckpt, hubert_ckpt):
+    teacher = UpstreamSpec("hubert_local", str(hubert_ckpt))
+    result = profile_upstreams([UpstreamSpec("distilhubert_local", str(session_distiller_ckpt)), teacher],
+                               seconds=[1.0], threads=1, repeats=2, warmup=1, reference=teacher, memory=False)
+    assert result["reference"] == "hubert_local"
+    assert len(result["upstreams"]) == 2  # the reference is the profiled teacher row, not a second copy
+    student, reference = result["upstreams"]
+    vs = reference["vs_reference"]
+    assert vs["parameters_backbone"] == vs["parameters_with_heads"] == 1.0
+    assert vs["macs"] == vs["latency"] == {"1s": 1.0}
+    assert student["vs_reference"]["macs"]["1s"] == student["macs"]["1s"] / reference["macs"]["1s"]
+    table = format_table(result)
+    assert "x latency" in table and "hubert_local" in table and "threads 1" in table
+
+
+def test_unknown_upstream_is_named_with_close_matches():
+    with pytest.raises(UnknownUpstreamError, match=r"'hubert_locl'.*hubert_local"):
+        profile_upstreams([UpstreamSpec("hubert_locl", "x.ckpt")], memory=False)
+
+
+def test_ckpt_list_must_match_upstreams():
+    specs = specs_from_lists(["fbank", "distilhubert_local"], ["-", "a.ckpt"])
+    assert [s.ckpt for s in specs] == [None, "a.ckpt"]
+    with pytest.raises(ValueError, match="-k/--ckpt has 1 values for 2 upstreams"):
+        specs_from_lists(["fbank", "distilhubert_local"], ["a.ckpt"])
+
+
+def test_cli_end_to_end(session_distiller_ckpt, hubert_ckpt, tmp_path):
+    out = tmp_path / "profile.json"
+    done = run_python(["-m", "s3prl_distill.cli", "profile", "-u", "distilhubert_local", "-k",
+                       str(session_distiller_ckpt), "--vs", "hubert_local", "--vs-ckpt", str(hubert_ckpt),
+                       "--seconds", "1", "2", "--threads", "1", "--repeats", "2", "--warmup", "1", "--json", str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x MACs" in done.stdout and "distilhubert_local" in done.stdout
+    result = json.loads(out.read_text())
+    assert set(result) == {"tool", "environment", "settings", "reference", "upstreams"}
+    assert {"machine", "torch", "threads", "device", "cpu_count"} <= set(result["environment"])
+    assert result["environment"]["threads"] == 1 and result["environment"]["device"] == "cpu"
+    assert result["settings"]["seconds"] == [1.0, 2.0] and result["settings"]["repeats"] == 2
+    assert result["reference"] == "hubert_local"
+    assert [row["upstream"] for row in result["upstreams"]] == ["distilhubert_local", "hubert_local"]
+    for row in result["upstreams"]:
+        assert {"parameters", "macs", "gmacs_per_audio_second", "latency_s", "rtf", "memory",
+                "vs_reference"} <= set(row)
+        assert set(row["macs"]) == {"1s", "2s"}
+    teacher = result["upstreams"][1]["vs_reference"]
+    assert teacher["latency"] == teacher["peak_memory"] == teacher["macs"] == {"1s": 1.0, "2s": 1.0}
+    for row in result["upstreams"]:  # peak memory, each upstream in its own fresh process
+        memory = row["memory"]
+        assert memory["method"] in ("rss_vmhwm", "ru_maxrss_lower_bound")
+        assert memory["forward_peak_bytes"]["2s"] > 0
+        assert memory["process_peak_bytes"]["2s"] >= memory["baseline_bytes"]["2s"]
+
+    bad = run_python(["-m", "s3prl_distill.cli", "profile", "-u", "distilhubert_locl", "--no-memory"])
+    assert bad.returncode != 0
+    assert "'distilhubert_locl'" in bad.stderr and "distilhubert_local" in bad.stderr

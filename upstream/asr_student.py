@@ -1,0 +1,99 @@
+"""The upstream of Wang et al.'s ASR students (``pretrain/asr_distill``), shared by the ``deepthin`` and
+``shallowwide`` families: our native checkpoint with family ``asr_distill``, CNN or fbank front end.
+
+Each registered name states what it expects (student shape, front end) and refuses a checkpoint holding another,
+naming the name that fits, so a SUPERB result is never reported under the wrong model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Mapping, Optional, Union
+
+from torch import Tensor, nn
+
+from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
+from s3prl_distill.model import StudentConfig, StudentModel
+from s3prl_distill.model.student import HEAD_PREFIXES
+
+from .interfaces import (
+    OutputDict,
+    as_pad_mask,
+    check_feature_key,
+    load_weights,
+    read_options,
+    resolve_checkpoint,
+    resolve_local_checkpoint,
+    run_student,
+)
+
+FAMILY = "asr_distill"
+FEATURE_KEYS = ("hidden_states", "last_hidden_state", "pad_mask")
+# Student shape by its prediction heads: one per layer (deep-thin) or DistilHuBERT's expand-last (shallow-wide).
+SHAPES = {"layerwise": "deepthin", "expand_last": "shallowwide"}
+
+
+def upstream_name(config: StudentConfig) -> str:
+    """The registered name (without _local/_url) that fits a student config."""
+    head = config.prediction_head
+    shape = SHAPES.get(head.type if head is not None else "", "deepthin")
+    return f"{shape}_fbank" if config.fbank_front_end is not None else shape
+
+
+class AsrStudentExpert(nn.Module):
+    """Outputs: ``hidden_states`` = [front-end output (transformer input), each transformer layer], all 20 ms at
+    the student's width; ``last_hidden_state`` = the last layer; ``pad_mask`` = 1.0 on valid frames."""
+
+    def __init__(
+        self,
+        ckpt: str,
+        expected: str,
+        model_config: Union[None, str, Mapping[str, Any]] = None,
+        trust_checkpoint: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        options = read_options(model_config, expected)
+        checkpoint = load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint,
+                                     what=f"{expected} checkpoint")
+        if not is_native_student(checkpoint) or checkpoint.get("Family") != FAMILY:
+            raise CheckpointError(f"{ckpt} is {describe_checkpoint(checkpoint)}; {expected} expects a student "
+                                  "trained with the asr_distill method (s3prl-distill pretrain)")
+        try:
+            config = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{ckpt} (StudentConfig)")
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+        found = upstream_name(config)
+        if found != expected:
+            raise CheckpointError(f"{ckpt} holds a {found} student ({config.encoder.num_layers} layers of "
+                                  f"{config.encoder.embed_dim}, {'fbank' if config.fbank_front_end else 'CNN'} "
+                                  f"front end); load it with {found}_local")
+        # Only the backbone: the training heads give no features (and would count in the parameters).
+        self.model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
+        load_weights(self.model, {key: value for key, value in checkpoint["Student"].items()
+                                  if not key.startswith(HEAD_PREFIXES)}, ckpt)
+        if self.model.fbank is not None and not self.model.fbank.has_statistics:
+            raise CheckpointError(f"{ckpt}: the fbank front end has no normalisation statistics")
+        self.name = expected
+
+    def get_downsample_rates(self, key: str) -> int:
+        check_feature_key(key, FEATURE_KEYS, self.name)
+        return self.model.downsample_rate
+
+    def forward(self, wavs: List[Tensor]) -> OutputDict:
+        out, hidden_states = run_student(self.model, wavs, self.name)
+        return {
+            "hidden_states": hidden_states,
+            "last_hidden_state": hidden_states[-1],
+            "pad_mask": as_pad_mask(out.padding_mask, out.features),
+        }
+
+
+def local_entry(expected: str, ckpt: Optional[str], model_config: Optional[str], **kwargs: Any) -> AsrStudentExpert:
+    return AsrStudentExpert(resolve_local_checkpoint(ckpt, f"{expected}_local"), expected, model_config, **kwargs)
+
+
+def url_entry(expected: str, ckpt: Optional[str], model_config: Optional[str], refresh: bool,
+              **kwargs: Any) -> AsrStudentExpert:
+    if ckpt is None:
+        raise ValueError(f"{expected}_url needs the checkpoint URL: pass it with -k or ckpt=")
+    return AsrStudentExpert(resolve_checkpoint(ckpt, refresh, f"{expected}_url"), expected, model_config, **kwargs)
