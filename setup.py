@@ -65,6 +65,7 @@ setup(
         "pydantic>=2",
         "PyYAML",
         "numpy",
+        "scipy",  # k-means of the demo's HuBERT teacher
         "tqdm",
         # s3prl's downstream runner needs these but does not declare them.
         "tensorboardX",

@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .config import DataConfig, PretrainConfig, TeacherConfig
-from .data import AudioItem, CroppedAudioDataset, check_audio_files, read_length_csvs
+from .data import AudioItem, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +189,6 @@ class CachedWindowDataset(CroppedAudioDataset):
 
 def collate_with_targets(batch: Sequence[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor, Tensor]:
     """Padded waveforms, their lengths, and the cached frames zero-padded to (batch, frames, layers, width)."""
-    from .data import collate_waveforms
-
     waveforms, lengths = collate_waveforms([wave for wave, _ in batch])
     targets = torch.nn.utils.rnn.pad_sequence([target for _, target in batch], batch_first=True)
     return waveforms, lengths, targets
