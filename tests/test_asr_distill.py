@@ -23,7 +23,7 @@ from s3prl_distill.model.fbank import fbank_statistics, log_mel_fbank
 from s3prl_distill.pretrain.teacher import HubertCodebook, codebook_from_state, read_hubert_codebook
 
 from conftest import random_waves
-from test_downstream_runner import emotion_setup, launch  # noqa: F401 (module fixture)
+from test_downstream_runner import emotion_setup, featurizer_weights_after_training  # noqa: F401 (fixture)
 from test_pretrain_runner import pretrain, setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
 
 TINY_CNN = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
@@ -314,11 +314,5 @@ def test_s3prl_runner_trains_on_the_fbank_student(tmp_path, emotion_setup):  # n
     mean, std, frames = fbank_statistics(random_waves([16000, 8000]), 80)
     model.fbank.set_statistics(mean, std, frames)
     checkpoint = save_checkpoint(export_student("asr_distill", config, model.state_dict()), tmp_path / "fb.ckpt")
-    corpus, emotion_config = emotion_setup
-    expdir = tmp_path / "exp"
-    train = ["-m", "train", "-u", "deepthin_fbank_local", "-k", str(checkpoint), "-d", "emotion", "-c",
-             str(emotion_config), "-p", str(expdir), "--device", "cpu"]
-    _, result = launch("module", train, tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    weights = torch.load(expdir / "states-2.ckpt", weights_only=False)["Featurizer"]["weights"]
+    weights = featurizer_weights_after_training("deepthin_fbank_local", checkpoint, emotion_setup, tmp_path)
     assert weights.shape == (4,)  # front end + 3 layers

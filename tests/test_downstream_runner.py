@@ -50,6 +50,20 @@ def launch(way: str, arguments, tmp_path: Path):
     return workdir, run_python(command, cwd=workdir, extra_env=env, timeout=900)
 
 
+def featurizer_weights_after_training(upstream: str, checkpoint: Path, emotion_setup, tmp_path: Path):
+    """Train 2 steps of the toy ER task with s3prl's runner on ``upstream``; the weighted-sum weights it learnt."""
+    import torch
+
+    corpus, emotion_config = emotion_setup
+    expdir = tmp_path / "exp"
+    train = ["-m", "train", "-u", upstream, "-k", str(checkpoint), "-d", "emotion", "-c", str(emotion_config),
+             "-p", str(expdir), "--device", "cpu"]
+    _, result = launch("module", train, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (expdir / "states-2.ckpt").is_file()
+    return torch.load(expdir / "states-2.ckpt", weights_only=False)["Featurizer"]["weights"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("way", ["checkout", "module", "console"])
 def test_runner_trains_and_evaluates_our_upstream(way, tmp_path, emotion_setup, session_distiller_ckpt):
@@ -91,12 +105,5 @@ def test_runner_trains_fithubert_with_the_default_weighted_sum(tmp_path, emotion
     torch.manual_seed(0)
     checkpoint = save_checkpoint(export_student("fithubert", config, StudentModel(config).state_dict()),
                                  tmp_path / "fithubert.ckpt")
-    corpus, emotion_config = emotion_setup
-    expdir = tmp_path / "exp"
-    train = ["-m", "train", "-u", "fithubert_local", "-k", str(checkpoint), "-d", "emotion", "-c",
-             str(emotion_config), "-p", str(expdir), "--device", "cpu"]
-    _, result = launch("module", train, tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (expdir / "states-2.ckpt").is_file()
-    weights = torch.load(expdir / "states-2.ckpt", weights_only=False)["Featurizer"]["weights"]
+    weights = featurizer_weights_after_training("fithubert_local", checkpoint, emotion_setup, tmp_path)
     assert weights.shape == (4,)  # transformer input + 3 layers, all at 20 ms
