@@ -97,10 +97,7 @@ class DistillationTask:
         the cache, with None for the layers it does not hold."""
         if cached is None:
             hidden_states = self.teacher(waveforms, lengths)
-            missing = [i for i in self.method.target_layers if i >= len(hidden_states)]
-            if missing:
-                raise ValueError(f"target layers {missing} do not exist: teacher {self.teacher.name!r} has hidden "
-                                 f"states 0..{len(hidden_states) - 1}")
+            self.teacher.check_layers(self.method.target_layers, len(hidden_states))
             return hidden_states
         hidden_states: List[Optional[Tensor]] = [None] * int(self.cache.meta["num_hidden_states"])
         for position, layer in enumerate(self.cache.layers):

@@ -113,6 +113,13 @@ class Teacher(nn.Module):
             states = self.upstream(wavs)["hidden_states"]
         return [state.float() for state in states]
 
+    def check_layers(self, layers: List[int], hidden_count: int) -> None:
+        """A clear error for target layers beyond the teacher's hidden states."""
+        missing = [layer for layer in layers if layer >= hidden_count]
+        if missing:
+            raise ValueError(f"target layers {missing} do not exist: teacher {self.name!r} has hidden states "
+                             f"0..{hidden_count - 1}")
+
     def codebook(self, path: Optional[str] = None) -> HubertCodebook:
         """HuBERT's final projection + label embeddings: from ``path`` if given, else from the teacher's model."""
         if path is not None:

@@ -20,6 +20,7 @@ teacher's frame rate. Training refuses a cache whose key differs, naming what di
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .config import DataConfig, PretrainConfig, TeacherConfig
-from .data import AudioItem, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
+from .data import SAMPLE_RATE, AudioItem, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
 
 logger = logging.getLogger(__name__)
 
@@ -233,20 +234,17 @@ def build_teacher_cache(config: PretrainConfig, output: Path, batch_size: int = 
             if layers is None:
                 hidden_count, width = len(hidden), hidden[0].shape[-1]
                 layers = required_layers(method, hidden_count)
-                missing = [layer for layer in layers if layer >= hidden_count]
-                if missing:
-                    raise ValueError(f"target layers {missing} do not exist: teacher {config.teacher.name!r} has "
-                                     f"hidden states 0..{hidden_count - 1}")
+                teacher.check_layers(layers, hidden_count)
                 frame_rate = int(teacher.upstream.get_downsample_rates("hidden_states"))
             stacked = torch.stack([hidden[layer] for layer in layers], dim=2).to(torch.float16).cpu().numpy()
-            frames = stacked.shape[1]
+            frames = stacked.shape[1]  # equal-length windows: no padding frames
             for row, w in enumerate(chosen):
                 if handle is None or shards[-1]["bytes"] >= SHARD_BYTES:
                     if handle is not None:
                         handle.close()
                     shards.append({"file": f"shard-{len(shards):05d}.f16", "frames": 0, "bytes": 0})
                     handle = open(partial / shards[-1]["file"], "wb")
-                block = np.ascontiguousarray(stacked[row, :frames])
+                block = np.ascontiguousarray(stacked[row])
                 handle.write(block.tobytes())
                 item, offset, samples = windows[w]
                 index[w] = (item, offset, samples, len(shards) - 1, shards[-1]["frames"], frames)
@@ -260,9 +258,8 @@ def build_teacher_cache(config: PretrainConfig, output: Path, batch_size: int = 
     np.save(partial / "index.npy", index)
     if method.uses_codebook:
         codebook = teacher.codebook(method.codebook_ckpt)
-        torch.save({name: getattr(codebook, name) for name in ("projection_weight", "projection_bias", "embeddings")},
-                   partial / "codebook.pt")
-    audio_seconds = sum(w[2] for w in windows) / 16000
+        torch.save(dataclasses.asdict(codebook), partial / "codebook.pt")
+    audio_seconds = sum(w[2] for w in windows) / SAMPLE_RATE
     total_bytes = sum(s["bytes"] for s in shards)
     meta = {
         "format": FORMAT,
