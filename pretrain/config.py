@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -15,6 +15,7 @@ from s3prl_distill.model.config import StrictModel, StudentConfig, _format_valid
 
 from .asr_distill.recipe import AsrDistillMethodConfig
 from .distilhubert.recipe import DistilHuBERTMethodConfig
+from .dphubert.recipe import DPHuBERTMethodConfig
 from .fithubert.recipe import FitHuBERTMethodConfig
 
 
@@ -73,12 +74,17 @@ class TeacherConfig(StrictModel):
 
 
 class StudentInitConfig(StrictModel):
-    """What the student copies from the teacher before training (shapes must match). DistilHuBERT: all of it."""
+    """What the student copies from the teacher before training (shapes must match). DistilHuBERT: all of it.
+    ``whole``: every backbone weight (DPHuBERT / SKILL: the student is the teacher plus pruning gates)."""
 
+    whole: bool = False
     feature_extractor: bool = False
     feature_projection: bool = False
     pos_conv: bool = False
     layers: int = 0  # the first N transformer layers
+    # A student checkpoint of ours with this run's exact student config (e.g. from s3prl-distill prune), loaded after
+    # anything copied from the teacher.
+    checkpoint: Optional[str] = None
 
 
 class DataConfig(StrictModel):
@@ -106,7 +112,7 @@ class DataConfig(StrictModel):
         return self
 
 
-MethodConfig = Union[DistilHuBERTMethodConfig, FitHuBERTMethodConfig, AsrDistillMethodConfig]
+MethodConfig = Union[DistilHuBERTMethodConfig, FitHuBERTMethodConfig, AsrDistillMethodConfig, DPHuBERTMethodConfig]
 
 
 class ModelSections(StrictModel):
@@ -173,12 +179,25 @@ def validate_config(data: Any, source: str) -> PretrainConfig:
         raise ValueError(f"invalid pretrain config {source}:\n{_format_validation_error(error)}") from None
 
 
-def load_config(path: Union[str, Path], overrides: Optional[str] = None) -> PretrainConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrain config {path} does not exist")
-    with path.open() as file:
-        data = yaml.safe_load(file)
-    if not isinstance(data, dict):
-        raise ValueError(f"pretrain config {path} must be a YAML mapping")
-    return validate_config(apply_overrides(data, overrides), str(path))
+def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    """``update`` deep-merged into a copy of ``base``: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def load_config(path: Union[str, Path, Sequence[Union[str, Path]]], overrides: Optional[str] = None) -> PretrainConfig:
+    """One YAML, or several deep-merged in order (e.g. a run config, then a layer-similarity groups snippet)."""
+    paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
+    data: Dict[str, Any] = {}
+    for part in paths:
+        if not part.is_file():
+            raise FileNotFoundError(f"pretrain config {part} does not exist")
+        with part.open() as file:
+            loaded = yaml.safe_load(file)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"pretrain config {part} must be a YAML mapping")
+        data = _merge(data, loaded)
+    return validate_config(apply_overrides(data, overrides), " + ".join(map(str, paths)))

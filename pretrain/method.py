@@ -2,15 +2,17 @@
 
 A method says which teacher layers it needs (``target_layers``) and which student heads predict them
 (``prediction_indices``), turns one batch into named loss terms, and writes/reads the trained student's checkpoint.
-Optional abilities default to off: a front-end-only first stage (``front_end_steps``) and the teacher's codeword
-distribution (``uses_codebook``).
+Optional abilities default to off: a front-end-only first stage (``front_end_steps``), the teacher's codeword
+distribution (``uses_codebook``), targets other than single teacher layers (``target_stack``), losses on the student's
+own parameters and the method's trainable state (``regularisers``, ``parameter_groups``, ``state_dict``).
 """
 
 from __future__ import annotations
 
 from typing import Dict, List, Mapping, NamedTuple, Optional
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from s3prl_distill.losses import LossTerm
 from s3prl_distill.model.config import StudentConfig
@@ -34,8 +36,35 @@ class Method:
     codebook_temperature: float = 1.0
     codebook_ckpt: Optional[str] = None  # where to read the codebook when the teacher model lacks it
 
+    def bind(self, student: nn.Module) -> None:
+        """Called once with the built (and initialised) student, before training."""
+
+    def target_stack(self, hidden_states: List[Tensor], frames: int) -> Tensor:
+        """(B, N, T, D) targets from the teacher's hidden states: ``target_layers`` cut to ``frames``."""
+        return torch.stack([hidden_states[i][:, :frames] for i in self.target_layers], dim=1)
+
     def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:
         raise NotImplementedError
+
+    def regularisers(self, student: nn.Module, step: int) -> Dict[str, LossTerm]:
+        """Loss terms on the student's parameters themselves (not on a batch), added once per micro-batch."""
+        return {}
+
+    def parameter_groups(self, student: nn.Module, weight_decay: float) -> Optional[List[dict]]:
+        """Optimizer groups when the method needs its own (extra parameters, other learning rates); None: the
+        runner's default (weight decay on everything but biases)."""
+        return None
+
+    def scalars(self) -> Dict[str, float]:
+        """Extra values to log (the latest step's)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """The method's own trainable state, saved in training checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        pass
 
     def front_end_losses(self, student: StudentOutput, target: Tensor, valid: Optional[Tensor]) -> Dict[str, LossTerm]:
         """Loss of the front-end stage: ``student.front_end_prediction`` against teacher hidden state 0."""

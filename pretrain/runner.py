@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -170,9 +170,11 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config.optimizer
-        decay = [p for n, p in self.student.named_parameters() if p.requires_grad and not n.endswith("bias")]
-        no_decay = [p for n, p in self.student.named_parameters() if p.requires_grad and n.endswith("bias")]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = self.task.method.parameter_groups(self.student, cfg.weight_decay)
+        if groups is None:
+            decay = [p for n, p in self.student.named_parameters() if p.requires_grad and not n.endswith("bias")]
+            no_decay = [p for n, p in self.student.named_parameters() if p.requires_grad and n.endswith("bias")]
+            groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         # The fused kernel (one launch for all parameters) exists for CUDA tensors; CPU keeps the foreach version.
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=self.device.type == "cuda")
 
@@ -210,6 +212,7 @@ class Trainer:
                     "world_size": self.dist.world_size, "rng": rng,
                 },
                 "RunConfig": self.config.to_dict(),
+                "MethodState": self.task.method.state_dict(),
                 "Version": __version__,
             }
         )
@@ -225,6 +228,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["Optimizer"])
         self.scheduler.load_state_dict(checkpoint["Scheduler"])
         self.scaler.load_state_dict(checkpoint["Scaler"])
+        self.task.method.load_state_dict(checkpoint.get("MethodState", {}))
         self.step, self.epoch, self.batch_index = state["step"], state["epoch"], state["batch_index"]
         rng = state["rng"]
         if len(rng) == self.dist.world_size:
@@ -323,7 +327,8 @@ class Trainer:
             return
         means = {name: torch.stack(values).mean(0).cpu() for name, values in window.items()}
         scalars = {"loss": means.pop("loss").item(), "lr": self.scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm), "utterances_per_s": utterances_per_second}
+                   "grad_norm": float(grad_norm), "utterances_per_s": utterances_per_second,
+                   **self.task.method.scalars()}
         for name, per_target in means.items():
             for layer, value in zip(self.term_layers[name], per_target.tolist()):
                 scalars[f"{name}/layer{layer}"] = value
@@ -353,7 +358,7 @@ def _configure_logging(expdir: Path, is_main: bool) -> None:
 
 
 def run(
-    config_path: Optional[str], name: Optional[str], exproot: str = "result/pretrain",
+    config_path: Union[None, str, List[str]], name: Optional[str], exproot: str = "result/pretrain",
     overrides: Optional[str] = None, resume: Optional[str] = None,
 ) -> Path:
     """Start (``config_path`` + ``name``) or resume (``resume``) a run; returns its directory."""
@@ -386,7 +391,9 @@ def run(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3prl-distill pretrain", description="distillation pretraining")
-    parser.add_argument("-g", "--config", help="the run's YAML config (see pretrain/<method>/config.yaml)")
+    parser.add_argument("-g", "--config", action="append",
+                        help="the run's YAML config (see pretrain/<method>/config.yaml); repeat -g to merge more "
+                             "YAML into it in order (e.g. a layer-similarity skill_groups.yaml)")
     parser.add_argument("-n", "--name", help="experiment name: outputs go to EXPROOT/NAME")
     parser.add_argument("-p", "--exproot", default="result/pretrain", help="experiment root (default result/pretrain)")
     parser.add_argument("-o", "--override", help="s3prl-style overrides: config.runner.total_steps=10,,config.optimizer.lr=1e-4")

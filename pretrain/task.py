@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
 from s3prl_distill.losses import LossTerm
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.fbank import fbank_statistics
@@ -20,6 +21,7 @@ from .asr_distill.recipe import AsrDistill, AsrDistillMethodConfig
 from .config import DataConfig, StudentInitConfig, TeacherConfig
 from .data import AudioItem
 from .distilhubert.recipe import DistilHuBERT, DistilHuBERTMethodConfig
+from .dphubert.recipe import DPHuBERT, DPHuBERTMethodConfig
 from .fithubert.recipe import FitHuBERT, FitHuBERTMethodConfig
 from .method import DistillationBatch, Method
 from .teacher import Teacher, initialise_student
@@ -34,6 +36,8 @@ METHODS = {
     "distilhubert": (DistilHuBERTMethodConfig, DistilHuBERT),
     "fithubert": (FitHuBERTMethodConfig, FitHuBERT),
     "asr_distill": (AsrDistillMethodConfig, AsrDistill),
+    "dphubert": (DPHuBERTMethodConfig, DPHuBERT),
+    "skill": (DPHuBERTMethodConfig, DPHuBERT),
 }
 
 
@@ -56,14 +60,18 @@ class DistillationTask:
         """With a ``cache``, targets come from it: the teacher is loaded only when the student copies weights from
         it, and released after that."""
         self.cache = cache
-        needs_teacher = cache is None or any(value for value in student_init.model_dump().values())
+        needs_teacher = cache is None or any(value for key, value in student_init.model_dump().items()
+                                             if key != "checkpoint")
         self.teacher = Teacher(teacher).to(device) if needs_teacher else None
         self.student_config = student
         self.student = StudentModel(student)
         if self.teacher is not None:
             initialise_student(self.student, self.teacher, student_init)
+        if student_init.checkpoint is not None:
+            load_student_checkpoint(self.student, student_init.checkpoint)
         self.student.to(device)
         self.method = build_method(method, student)
+        self.method.bind(self.student)
         self.codebook = None
         if self.method.uses_codebook:
             source = cache.codebook() if cache is not None else self.teacher.codebook(self.method.codebook_ckpt)
@@ -116,7 +124,7 @@ class DistillationTask:
         # Teacher and student CNNs may differ by a frame at the end; compare the common frames.
         teacher_frames = next(state for state in hidden_states if state is not None).shape[1]
         frames = min(output.predictions.shape[2], teacher_frames)
-        targets = torch.stack([hidden_states[i][:, :frames] for i in self.method.target_layers], dim=1)
+        targets = self.method.target_stack(hidden_states, frames)
         output = output._replace(predictions=output.predictions[:, self.method.prediction_indices, :frames])
         teacher_logits = codewords = None
         if self.codebook is not None:
@@ -124,7 +132,7 @@ class DistillationTask:
             codewords = self.codebook.embeddings
         batch = DistillationBatch(output, targets, _valid_frames(output, targets[:, 0]), hidden_states,
                                   teacher_logits, codewords)
-        return self.method.losses(batch)
+        return {**self.method.losses(batch), **self.method.regularisers(self.student, step)}
 
     def prepare_front_end(self, items: Sequence[AudioItem]) -> None:
         """Before the first step: the fbank front end's normalisation statistics from (up to
@@ -147,6 +155,20 @@ class DistillationTask:
     def export(self, state: Optional[Mapping[str, Tensor]] = None) -> dict:
         """The method's checkpoint layout for the student's weights."""
         return self.method.export(self.student_config, self.student.state_dict() if state is None else state)
+
+
+def load_student_checkpoint(student: StudentModel, path: str) -> None:
+    """Start from a student checkpoint of ours (e.g. a pruned one): same config, every weight, heads included."""
+    checkpoint = load_checkpoint(path, what="student_init.checkpoint")
+    if not is_native_student(checkpoint):
+        raise CheckpointError(f"student_init.checkpoint {path} is {describe_checkpoint(checkpoint)}, not an "
+                              "s3prl-distill student checkpoint")
+    saved = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)")
+    if saved != student.config:
+        raise ValueError(f"student_init.checkpoint {path} holds a student whose config differs from this run's "
+                         "student section; use the config written next to it (e.g. by s3prl-distill prune)")
+    student.load_state_dict(checkpoint["Student"], strict=True)
+    logger.info("student initialised from %s", path)
 
 
 def _valid_frames(output, like: Tensor) -> Optional[Tensor]:

@@ -15,6 +15,7 @@ from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
 from s3prl_distill.importers.fairseq import fairseq_keys
 from s3prl_distill.losses import codeword_logits
 from s3prl_distill.model import StudentModel
+from s3prl_distill.model.student import GATE_SUFFIX, HEAD_PREFIXES
 
 from .config import StudentInitConfig, TeacherConfig
 
@@ -142,6 +143,8 @@ class Teacher(nn.Module):
 def initialise_student(student: StudentModel, teacher: Teacher, init: StudentInitConfig) -> List[str]:
     """Copy the requested parts from the teacher; a requested part whose shapes differ is an error."""
     wanted: List[Tuple[str, str]] = []
+    if init.whole:
+        wanted.append(("", "the whole backbone"))
     if init.feature_extractor:
         wanted.append(("feature_extractor.", "feature_extractor"))
     if init.feature_projection:
@@ -157,7 +160,9 @@ def initialise_student(student: StudentModel, teacher: Teacher, init: StudentIni
     ours = student.state_dict()
     update = {}
     for prefix, part in wanted:
-        keys = [key for key in ours if key.startswith(prefix)]
+        # Training heads, pruning gates and the pruning scale buffer are the student's own.
+        keys = [key for key in ours if key.startswith(prefix) and not key.startswith(HEAD_PREFIXES)
+                and not key.endswith(GATE_SUFFIX) and key != "feature_extractor.output_scale"]
         missing = [key for key in keys if key not in theirs]
         mismatched = [key for key in keys if key in theirs and theirs[key].shape != ours[key].shape]
         if not keys or missing or mismatched:

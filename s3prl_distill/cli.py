@@ -92,6 +92,28 @@ def run_profile_command(args: argparse.Namespace) -> None:
         print(f"json: {args.json}")
 
 
+def run_layer_similarity_command(args: argparse.Namespace) -> None:
+    """``layer-similarity``: SKILL's teacher-layer grouping (see :mod:`s3prl_distill.layer_similarity`)."""
+    from .layer_similarity import analyse_layers, find_audio
+    from .pretrain.config import TeacherConfig
+
+    if args.ckpt and "://" not in args.ckpt and not Path(args.ckpt).expanduser().exists():
+        raise SystemExit(f"layer-similarity: --ckpt {args.ckpt} does not exist")
+    try:
+        files = find_audio(Path(args.data))
+        analyse_layers(
+            TeacherConfig(name=args.teacher, ckpt=args.ckpt), files, Path(args.output), utterances=args.utterances,
+            measure=args.measure, linkage=args.linkage, groups=args.groups, distance_threshold=args.distance_threshold,
+            exclude_layer0=args.exclude_layer0, contiguous=args.contiguous, max_seconds=args.max_seconds,
+            max_frames=args.max_frames, device=args.device, data=args.data,
+        )
+    except ValueError as error:  # bad audio or arguments, unknown teacher, unreadable checkpoint
+        raise SystemExit(f"layer-similarity: {error}")
+    output = Path(args.output)
+    for name in ("skill_groups.yaml", "groups.json", "similarity.npy", "similarity.csv", "layer_similarity.png"):
+        print(output / name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3prl-distill", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "-o config.data.teacher_cache=DIR")
     cache.add_argument("--batch-size", type=int, default=8, help="windows per teacher forward")
     cache.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    prune = commands.add_parser(
+        "prune", help="remove a DPHuBERT / SKILL student's gated-off units: a compact student + final-distill config")
+    prune.add_argument("checkpoint", help="a states-<step>.ckpt of the dphubert/skill method, or its run directory")
+    prune.add_argument("--output", required=True, help="directory for pruned.ckpt, final_distill.yaml, pruning.yaml")
+    prune.add_argument("--final-steps", type=int, help="total_steps of the final-distillation config (default: "
+                       "the run's)")
     prepare = commands.add_parser(
         "prepare-data", help="write s3prl len_for_bucket CSVs (file_path, length) for an audio tree"
     )
@@ -198,6 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     profile.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     profile.add_argument("--json", help="write every figure and the settings to this JSON file")
+    similar = commands.add_parser(
+        "layer-similarity", help="SKILL: group a teacher's layers by representational similarity (CKA / cosine) and "
+        "write the target_groups config snippet"
+    )
+    similar.add_argument("--teacher", required=True, help="s3prl upstream name of the teacher, e.g. hubert_local")
+    similar.add_argument("--ckpt", help="the teacher's checkpoint")
+    similar.add_argument("--data", required=True,
+                         help="calibration audio: a folder (searched for .wav/.flac) or a file listing audio paths")
+    similar.add_argument("--output", required=True, help="folder for the similarity matrix, groups, plot and snippet")
+    similar.add_argument("--utterances", type=int, default=200, help="utterances, evenly spaced over the sorted files")
+    similar.add_argument("--measure", choices=["linear_cka", "cosine"], default="linear_cka")
+    similar.add_argument("--linkage", choices=["average", "complete", "single", "ward"], default="average")
+    how_many = similar.add_mutually_exclusive_group(required=True)
+    how_many.add_argument("--groups", type=int, help="number of layer groups")
+    how_many.add_argument("--distance-threshold", type=float,
+                          help="merge while the linkage distance (1 - similarity) is at most this")
+    similar.add_argument("--exclude-layer0", action="store_true", help="leave hidden state 0 (CNN output) out")
+    similar.add_argument("--contiguous", action="store_true", help="every group is a run of adjacent layers")
+    similar.add_argument("--max-seconds", type=float, default=10.0, help="use the first N seconds of each file")
+    similar.add_argument("--max-frames", type=int, default=20000, help="frames kept in all (a fixed stride)")
+    similar.add_argument("--device", default="cpu")
     commands.add_parser("upstreams", help="list the upstream names this package registers in s3prl")
     demo = commands.add_parser(
         "demo", help="offline end to end: mini-SUPERB, a small HuBERT teacher, two distilled students, SUPERB table"
@@ -285,6 +334,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         output = build_teacher_cache(load_config(args.config, args.override), Path(args.output), args.batch_size,
                                      args.device)
         print(f"teacher cache written to {output}; train from it with -o config.data.teacher_cache={output}")
+    elif args.command == "prune":
+        from .pretrain.prune import prune_checkpoint
+
+        summary = prune_checkpoint(Path(args.checkpoint), Path(args.output), args.final_steps)
+        print(json.dumps(summary, indent=2))
     elif args.command == "prepare-data":
         prepare_data(args.audio_root, args.output, args.sets, args.on_bad_file)
     elif args.command == "link-pretrain":
@@ -319,6 +373,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(paths["markdown"].read_text())
     elif args.command == "profile":
         run_profile_command(args)
+    elif args.command == "layer-similarity":
+        run_layer_similarity_command(args)
     elif args.command == "submit":
         from .downstream_recipes.superb.submit import submit
 

@@ -67,6 +67,23 @@ def log_sigmoid_cosine_term(
     return LossTerm(sums, counts.expand_as(sums).clone(), weight)
 
 
+def negative_cosine_term(
+    prediction: Tensor, target: Tensor, valid: Optional[Tensor], weight: float = 1.0
+) -> LossTerm:
+    """DPHuBERT's similarity term: -cos(prediction, target) per frame."""
+    cosine = F.cosine_similarity(prediction.float(), target.float(), dim=-1)  # (B, N, T)
+    mask = _frame_mask(valid, prediction).squeeze(-1)
+    sums = (-cosine * mask).sum(dim=(0, 2))
+    counts = mask.sum(dim=(0, 2))
+    return LossTerm(sums, counts.expand_as(sums).clone(), weight)
+
+
+def scalar_term(value: Tensor, weight: float = 1.0) -> LossTerm:
+    """A loss that is already one number, identical on every rank (a penalty on shared parameters): counted once
+    per rank, so :func:`combine`'s global normalisation and DDP's averaging leave its gradient unscaled."""
+    return LossTerm(value.reshape(1), torch.ones(1, device=value.device), weight)
+
+
 def combine(terms: dict, reduce_counts=None) -> Tensor:
     """Σ_term weight · (Σ sums / Σ counts, or Σ per-target sums / counts), with the counts summed over DDP ranks by
     ``reduce_counts`` (all terms' counts in one collective)."""

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional
 logger = logging.getLogger(__name__)
 
 # Upstream families: folders under upstream/ with a hubconf.py.
-FAMILIES = ("distilhubert", "fithubert", "deepthin", "shallowwide")
+FAMILIES = ("distilhubert", "fithubert", "deepthin", "shallowwide", "dphubert", "skill")
 
 
 def entries() -> Dict[str, Callable]:

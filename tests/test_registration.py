@@ -11,8 +11,9 @@ from s3prl_distill import registry
 from conftest import run_python
 
 OURS = ["deepthin_fbank_local", "deepthin_fbank_url", "deepthin_local", "deepthin_url", "distilhubert_local",
-        "distilhubert_ls960", "distilhubert_url", "fithubert", "fithubert_local", "fithubert_url",
-        "shallowwide_fbank_local", "shallowwide_fbank_url", "shallowwide_local", "shallowwide_url"]
+        "distilhubert_ls960", "distilhubert_url", "dphubert_local", "dphubert_url", "fithubert", "fithubert_local", "fithubert_url",
+        "shallowwide_fbank_local", "shallowwide_fbank_url", "shallowwide_local", "shallowwide_url",
+        "skill_local", "skill_url"]
 
 
 def hub_names(autoload: bool, code: str = "") -> list:

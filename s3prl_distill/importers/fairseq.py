@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional, Tuple
 
-from ..model.config import EncoderConfig, StudentConfig, TimeReductionConfig
+from ..model.config import (
+    EncoderConfig,
+    FeatureExtractorConfig,
+    RelativePositionConfig,
+    StudentConfig,
+    TimeReductionConfig,
+)
 from .keymap import KeyMap
 
 _ENCODER_RULES = [
+    # WavLM (s3prl's WavLM.py): the relative position bias lives in layer 0 and is shared; every layer has gates.
+    ("encoder.layers.0.self_attn.relative_attention_bias.", "encoder.relative_position.embedding."),
+    ("encoder.layers.{n}.self_attn.grep_linear.", "encoder.layers.{n}.attention.gate_linear."),
+    ("encoder.layers.{n}.self_attn.grep_a", "encoder.layers.{n}.attention.gate_const"),
     ("post_extract_proj.", "feature_projection."),
     ("encoder.pos_conv.0.weight_g", "encoder.pos_conv.conv.parametrizations.weight.original0"),
     ("encoder.pos_conv.0.weight_v", "encoder.pos_conv.conv.parametrizations.weight.original1"),
@@ -76,3 +86,29 @@ def fairseq_encoder_fields(encoder: EncoderConfig) -> dict:
         "activation_dropout": encoder.activation_dropout,
         "encoder_layerdrop": 0.0,
     }
+
+
+def teacher_copy_config(cfg: Mapping[str, Any]) -> StudentConfig:
+    """The student that is an exact copy of a fairseq-style HuBERT / wav2vec 2.0 / WavLM model (s3prl's
+    ``model_cfg`` / WavLM ``cfg`` fields): DPHuBERT's starting point, before gates are added."""
+    if cfg.get("normalize", False):
+        raise ValueError("the teacher normalises its waveform input (normalize: true); the student backbone "
+                         "has no waveform normalisation, so it cannot be an exact copy")
+    relative_position = None
+    if cfg.get("relative_position_embedding", False):
+        relative_position = RelativePositionConfig(
+            num_buckets=int(cfg.get("num_buckets", 320)), max_distance=int(cfg.get("max_distance", 1280)),
+            num_heads=int(cfg.get("encoder_attention_heads", 12)), gated=bool(cfg.get("gru_rel_pos", False)),
+        )
+    encoder = fairseq_encoder_config(cfg, int(cfg.get("encoder_layers", 12)), activation_dropout=0.0)
+    encoder = encoder.model_copy(update={"relative_position": relative_position})
+    return StudentConfig(
+        feature_extractor=FeatureExtractorConfig(
+            conv_layers=cfg.get("conv_feature_layers", "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"),
+            norm="layer_norm" if cfg.get("extractor_mode", "default") == "layer_norm" else "group_norm",
+            bias=bool(cfg.get("conv_bias", False)),
+        ),
+        feature_layer_norm=True,
+        feature_dropout=float(cfg.get("dropout_input", 0.0)),
+        encoder=EncoderConfig.model_validate(encoder.model_dump()),
+    )

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ConvLayerSpec, EncoderConfig
+from .config import ConvLayerSpec, EncoderConfig, PruningConfig, RelativePositionConfig
+from .gates import HardConcreteGate
 
 
 def lengths_to_padding_mask(lengths: Optional[Tensor], max_length: int) -> Optional[Tensor]:
@@ -52,7 +53,7 @@ def _masked_instance_norm(x: Tensor, lengths: Optional[Tensor], weight: Tensor, 
 
 
 class ConvLayerBlock(nn.Module):
-    """Conv1d -> dropout -> optional norm (group or layer) -> GELU."""
+    """Conv1d -> dropout -> optional norm (group or layer) -> GELU -> optional channel gate (pruning)."""
 
     def __init__(
         self,
@@ -63,6 +64,7 @@ class ConvLayerBlock(nn.Module):
         bias: bool,
         norm: Optional[str],
         dropout: float,
+        gate_initial_drop: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.kernel_size = kernel_size
@@ -79,6 +81,7 @@ class ConvLayerBlock(nn.Module):
             self.norm = None
         else:
             raise ValueError(f"unknown conv norm {norm!r}")
+        self.gate = HardConcreteGate(out_channels, gate_initial_drop) if gate_initial_drop is not None else None
 
     def forward(self, x: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """``x``: (batch, channels, time) -> same layout; ``lengths`` in time steps."""
@@ -93,13 +96,21 @@ class ConvLayerBlock(nn.Module):
                 x.transpose(1, 2).float(), self.norm.normalized_shape, self.norm.weight.float(),
                 self.norm.bias.float(), self.norm.eps,
             ).transpose(1, 2).to(x.dtype)
-        return F.gelu(x), lengths
+        x = F.gelu(x)
+        if self.gate is not None:
+            x = x * self.gate()[:, None].to(x.dtype)
+        return x, lengths
 
 
 class ConvFeatureExtractor(nn.Module):
     """Stack of :class:`ConvLayerBlock` turning raw audio into frames."""
 
-    def __init__(self, layers: List[ConvLayerSpec], norm: str, bias: bool, dropout: float) -> None:
+    def __init__(
+        self, layers: List[ConvLayerSpec], norm: str, bias: bool, dropout: float, output_scale: bool = False,
+        gate_initial_drop: Optional[float] = None,
+    ) -> None:
+        """``output_scale``: a fixed per-channel scale on the output (a buffer); ``gate_initial_drop``: a
+        hard-concrete gate on every layer's output channels, for pruning."""
         super().__init__()
         blocks = []
         in_channels = 1
@@ -108,10 +119,15 @@ class ConvFeatureExtractor(nn.Module):
                 block_norm = "group_norm" if index == 0 else None
             else:
                 block_norm = "layer_norm"
-            blocks.append(ConvLayerBlock(in_channels, channels, kernel, stride, bias, block_norm, dropout))
+            blocks.append(ConvLayerBlock(in_channels, channels, kernel, stride, bias, block_norm, dropout,
+                                         gate_initial_drop))
             in_channels = channels
         self.conv_layers = nn.ModuleList(blocks)
         self.out_channels = in_channels
+        if output_scale:
+            self.register_buffer("output_scale", torch.ones(in_channels))
+        else:
+            self.output_scale = None
         self.downsample_rate = math.prod(stride for _, _, stride in layers)
         self.receptive_field = self._receptive_field(layers)
 
@@ -133,7 +149,10 @@ class ConvFeatureExtractor(nn.Module):
         x = waveforms.unsqueeze(1)
         for block in self.conv_layers:
             x, lengths = block(x, lengths)
-        return x.transpose(1, 2), lengths
+        x = x.transpose(1, 2)
+        if self.output_scale is not None:
+            x = x * self.output_scale.to(x.dtype)
+        return x, lengths
 
 
 class ConvPositionalEmbedding(nn.Module):
@@ -158,10 +177,57 @@ class ConvPositionalEmbedding(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention``; the head count and width may be pruned."""
+def relative_position_buckets(query_length: int, key_length: int, num_buckets: int, max_distance: int,
+                               device: Optional[torch.device] = None) -> Tensor:
+    """(query_length, key_length) bucket of each key offset, bidirectional (WavLM, after T5): half the buckets per
+    direction; offsets below a quarter of ``num_buckets`` get their own bucket, larger ones share log-spaced buckets
+    up to ``max_distance``, beyond which they share the last."""
+    offsets = torch.arange(key_length, device=device)[None, :] - torch.arange(query_length, device=device)[:, None]
+    per_side = num_buckets // 2
+    buckets = (offsets > 0).long() * per_side
+    distance = offsets.abs()
+    exact = per_side // 2
+    # clamp(min=1) only keeps log() finite where the exact branch is taken anyway.
+    logarithmic = exact + (
+        torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (per_side - exact)
+    ).long()
+    logarithmic = logarithmic.clamp(max=per_side - 1)
+    return buckets + torch.where(distance < exact, distance, logarithmic)
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, dropout: float) -> None:
+
+class RelativePositionBias(nn.Module):
+    """WavLM's bucketed relative position bias, one learned value per bucket and head; computed once per forward
+    and shared by every layer (each layer gates it with its own input)."""
+
+    def __init__(self, config: RelativePositionConfig) -> None:
+        super().__init__()
+        self.num_buckets = config.num_buckets
+        self.max_distance = config.max_distance
+        self.embedding = nn.Embedding(config.num_buckets, config.num_heads)
+
+    def forward(self, frames: int) -> Tensor:
+        """(num_heads, frames, frames)."""
+        buckets = relative_position_buckets(frames, frames, self.num_buckets, self.max_distance,
+                                            self.embedding.weight.device)
+        return self.embedding(buckets).permute(2, 0, 1)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention``. The head count and width may be pruned
+    (0 heads leaves only ``out_proj``'s bias); optional WavLM gated relative position bias, and hard-concrete gates
+    on the heads and on the whole block for pruning."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        dropout: float,
+        relative_position: Optional[RelativePositionConfig] = None,
+        kept_heads: Optional[List[int]] = None,
+        head_gate_initial_drop: Optional[float] = None,
+        layer_gate_initial_drop: Optional[float] = None,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -171,62 +237,106 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, inner_dim)
         self.out_proj = nn.Linear(inner_dim, embed_dim)
         self.dropout = dropout
+        self.position_heads = 0
+        self.gate_linear, self.gate_const = None, None
+        if relative_position is not None:
+            # The gates see the layer input split into the unpruned head count's slices (not the q projection), so
+            # they do not change when heads are pruned; the layer then keeps its heads' share of the bias.
+            self.position_heads = relative_position.num_heads
+            if relative_position.gated:
+                self.gate_linear = nn.Linear(embed_dim // self.position_heads, 8)
+                self.gate_const = nn.Parameter(torch.ones(1, self.position_heads, 1, 1))
+            self.register_buffer("kept_heads", torch.tensor(kept_heads if kept_heads is not None else
+                                                            list(range(num_heads)), dtype=torch.long),
+                                 persistent=False)
+        self.head_gate = (HardConcreteGate(num_heads, head_gate_initial_drop)
+                          if head_gate_initial_drop is not None and num_heads > 0 else None)
+        self.layer_gate = (HardConcreteGate(1, layer_gate_initial_drop)
+                           if layer_gate_initial_drop is not None else None)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    def _position_mask(self, x: Tensor, position_bias: Tensor) -> Tensor:
+        """(B, heads kept, T, T): the shared bias scaled per head and query frame by this layer's gate."""
+        batch, frames, embed_dim = x.shape
+        bias = position_bias.unsqueeze(0)  # (1, H, T, T)
+        if self.gate_linear is not None:
+            slices = x.view(batch, frames, self.position_heads, embed_dim // self.position_heads).transpose(1, 2)
+            gates = torch.sigmoid(self.gate_linear(slices).view(batch, self.position_heads, frames, 2, 4).sum(-1))
+            gate_a, gate_b = gates[..., :1], gates[..., 1:]
+            bias = (gate_a * (gate_b * self.gate_const - 1.0) + 2.0) * bias
+        return bias.index_select(1, self.kept_heads)
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor], position_bias: Optional[Tensor] = None) -> Tensor:
         batch, frames, _ = x.shape
+        if self.num_heads == 0:
+            out = self.out_proj.bias.expand(batch, frames, -1)
+        else:
+            def split_heads(t: Tensor) -> Tensor:
+                return t.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
 
-        def split_heads(t: Tensor) -> Tensor:
-            return t.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = split_heads(self.q_proj(x)), split_heads(self.k_proj(x)), split_heads(self.v_proj(x))
-        attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        out = out.transpose(1, 2).reshape(batch, frames, self.num_heads * self.head_dim)
-        return self.out_proj(out)
+            q, k, v = split_heads(self.q_proj(x)), split_heads(self.k_proj(x)), split_heads(self.v_proj(x))
+            attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+            if position_bias is not None and self.position_heads:
+                bias = self._position_mask(x, position_bias).to(q.dtype)
+                attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            )
+            if self.head_gate is not None:
+                out = out * self.head_gate()[None, :, None, None].to(out.dtype)
+            out = out.transpose(1, 2).reshape(batch, frames, self.num_heads * self.head_dim)
+            out = self.out_proj(out)
+        if self.layer_gate is not None:
+            out = out * self.layer_gate().to(out.dtype)
+        return out
 
 
 class FeedForward(nn.Module):
-    def __init__(self, embed_dim: int, ffn_dim: int, activation: str, activation_dropout: float) -> None:
+    """fc1 -> activation -> dropout -> (unit gate) -> fc2 -> (block gate); 0 units leaves fc2's bias."""
+
+    def __init__(
+        self, embed_dim: int, ffn_dim: int, activation: str, activation_dropout: float,
+        unit_gate_initial_drop: Optional[float] = None, layer_gate_initial_drop: Optional[float] = None,
+    ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(embed_dim, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, embed_dim)
         self.activation = F.gelu if activation == "gelu" else F.relu
         self.dropout = nn.Dropout(activation_dropout)
+        self.unit_gate = (HardConcreteGate(ffn_dim, unit_gate_initial_drop)
+                          if unit_gate_initial_drop is not None and ffn_dim > 0 else None)
+        self.layer_gate = (HardConcreteGate(1, layer_gate_initial_drop)
+                           if layer_gate_initial_drop is not None else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+        hidden = self.dropout(self.activation(self.fc1(x)))
+        if self.unit_gate is not None:
+            hidden = hidden * self.unit_gate().to(hidden.dtype)
+        out = self.fc2(hidden)
+        if self.layer_gate is not None:
+            out = out * self.layer_gate().to(out.dtype)
+        return out
 
 
 class EncoderLayer(nn.Module):
     """Transformer layer, post-LN (BERT / HuBERT Base) or pre-LN (``layer_norm_first``, the Large models)."""
 
     def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        head_dim: int,
-        ffn_dim: int,
-        layer_norm_first: bool,
-        activation: str,
+        self, embed_dim: int, attention: SelfAttention, feed_forward: FeedForward, layer_norm_first: bool,
         dropout: float,
-        attention_dropout: float,
-        activation_dropout: float,
     ) -> None:
         super().__init__()
         self.layer_norm_first = layer_norm_first
-        self.attention = SelfAttention(embed_dim, num_heads, head_dim, attention_dropout)
+        self.attention = attention
         self.attention_norm = nn.LayerNorm(embed_dim)
-        self.feed_forward = FeedForward(embed_dim, ffn_dim, activation, activation_dropout)
+        self.feed_forward = feed_forward
         self.feed_forward_norm = nn.LayerNorm(embed_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor], position_bias: Optional[Tensor] = None) -> Tensor:
         if self.layer_norm_first:
-            x = x + self.dropout(self.attention(self.attention_norm(x), padding_mask))
+            x = x + self.dropout(self.attention(self.attention_norm(x), padding_mask, position_bias))
             return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
-        x = self.attention_norm(x + self.dropout(self.attention(x, padding_mask)))
+        x = self.attention_norm(x + self.dropout(self.attention(x, padding_mask, position_bias)))
         return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
 
 
@@ -245,6 +355,7 @@ class TimeReduction(nn.Module):
 
 
 class EncoderOutput(NamedTuple):
+    encoder_input: Tensor  # what the first layer sees: features + positional conv (+ LayerNorm when post-LN)
     last_hidden: Tensor  # last layer's output (+ final LayerNorm when pre-LN), at the encoder's output rate
     layer_outputs: List[Tensor]  # raw output of every layer, each at its own rate
     lengths: Optional[Tensor]  # valid frames at the output rate (None: no padding)
@@ -252,9 +363,11 @@ class EncoderOutput(NamedTuple):
 
 
 class TransformerEncoder(nn.Module):
-    """Positional convolution, LayerNorm, a stack of :class:`EncoderLayer` and an optional time reduction."""
+    """Positional convolution, LayerNorm, a stack of :class:`EncoderLayer` and an optional time reduction; with
+    ``relative_position``, WavLM's shared relative position bias; with ``pruning``, gates on heads, FFN units and
+    (optionally) whole blocks."""
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, pruning: Optional[PruningConfig] = None) -> None:
         super().__init__()
         self.layer_norm_first = config.layer_norm_first
         self.pos_conv = ConvPositionalEmbedding(
@@ -262,20 +375,29 @@ class TransformerEncoder(nn.Module):
         )
         self.layer_norm = nn.LayerNorm(config.embed_dim)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(
-            EncoderLayer(
-                config.embed_dim,
-                num_heads,
-                config.layer_head_dim(num_heads),
-                ffn_dim,
-                config.layer_norm_first,
-                config.activation,
-                config.dropout,
-                config.attention_dropout,
-                config.activation_dropout,
+        self.relative_position = (RelativePositionBias(config.relative_position)
+                                  if config.relative_position is not None else None)
+
+        # Initial drop probability of each kind of gate; None: no gate of that kind.
+        head_drop = unit_drop = attention_block_drop = ffn_block_drop = None
+        if pruning is not None:
+            head_drop = pruning.head_initial_drop if pruning.attention_heads else None
+            unit_drop = pruning.ffn_initial_drop if pruning.ffn_units else None
+            attention_block_drop = pruning.layer_initial_drop if pruning.attention_layers else None
+            ffn_block_drop = pruning.layer_initial_drop if pruning.ffn_layers else None
+        layers = []
+        for num_heads, ffn_dim, kept in zip(config.layer_num_heads(), config.layer_ffn_dims(),
+                                            config.layer_kept_heads()):
+            attention = SelfAttention(
+                config.embed_dim, num_heads, config.layer_head_dim(num_heads), config.attention_dropout,
+                config.relative_position, kept, head_drop, attention_block_drop,
             )
-            for num_heads, ffn_dim in zip(config.layer_num_heads(), config.layer_ffn_dims())
-        )
+            feed_forward = FeedForward(
+                config.embed_dim, ffn_dim, config.activation, config.activation_dropout, unit_drop, ffn_block_drop,
+            )
+            layers.append(EncoderLayer(config.embed_dim, attention, feed_forward, config.layer_norm_first,
+                                       config.dropout))
+        self.layers = nn.ModuleList(layers)
         tr = config.time_reduction
         self.time_reduction_index = tr.index if tr is not None else None
         self.time_reduction = TimeReduction(config.embed_dim, tr.factor) if tr is not None else None
@@ -291,17 +413,21 @@ class TransformerEncoder(nn.Module):
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
+        encoder_input = x
         layer_outputs = []
+        position_bias = None
         for index, layer in enumerate(self.layers):
             if index == self.time_reduction_index:
                 x, lengths, padding_mask = self._reduce(x, lengths)
-            x = layer(x, padding_mask)
+            if self.relative_position is not None and (position_bias is None or position_bias.shape[-1] != x.shape[1]):
+                position_bias = self.relative_position(x.shape[1])
+            x = layer(x, padding_mask, position_bias)
             layer_outputs.append(x)
         if self.time_reduction_index == len(self.layers):
             x, lengths, padding_mask = self._reduce(x, lengths)
         if self.layer_norm_first:
             x = self.layer_norm(x)
-        return EncoderOutput(x, layer_outputs, lengths, padding_mask)
+        return EncoderOutput(encoder_input, x, layer_outputs, lengths, padding_mask)
 
     def _reduce(self, x: Tensor, lengths: Optional[Tensor]):
         x, lengths = self.time_reduction(x, lengths)

@@ -82,6 +82,9 @@ class FeatureExtractorConfig(StrictModel):
     dropout: float = 0.0
     # Scales the gradient reaching the CNN (DistilHuBERT uses 0.1); 0 freezes it and skips its backward pass.
     grad_mult: float = 1.0
+    # A fixed per-channel scale on the CNN output: where pruning folds the last conv layer's soft mask when a
+    # LayerNorm follows (DPHuBERT's ``dummy_weight``).
+    output_scale: bool = False
 
     @field_validator("conv_layers", mode="before")
     @classmethod
@@ -116,16 +119,37 @@ class TimeReductionConfig(StrictModel):
         return self
 
 
+class RelativePositionConfig(StrictModel):
+    """WavLM's gated relative position bias: one bucketed bias per head (``num_buckets`` buckets, log-spaced up to
+    ``max_distance`` frames) computed once for the encoder, then per layer scaled by a gate computed from that
+    layer's input (``gated``). ``num_heads`` is the unpruned head count the bias and gates are computed for."""
+
+    num_buckets: int = 320
+    max_distance: int = 800
+    num_heads: int = 12
+    gated: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "RelativePositionConfig":
+        if self.num_buckets < 4 or self.max_distance < 2 or self.num_heads < 1:
+            raise ValueError("num_buckets >= 4, max_distance >= 2 and num_heads >= 1 are required")
+        return self
+
+
 class EncoderConfig(StrictModel):
     """The transformer encoder: positional convolution and ``num_layers`` self-attention layers."""
 
     num_layers: int = 2
     embed_dim: int = 768
-    # An int applies to every layer; a list gives each layer its own width (pruned students).
+    # An int applies to every layer; a list gives each layer its own width (pruned students). 0 leaves a layer
+    # without attention heads / FFN units (the block's output bias remains).
     ffn_dim: Union[int, List[int]] = 3072
     num_heads: Union[int, List[int]] = 12
-    # Width of one attention head; defaults to embed_dim // num_heads.
+    # Width of one attention head; defaults to embed_dim // num_heads (or // relative_position.num_heads).
     head_dim: Optional[int] = None
+    relative_position: Optional[RelativePositionConfig] = None
+    # With relative_position: which of its heads each layer keeps (pruned WavLM students); default all of them.
+    kept_heads: Optional[List[List[int]]] = None
     layer_norm_first: bool = False
     activation: Literal["gelu", "relu"] = "gelu"
     dropout: float = 0.1
@@ -151,17 +175,48 @@ class EncoderConfig(StrictModel):
             values = getattr(self, name)
             if isinstance(values, list) and len(values) != self.num_layers:
                 raise ValueError(f"{name} lists {len(values)} values for {self.num_layers} layers")
-            if any(v <= 0 for v in (values if isinstance(values, list) else [values])):
-                raise ValueError(f"{name} must be > 0")
+            if any(v < 0 for v in (values if isinstance(values, list) else [values])):
+                raise ValueError(f"{name} must be >= 0")
         if self.head_dim is None:
-            bad = [h for h in self.layer_num_heads() if self.embed_dim % h]
+            reference = [self.relative_position.num_heads] if self.relative_position else self.layer_num_heads()
+            if 0 in reference:
+                raise ValueError("a layer has 0 heads: set head_dim")
+            bad = [h for h in reference if self.embed_dim % h]
             if bad:
                 raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {bad[0]}; set head_dim")
+        self._check_relative_position()
         if self.pos_conv_kernel <= 0 or self.embed_dim % self.pos_conv_groups:
             raise ValueError("pos_conv_kernel must be > 0 and embed_dim divisible by pos_conv_groups")
         if self.time_reduction is not None and self.time_reduction.index > self.num_layers:
             raise ValueError(f"time_reduction.index {self.time_reduction.index} > num_layers {self.num_layers}")
         return self
+
+    def _check_relative_position(self) -> None:
+        position = self.relative_position
+        if position is None:
+            if self.kept_heads is not None:
+                raise ValueError("kept_heads applies only with relative_position")
+            return
+        if self.embed_dim % position.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by relative_position.num_heads "
+                             f"{position.num_heads} (the gates split the layer input per head)")
+        if self.kept_heads is None:
+            if any(h != position.num_heads for h in self.layer_num_heads()):
+                raise ValueError("with relative_position and fewer heads than relative_position.num_heads, list "
+                                 "each layer's kept_heads")
+            return
+        if len(self.kept_heads) != self.num_layers:
+            raise ValueError(f"kept_heads lists {len(self.kept_heads)} layers for {self.num_layers}")
+        for index, (kept, count) in enumerate(zip(self.kept_heads, self.layer_num_heads())):
+            if len(kept) != count or len(set(kept)) != len(kept) or any(not 0 <= h < position.num_heads for h in kept):
+                raise ValueError(f"kept_heads[{index}] = {kept} must be {count} distinct heads in "
+                                 f"0..{position.num_heads - 1} (num_heads of that layer)")
+
+    def layer_kept_heads(self) -> List[List[int]]:
+        """Per layer, the heads (of relative_position.num_heads) it keeps."""
+        if self.kept_heads is not None:
+            return [list(kept) for kept in self.kept_heads]
+        return [list(range(h)) for h in self.layer_num_heads()]
 
     def layer_rate_factor(self, layer: int) -> int:
         """How many input frames one output frame of layer ``layer`` (0-based) covers."""
@@ -175,7 +230,11 @@ class EncoderConfig(StrictModel):
         return self.num_heads if isinstance(self.num_heads, list) else [self.num_heads] * self.num_layers
 
     def layer_head_dim(self, num_heads: int) -> int:
-        return self.head_dim if self.head_dim is not None else self.embed_dim // num_heads
+        if self.head_dim is not None:
+            return self.head_dim
+        if self.relative_position is not None:
+            return self.embed_dim // self.relative_position.num_heads
+        return self.embed_dim // num_heads
 
 
 class FbankFrontEndConfig(StrictModel):
@@ -205,6 +264,29 @@ class CodewordHeadConfig(StrictModel):
     out_dim: int = Field(ge=1)
 
 
+class PruningConfig(StrictModel):
+    """Hard-concrete (L0) gates for structured pruning (DPHuBERT): which units get gates, and each gate's initial
+    drop probability m (log_alpha ~ N(log((1 - m) / m), 0.01); DPHuBERT's values). Pruning then removes the units
+    whose final gate is 0 (``s3prl-distill prune``)."""
+
+    conv_channels: bool = True  # output channels of every CNN layer
+    attention_heads: bool = True
+    ffn_units: bool = True  # FFN intermediate units
+    attention_layers: bool = False  # whole attention blocks (off in DPHuBERT's recipe)
+    ffn_layers: bool = False  # whole FFN blocks (idem)
+    conv_initial_drop: float = 0.01
+    head_initial_drop: float = 0.01
+    ffn_initial_drop: float = 0.5
+    layer_initial_drop: float = 0.01
+
+    @model_validator(mode="after")
+    def _check(self) -> "PruningConfig":
+        for name in ("conv_initial_drop", "head_initial_drop", "ffn_initial_drop", "layer_initial_drop"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in (0, 1)")
+        return self
+
+
 class PredictionHeadConfig(StrictModel):
     """Heads that map the student to teacher layers.
 
@@ -213,9 +295,14 @@ class PredictionHeadConfig(StrictModel):
     ``layerwise`` (FitHuBERT hints, deep-thin students): one head per encoder layer, head ``i`` on layer ``i + 1``
     predicting ``target_layers[i]``: a ConvTranspose1d back to 20 ms for layers after a time reduction, then a
     Linear to ``out_dim`` when the widths differ.
+    ``projection`` (DPHuBERT, SKILL): student hidden state i predicts teacher hidden state i (both in s3prl
+    indexing) through a Linear shared by the layers of a group of ``target_groups`` (identity-initialised when the
+    widths match). ``group_target: each`` (DPHuBERT): one target per layer; ``mean`` (SKILL): one target per group,
+    the mean of the teacher's states in it, predicted from the mean of the student's states at the same indices
+    (``group_student: mean``) or from the group's last index (``last``).
     """
 
-    type: Literal["expand_last", "layerwise"] = "expand_last"
+    type: Literal["expand_last", "layerwise", "projection"] = "expand_last"
     # Teacher hidden-state indices (s3prl indexing: 0 = transformer input, i = output of layer i).
     target_layers: List[int] = Field(default_factory=lambda: [4, 8, 12])
     inner_dim: Optional[int] = None  # defaults to the encoder width
@@ -223,6 +310,9 @@ class PredictionHeadConfig(StrictModel):
     # Also a Linear from the front-end output to out_dim, predicting the teacher's hidden state 0 (the fbank
     # front end's adaptation stage).
     front_end: bool = False
+    target_groups: Optional[List[List[int]]] = None  # projection heads only
+    group_target: Literal["each", "mean"] = "each"
+    group_student: Literal["mean", "last"] = "mean"
 
     @field_validator("target_layers")
     @classmethod
@@ -230,6 +320,37 @@ class PredictionHeadConfig(StrictModel):
         if not value or any(v < 0 for v in value):
             raise ValueError("target_layers must be a non-empty list of indices >= 0")
         return value
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> "PredictionHeadConfig":
+        if self.type != "projection":
+            if self.target_groups is not None:
+                raise ValueError("target_groups applies only to projection heads")
+            return self
+        groups = self.target_groups
+        if not groups or any(not group for group in groups):
+            raise ValueError("projection heads need target_groups: a non-empty list of non-empty layer lists")
+        flat = [layer for group in groups for layer in group]
+        if any(layer < 0 for layer in flat) or len(set(flat)) != len(flat):
+            raise ValueError(f"target_groups {groups}: layers must be >= 0 and appear once")
+        if "target_layers" in self.model_fields_set and self.target_layers != sorted(flat):
+            raise ValueError(f"projection heads take their layers from target_groups ({sorted(flat)}); "
+                             "drop target_layers")
+        # Kept in step so code that reads target_layers (logging, caches) sees the teacher layers used.
+        object.__setattr__(self, "target_layers", sorted(flat))
+        return self
+
+    def projection_targets(self) -> List[List[int]]:
+        """Per prediction, the hidden-state indices averaged into its target (one index in ``each`` mode)."""
+        if self.group_target == "each":
+            return [[layer] for group in self.target_groups for layer in group]
+        return [sorted(group) for group in self.target_groups]
+
+    def projection_of_target(self) -> List[int]:
+        """Per prediction, the index of the group Linear it goes through."""
+        if self.group_target == "each":
+            return [g for g, group in enumerate(self.target_groups) for _ in group]
+        return list(range(len(self.target_groups)))
 
 
 class StudentConfig(StrictModel):
@@ -240,11 +361,15 @@ class StudentConfig(StrictModel):
     fbank_front_end: Optional[FbankFrontEndConfig] = None
     # LayerNorm on the CNN output (HuBERT and FitHuBERT have it, DistilHuBERT does not).
     feature_layer_norm: bool = False
+    # CNN output channels removed by pruning that this LayerNorm still counts as zeros, so a pruned student computes
+    # exactly what its gated form did (where those channels were gated to 0 but still in the statistics).
+    feature_layer_norm_pruned: int = 0
     # Dropout on the projected features, before the positional convolution (fairseq's dropout_input).
     feature_dropout: float = 0.0
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     prediction_head: Optional[PredictionHeadConfig] = None
     codeword_head: Optional[CodewordHeadConfig] = None
+    pruning: Optional[PruningConfig] = None
 
     @field_validator("feature_dropout")
     @classmethod
@@ -254,10 +379,18 @@ class StudentConfig(StrictModel):
     @model_validator(mode="after")
     def _check_heads(self) -> "StudentConfig":
         if self.fbank_front_end is not None:
-            cnn_only = sorted({"feature_extractor", "feature_layer_norm"} & self.model_fields_set)
+            cnn_only = sorted({"feature_extractor", "feature_layer_norm", "feature_layer_norm_pruned"}
+                              & self.model_fields_set)
             if cnn_only:
                 raise ValueError(f"{', '.join(cnn_only)}: the CNN's options do not apply with fbank_front_end")
         head = self.prediction_head
+        if head is not None and head.type == "projection" and max(head.target_layers) > self.encoder.num_layers:
+            raise ValueError(f"projection heads: target layer {max(head.target_layers)} but the student has hidden "
+                             f"states 0..{self.encoder.num_layers}")
+        if self.pruning is not None and self.pruning.conv_channels:
+            if self.fbank_front_end is not None or self.feature_extractor.norm != "group_norm":
+                raise ValueError("pruning.conv_channels needs the CNN with group_norm (per-channel statistics); a "
+                                 "LayerNorm over channels would change when channels are removed")
         if head is not None and head.type == "layerwise" and len(head.target_layers) != self.encoder.num_layers:
             raise ValueError(
                 f"layerwise heads: {len(head.target_layers)} target_layers for {self.encoder.num_layers} layers"
@@ -282,8 +415,10 @@ class StudentConfig(StrictModel):
         """A plain, YAML/torch-serialisable dict that :meth:`from_dict` reads back."""
         data = self.model_dump()
         data["feature_extractor"]["conv_layers"] = format_conv_layers(self.feature_extractor.conv_layers)
+        if self.prediction_head is not None and self.prediction_head.type == "projection":
+            del data["prediction_head"]["target_layers"]  # derived from target_groups
         if self.fbank_front_end is not None:  # the CNN sections are unused and would not validate back
-            del data["feature_extractor"], data["feature_layer_norm"]
+            del data["feature_extractor"], data["feature_layer_norm"], data["feature_layer_norm_pruned"]
         return data
 
 

@@ -9,6 +9,7 @@ from .config import (
     FbankFrontEndConfig,
     FeatureExtractorConfig,
     PredictionHeadConfig,
+    PruningConfig,
     StudentConfig,
     TimeReductionConfig,
 )
@@ -75,7 +76,7 @@ def with_fbank_front_end(config: StudentConfig, front_end_head: bool = True) -> 
     """The same student with Wang et al.'s fbank front end (80-dim fbank -> Conv1d stride 2 + GLU -> Linear) in
     place of the CNN and its projection, plus (for the front-end stage) a head predicting teacher hidden state 0."""
     data = config.to_dict()
-    del data["feature_extractor"], data["feature_layer_norm"]
+    del data["feature_extractor"], data["feature_layer_norm"], data["feature_layer_norm_pruned"]
     data["fbank_front_end"] = FbankFrontEndConfig().model_dump()
     if data["prediction_head"] is not None:
         data["prediction_head"]["front_end"] = front_end_head
@@ -86,3 +87,14 @@ def with_codeword_head(config: StudentConfig, kind: str = "logits", out_dim: int
     """The same student with a codeword head for the discriminative loss (``logits``: HuBERT Base's 504 codewords;
     ``cosine``: its 256-dim projection)."""
     return config.model_copy(update={"codeword_head": CodewordHeadConfig(type=kind, out_dim=out_dim)})
+
+
+def pruning_student_config(teacher_copy: StudentConfig, target_groups=((0,), (4, 8, 12)), group_target: str = "each",
+                           pruning: PruningConfig = PruningConfig()) -> StudentConfig:
+    """DPHuBERT / SKILL: the teacher's own architecture (``teacher_copy``, e.g. from
+    ``importers.fairseq.teacher_copy_config``) with hard-concrete gates and projection heads on ``target_groups``
+    (DPHuBERT's default: layer 0, and layers 4, 8, 12 sharing one Linear; SKILL: groups from layer-similarity with
+    ``group_target="mean"``)."""
+    head = PredictionHeadConfig(type="projection", target_groups=[list(group) for group in target_groups],
+                                group_target=group_target, out_dim=teacher_copy.encoder.embed_dim)
+    return teacher_copy.model_copy(update={"prediction_head": head, "pruning": pruning})

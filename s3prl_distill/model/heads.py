@@ -54,3 +54,29 @@ class LayerwiseHeads(nn.Module):
         outputs = [head(x) for head, x in zip(self.heads, layer_outputs)]
         frames = min(o.shape[1] for o in outputs)  # layers before/after a time reduction may differ by a frame
         return torch.stack([o[:, :frames] for o in outputs], dim=1)
+
+
+class GroupProjectionHeads(nn.Module):
+    """DPHuBERT / SKILL heads: per prediction, the student's hidden states at its indices (s3prl indexing), averaged,
+    through its group's Linear (identity-initialised with zero bias when the widths match, so training starts
+    from the copied teacher's own states)."""
+
+    def __init__(self, in_dim: int, out_dim: int, sources: List[List[int]], projection_of: List[int],
+                 num_groups: int) -> None:
+        super().__init__()
+        self.sources = [list(indices) for indices in sources]
+        self.projection_of = list(projection_of)
+        self.projections = nn.ModuleList(nn.Linear(in_dim, out_dim) for _ in range(num_groups))
+        if in_dim == out_dim:
+            for projection in self.projections:
+                nn.init.eye_(projection.weight)
+                nn.init.zeros_(projection.bias)
+
+    def forward(self, hidden_states: List[Tensor]) -> Tensor:
+        """``hidden_states``: [encoder input, layer 1, ...] -> (batch, num_predictions, frames, out_dim)."""
+        outputs = []
+        for indices, group in zip(self.sources, self.projection_of):
+            source = hidden_states[indices[0]] if len(indices) == 1 else \
+                torch.stack([hidden_states[i] for i in indices]).mean(0)
+            outputs.append(self.projections[group](source))
+        return torch.stack(outputs, dim=1)

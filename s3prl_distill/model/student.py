@@ -10,10 +10,12 @@ from torch import Tensor, nn
 from .blocks import ConvFeatureExtractor, TransformerEncoder, lengths_to_padding_mask
 from .config import StudentConfig
 from .fbank import FbankFrontEnd
-from .heads import ExpandLastHead, LayerwiseHeads
+from .heads import ExpandLastHead, GroupProjectionHeads, LayerwiseHeads
 
 # Parameters that only serve training (prediction targets), not the features an upstream gives.
 HEAD_PREFIXES = ("prediction_head.", "front_end_head.", "codeword_head.")
+# Hard-concrete gate parameters: trained with their own learning rate, removed by pruning, never backbone weights.
+GATE_SUFFIX = ".log_alpha"
 
 
 class StudentOutput(NamedTuple):
@@ -25,6 +27,11 @@ class StudentOutput(NamedTuple):
     padding_mask: Optional[Tensor]  # (batch, frames), True on padded CNN frames; None without padding
     front_end_prediction: Optional[Tensor] = None  # (batch, frames, out_dim): the front-end head, if any
     codeword_output: Optional[Tensor] = None  # (batch, frames, out_dim): the codeword head on the last layer
+    encoder_input: Optional[Tensor] = None  # what the first layer sees (after the positional conv and LayerNorm)
+
+    def hidden_states(self) -> List[Tensor]:
+        """s3prl's indexing of a HuBERT-like model: [encoder input, output of layer 1, ..., layer L]."""
+        return [self.encoder_input, *self.layer_outputs]
 
 
 class StudentModel(nn.Module):
@@ -41,13 +48,21 @@ class StudentModel(nn.Module):
             self.fbank = FbankFrontEnd(fbank.num_mel_bins, embed_dim, fbank.kernel_size)
         else:
             fe = config.feature_extractor
-            self.feature_extractor = ConvFeatureExtractor(fe.conv_layers, fe.norm, fe.bias, fe.dropout)
+            pruning = config.pruning
+            self.feature_extractor = ConvFeatureExtractor(
+                fe.conv_layers, fe.norm, fe.bias, fe.dropout, fe.output_scale,
+                pruning.conv_initial_drop if pruning is not None and pruning.conv_channels else None,
+            )
             channels = self.feature_extractor.out_channels
             self.feature_norm = nn.LayerNorm(channels) if config.feature_layer_norm else None
             # As in fairseq, no projection when the CNN already has the encoder's width.
             self.feature_projection = nn.Linear(channels, embed_dim) if channels != embed_dim else None
+            if config.feature_layer_norm_pruned:
+                # What the pruned channels' LayerNorm outputs (bias - mean * rstd * weight) gave the projection:
+                # the bias part is folded into the projection's bias, the rest is this direction times -mean * rstd.
+                self.register_buffer("pruned_channel_direction", torch.zeros(embed_dim))
         self.feature_dropout = nn.Dropout(config.feature_dropout)
-        self.encoder = TransformerEncoder(config.encoder)
+        self.encoder = TransformerEncoder(config.encoder, config.pruning)
         head = config.prediction_head
         if head is None:
             self.prediction_head = None
@@ -55,12 +70,33 @@ class StudentModel(nn.Module):
             self.prediction_head = ExpandLastHead(
                 embed_dim, head.inner_dim or embed_dim, head.out_dim, len(head.target_layers)
             )
+        elif head.type == "projection":
+            sources = head.projection_targets()
+            if head.group_target == "mean" and head.group_student == "last":
+                sources = [[max(indices)] for indices in sources]
+            self.prediction_head = GroupProjectionHeads(embed_dim, head.out_dim, sources,
+                                                        head.projection_of_target(), len(head.target_groups))
         else:
             factors = [config.encoder.layer_rate_factor(i) for i in range(config.encoder.num_layers)]
             self.prediction_head = LayerwiseHeads(embed_dim, head.out_dim, factors)
         self.front_end_head = nn.Linear(embed_dim, head.out_dim) if head is not None and head.front_end else None
         codewords = config.codeword_head
         self.codeword_head = nn.Linear(embed_dim, codewords.out_dim) if codewords is not None else None
+
+    def _normalise_and_project(self, features: Tensor) -> Tensor:
+        """CNN output -> (LayerNorm) -> (projection)."""
+        pruned = self.config.feature_layer_norm_pruned
+        if self.feature_norm is not None and pruned:
+            # The LayerNorm of the gated model saw ``pruned`` more channels, all zero: same statistics here.
+            width = features.shape[-1] + pruned
+            mean = features.sum(-1, keepdim=True) / width
+            variance = ((features - mean).pow(2).sum(-1, keepdim=True) + pruned * mean.pow(2)) / width
+            rstd = torch.rsqrt(variance + self.feature_norm.eps)
+            normed = (features - mean) * rstd * self.feature_norm.weight + self.feature_norm.bias
+            return self.feature_projection(normed) - (mean * rstd) * self.pruned_channel_direction
+        if self.feature_norm is not None:
+            features = self.feature_norm(features)
+        return features if self.feature_projection is None else self.feature_projection(features)
 
     @property
     def front_end(self) -> nn.Module:
@@ -82,7 +118,8 @@ class StudentModel(nn.Module):
 
     def num_parameters(self, include_heads: bool = False) -> int:
         """Parameter count of the backbone, optionally with the heads used in training."""
-        return sum(p.numel() for name, p in self.named_parameters() if include_heads or not name.startswith(HEAD_PREFIXES))
+        return sum(p.numel() for name, p in self.named_parameters()
+                   if (include_heads or not name.startswith(HEAD_PREFIXES)) and not name.endswith(GATE_SUFFIX))
 
     def extract_features(self, waveforms: Tensor, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """CNN with the configured gradient scaling (or the fbank front end) -> (features (B, T, C), frame lengths)."""
@@ -104,10 +141,7 @@ class StudentModel(nn.Module):
         ``predict``: run the training heads; ``front_end_only``: stop after the front end (and its head), for
         training the front end alone."""
         features, frame_lengths = self.extract_features(waveforms, lengths)
-        if self.feature_norm is not None:
-            features = self.feature_norm(features)
-        if self.feature_projection is not None:
-            features = self.feature_projection(features)
+        features = self._normalise_and_project(features)
         features = self.feature_dropout(features)
         padding_mask = lengths_to_padding_mask(frame_lengths, features.shape[1])
         if padding_mask is not None:
@@ -120,9 +154,11 @@ class StudentModel(nn.Module):
         if predict and self.prediction_head is not None:
             if isinstance(self.prediction_head, LayerwiseHeads):
                 predictions = self.prediction_head(encoded.layer_outputs)
+            elif isinstance(self.prediction_head, GroupProjectionHeads):
+                predictions = self.prediction_head([encoded.encoder_input, *encoded.layer_outputs])
             else:
                 predictions = self.prediction_head(encoded.last_hidden)
         if predict and self.codeword_head is not None:
             codeword_output = self.codeword_head(encoded.last_hidden)
         return StudentOutput(features, encoded.layer_outputs, encoded.last_hidden, predictions, frame_lengths,
-                             padding_mask, front_end_prediction, codeword_output)
+                             padding_mask, front_end_prediction, codeword_output, encoded.encoder_input)

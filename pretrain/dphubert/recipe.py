@@ -1,0 +1,147 @@
+"""DPHuBERT (Peng et al., 2023) and SKILL (Zampierin et al., 2024): joint distillation and structured pruning.
+
+The student starts as a copy of the teacher with hard-concrete gates (``student.pruning``) and ``projection`` heads
+(``student.prediction_head``): DPHuBERT distils hand-picked layers, each through its group's Linear; SKILL distils
+the mean of each group of similar layers (groups from ``s3prl-distill layer-similarity``). The loss is
+l1 · L1 − cos · cos (DPHuBERT's, or −log σ(cos)), plus the Lagrangian size penalty while the student has gates.
+After training, ``s3prl-distill prune`` removes the gated-off units; a second run of this recipe on the pruned
+student (no gates, so no penalty) is DPHuBERT's final distillation.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Mapping, Optional
+
+import torch
+from pydantic import model_validator
+from torch import Tensor, nn
+
+from s3prl_distill.checkpoint import export_student
+from s3prl_distill.losses import (
+    LossTerm,
+    log_sigmoid_cosine_term,
+    negative_cosine_term,
+    regression_term,
+    scalar_term,
+)
+from s3prl_distill.model.config import StrictModel, StudentConfig
+from s3prl_distill.model.pruning import SparsityPenalty, expected_num_parameters, has_gates
+from s3prl_distill.model.student import GATE_SUFFIX, StudentModel
+
+from ..method import DistillationBatch, Method
+
+
+class DPHuBERTMethodConfig(StrictModel):
+    """``dphubert`` and ``skill`` are the same recipe; the name records which one a run is."""
+
+    name: Literal["dphubert", "skill"] = "dphubert"
+    l1_weight: float = 1.0
+    cosine_weight: float = 1.0
+    cosine_type: Literal["raw", "log_sigmoid"] = "raw"  # DPHuBERT: raw (-cos); log_sigmoid: -log σ(cos)
+    mask_padding: bool = True  # exclude padded frames (DPHuBERT crops batches to the shortest utterance instead)
+    # Fraction of the unpruned student's parameters to remove, reached linearly over the warm-up, then held.
+    target_sparsity: float = 0.75
+    sparsity_warmup_steps: int = 5000
+    gate_lr: float = 0.02  # learning rate of the gates' log_alpha (DPHuBERT's reg_lr)
+    lagrangian_lr: float = 0.02  # learning rate of λ1, λ2 (gradient ascent)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DPHuBERTMethodConfig":
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError("target_sparsity must be in [0, 1)")
+        if self.sparsity_warmup_steps < 0 or self.gate_lr <= 0 or self.lagrangian_lr <= 0:
+            raise ValueError("sparsity_warmup_steps >= 0, gate_lr > 0 and lagrangian_lr > 0 are required")
+        return self
+
+
+class DPHuBERT(Method):
+    def __init__(self, config: DPHuBERTMethodConfig, student: StudentConfig) -> None:
+        head = student.prediction_head
+        if head is None or head.type != "projection":
+            raise ValueError(f"the {config.name} method needs a student with a projection prediction_head "
+                             "(target_groups)")
+        self.config = config
+        self.targets: List[List[int]] = head.projection_targets()
+        self.target_layers = sorted({layer for target in self.targets for layer in target})
+        self.prediction_indices = list(range(len(self.targets)))
+        self.penalty = SparsityPenalty()
+        self.full_parameters: Optional[int] = None  # the unpruned student's size, set by bind()
+        self.last_scalars: Dict[str, float] = {}
+
+    def bind(self, student: StudentModel) -> None:
+        """Called once with the student: its unpruned size is the reference of the sparsity."""
+        self.full_parameters = student.num_parameters()
+        self.pruning = has_gates(student)
+        self.penalty.to(next(student.parameters()).device)
+
+    def target_stack(self, hidden_states: List[Tensor], frames: int) -> Tensor:
+        """(B, N, T, D): each target's teacher state, or the mean of its group's states (SKILL)."""
+        stacked = []
+        for layers in self.targets:
+            states = [hidden_states[i][:, :frames] for i in layers]
+            stacked.append(states[0] if len(states) == 1 else torch.stack(states).mean(0))
+        return torch.stack(stacked, dim=1)
+
+    def target_sparsity(self, step: int) -> float:
+        warmup = self.config.sparsity_warmup_steps
+        return self.config.target_sparsity * (min(1.0, step / warmup) if warmup else 1.0)
+
+    def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:
+        valid = batch.valid if self.config.mask_padding else None
+        predictions = batch.student.predictions
+        labels = ["+".join(map(str, layers)) for layers in self.targets]
+        cosine = negative_cosine_term if self.config.cosine_type == "raw" else log_sigmoid_cosine_term
+        return {
+            "l1": regression_term(predictions, batch.targets, valid, "l1", self.config.l1_weight).labelled(labels),
+            "cosine": cosine(predictions, batch.targets, valid, self.config.cosine_weight).labelled(labels),
+        }
+
+    def regularisers(self, student: StudentModel, step: int) -> Dict[str, LossTerm]:
+        """The Lagrangian size penalty (while the student has gates)."""
+        if not self.pruning:
+            return {}
+        expected = expected_num_parameters(student)
+        sparsity = 1.0 - expected / self.full_parameters
+        target = self.target_sparsity(step)
+        self.last_scalars = {
+            "expected_params": float(expected.detach()), "expected_sparsity": float(sparsity.detach()),
+            "target_sparsity": target, "lambda1": float(self.penalty.lambda_1.detach()),
+            "lambda2": float(self.penalty.lambda_2.detach()),
+        }
+        return {"sparsity_penalty": scalar_term(self.penalty(sparsity, target))}
+
+    def parameter_groups(self, student: nn.Module, weight_decay: float) -> List[dict]:
+        """Student weights (weight decay except biases), the gates (gate_lr, no decay) and λ (lagrangian_lr)."""
+        named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not n.endswith(GATE_SUFFIX) and not n.endswith("bias")],
+             "weight_decay": weight_decay},
+            {"params": [p for n, p in named if not n.endswith(GATE_SUFFIX) and n.endswith("bias")],
+             "weight_decay": 0.0},
+        ]
+        if self.pruning:
+            groups.append({"params": [p for n, p in named if n.endswith(GATE_SUFFIX)], "weight_decay": 0.0,
+                           "lr": self.config.gate_lr})
+            groups.append({"params": list(self.penalty.parameters()), "weight_decay": 0.0,
+                           "lr": self.config.lagrangian_lr})
+        return groups
+
+    def scalars(self) -> Dict[str, float]:
+        return dict(self.last_scalars)
+
+    def state_dict(self) -> dict:
+        return {"penalty": self.penalty.state_dict(), "full_parameters": self.full_parameters}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state:
+            self.penalty.load_state_dict(state["penalty"])
+            self.full_parameters = state["full_parameters"]
+
+    def export(self, student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
+        """Our checkpoint format, family ``dphubert`` or ``skill`` (the upstream of that name loads it once
+        pruned)."""
+        return export_student(self.config.name, student, state)
+
+    @staticmethod
+    def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
+        return dict(checkpoint["Student"])

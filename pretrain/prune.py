@@ -1,0 +1,77 @@
+"""``s3prl-distill prune``: a gated DPHuBERT / SKILL training checkpoint -> a compact dense student.
+
+Writes ``pruned.ckpt`` (our format; the ``dphubert`` / ``skill`` upstream loads it) and, when the checkpoint holds
+its run config, ``final_distill.yaml``: the same run on the pruned student without gates, starting from
+``pruned.ckpt`` (DPHuBERT's final distillation stage).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from s3prl_distill.checkpoint import (
+    CheckpointError,
+    describe_checkpoint,
+    export_student,
+    is_native_student,
+    load_checkpoint,
+    save_checkpoint,
+)
+from s3prl_distill.model import StudentConfig, StudentModel
+from s3prl_distill.model.pruning import final_num_parameters, prune
+
+from .runner import find_latest_checkpoint
+
+logger = logging.getLogger(__name__)
+
+PRUNABLE_FAMILIES = ("dphubert", "skill")
+
+
+def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None) -> dict:
+    """Prune the student of ``path`` (a states-<step>.ckpt or a run directory) into ``output``; returns a summary
+    (parameter counts, target, files)."""
+    path = find_latest_checkpoint(Path(path))
+    checkpoint = load_checkpoint(path, what="checkpoint to prune")
+    if not is_native_student(checkpoint) or checkpoint.get("Family") not in PRUNABLE_FAMILIES:
+        raise CheckpointError(f"{path} is {describe_checkpoint(checkpoint)}; prune expects a checkpoint of the "
+                              f"{' or '.join(PRUNABLE_FAMILIES)} method (s3prl-distill pretrain)")
+    config = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)")
+    if config.pruning is None:
+        raise CheckpointError(f"{path} holds a student without pruning gates (already pruned?)")
+    model = StudentModel(config)
+    model.load_state_dict(checkpoint["Student"], strict=True)
+    model.eval()
+    full = model.num_parameters()
+    expected = final_num_parameters(model)
+    pruned = prune(model)
+    summary = {"source": str(path), "step": checkpoint.get("Step"), "params_unpruned": full,
+               "params_pruned": pruned.num_parameters()}
+    assert summary["params_pruned"] == expected  # the bookkeeping and the built model agree
+    method = (checkpoint.get("RunConfig") or {}).get("method") or {}
+    if "target_sparsity" in method:
+        target = round((1.0 - method["target_sparsity"]) * full)
+        summary.update(target_sparsity=method["target_sparsity"], params_target=target,
+                       relative_error=summary["params_pruned"] / target - 1.0)
+    output.mkdir(parents=True, exist_ok=True)
+    pruned_path = output / "pruned.ckpt"
+    saved = export_student(checkpoint["Family"], pruned.config, pruned.state_dict())
+    saved["Pruning"] = dict(summary)
+    save_checkpoint(saved, pruned_path)
+    summary["pruned_ckpt"] = str(pruned_path)
+    run_config = checkpoint.get("RunConfig")
+    if run_config is not None:
+        run_config = dict(run_config)
+        run_config["student"] = pruned.config.to_dict()
+        run_config["student_init"] = {"checkpoint": str(pruned_path.resolve())}
+        if final_steps is not None:
+            run_config["runner"] = {**run_config["runner"], "total_steps": final_steps}
+        final_path = output / "final_distill.yaml"
+        final_path.write_text(yaml.safe_dump(run_config, sort_keys=False))
+        summary["final_distill_config"] = str(final_path)
+    (output / "pruning.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    logger.info("pruned %s: %d -> %d parameters", path, full, summary["params_pruned"])
+    return summary

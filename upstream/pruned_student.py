@@ -1,0 +1,92 @@
+"""The upstream of jointly distilled and pruned students (``pretrain/dphubert``: DPHuBERT, SKILL), shared by the
+``dphubert`` and ``skill`` families. It reads our pruned checkpoints (from ``s3prl-distill prune``) and, for
+``dphubert``, the official DPHuBERT / DPWavLM release format ``{"config", "state_dict"}``.
+
+Outputs follow s3prl's HuBERT / WavLM experts, so a pruned student's layer weights compare with its teacher's:
+``hidden_states`` = [transformer input (after the positional conv and LayerNorm), each layer's output].
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Mapping, Optional, Union
+
+from torch import Tensor, nn
+
+from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
+from s3prl_distill.importers.dphubert import dphubert_state_dict, dphubert_student_config, is_dphubert_checkpoint
+from s3prl_distill.model import StudentConfig, StudentModel
+from s3prl_distill.model.student import HEAD_PREFIXES
+
+from .interfaces import (
+    OutputDict,
+    as_pad_mask,
+    check_feature_key,
+    load_weights,
+    read_options,
+    resolve_checkpoint,
+    resolve_local_checkpoint,
+    run_student,
+)
+
+FEATURE_KEYS = ("hidden_states", "last_hidden_state", "pad_mask")
+
+
+class PrunedStudentExpert(nn.Module):
+    def __init__(
+        self,
+        ckpt: str,
+        expected: str,
+        model_config: Union[None, str, Mapping[str, Any]] = None,
+        trust_checkpoint: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        options = read_options(model_config, expected)
+        checkpoint = load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint,
+                                     what=f"{expected} checkpoint")
+        if expected == "dphubert" and is_dphubert_checkpoint(checkpoint):
+            try:
+                config, use_attention, use_feed_forward = dphubert_student_config(checkpoint["config"], ckpt)
+            except ValueError as error:
+                raise CheckpointError(str(error)) from None
+            state = dphubert_state_dict(checkpoint["state_dict"], config, use_attention, use_feed_forward)
+        elif is_native_student(checkpoint) and checkpoint.get("Family") == expected:
+            try:
+                config = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{ckpt} (StudentConfig)")
+            except ValueError as error:
+                raise CheckpointError(str(error)) from None
+            if config.pruning is not None:
+                raise CheckpointError(f"{ckpt} still has its pruning gates: run `s3prl-distill prune {ckpt} "
+                                      "--output DIR` and load DIR/pruned.ckpt")
+            state = {key: value for key, value in checkpoint["Student"].items() if not key.startswith(HEAD_PREFIXES)}
+        else:
+            wanted = f"a {expected} student from s3prl-distill prune" + \
+                (" or an official DPHuBERT {config, state_dict} checkpoint" if expected == "dphubert" else "")
+            raise CheckpointError(f"{ckpt} is {describe_checkpoint(checkpoint)}; {expected} expects {wanted}")
+        self.model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
+        load_weights(self.model, state, ckpt)
+        self.name = expected
+
+    def get_downsample_rates(self, key: str) -> int:
+        check_feature_key(key, FEATURE_KEYS, self.name)
+        return self.model.downsample_rate
+
+    def forward(self, wavs: List[Tensor]) -> OutputDict:
+        out, _ = run_student(self.model, wavs, self.name)
+        hidden_states = out.hidden_states()
+        return {
+            "hidden_states": hidden_states,
+            "last_hidden_state": hidden_states[-1],
+            "pad_mask": as_pad_mask(out.padding_mask, out.features),
+        }
+
+
+def local_entry(expected: str, ckpt: Optional[str], model_config: Optional[str], **kwargs: Any) -> PrunedStudentExpert:
+    return PrunedStudentExpert(resolve_local_checkpoint(ckpt, f"{expected}_local"), expected, model_config, **kwargs)
+
+
+def url_entry(expected: str, ckpt: Optional[str], model_config: Optional[str], refresh: bool,
+              **kwargs: Any) -> PrunedStudentExpert:
+    if ckpt is None:
+        raise ValueError(f"{expected}_url needs the checkpoint URL: pass it with -k or ckpt=")
+    return PrunedStudentExpert(resolve_checkpoint(ckpt, refresh, f"{expected}_url"), expected, model_config, **kwargs)
