@@ -50,7 +50,9 @@ def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None
     pruned = prune(model)
     summary = {"source": str(path), "step": checkpoint.get("Step"), "params_unpruned": full,
                "params_pruned": pruned.num_parameters()}
-    assert summary["params_pruned"] == expected  # the bookkeeping and the built model agree
+    if summary["params_pruned"] != expected:
+        raise RuntimeError(f"pruning bookkeeping says {expected} parameters but the pruned model has "
+                           f"{summary['params_pruned']}")
     method = (checkpoint.get("RunConfig") or {}).get("method") or {}
     if "target_sparsity" in method:
         target = round((1.0 - method["target_sparsity"]) * full)
