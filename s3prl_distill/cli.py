@@ -282,9 +282,10 @@ def link_pretrain(checkout: str) -> None:
     target = next((c for c in candidates if c.is_dir() and (c.parent / "run_pretrain.py").is_file()), None)
     if target is None:
         raise SystemExit(f"link-pretrain: {root} is not an s3prl checkout (no s3prl/run_pretrain.py beside pretrain/)")
-    for method in METHODS:
-        source = Path(importlib.import_module(f"s3prl_distill.pretrain.{method}").__file__).parent
-        link = target / method
+    # Recipe folders with a pretrain_expert.py (dphubert/skill have none: s3prl's optimizer cannot hold their groups).
+    folders = {Path(importlib.import_module(recipe.__module__).__file__).parent for _, recipe in METHODS.values()}
+    for source in sorted(folder for folder in folders if (folder / "pretrain_expert.py").is_file()):
+        link = target / source.name
         if link.is_symlink():
             link.unlink()
         elif link.exists():
