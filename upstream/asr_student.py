@@ -7,7 +7,9 @@ naming the name that fits, so a SUPERB result is never reported under the wrong 
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Union
+import functools
+
+from typing import Any, List, Mapping, Union
 
 from torch import Tensor, nn
 
@@ -15,14 +17,13 @@ from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_na
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.student import HEAD_PREFIXES
 
+from . import interfaces
 from .interfaces import (
     OutputDict,
     as_pad_mask,
     check_feature_key,
     load_weights,
     read_options,
-    resolve_checkpoint,
-    resolve_local_checkpoint,
     run_student,
 )
 
@@ -88,12 +89,6 @@ class AsrStudentExpert(nn.Module):
         }
 
 
-def local_entry(expected: str, ckpt: Optional[str], model_config: Optional[str], **kwargs: Any) -> AsrStudentExpert:
-    return AsrStudentExpert(resolve_local_checkpoint(ckpt, f"{expected}_local"), expected, model_config, **kwargs)
-
-
-def url_entry(expected: str, ckpt: Optional[str], model_config: Optional[str], refresh: bool,
-              **kwargs: Any) -> AsrStudentExpert:
-    if ckpt is None:
-        raise ValueError(f"{expected}_url needs the checkpoint URL: pass it with -k or ckpt=")
-    return AsrStudentExpert(resolve_checkpoint(ckpt, refresh, f"{expected}_url"), expected, model_config, **kwargs)
+# The hubconf entries: ``local_entry(expected, ckpt, model_config, **kwargs)``, ``url_entry(..., refresh, ...)``.
+local_entry = functools.partial(interfaces.local_entry, AsrStudentExpert)
+url_entry = functools.partial(interfaces.url_entry, AsrStudentExpert)

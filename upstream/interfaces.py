@@ -117,6 +117,19 @@ def resolve_checkpoint(ckpt: Union[str, Path], refresh: bool, name: str) -> str:
         ) from None
 
 
+def local_entry(expert_class: type, expected: str, ckpt: Optional[str], model_config: Any, **kwargs: Any) -> nn.Module:
+    """``<expected>_local``: ``expert_class(path, expected, model_config, **kwargs)`` for an existing local file."""
+    return expert_class(resolve_local_checkpoint(ckpt, f"{expected}_local"), expected, model_config, **kwargs)
+
+
+def url_entry(expert_class: type, expected: str, ckpt: Optional[str], model_config: Any, refresh: bool,
+              **kwargs: Any) -> nn.Module:
+    """``<expected>_url``: the same from a URL (downloaded into s3prl's cache) or a local path."""
+    if ckpt is None:
+        raise ValueError(f"{expected}_url needs the checkpoint URL: pass it with -k or ckpt=")
+    return expert_class(resolve_checkpoint(ckpt, refresh, f"{expected}_url"), expected, model_config, **kwargs)
+
+
 def run_student(model: nn.Module, wavs: Any, name: str) -> Tuple[Any, List[Tensor]]:
     """Validate and pad ``wavs``, run our ``StudentModel``; returns its output and the hidden states every student
     upstream starts from: [front-end output (transformer input), each transformer layer]."""

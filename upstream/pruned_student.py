@@ -8,7 +8,9 @@ Outputs follow s3prl's HuBERT / WavLM experts, so a pruned student's layer weigh
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Union
+import functools
+
+from typing import Any, List, Mapping, Union
 
 from torch import Tensor, nn
 
@@ -17,14 +19,13 @@ from s3prl_distill.importers.dphubert import dphubert_state_dict, dphubert_stude
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.student import HEAD_PREFIXES
 
+from . import interfaces
 from .interfaces import (
     OutputDict,
     as_pad_mask,
     check_feature_key,
     load_weights,
     read_options,
-    resolve_checkpoint,
-    resolve_local_checkpoint,
     run_student,
 )
 
@@ -81,12 +82,6 @@ class PrunedStudentExpert(nn.Module):
         }
 
 
-def local_entry(expected: str, ckpt: Optional[str], model_config: Optional[str], **kwargs: Any) -> PrunedStudentExpert:
-    return PrunedStudentExpert(resolve_local_checkpoint(ckpt, f"{expected}_local"), expected, model_config, **kwargs)
-
-
-def url_entry(expected: str, ckpt: Optional[str], model_config: Optional[str], refresh: bool,
-              **kwargs: Any) -> PrunedStudentExpert:
-    if ckpt is None:
-        raise ValueError(f"{expected}_url needs the checkpoint URL: pass it with -k or ckpt=")
-    return PrunedStudentExpert(resolve_checkpoint(ckpt, refresh, f"{expected}_url"), expected, model_config, **kwargs)
+# The hubconf entries: ``local_entry(expected, ckpt, model_config, **kwargs)``, ``url_entry(..., refresh, ...)``.
+local_entry = functools.partial(interfaces.local_entry, PrunedStudentExpert)
+url_entry = functools.partial(interfaces.url_entry, PrunedStudentExpert)
