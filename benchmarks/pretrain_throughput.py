@@ -2,9 +2,13 @@
 
 A randomly initialised HuBERT-Base-sized teacher (written in the ``hubert_local`` format) and generated 4 s
 utterances; the real runner (data loading, teacher forward, student forward/backward, AdamW, clipping) runs for a
-few steps and the per-step times after the first are reported.
+few steps and the per-step times after the warm-up steps are reported, for each variant of the step in one run:
 
-    python benchmarks/pretrain_throughput.py [--steps 6] [--batch 4] [--seconds 4] [--threads 2]
+    python benchmarks/pretrain_throughput.py [--steps 6] [--batch 4] [--seconds 4] [--threads 2] \
+        [--variants fp32 bf16 compile bf16+compile]
+
+``fp32``: the shipped settings; ``bf16``: ``runner.precision=bf16`` (autocast; on CPU fast only with AVX512-BF16 or
+AMX); ``compile``: ``runner.compile=true`` (its first steps compile and are left out of the median).
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ from s3prl_distill.pretrain.data import write_length_csvs
 from s3prl_distill.pretrain.runner import Trainer
 
 SHIPPED = Path(__file__).resolve().parents[1] / "pretrain" / "distilhubert" / "config.yaml"
+# Variant -> (runner overrides, warm-up steps left out of the median).
+VARIANTS = {
+    "fp32": ("", 1),
+    "bf16": (",,config.runner.precision=bf16", 1),
+    "compile": (",,config.runner.compile=true", 3),
+    "bf16+compile": (",,config.runner.precision=bf16,,config.runner.compile=true", 3),
+}
 
 
 class StepTimer(logging.Handler):
@@ -49,6 +60,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=["fp32"], choices=sorted(VARIANTS))
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "pretrain_throughput.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,14 +82,27 @@ def main() -> None:
             f",,config.data.num_workers=1,,config.runner.total_steps={args.steps},,config.runner.log_step=1"
             f",,config.runner.save_step={10 * args.steps}",
         )
-        config = validate_config(data, str(SHIPPED))
         timer = StepTimer()
         logging.getLogger("s3prl_distill.pretrain.runner").addHandler(timer)
         logging.getLogger("s3prl_distill.pretrain.runner").setLevel(logging.INFO)
-        trainer = Trainer(config, folder / "exp")
-        start = time.perf_counter()
-        trainer.train()
-        steps = [b - a for a, b in zip([start] + timer.stamps, timer.stamps)][1:]  # the first step warms up
+        variants = {}
+        for variant in args.variants:
+            overrides, warmup = VARIANTS[variant]
+            config = validate_config(apply_overrides(data, overrides.lstrip(",")), str(SHIPPED))
+            timer.stamps = []
+            trainer = Trainer(config, folder / f"exp-{variant.replace('+', '-')}")
+            start = time.perf_counter()
+            trainer.train()
+            steps = [b - a for a, b in zip([start] + timer.stamps, timer.stamps)][warmup:]
+            variants[variant] = {
+                "step_seconds": [round(s, 3) for s in steps],
+                "median_step_s": round(statistics.median(steps), 3),
+                "utterances_per_s": round(args.batch / statistics.median(steps), 2),
+            }
+            print(variant, variants[variant], flush=True)
+    baseline = variants[args.variants[0]]["median_step_s"]
+    for figures in variants.values():
+        figures[f"speedup_over_{args.variants[0]}"] = round(baseline / figures["median_step_s"], 3)
     result = {
         "benchmark": "pretrain_throughput",
         "config": str(SHIPPED.relative_to(SHIPPED.parents[2])),
@@ -86,10 +111,7 @@ def main() -> None:
         "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
         "machine": platform.processor() or platform.machine(),
         "student_parameters": sum(p.numel() for p in trainer.student.parameters()),
-        "step_seconds": [round(s, 3) for s in steps],
-        "median_step_s": round(statistics.median(steps), 3),
-        "steps_per_s": round(1.0 / statistics.median(steps), 3),
-        "utterances_per_s": round(args.batch / statistics.median(steps), 2),
+        "variants": variants,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -8,7 +8,11 @@ randomly initialised HuBERT-Base-sized checkpoint our run uses. Both runs: Disti
 teacher init), batch 4 of 4 s utterances, fp32 on CPU. Per-step time = (time of a long run - time of a short run) /
 (extra steps), so start-up costs cancel. s3prl's runner also needs ``easydict`` (pip install easydict).
 
-    python benchmarks/s3prl_distiller_throughput.py --s3prl-checkout ~/s3prl [--steps 2 10] [--threads 2]
+    python benchmarks/s3prl_distiller_throughput.py --s3prl-checkout ~/s3prl [--steps 2 10] [--threads 2] \
+        [--ours fp32 bf16+compile]
+
+``--ours`` adds runs of our runner with other step settings (``bf16``: autocast, fast on CPUs with AVX512-BF16 / AMX;
+``compile``: ``runner.compile``, whose compile time is in both the short and the long run and so cancels).
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ def timed(command, cwd: Path, env) -> float:
     return time.perf_counter() - start
 
 
+# Our step settings -> runner overrides.
+OURS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "compile": {"precision": "fp32", "compile": True},
+        "bf16+compile": {"precision": "bf16", "compile": True}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--s3prl-checkout", help="an s3prl git checkout (has s3prl/run_pretrain.py and pretrain/distiller)")
@@ -59,6 +68,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ours", nargs="+", default=["fp32"], choices=sorted(OURS),
+                        help="our runner's settings to time (the first is the headline figure)")
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).parent / "results" / "s3prl_distiller_throughput.json")
     args = parser.parse_args()
@@ -98,17 +109,25 @@ def main() -> None:
                 [sys.executable, "-c", S3PRL_DRIVER, teacher, "-u", "distiller", "-g", str(folder / "model.yaml"),
                  "-c", str(folder / "runner.yaml"), "-n", f"s3prl{steps}", "-p", str(folder / f"s3prl{steps}"),
                  "--device", "cpu"], workdir, env)
-            ours["runner"].update(total_steps=steps, log_step=steps, save_step=steps, precision="fp32")
-            (folder / "ours.yaml").write_text(yaml.safe_dump(ours))
-            seconds[("ours", steps)] = timed(
-                [sys.executable, "-m", "s3prl_distill.pretrain", "-g", str(folder / "ours.yaml"), "-n", f"ours{steps}",
-                 "-p", str(folder)], folder, env)
-    per_step = {who: (seconds[(who, long)] - seconds[(who, short)]) / (long - short) for who in ("s3prl", "ours")}
+            for variant in args.ours:
+                runner = {"compile": False, **OURS[variant]}
+                ours["runner"].update(total_steps=steps, log_step=steps, save_step=steps, **runner)
+                name = "ours" if variant == args.ours[0] else f"ours_{variant}"
+                (folder / "ours.yaml").write_text(yaml.safe_dump(ours))
+                seconds[(name, steps)] = timed(
+                    [sys.executable, "-m", "s3prl_distill.pretrain", "-g", str(folder / "ours.yaml"), "-n",
+                     f"{name.replace('+', '-')}{steps}", "-p", str(folder)], folder, env)
+    names = sorted({who for who, _ in seconds})
+    per_step = {who: (seconds[(who, long)] - seconds[(who, short)]) / (long - short) for who in names}
     result = {
         "benchmark": "s3prl_distiller_throughput", "threads": args.threads, "device": "cpu",
         "machine": platform.machine(), "batch": f"{args.batch} x {args.seconds:g} s", "steps": args.steps,
         "s3prl_s_per_step": round(per_step["s3prl"], 3), "ours_s_per_step": round(per_step["ours"], 3),
+        "ours_settings": args.ours[0],
         "throughput_ours_over_s3prl": round(per_step["s3prl"] / per_step["ours"], 3),
+        **{f"{who}_s_per_step": round(per_step[who], 3) for who in names if who not in ("s3prl", "ours")},
+        **{f"throughput_{who}_over_s3prl": round(per_step["s3prl"] / per_step[who], 3)
+           for who in names if who not in ("s3prl", "ours")},
         "wall_s": {f"{who}_{steps}": round(value, 1) for (who, steps), value in seconds.items()},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

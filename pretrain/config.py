@@ -26,8 +26,11 @@ class RunnerConfig(StrictModel):
     keep_last: int = 3  # states-<step>.ckpt files kept; older ones are deleted after each save
     gradient_accumulate_steps: int = 1
     gradient_clipping: float = 5.0
-    # Mixed precision on CUDA (bf16 / fp16 autocast; fp16 adds a grad scaler). On CPU training runs in fp32.
+    # Autocast precision: bf16 on CUDA and on CPU (fast where the CPU has AVX512-BF16 / AMX); fp16 (with loss
+    # scaling) on CUDA only, elsewhere it falls back to fp32 with a warning.
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # torch.compile the student, forward and backward (the teacher stays eager); the first steps pay for compiling.
+    compile: bool = False
     seed: int = 1337
 
     @model_validator(mode="after")

@@ -115,12 +115,14 @@ class DistillationTask:
     def losses(self, student: nn.Module, waveforms: Tensor, lengths: Tensor, step: int = 0,
                cached: Optional[Tensor] = None) -> Dict[str, LossTerm]:
         """Teacher targets (computed, or ``cached`` from a teacher cache), student forward (through ``student``,
-        which may be DDP-wrapped), the method's loss. ``step`` (0-based) selects the method's stage."""
+        which may be DDP-wrapped), the method's loss. ``step`` (0-based) selects the method's stage. ``lengths``
+        (valid samples per row) are best kept on the CPU: then nothing here waits for the device."""
         hidden_states = self.teacher_hidden_states(waveforms, lengths, cached)
+        student_lengths = _padded_lengths(lengths, waveforms)
         if self.in_front_end_stage(step):
-            output = student(waveforms, lengths, front_end_only=True)
+            output = student(waveforms, student_lengths, front_end_only=True)
             return self.method.front_end_losses(output, hidden_states[0], _valid_frames(output, hidden_states[0]))
-        output = student(waveforms, lengths)
+        output = student(waveforms, student_lengths)
         # Teacher and student CNNs may differ by a frame at the end; compare the common frames.
         teacher_frames = next(state for state in hidden_states if state is not None).shape[1]
         frames = min(output.predictions.shape[2], teacher_frames)
@@ -169,6 +171,14 @@ def load_student_checkpoint(student: StudentModel, path: str) -> None:
                          "student section; use the config written next to it (e.g. by s3prl-distill prune)")
     student.load_state_dict(checkpoint["Student"], strict=True)
     logger.info("student initialised from %s", path)
+
+
+def _padded_lengths(lengths: Tensor, waveforms: Tensor) -> Optional[Tensor]:
+    """``lengths`` on the student's device, or None when no row is padded, so the student takes its unmasked paths
+    (one fused GroupNorm instead of masked statistics). Host-side ``lengths`` cost no device sync here."""
+    if bool((lengths >= waveforms.shape[1]).all()):
+        return None
+    return lengths.to(waveforms.device, non_blocking=True)
 
 
 def _valid_frames(output, like: Tensor) -> Optional[Tensor]:

@@ -82,7 +82,7 @@ def run_profile_command(args: argparse.Namespace) -> None:
         specs = specs_from_lists(args.upstream, args.ckpt, args.model_config)
         reference = UpstreamSpec(args.vs, args.vs_ckpt, args.vs_config) if args.vs else None
         result = profile_upstreams(specs, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
-                                   args.device, reference, memory=not args.no_memory)
+                                   args.device, reference, memory=not args.no_memory, feature=args.feature or None)
     except ValueError as error:  # unknown upstream name, mismatched -k/-g lists, bad settings, unreadable checkpoint
         raise SystemExit(f"profile: {error}")
     print(format_table(result))
@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--warmup", type=int, default=2, help="untimed forwards before timing")
     profile.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     profile.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    profile.add_argument("--feature", default="hidden_states",
+                         help="the output read after each forward, as s3prl's -s (default: hidden_states; '' for the "
+                              "forward alone); an upstream may compute some outputs only when they are read")
     profile.add_argument("--json", help="write every figure and the settings to this JSON file")
     similar = commands.add_parser(
         "layer-similarity", help="SKILL: group a teacher's layers by representational similarity (CKA / cosine) and "

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .profiling import forward_time_samples
+from .profiling import DEFAULT_FEATURE, forward_time_samples, upstream_features
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +139,14 @@ def _extra_flop_formulas() -> Dict[Any, Any]:
     return extra
 
 
-def count_macs(upstream: torch.nn.Module, wavs: List[torch.Tensor]) -> Tuple[int, Dict[str, int]]:
-    """Multiply-accumulates of one forward on ``wavs`` (FLOPs / 2 from ``FlopCounterMode``), total and per op."""
+def count_macs(upstream: torch.nn.Module, wavs: List[torch.Tensor],
+               feature: Optional[str] = DEFAULT_FEATURE) -> Tuple[int, Dict[str, int]]:
+    """Multiply-accumulates of one forward on ``wavs`` and reading ``feature`` (FLOPs / 2 from ``FlopCounterMode``),
+    total and per op."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
-        upstream(wavs)
+        upstream_features(upstream, wavs, feature)
     by_op = {str(op): flops // 2 for op, flops in counter.get_flop_counts().get("Global", {}).items()}
     return counter.get_total_flops() // 2, by_op
 
@@ -207,12 +209,14 @@ def profile_upstreams(
     device: str = "cpu",
     reference: Optional[UpstreamSpec] = None,
     memory: bool = True,
+    feature: Optional[str] = DEFAULT_FEATURE,
 ) -> Dict[str, Any]:
     """Parameters, MACs (one utterance per length), latency and real-time factor (``batch`` utterances per length),
     and peak memory of each upstream, plus ratios to ``reference`` when given; everything from this one call.
 
     ``threads``: ``torch.set_num_threads`` for the whole run (default: torch's current setting), restored after.
-    A reference equal to one of ``specs`` (same name, ckpt, config) is that very row, so its ratios are exactly 1."""
+    A reference equal to one of ``specs`` (same name, ckpt, config) is that very row, so its ratios are exactly 1.
+    Every measured call is the forward plus reading ``feature`` (s3prl's ``-s``), as the downstream runner does."""
     if not specs:
         raise ValueError("no upstream to profile")
     if not seconds or any(s <= 0 for s in seconds) or batch < 1 or repeats < 1 or warmup < 0:
@@ -251,7 +255,7 @@ def profile_upstreams(
                                    "parameters": parameter_counts(models[label]), "macs": {}, "macs_by_op": {},
                                    "gmacs_per_audio_second": {}}
             for length in seconds:
-                macs, by_op = count_macs(models[label], profile_waves(length, 1, target))
+                macs, by_op = count_macs(models[label], profile_waves(length, 1, target), feature)
                 row["macs"][length_key(length)] = macs
                 row["macs_by_op"][length_key(length)] = by_op
                 row["gmacs_per_audio_second"][length_key(length)] = macs / length / 1e9
@@ -259,7 +263,8 @@ def profile_upstreams(
         sync = (lambda: torch.cuda.synchronize(target)) if target.type == "cuda" else None
         for length in seconds:
             logger.info("timing %d upstream(s) on %d x %g s, %d threads", len(models), batch, length, threads)
-            samples = forward_time_samples(models, profile_waves(length, batch, target), repeats, warmup, sync)
+            samples = forward_time_samples(models, profile_waves(length, batch, target), repeats, warmup, sync,
+                                           feature)
             for row in rows:
                 latency = statistics.median(samples[row["label"]])
                 row.setdefault("latency_s", {})[length_key(length)] = latency
@@ -272,13 +277,13 @@ def profile_upstreams(
                 torch.cuda.empty_cache()
             for row, spec in zip(rows, specs):
                 logger.info("peak memory of %s (fresh process)", row["label"])
-                row["memory"] = measure_memory(spec, seconds, batch, threads, str(target))
+                row["memory"] = measure_memory(spec, seconds, batch, threads, str(target), feature=feature)
     finally:
         torch.set_num_threads(previous_threads)
     result: Dict[str, Any] = {
         "tool": "s3prl-distill profile",
         "environment": machine_info(target, threads),
-        "settings": {"seconds": list(seconds), "batch": batch, "repeats": repeats, "warmup": warmup,
+        "settings": {"seconds": list(seconds), "batch": batch, "repeats": repeats, "warmup": warmup, "feature": feature,
                      "sample_rate": SAMPLE_RATE, "macs": "FlopCounterMode on 1 utterance per length, MACs = FLOPs/2",
                      "latency": f"median of {repeats} forwards of {batch} utterance(s) after {warmup} warm-up, "
                                 "upstreams interleaved round-robin",
@@ -327,10 +332,12 @@ def ratios(row: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def measure_memory(spec: UpstreamSpec, seconds: Sequence[float], batch: int, threads: int,
-                   device: str = "cpu", timeout: float = 1800) -> Dict[str, Any]:
+                   device: str = "cpu", timeout: float = 1800,
+                   feature: Optional[str] = DEFAULT_FEATURE) -> Dict[str, Any]:
     """Peak memory of the forward on each length, in a fresh process (see :data:`MEMORY_METHOD`)."""
     payload = json.dumps({"name": spec.name, "ckpt": spec.ckpt, "model_config": spec.model_config,
-                          "seconds": list(seconds), "batch": batch, "threads": threads, "device": device})
+                          "seconds": list(seconds), "batch": batch, "threads": threads, "device": device,
+                          "feature": feature})
     env = dict(os.environ)
     # glibc: blocks of >= 64 KiB come from mmap and go back to the OS when freed, so the warm-up forward's freed
     # activations are not still resident (which would hide the measured forward's peak).
@@ -378,32 +385,35 @@ def _memory_worker(payload: Dict[str, Any]) -> Dict[str, Any]:
     model = load_upstream(spec).to(device).eval()
     forward, baseline, peak = {}, {}, {}
     method = "cuda_max_memory_allocated" if device.type == "cuda" else "rss_vmhwm"
+
+    def run(wavs: List[torch.Tensor]) -> None:
+        upstream_features(model, wavs, payload["feature"])
     with torch.no_grad():
         for length in payload["seconds"]:
             key = length_key(length)
             wavs = profile_waves(length, payload["batch"], device)
-            model(wavs)  # warm-up: one-time allocations (thread pools, kernel caches) are not the forward's
+            run(wavs)  # warm-up: one-time allocations (thread pools, kernel caches) are not the forward's
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 baseline[key] = torch.cuda.memory_allocated(device)
-                model(wavs)
+                run(wavs)
                 torch.cuda.synchronize(device)
                 peak[key] = torch.cuda.max_memory_allocated(device)
             else:
                 _trim_heap()
                 if _reset_peak_rss() and _proc_status_bytes("VmRSS") is not None:
                     baseline[key] = _proc_status_bytes("VmRSS")
-                    model(wavs)
+                    run(wavs)
                     peak[key] = _proc_status_bytes("VmHWM")
                 else:
                     # No resettable peak (not Linux): ru_maxrss only rises, so this is a lower bound.
                     method = "ru_maxrss_lower_bound"
                     scale = 1 if sys.platform == "darwin" else 1024
                     baseline[key] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-                    model(wavs)
+                    run(wavs)
                     peak[key] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
             forward[key] = max(0, peak[key] - baseline[key])
             del wavs
@@ -421,7 +431,8 @@ def format_table(result: Dict[str, Any]) -> str:
         f"device {env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, threads {env['threads']} "
         f"(torch.set_num_threads), torch {env['torch']}, {env['machine']}, {env.get('cpu') or '?'}",
         f"batch {settings['batch']} for latency (MACs: 1 utterance), warm-up {settings['warmup']}, "
-        f"median of {settings['repeats']}; RTF = latency / audio seconds",
+        f"median of {settings['repeats']}; RTF = latency / audio seconds; each call = forward + reading "
+        f"{settings.get('feature') or 'nothing'}",
     ]
     reference = result.get("reference")
     if reference:

@@ -11,6 +11,7 @@ from s3prl_distill.importers.fithubert import export_lightning
 from s3prl_distill.model import StudentConfig, StudentModel, fithubert_config
 
 from conftest import random_waves
+from s3prl_distill.upstream.interfaces import pad_waveforms
 from test_pretrain_runner import pretrain, setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
 
 
@@ -214,3 +215,29 @@ def test_shipped_fithubert_configs():
     full = yaml.safe_load((root / "config.yaml").read_text())
     model = yaml.safe_load((root / "config_model.yaml").read_text())
     assert model == {k: full[k] for k in ("teacher", "student", "student_init", "method")}
+
+
+def test_heads_run_only_for_the_key_that_is_read(tiny_checkpoints):
+    upstream = fithubert_local(ckpt=str(tiny_checkpoints["ours"])).eval()
+    calls = []
+    for index, head in enumerate(upstream.model.prediction_head.heads):
+        head.register_forward_hook(lambda module, args, output, index=index: calls.append(index))
+    waves = random_waves([16000, 12345], seed=5)
+    with torch.no_grad():
+        out = upstream(waves)
+        out["hidden_states"]
+        assert calls == []  # the weighted-sum protocol needs no head
+        out["last_hidden_state"]
+        assert calls == [2]
+        heads = out["head_outputs"]
+        assert calls == [2, 0, 1]  # the last head is not run again
+        assert out["last_hidden_state"] is heads[-1]
+        reference = upstream.model(*pad_waveforms(waves))
+    frames = heads[0].shape[1]
+    assert torch.equal(torch.stack(heads, dim=1), reference.predictions[:, :, :frames])
+    assert set(out) == {"hidden_states", "hidden_states_40ms", "head_outputs", "last_hidden_state"}
+    with pytest.raises(KeyError):
+        out["paper"]
+    # s3prl reads the features after leaving its no_grad block: they are still computed without a graph.
+    assert not out["hidden_states"][1].requires_grad and not heads[0].requires_grad
+    assert upstream(waves)["last_hidden_state"].requires_grad

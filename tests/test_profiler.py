@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from s3prl_distill.importers.s3prl_hubert import TINY_HUBERT, write_random_hubert
 from s3prl_distill.profiler import (
+    count_macs,
     UnknownUpstreamError,
     UpstreamSpec,
     format_table,
@@ -182,3 +183,24 @@ def test_cli_end_to_end(session_distiller_ckpt, hubert_ckpt, tmp_path):
     bad = run_python(["-m", "s3prl_distill.cli", "profile", "-u", "distilhubert_locl", "--no-memory"])
     assert bad.returncode != 0
     assert "'distilhubert_locl'" in bad.stderr and "distilhubert_local" in bad.stderr
+
+
+def test_reading_the_selected_feature_is_part_of_what_is_measured():
+    """Upstreams may compute an output only when it is read (LazyOutputs): MACs follow the feature s3prl selects."""
+    from s3prl_distill.upstream.interfaces import LazyOutputs
+
+    class LazyHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 8)
+
+        def forward(self, wavs):
+            x = self.body(torch.stack(wavs).view(len(wavs), -1, 4))
+            return LazyOutputs({"hidden_states": lambda: [x], "head": lambda: self.head(x)})
+
+    model, wavs = LazyHead(), [torch.randn(400)]
+    assert count_macs(model, wavs, "hidden_states")[0] == 100 * 4 * 4
+    assert count_macs(model, wavs, "head")[0] == 100 * 4 * 4 + 100 * 4 * 8
+    assert count_macs(model, wavs, None)[0] == 100 * 4 * 4
+    with pytest.raises(KeyError, match="no output 'missing'; it has hidden_states, head"):
+        count_macs(model, wavs, "missing")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import yaml
@@ -169,3 +169,33 @@ def as_pad_mask(padding_mask: Optional[Tensor], like: Tensor) -> Tensor:
 
 
 OutputDict = Dict[str, Any]
+
+
+class LazyOutputs(Mapping[str, Any]):
+    """An upstream's outputs, each computed on first access and kept.
+
+    s3prl's featurizer reads one key (``features.get(selection)``), so an output nobody selects costs nothing: the
+    FitHuBERT upstream, for instance, runs its 12 hint heads only for ``-s head_outputs``. Entries are computed under
+    the grad mode of the forward that made them, since s3prl reads them after leaving its ``no_grad`` block.
+    """
+
+    def __init__(self, compute: Mapping[str, Callable[[], Any]]) -> None:
+        self._compute = dict(compute)
+        self._values: Dict[str, Any] = {}
+        self._grad_enabled = torch.is_grad_enabled()
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            make = self._compute[key]  # KeyError for an unknown key, as a dict would
+            with torch.set_grad_enabled(self._grad_enabled):
+                self._values[key] = make()
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._compute)
+
+    def __len__(self) -> int:
+        return len(self._compute)
+
+    def __repr__(self) -> str:
+        return f"LazyOutputs({', '.join(self._compute)}; computed: {', '.join(self._values) or 'none'})"

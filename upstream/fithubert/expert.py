@@ -19,7 +19,8 @@ from s3prl_distill.importers.fithubert import import_lightning, is_lightning_che
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.config import _format_validation_error
 
-from ..interfaces import OutputDict, UpstreamOptions, check_feature_key, load_weights, pad_waveforms, validate_waveforms
+from ..interfaces import (LazyOutputs, UpstreamOptions, check_feature_key, load_weights, pad_waveforms,
+                          validate_waveforms)
 
 
 class FitHuBERTOptions(UpstreamOptions):
@@ -144,19 +145,34 @@ class UpstreamExpert(nn.Module):
             return self.model.prediction_head.heads[index].upsample(layer_output)
         return layer_output.repeat_interleave(self.factor, dim=1)
 
-    def forward(self, wavs: List[Tensor]) -> OutputDict:
+    def forward(self, wavs: List[Tensor]) -> LazyOutputs:
+        """Runs the backbone; the heads and the 20 ms states are computed only for the key s3prl reads (the
+        official upstream, likewise, runs only its last head)."""
         validate_waveforms(wavs, self.model.receptive_field, self.name)
         waveforms, lengths = pad_waveforms(wavs)
-        out = self.model(waveforms, lengths)
-        frames = out.predictions.shape[2]  # factor * floor(T / factor)
+        out = self.model(waveforms, lengths, predict=False)
+        heads = self.model.prediction_head.heads
+        # Every head ends at the input rate: keep the frames all of them have, factor * floor(T / factor).
+        frames = min(x.shape[1] * (self.factor if head.upsampler is not None else 1)
+                     for head, x in zip(heads, out.layer_outputs))
         tr_index = self.model.config.encoder.time_reduction.index
-        states = [out.features[:, :frames]]
-        for index, layer_output in enumerate(out.layer_outputs):
-            states.append((self._to_20ms(index, layer_output) if index >= tr_index else layer_output)[:, :frames])
-        heads = list(out.predictions.unbind(dim=1))
-        return {
-            "hidden_states": states,
-            "hidden_states_40ms": [x for i, x in enumerate(out.layer_outputs) if i >= tr_index],
-            "head_outputs": heads,
-            "last_hidden_state": heads[-1],
-        }
+
+        def hidden_states() -> List[Tensor]:
+            states = [out.features[:, :frames]]
+            for index, layer_output in enumerate(out.layer_outputs):
+                states.append((self._to_20ms(index, layer_output) if index >= tr_index else layer_output)[:, :frames])
+            return states
+
+        computed_heads: Dict[int, Tensor] = {}
+
+        def head_output(index: int) -> Tensor:
+            if index not in computed_heads:
+                computed_heads[index] = heads[index](out.layer_outputs[index])[:, :frames]
+            return computed_heads[index]
+
+        return LazyOutputs({
+            "hidden_states": hidden_states,
+            "hidden_states_40ms": lambda: [x for i, x in enumerate(out.layer_outputs) if i >= tr_index],
+            "head_outputs": lambda: [head_output(index) for index in range(len(heads))],
+            "last_hidden_state": lambda: head_output(len(heads) - 1),
+        })
