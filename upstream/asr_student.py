@@ -13,7 +13,7 @@ from typing import Any, List, Mapping, Union
 
 from torch import Tensor, nn
 
-from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
+from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.student import HEAD_PREFIXES
 
@@ -22,8 +22,8 @@ from .interfaces import (
     OutputDict,
     as_pad_mask,
     check_feature_key,
+    load_upstream_checkpoint,
     load_weights,
-    read_options,
     run_student,
 )
 
@@ -53,9 +53,7 @@ class AsrStudentExpert(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        options = read_options(model_config, expected)
-        checkpoint = load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint,
-                                     what=f"{expected} checkpoint")
+        checkpoint = load_upstream_checkpoint(ckpt, model_config, expected, trust_checkpoint, f"{expected} checkpoint")
         if not is_native_student(checkpoint) or checkpoint.get("Family") != FAMILY:
             raise CheckpointError(f"{ckpt} is {describe_checkpoint(checkpoint)}; {expected} expects a student "
                                   "trained with the asr_distill method (s3prl-distill pretrain)")

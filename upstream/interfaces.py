@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from s3prl_distill.checkpoint import CheckpointError
+from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
 from s3prl_distill.model.config import StrictModel
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,14 @@ def read_options(model_config: Union[None, str, Path, Mapping[str, Any]], name: 
             for e in error.errors()
         )
         raise ValueError(f"{name}: invalid upstream options in {source}: {problems}") from None
+
+
+def load_upstream_checkpoint(ckpt: str, model_config: Union[None, str, Path, Mapping[str, Any]], name: str,
+                             trust_checkpoint: bool, what: str) -> Any:
+    """The checkpoint an upstream entry was given, read safely unless ``trust_checkpoint`` (the argument, or the
+    option of that name in the ``-g`` options, validated here) allows a full unpickle."""
+    options = read_options(model_config, name)
+    return load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint, what=what)
 
 
 def resolve_local_checkpoint(ckpt: Optional[Union[str, Path]], name: str) -> str:

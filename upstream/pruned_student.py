@@ -14,7 +14,7 @@ from typing import Any, List, Mapping, Union
 
 from torch import Tensor, nn
 
-from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
+from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student
 from s3prl_distill.importers.dphubert import dphubert_state_dict, dphubert_student_config, is_dphubert_checkpoint
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.student import HEAD_PREFIXES
@@ -24,8 +24,8 @@ from .interfaces import (
     OutputDict,
     as_pad_mask,
     check_feature_key,
+    load_upstream_checkpoint,
     load_weights,
-    read_options,
     run_student,
 )
 
@@ -42,9 +42,7 @@ class PrunedStudentExpert(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        options = read_options(model_config, expected)
-        checkpoint = load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint,
-                                     what=f"{expected} checkpoint")
+        checkpoint = load_upstream_checkpoint(ckpt, model_config, expected, trust_checkpoint, f"{expected} checkpoint")
         if expected == "dphubert" and is_dphubert_checkpoint(checkpoint):
             try:
                 config, use_attention, use_feed_forward = dphubert_student_config(checkpoint["config"], ckpt)

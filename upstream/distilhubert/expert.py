@@ -6,7 +6,7 @@ from typing import Any, List, Mapping, Union
 
 from torch import Tensor, nn
 
-from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, load_checkpoint
+from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint
 from s3prl_distill.importers.s3prl_distiller import import_distiller, is_distiller_checkpoint
 from s3prl_distill.model import StudentModel
 
@@ -14,8 +14,8 @@ from ..interfaces import (
     OutputDict,
     as_pad_mask,
     check_feature_key,
+    load_upstream_checkpoint,
     load_weights,
-    read_options,
     run_student,
     stackable,
 )
@@ -43,10 +43,7 @@ class UpstreamExpert(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        options = read_options(model_config, self.name)
-        checkpoint = load_checkpoint(
-            ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint, what="DistilHuBERT checkpoint"
-        )
+        checkpoint = load_upstream_checkpoint(ckpt, model_config, self.name, trust_checkpoint, "DistilHuBERT checkpoint")
         if not is_distiller_checkpoint(checkpoint):
             raise CheckpointError(
                 f"{ckpt} is {describe_checkpoint(checkpoint)}; the distilhubert upstream expects a DistilHuBERT "
