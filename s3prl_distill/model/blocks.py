@@ -85,17 +85,22 @@ class ConvLayerBlock(nn.Module):
             raise ValueError(f"unknown conv norm {norm!r}")
         self.gate = HardConcreteGate(out_channels, gate_initial_drop) if gate_initial_drop is not None else None
 
+    def _convolve(self, x: Tensor) -> Tensor:
+        """``self.conv(x)``, computed as one batched GEMM where that is ~2x faster on CPU (measured): 1x1 kernels,
+        and the first layer, whose single input channel unfolds into a small (B, kernel, frames) window matrix."""
+        if self.conv.in_channels == 1:
+            windows = x[:, 0].unfold(-1, self.kernel_size, self.stride).transpose(1, 2).contiguous()
+        elif self.kernel_size == 1 and self.stride == 1:
+            windows = x
+        else:
+            return self.conv(x)
+        weight = self.conv.weight.flatten(1)  # (C_out, C_in * kernel), in the windows' row order
+        y = torch.bmm(weight.expand(x.shape[0], *weight.shape), windows)  # (B, C_out, frames), contiguous
+        return y if self.conv.bias is None else y + self.conv.bias[:, None]
+
     def forward(self, x: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """``x``: (batch, channels, time) -> same layout; ``lengths`` in time steps."""
-        if self.kernel_size == 1 and self.stride == 1:
-            # A 1x1 convolution is a matrix product over channels; on CPU the GEMM runs ~1.8x faster than conv1d.
-            weight = self.conv.weight[:, :, 0]
-            x = torch.bmm(weight.expand(x.shape[0], *weight.shape), x)  # (B, C_out, T), contiguous
-            if self.conv.bias is not None:
-                x = x + self.conv.bias[:, None]
-        else:
-            x = self.conv(x)
-        x = self.dropout(x)
+        x = self.dropout(self._convolve(x))
         if lengths is not None:
             lengths = conv_output_lengths(lengths, self.kernel_size, self.stride)
         if self.norm_type == "group_norm":
