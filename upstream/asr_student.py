@@ -14,21 +14,21 @@ from typing import Any, List, Mapping, Union
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student
-from s3prl_distill.model import StudentConfig, StudentModel
-from s3prl_distill.model.student import HEAD_PREFIXES
+from s3prl_distill.model import StudentConfig
 
 from . import interfaces
 from .interfaces import (
+    STUDENT_FEATURE_KEYS,
     OutputDict,
-    as_pad_mask,
     check_feature_key,
+    load_backbone,
     load_upstream_checkpoint,
-    load_weights,
+    native_student_config,
     run_student,
+    student_outputs,
 )
 
 FAMILY = "asr_distill"
-FEATURE_KEYS = ("hidden_states", "last_hidden_state", "pad_mask")
 # Student shape by its prediction heads: one per layer (deep-thin) or DistilHuBERT's expand-last (shallow-wide).
 SHAPES = {"layerwise": "deepthin", "expand_last": "shallowwide"}
 
@@ -57,34 +57,24 @@ class AsrStudentExpert(nn.Module):
         if not is_native_student(checkpoint) or checkpoint.get("Family") != FAMILY:
             raise CheckpointError(f"{ckpt} is {describe_checkpoint(checkpoint)}; {expected} expects a student "
                                   "trained with the asr_distill method (s3prl-distill pretrain)")
-        try:
-            config = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{ckpt} (StudentConfig)")
-        except ValueError as error:
-            raise CheckpointError(str(error)) from None
+        config = native_student_config(checkpoint, ckpt)
         found = upstream_name(config)
         if found != expected:
             raise CheckpointError(f"{ckpt} holds a {found} student ({config.encoder.num_layers} layers of "
                                   f"{config.encoder.embed_dim}, {'fbank' if config.fbank_front_end else 'CNN'} "
                                   f"front end); load it with {found}_local")
-        # Only the backbone: the training heads give no features (and would count in the parameters).
-        self.model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
-        load_weights(self.model, {key: value for key, value in checkpoint["Student"].items()
-                                  if not key.startswith(HEAD_PREFIXES)}, ckpt)
+        self.model = load_backbone(config, checkpoint["Student"], ckpt)
         if self.model.fbank is not None and not self.model.fbank.has_statistics:
             raise CheckpointError(f"{ckpt}: the fbank front end has no normalisation statistics")
         self.name = expected
 
     def get_downsample_rates(self, key: str) -> int:
-        check_feature_key(key, FEATURE_KEYS, self.name)
+        check_feature_key(key, STUDENT_FEATURE_KEYS, self.name)
         return self.model.downsample_rate
 
     def forward(self, wavs: List[Tensor]) -> OutputDict:
         out, hidden_states = run_student(self.model, wavs, self.name)
-        return {
-            "hidden_states": hidden_states,
-            "last_hidden_state": hidden_states[-1],
-            "pad_mask": as_pad_mask(out.padding_mask, out.features),
-        }
+        return student_outputs(out, hidden_states)
 
 
 # The hubconf entries: ``local_entry(expected, ckpt, model_config, **kwargs)``, ``url_entry(..., refresh, ...)``.

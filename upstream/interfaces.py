@@ -17,7 +17,9 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
+from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.config import StrictModel
+from s3prl_distill.model.student import HEAD_PREFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +179,35 @@ def as_pad_mask(padding_mask: Optional[Tensor], like: Tensor) -> Tensor:
 
 
 OutputDict = Dict[str, Any]
+
+# What a backbone-only student upstream returns (deep-thin / shallow-wide, DPHuBERT / SKILL).
+STUDENT_FEATURE_KEYS = ("hidden_states", "last_hidden_state", "pad_mask")
+
+
+def native_student_config(checkpoint: Mapping[str, Any], path: str) -> StudentConfig:
+    """The ``StudentConfig`` saved in one of our checkpoints; an invalid one is a CheckpointError naming ``path``."""
+    try:
+        return StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+
+
+def load_backbone(config: StudentConfig, student_state: Mapping[str, Tensor], path: str) -> StudentModel:
+    """The student without its training heads (they give no features and would count in the parameters), with the
+    backbone's weights from ``student_state`` loaded strictly."""
+    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
+    load_weights(model, {key: value for key, value in student_state.items() if not key.startswith(HEAD_PREFIXES)},
+                 path)
+    return model
+
+
+def student_outputs(out: Any, hidden_states: List[Tensor]) -> OutputDict:
+    """The :data:`STUDENT_FEATURE_KEYS` outputs of a student forward."""
+    return {
+        "hidden_states": hidden_states,
+        "last_hidden_state": hidden_states[-1],
+        "pad_mask": as_pad_mask(out.padding_mask, out.features),
+    }
 
 
 class LazyOutputs(Mapping[str, Any]):

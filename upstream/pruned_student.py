@@ -16,20 +16,19 @@ from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student
 from s3prl_distill.importers.dphubert import dphubert_state_dict, dphubert_student_config, is_dphubert_checkpoint
-from s3prl_distill.model import StudentConfig, StudentModel
-from s3prl_distill.model.student import HEAD_PREFIXES
 
 from . import interfaces
 from .interfaces import (
+    STUDENT_FEATURE_KEYS,
     OutputDict,
-    as_pad_mask,
     check_feature_key,
+    load_backbone,
     load_upstream_checkpoint,
-    load_weights,
+    native_student_config,
     run_student,
+    student_outputs,
 )
 
-FEATURE_KEYS = ("hidden_states", "last_hidden_state", "pad_mask")
 
 
 class PrunedStudentExpert(nn.Module):
@@ -50,34 +49,25 @@ class PrunedStudentExpert(nn.Module):
                 raise CheckpointError(str(error)) from None
             state = dphubert_state_dict(checkpoint["state_dict"], config, use_attention, use_feed_forward)
         elif is_native_student(checkpoint) and checkpoint.get("Family") == expected:
-            try:
-                config = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{ckpt} (StudentConfig)")
-            except ValueError as error:
-                raise CheckpointError(str(error)) from None
+            config = native_student_config(checkpoint, ckpt)
             if config.pruning is not None:
                 raise CheckpointError(f"{ckpt} still has its pruning gates: run `s3prl-distill prune {ckpt} "
                                       "--output DIR` and load DIR/pruned.ckpt")
-            state = {key: value for key, value in checkpoint["Student"].items() if not key.startswith(HEAD_PREFIXES)}
+            state = checkpoint["Student"]
         else:
             wanted = f"a {expected} student from s3prl-distill prune" + \
                 (" or an official DPHuBERT {config, state_dict} checkpoint" if expected == "dphubert" else "")
             raise CheckpointError(f"{ckpt} is {describe_checkpoint(checkpoint)}; {expected} expects {wanted}")
-        self.model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
-        load_weights(self.model, state, ckpt)
+        self.model = load_backbone(config, state, ckpt)
         self.name = expected
 
     def get_downsample_rates(self, key: str) -> int:
-        check_feature_key(key, FEATURE_KEYS, self.name)
+        check_feature_key(key, STUDENT_FEATURE_KEYS, self.name)
         return self.model.downsample_rate
 
     def forward(self, wavs: List[Tensor]) -> OutputDict:
         out, _ = run_student(self.model, wavs, self.name)
-        hidden_states = out.hidden_states()
-        return {
-            "hidden_states": hidden_states,
-            "last_hidden_state": hidden_states[-1],
-            "pad_mask": as_pad_mask(out.padding_mask, out.features),
-        }
+        return student_outputs(out, out.hidden_states())  # HuBERT's indexing: index 0 after the positional conv
 
 
 # The hubconf entries: ``local_entry(expected, ckpt, model_config, **kwargs)``, ``url_entry(..., refresh, ...)``.
