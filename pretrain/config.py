@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from s3prl_distill.errors import ConfigError
 from s3prl_distill.model.config import StrictModel, StudentConfig, _format_validation_error
 
 from .asr_distill.recipe import AsrDistillMethodConfig
@@ -31,7 +32,7 @@ class RunnerConfig(StrictModel):
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     # torch.compile the student, forward and backward (the teacher stays eager); the first steps pay for compiling.
     compile: bool = False
-    seed: int = 1337
+    seed: int = Field(1337, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> "RunnerConfig":
@@ -47,10 +48,17 @@ class OptimizerConfig(StrictModel):
     """AdamW. Weight decay applies to every parameter except biases (as s3prl's AdamW_with_schedule groups them)."""
 
     name: Literal["AdamW"] = "AdamW"
-    lr: float = 2.0e-4
+    lr: float = Field(2.0e-4, gt=0)
     betas: Tuple[float, float] = (0.9, 0.98)
-    eps: float = 1.0e-6
-    weight_decay: float = 0.01
+    eps: float = Field(1.0e-6, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, value: Tuple[float, float]) -> Tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError("each beta must be in [0, 1)")
+        return value
 
 
 class SchedulerConfig(StrictModel):
@@ -84,7 +92,7 @@ class StudentInitConfig(StrictModel):
     feature_extractor: bool = False
     feature_projection: bool = False
     pos_conv: bool = False
-    layers: int = 0  # the first N transformer layers
+    layers: int = Field(0, ge=0)  # the first N transformer layers
     # A student checkpoint of ours with this run's exact student config (e.g. from s3prl-distill prune), loaded after
     # anything copied from the teacher.
     checkpoint: Optional[str] = None
@@ -152,14 +160,14 @@ def parse_overrides(overrides: Optional[str]) -> List[Tuple[List[str], Any]]:
             continue
         key, separator, value = option.partition("=")
         if not separator:
-            raise ValueError(f"override {option!r} is not of the form config.section.key=value")
+            raise ConfigError(f"override {option!r} is not of the form config.section.key=value")
         path = key.strip().split(".")
         if path[0] != "config" or len(path) < 2:
-            raise ValueError(f"override {option!r}: keys start with 'config.' (e.g. config.runner.total_steps=10)")
+            raise ConfigError(f"override {option!r}: keys start with 'config.' (e.g. config.runner.total_steps=10)")
         try:
             parsed.append((path[1:], yaml.safe_load(value.strip())))
         except yaml.YAMLError as error:
-            raise ValueError(f"override {option!r}: value is not valid YAML ({error})") from None
+            raise ConfigError(f"override {option!r}: value is not valid YAML ({error})") from None
     return parsed
 
 
@@ -170,7 +178,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Optional[str]) -> Dict[str,
         for part in path[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise ValueError(f"override config.{'.'.join(path)}: {part} is not a section")
+                raise ConfigError(f"override config.{'.'.join(path)}: {part} is not a section")
         target[path[-1]] = value
     return data
 
@@ -179,7 +187,7 @@ def validate_config(data: Any, source: str) -> PretrainConfig:
     try:
         return PretrainConfig.model_validate(data)
     except ValidationError as error:
-        raise ValueError(f"invalid pretrain config {source}:\n{_format_validation_error(error)}") from None
+        raise ConfigError(f"invalid pretrain config {source}:\n{_format_validation_error(error)}") from None
 
 
 def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
@@ -197,10 +205,13 @@ def load_config(path: Union[str, Path, Sequence[Union[str, Path]]], overrides: O
     data: Dict[str, Any] = {}
     for part in paths:
         if not part.is_file():
-            raise FileNotFoundError(f"pretrain config {part} does not exist")
-        with part.open() as file:
-            loaded = yaml.safe_load(file)
+            raise ConfigError(f"pretrain config {part} does not exist")
+        try:
+            with part.open() as file:
+                loaded = yaml.safe_load(file)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"pretrain config {part} is not valid YAML: {error}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"pretrain config {part} must be a YAML mapping")
+            raise ConfigError(f"pretrain config {part} must be a YAML mapping")
         data = _merge(data, loaded)
     return validate_config(apply_overrides(data, overrides), " + ".join(map(str, paths)))

@@ -22,16 +22,22 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import soundfile
 import torch
 from tqdm import tqdm
 
+from s3prl_distill.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+# Receptive field, in samples, of the HuBERT / wav2vec 2.0 CNN front end that teachers and students share (kernel 10
+# stride 5, then 3 stride 2 four times, then 2 stride 2 twice): 400 samples = 25 ms at 16 kHz. A shorter waveform gives
+# no frame at all, and a batch holding only such files crashes the conv, so the header checks reject them.
+MIN_SAMPLES = 400
 
 # Allowed values of ``on_bad_file``.
 ON_BAD_FILE = ("stop", "skip")
@@ -43,7 +49,7 @@ CSV_HEADER = ("", "file_path", "length", "label")
 _EPOCH_SEED_STRIDE = 100003
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad data, with a message naming the file (and CSV) concerned."""
 
 
@@ -85,8 +91,15 @@ def _describe_bad_files(bad: Sequence[Tuple[Path, str]], total: int) -> str:
     return "\n".join(lines)
 
 
+def _too_short(frames: int) -> str:
+    """Why a file of ``frames`` samples cannot be used (it is shorter than :data:`MIN_SAMPLES`)."""
+    return (f"{frames} samples, shorter than the {MIN_SAMPLES}-sample ({1000 * MIN_SAMPLES // SAMPLE_RATE} ms) "
+            "receptive field of the CNN")
+
+
 def _probe(path: Path) -> Tuple[Optional[int], Optional[str]]:
-    """Reads a file's header: ``(frames, None)`` for a usable 16 kHz mono file, else ``(None, reason)``."""
+    """Reads a file's header: ``(frames, None)`` for a usable 16 kHz mono file of at least :data:`MIN_SAMPLES`
+    samples, else ``(None, reason)``."""
     if not path.is_file():
         return None, "file not found"
     try:
@@ -97,16 +110,23 @@ def _probe(path: Path) -> Tuple[Optional[int], Optional[str]]:
         return None, f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE} Hz"
     if info.channels != 1:
         return None, f"{info.channels} channels, expected mono"
+    if info.frames < MIN_SAMPLES:
+        return None, _too_short(int(info.frames))
     return int(info.frames), None
 
 
 def _handle_bad_files(bad: Sequence[Tuple[Path, str]], total: int, on_bad_file: str, context: str) -> None:
-    """Raises (``stop``) or logs a warning (``skip``) about ``bad`` files; nothing when there are none."""
+    """Raises (``stop``) or logs a warning (``skip``) about ``bad`` files; nothing when there are none.
+
+    ``skip`` raises too when every one of the ``total`` files is bad: there would be nothing left to use.
+    """
     if not bad:
         return
     message = f"{context}: {_describe_bad_files(bad, total)}"
     if on_bad_file == "stop":
         raise DataError(message + "\n(on_bad_file='skip' leaves them out instead)")
+    if len(bad) >= total:
+        raise DataError(f"{message}\nAll {total} audio files are bad: on_bad_file='skip' leaves none to use")
     logger.warning("%s\nSkipping them.", message)
 
 
@@ -161,12 +181,16 @@ def read_length_csvs(root: Path, bucket_dir: Path, sets: Sequence[str]) -> List[
 
 
 def check_audio_files(
-    items: Sequence[AudioItem], on_bad_file: str = "stop", progress: bool = True
+    items: Sequence[AudioItem], on_bad_file: str = "stop", progress: bool = True, source: Optional[str] = None
 ) -> List[AudioItem]:
-    """Checks every item's header: the file exists and reads, is 16 kHz mono and has the CSV's length.
+    """Checks every item's header: the file exists and reads, is 16 kHz mono, holds at least :data:`MIN_SAMPLES`
+    samples and has the CSV's length.
 
     ``on_bad_file="stop"`` raises DataError with the number of bad files and the first few (path and reason);
-    ``"skip"`` logs that as a warning and returns only the good items (in their original order).
+    ``"skip"`` logs that as a warning and returns only the good items (in their original order), or raises DataError
+    when no item is good. ``source`` (e.g. the sets and their CSV folder) is named in these messages.
+
+    Only headers are read: non-finite samples in float files are found when :class:`CroppedAudioDataset` decodes them.
     """
     _check_on_bad_file(on_bad_file)
     good: List[AudioItem] = []
@@ -179,7 +203,8 @@ def check_audio_files(
             good.append(item)
         else:
             bad.append((item.path, reason))
-    _handle_bad_files(bad, len(items), on_bad_file, "check_audio_files")
+    context = "check_audio_files" if source is None else f"check_audio_files ({source})"
+    _handle_bad_files(bad, len(items), on_bad_file, context)
     return good
 
 
@@ -276,8 +301,9 @@ def write_length_csvs(
             (recursively), or, when there is none but ``audio_root`` directly holds audio, one set named after
             ``audio_root``'s folder.
         extensions: file extensions counted as audio (case-insensitive).
-        on_bad_file: ``"stop"`` raises DataError for unreadable or non-16 kHz-mono files, ``"skip"`` leaves them
-            out with a warning.
+        on_bad_file: ``"stop"`` raises DataError for unreadable, non-16 kHz-mono or too short (under
+            :data:`MIN_SAMPLES` samples) files, ``"skip"`` leaves them out with a warning, but raises DataError for a
+            set whose files are all bad.
         progress: show a tqdm progress bar while reading headers.
 
     Returns:
@@ -315,16 +341,13 @@ def write_length_csvs(
         bad: List[Tuple[Path, str]] = []
         for path in tqdm(files, desc=f"Reading headers of {name}", unit="file", disable=not progress):
             frames, reason = _probe(path)
-            if reason is None and frames == 0:
-                reason = "no samples"  # a zero length would be rejected when the CSV is read back
             if reason is not None:
                 bad.append((path, reason))
                 continue
             relative = path.relative_to(audio_root).as_posix()
             rows.append((relative, int(frames), path.stem))
+        # Raises, in either mode, when no file of the set is usable (``files`` is never empty).
         _handle_bad_files(bad, len(files), on_bad_file, f"set {name!r} under {audio_root}")
-        if not rows:
-            raise DataError(f"{audio_root / name}: set {name!r} has no usable audio files left")
         rows.sort(key=lambda row: (-row[1], row[0]))
         rows_by_set[name] = rows
 
@@ -468,22 +491,37 @@ class CroppedAudioDataset(torch.utils.data.Dataset):
     Keys are ``(item_index, epoch)`` pairs (what :class:`BucketBatchSampler` yields). The crop offset is drawn from
     ``numpy.random.default_rng([seed, epoch, item_index])``, so it is the same in any process or worker and on
     resume, and differs between epochs.
+
+    Non-finite samples (NaN or Inf, which only float files can hold) are looked for in every decoded window, since a
+    header check cannot see them. ``on_bad_file="stop"`` raises DataError naming the file and the window;
+    ``"skip"`` replaces them with zeros (silence) and logs a warning naming the file, once per file and process (each
+    DataLoader worker has its own copy of the dataset). Zeroing rather than dropping the item keeps every batch's
+    items and shapes what the sampler decided, so exact resume, the ranks' equal DDP shares and cached teacher targets
+    are unaffected; the zeroed stretch is trained on as silence.
     """
 
-    def __init__(self, items: Sequence[AudioItem], max_length: Optional[int], seed: int):
+    def __init__(
+        self, items: Sequence[AudioItem], max_length: Optional[int], seed: int, on_bad_file: str = "stop"
+    ) -> None:
         """
         Args:
             items: the utterances (e.g. from :func:`read_length_csvs`).
             max_length: longest waveform returned, in samples; None returns whole files.
             seed: crop seed (non-negative).
+            on_bad_file: what a window with non-finite samples does: ``"stop"`` raises DataError, ``"skip"`` zeroes
+                those samples with a warning.
         """
         if max_length is not None and max_length <= 0:
             raise ValueError(f"max_length must be positive or None, got {max_length}")
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
+        _check_on_bad_file(on_bad_file)
         self.items = list(items)
         self.max_length = None if max_length is None else int(max_length)
         self.seed = int(seed)
+        self.on_bad_file = on_bad_file
+        # Items already reported as holding non-finite samples (skip mode), so each is warned about once.
+        self._reported_non_finite: Set[int] = set()
 
     def __len__(self) -> int:
         """Number of items."""
@@ -530,7 +568,23 @@ class CroppedAudioDataset(torch.utils.data.Dataset):
             raise DataError(f"{item.path}: cannot read audio ({error})") from error
         if len(wave) != frames:
             raise DataError(f"{item.path}: read {len(wave)} samples at offset {offset}, expected {frames}")
+        finite = np.isfinite(wave)
+        if not finite.all():
+            wave = self._zero_non_finite(index, offset, wave, finite)
         return torch.from_numpy(np.ascontiguousarray(wave))
+
+    def _zero_non_finite(self, index: int, offset: int, wave: np.ndarray, finite: np.ndarray) -> np.ndarray:
+        """Raises DataError (``stop``) or returns ``wave`` with its non-finite samples set to 0 (``skip``)."""
+        path = self.items[index].path
+        count = int(finite.size - np.count_nonzero(finite))
+        where = (f"{path}: {count} non-finite (NaN or Inf) sample(s) in the {len(wave)}-sample window at offset "
+                 f"{offset}")
+        if self.on_bad_file == "stop":
+            raise DataError(f"{where}\n(on_bad_file='skip' replaces them with zeros instead)")
+        if index not in self._reported_non_finite:
+            self._reported_non_finite.add(index)
+            logger.warning("%s: replacing them with zeros (reported once per file)", where)
+        return np.where(finite, wave, np.float32(0.0)).astype(np.float32, copy=False)
 
 
 def collate_waveforms(batch: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,12 +1,17 @@
 """s3prl-style distillation pretraining.
 
-    s3prl-distill pretrain -g CONFIG.yaml -n NAME [-p EXPROOT] [-o OVERRIDES] [-e CHECKPOINT]
+    s3prl-distill pretrain -g CONFIG.yaml -n NAME [-p EXPROOT] [-o OVERRIDES] [-e CHECKPOINT] [--overwrite]
     python -m s3prl_distill.pretrain ...            (same)
     torchrun --nproc_per_node=N -m s3prl_distill.pretrain ...
 
 Writes ``EXPROOT/NAME/``: ``states-<step>.ckpt`` (atomic; the last ``keep_last`` kept), ``config.yaml`` (the
 resolved config), ``train.log`` and TensorBoard events. ``-e`` resumes exactly: model, optimizer, scheduler, grad
 scaler, step, data position and RNG state are restored, so a killed-and-resumed run equals an uninterrupted one.
+
+One run per directory: a run holds ``NAME/.s3prl-distill.lock`` while it lives (the OS drops it when the process
+dies, ``kill -9`` included), so a second run there stops at once naming the holder's PID. A new run refuses a
+directory that holds another run's checkpoints unless ``--overwrite`` moves them aside (into
+``NAME/superseded-<time>/``; nothing is deleted).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +37,13 @@ from s3prl_distill.checkpoint import (
     CheckpointError,
     latest_step_checkpoint,
     load_checkpoint,
+    remove_temporary_files,
     save_checkpoint,
     step_checkpoints,
+    trust_from_environment,
 )
+from s3prl_distill.errors import ConfigError, UserError, user_message
+from s3prl_distill.locking import LOCK_NAME, directory_lock
 from s3prl_distill.losses import combine
 
 from .config import DataConfig, PretrainConfig, apply_overrides, load_config, validate_config
@@ -70,14 +80,18 @@ def setup_distributed() -> Distributed:
     return Distributed(rank, world_size, local_rank)
 
 
+class RunExistsError(UserError, FileExistsError):
+    """A new run aimed at a directory that holds another run's checkpoints."""
+
+
 def find_latest_checkpoint(path: Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"-e {path}: no such checkpoint file or directory")
+        raise CheckpointError(f"-e {path}: no such checkpoint file or directory")
     latest = latest_step_checkpoint(path)
     if latest is None:
-        raise FileNotFoundError(f"-e {path}: the directory holds no states-<step>.ckpt")
+        raise CheckpointError(f"-e {path}: the directory holds no states-<step>.ckpt")
     return latest
 
 
@@ -87,15 +101,17 @@ def build_data(data: DataConfig, seed: int, world_size: int = 1, rank: int = 0, 
     teacher cache, its windows and their cached targets)."""
     items = read_length_csvs(Path(data.root), Path(data.bucket_dir), data.sets)
     if data.check_files:
-        items = check_audio_files(items, data.on_bad_file, progress=progress)
+        items = check_audio_files(items, data.on_bad_file, progress=progress,
+                                  source=f"sets {data.sets} in {data.bucket_dir}")
     if data.train_batch_size % world_size:
         raise ValueError(f"data.train_batch_size={data.train_batch_size} is not divisible by the {world_size} processes")
     sampler = BucketBatchSampler([item.length for item in items], data.train_batch_size, seed, world_size, rank)
     if data.teacher_cache is not None:
-        dataset = CachedWindowDataset(items, TeacherCache(Path(data.teacher_cache)), data.max_length, seed)
+        dataset = CachedWindowDataset(items, TeacherCache(Path(data.teacher_cache)), data.max_length, seed,
+                                      data.on_bad_file)
         collate = collate_with_targets
     else:
-        dataset, collate = CroppedAudioDataset(items, data.max_length, seed), collate_waveforms
+        dataset, collate = CroppedAudioDataset(items, data.max_length, seed, data.on_bad_file), collate_waveforms
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -375,27 +391,52 @@ def _configure_logging(expdir: Path, is_main: bool) -> None:
 
 def run(
     config_path: Union[None, str, List[str]], name: Optional[str], exproot: str = "result/pretrain",
-    overrides: Optional[str] = None, resume: Optional[str] = None,
+    overrides: Optional[str] = None, resume: Optional[str] = None, overwrite: bool = False,
 ) -> Path:
-    """Start (``config_path`` + ``name``) or resume (``resume``) a run; returns its directory."""
-    checkpoint = None
+    """Start (``config_path`` + ``name``) or resume (``resume``) a run; returns its directory.
+
+    Everything cheap is decided before anything heavy is built: the config is validated, the directory locked and
+    checked, and a resumed run that already reached ``total_steps`` returns without loading its teacher or data.
+    """
+    trust_from_environment()  # a malformed S3PRL_DISTILL_TRUST_CHECKPOINTS fails now, not when the teacher loads
+    checkpoint, source_dir = None, None
     if resume is not None:
         path = find_latest_checkpoint(Path(resume))
         checkpoint = load_checkpoint(path, what="checkpoint to resume")
-        if "TrainingState" not in checkpoint or "RunConfig" not in checkpoint:
+        if not isinstance(checkpoint, dict) or "TrainingState" not in checkpoint or "RunConfig" not in checkpoint:
             raise CheckpointError(f"{path} is not a checkpoint of this pretrain runner (no TrainingState/RunConfig)")
         config = validate_config(apply_overrides(checkpoint["RunConfig"], overrides), f"{path} (RunConfig)")
-        expdir = path.parent if name is None else Path(exproot) / name
+        source_dir = path.parent
+        expdir = source_dir if name is None else Path(exproot) / name
     else:
         if config_path is None or name is None:
-            raise ValueError("a new run needs -g CONFIG and -n NAME (or -e CHECKPOINT to resume)")
+            raise ConfigError("a new run needs -g CONFIG and -n NAME (or -e CHECKPOINT to resume)")
         config = load_config(config_path, overrides)
         expdir = Path(exproot) / name
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
-        expdir.mkdir(parents=True, exist_ok=True)
+    if not is_main:  # rank 0 owns the directory; the others only read it
+        _configure_logging(expdir, is_main)
+        return _train(config, expdir, checkpoint)
+    with directory_lock(expdir, "experiment directory",
+                        hint="wait for that run to finish, or choose another -n"):
+        leftovers = remove_temporary_files(expdir)
+        moved_to = None
+        if source_dir is None or source_dir.resolve() != expdir.resolve():
+            moved_to = _claim_directory(expdir, overwrite)
+        _configure_logging(expdir, is_main)
+        if moved_to is not None:
+            logger.warning("--overwrite: the previous run's files are now in %s", moved_to)
+        for leftover in leftovers:
+            logger.info("removed %s, left by an interrupted checkpoint write", leftover)
+        if checkpoint is not None and checkpoint["TrainingState"]["step"] >= config.runner.total_steps:
+            logger.info("this run already finished at step %d (total_steps %d): nothing to do",
+                        checkpoint["TrainingState"]["step"], config.runner.total_steps)
+            return expdir
         (expdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    _configure_logging(expdir, is_main)
+        return _train(config, expdir, checkpoint)
+
+
+def _train(config: PretrainConfig, expdir: Path, checkpoint: Optional[dict]) -> Path:
     trainer = Trainer(config, expdir, checkpoint)
     try:
         trainer.train()
@@ -403,6 +444,29 @@ def run(
         if dist.is_initialized():
             dist.destroy_process_group()
     return expdir
+
+
+def _claim_directory(expdir: Path, overwrite: bool) -> Optional[Path]:
+    """A new run may use ``expdir`` only if it holds no other run's checkpoints, or if ``overwrite`` moves that
+    run's files aside (never deleting them); returns where they went."""
+    existing = step_checkpoints(expdir)
+    if not existing:
+        return None
+    names = ", ".join(path.name for _, path in existing[-3:])
+    if not overwrite:
+        raise RunExistsError(
+            f"experiment directory {expdir} already holds another run's checkpoints ({names}). Resume that run with "
+            f"-e {expdir}, start this one under another -n NAME, or pass --overwrite to move the old run's files "
+            f"into {expdir}/superseded-<time>/ first"
+        )
+    aside = expdir / time.strftime("superseded-%Y%m%d-%H%M%S")
+    while aside.exists():
+        aside = aside.with_name(aside.name + "_")
+    aside.mkdir()
+    for entry in sorted(expdir.iterdir()):
+        if entry.name != LOCK_NAME and not entry.name.startswith("superseded-"):
+            entry.rename(aside / entry.name)
+    return aside
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,9 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--exproot", default="result/pretrain", help="experiment root (default result/pretrain)")
     parser.add_argument("-o", "--override", help="s3prl-style overrides: config.runner.total_steps=10,,config.optimizer.lr=1e-4")
     parser.add_argument("-e", "--resume", help="checkpoint (or experiment directory) to resume from")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in a directory that holds another run's checkpoints, after moving "
+                             "that run's files into NAME/superseded-<time>/ (nothing is deleted)")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    run(args.config, args.name, args.exproot, args.override, args.resume)
+    try:
+        run(args.config, args.name, args.exproot, args.override, args.resume, args.overwrite)
+    except UserError as error:  # bad input: its message names it; a traceback would only hide it
+        if _run_log_handler is not None:  # the run had started: the console and train.log get it
+            logger.error("%s", user_message(error))
+        else:
+            sys.stderr.write(f"s3prl-distill pretrain: {user_message(error)}\n")
+        sys.exit(2)

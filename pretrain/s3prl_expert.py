@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
+from s3prl_distill.errors import ConfigError
 from s3prl_distill.losses import combine
 from s3prl_distill.model.config import _format_validation_error
 from s3prl_distill.pretrain.config import DataConfig, ModelSections
@@ -30,7 +31,7 @@ def _validated(model, data: Any, source: str):
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ValueError(f"invalid {source}:\n{_format_validation_error(error)}") from None
+        raise ConfigError(f"invalid {source}:\n{_format_validation_error(error)}") from None
 
 
 class S3prlPretrainExpert(nn.Module):

@@ -3,7 +3,6 @@ student where shapes allow."""
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Tuple
@@ -75,23 +74,12 @@ class Teacher(nn.Module):
 
     def __init__(self, config: TeacherConfig) -> None:
         super().__init__()
-        from s3prl_distill import register
+        from s3prl_distill.registry import build_upstream
 
-        register()  # compat patches, and our own upstreams may serve as teachers too
-        import s3prl.hub as hub
-
-        entry = getattr(hub, config.name, None)
-        if entry is None or not callable(entry):
-            close = difflib.get_close_matches(config.name, hub.options(), n=5)
-            raise ValueError(f"teacher.name {config.name!r} is not an s3prl upstream (close matches: {close})")
-        kwargs = {"refresh": config.refresh}
-        if config.ckpt is not None:
-            kwargs["ckpt"] = config.ckpt
-        if config.upstream_config is not None:
-            kwargs["model_config"] = config.upstream_config
         self.name = config.name
         self.ckpt = config.ckpt
-        self.upstream = entry(**kwargs)
+        self.upstream = build_upstream(config.name, config.ckpt, config.upstream_config, config.refresh,
+                                       what="teacher")
         disabled = 0
         for module in self.upstream.modules():
             for attribute in ("layerdrop", "encoder_layerdrop"):

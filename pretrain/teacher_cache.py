@@ -35,6 +35,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from s3prl_distill.errors import UserError
+from s3prl_distill.locking import ExclusiveLock
+
 from .config import DataConfig, PretrainConfig, TeacherConfig
 from .data import SAMPLE_RATE, AudioItem, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
 
@@ -45,7 +48,11 @@ SHARD_BYTES = 1 << 30  # start a new shard file after ~1 GiB
 INDEX_COLUMNS = ("item", "offset", "samples", "shard", "frame_start", "frames")
 
 
-class CacheMismatchError(ValueError):
+class CacheExistsError(UserError, FileExistsError):
+    """The output of a cache build already holds a complete cache."""
+
+
+class CacheMismatchError(UserError, ValueError):
     """A cache that does not belong to this run (different teacher, layers, data or frame rate)."""
 
 
@@ -170,8 +177,9 @@ class CachedWindowDataset(CroppedAudioDataset):
     """Like :class:`CroppedAudioDataset`, but the crop is one of the item's cached windows, returned with its
     teacher frames: ``(waveform, targets (frames, layers, width) float16)``."""
 
-    def __init__(self, items: Sequence[AudioItem], cache: TeacherCache, max_length: Optional[int], seed: int) -> None:
-        super().__init__(items, max_length, seed)
+    def __init__(self, items: Sequence[AudioItem], cache: TeacherCache, max_length: Optional[int], seed: int,
+                 on_bad_file: str = "stop") -> None:
+        super().__init__(items, max_length, seed, on_bad_file)
         self.cache = cache
 
     def _window(self, index: int, epoch: int) -> int:
@@ -198,19 +206,29 @@ def collate_with_targets(batch: Sequence[Tuple[Tensor, Tensor]]) -> Tuple[Tensor
 def build_teacher_cache(config: PretrainConfig, output: Path, batch_size: int = 8, device: str = "cpu",
                         progress: bool = True) -> Path:
     """Run ``config.teacher`` over every window of ``config.data`` and write the cache to ``output``."""
+
+    output = Path(output)
+    # One builder per output: the lock is a hidden file beside it (the output itself appears only when complete).
+    lock = ExclusiveLock(output.parent / f".{output.name}.lock", f"teacher cache {output}",
+                         hint="wait for that build to finish, or choose another --output")
+    with lock:
+        return _build(config, output, batch_size, device, progress)
+
+
+def _build(config: PretrainConfig, output: Path, batch_size: int, device: str, progress: bool) -> Path:
     from .task import build_method
     from .teacher import Teacher
 
-    output = Path(output)
     if (output / "meta.json").is_file():
-        raise FileExistsError(f"teacher cache {output} exists; remove it to rebuild")
+        raise CacheExistsError(f"teacher cache {output} exists; remove it to rebuild, or choose another --output")
     data = config.data
     items = read_length_csvs(Path(data.root), Path(data.bucket_dir), data.sets)
     if data.check_files:
-        items = check_audio_files(items, data.on_bad_file, progress=progress)
+        items = check_audio_files(items, data.on_bad_file, progress=progress,
+                                  source=f"sets {data.sets} in {data.bucket_dir}")
     teacher = Teacher(config.teacher).to(device)
     method = build_method(config.method, config.student)
-    dataset = CroppedAudioDataset(items, data.max_length, seed=0)
+    dataset = CroppedAudioDataset(items, data.max_length, seed=0, on_bad_file=data.on_bad_file)
     windows = compute_windows(items, data.max_length)
     # Only windows of equal length share a batch: no padding, so each window's targets are what the teacher gives
     # for that audio alone (padding can change a teacher's output, e.g. fairseq's GroupNorm averages over it).
@@ -219,7 +237,7 @@ def build_teacher_cache(config: PretrainConfig, output: Path, batch_size: int = 
         by_length.setdefault(samples, []).append(w)
     batches = [group[i:i + batch_size] for _, group in sorted(by_length.items()) for i in range(0, len(group), batch_size)]
     partial = output.with_name(output.name + ".partial")
-    if partial.exists():
+    if partial.exists():  # an interrupted build of this output (we hold its lock, so no build is writing it)
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     start_time = time.perf_counter()

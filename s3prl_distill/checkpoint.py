@@ -2,35 +2,52 @@
 
 Reading uses ``torch.load(weights_only=True)``: no code in a checkpoint runs. The few Python objects s3prl's own
 formats pickle are allow-listed: ``argparse.Namespace`` (``Args``) and the learning-rate schedule objects that old
-distiller optimizers store, which load as inert placeholders because only the model weights are needed. Anything
-else needs an explicit opt-in (``trust_checkpoint=True`` or ``S3PRL_DISTILL_TRUST_CHECKPOINTS=1``).
+distiller optimizers store (s3prl's own classes when s3prl's optimizers are loaded, else inert placeholders, because
+only the model weights are needed). Anything else needs an explicit opt-in: ``trust_checkpoint=True``, or
+``S3PRL_DISTILL_TRUST_CHECKPOINTS`` set to ``1``/``true``/``yes``/``on``.
+
+s3prl's own loaders read some files with ``weights_only=False`` (the distiller, mockingjay and roberta experts).
+:func:`guard_s3prl_loads` (installed with the compat patches, i.e. whenever s3prl is imported with this package
+present) routes every ``torch.load`` made from s3prl's code through the same safe reader and the same opt-in, so no
+upstream, ours or s3prl's, unpickles a user's file without consent.
 
 Writing is atomic: a temporary file in the same directory, fsynced, then renamed over the target, so a crash
-never leaves a half-written checkpoint where the last good one was.
+never leaves a half-written checkpoint where the last good one was. Written files get the permissions the user's
+umask gives any new file.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import os
 import pickle
 import re
+import shutil
 import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import IO, Any, Callable, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
 
 from .compat import S3PRL_SCHEDULES
+from .errors import UserError
 
 TRUST_ENV = "S3PRL_DISTILL_TRUST_CHECKPOINTS"
+TRUE_VALUES = ("1", "true", "yes", "on")
+FALSE_VALUES = ("", "0", "false", "no", "off")
+
+Source = Union[str, Path, IO[bytes]]
+
+# torch.load as torch defines it: our reader calls it directly, never through the guard installed over torch.load.
+_original_torch_load: Callable[..., Any] = torch.load
 
 
-
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, unsafe to unpickle, or of the wrong kind."""
 
 
@@ -41,10 +58,36 @@ class UnpickledPlaceholder:
         self.state = state
 
 
+def trust_from_environment() -> bool:
+    """Whether :data:`TRUST_ENV` gives consent to full unpickling. Only an explicit yes counts; a value that is
+    neither yes nor no is an error rather than a guess."""
+    value = os.environ.get(TRUST_ENV, "").strip().lower()
+    if value in TRUE_VALUES:
+        return True
+    if value in FALSE_VALUES:
+        return False
+    raise CheckpointError(
+        f"{TRUST_ENV}={os.environ[TRUST_ENV]!r} is not understood: use one of {', '.join(TRUE_VALUES)} to trust "
+        f"checkpoints, or {', '.join(v for v in FALSE_VALUES if v)} (or leave it unset) not to"
+    )
+
+
+def _s3prl_schedule_class(module_name: str, name: str) -> Optional[type]:
+    module = sys.modules.get(module_name)
+    if module is None or not hasattr(module, "get_optimizer"):  # only s3prl's optimizers module
+        return None
+    cls = getattr(module, name, None)
+    return cls if isinstance(cls, type) else None
+
+
 def _allowed_globals() -> list:
+    """``argparse.Namespace`` and s3prl's schedule classes under both module names they are pickled with. The real
+    classes are used when s3prl's optimizers are loaded (a resumed s3prl run needs them); else placeholders."""
     allowed: list = [argparse.Namespace]
     for module in ("optimizers", "s3prl.optimizers"):
-        allowed += [(UnpickledPlaceholder, f"{module}.{name}") for name in S3PRL_SCHEDULES]
+        for name in S3PRL_SCHEDULES:
+            real = _s3prl_schedule_class("s3prl.optimizers", name) or _s3prl_schedule_class("optimizers", name)
+            allowed.append((real or UnpickledPlaceholder, f"{module}.{name}"))
     return allowed
 
 
@@ -55,33 +98,159 @@ def load_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False, what
         raise CheckpointError(f"{what} {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{what} {path} is not a file")
-    trust = trust_checkpoint or os.environ.get(TRUST_ENV, "") not in ("", "0")
+    return _load(path, "cpu", trust_checkpoint or trust_from_environment(), f"{what} {path}")
+
+
+def _load(source: Source, map_location: Any, trust: bool, name: str, **options: Any) -> Any:
+    """The one reader behind :func:`load_checkpoint` and the guarded s3prl loads; ``name`` names the file in errors."""
     try:
         if trust:
             with _s3prl_optimizers_alias():
-                return torch.load(path, map_location="cpu", weights_only=False)
+                return _original_torch_load(source, map_location=map_location, weights_only=False, **options)
         with torch.serialization.safe_globals(_allowed_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _original_torch_load(source, map_location=map_location, weights_only=True, **options)
     except pickle.UnpicklingError as error:
-        message = str(error)
-        if "Weights only load failed" in message or "weights_only" in message:
-            culprit = _unpickler_complaint(message)
-            raise CheckpointError(
-                f"{what} {path} contains Python objects that cannot be loaded safely ({culprit.strip()}). "
-                f"Only if you trust this file, set {TRUST_ENV}=1 (or pass trust_checkpoint=True) to unpickle it fully."
-            ) from None
-        raise CheckpointError(f"{what} {path} is corrupt or truncated: {message}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(
-            f"{what} {path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
-        ) from None
+        if "weights_only" not in str(error) and "Weights only" not in str(error):
+            raise CheckpointError(f"{name} is corrupt or truncated: {error}") from None
+        raise CheckpointError(f"{name} {_why_unsafe_load_failed(source)}") from None
+    except Exception as error:  # noqa: BLE001 (torch's readers raise anything on damaged bytes, KeyError included)
+        raise CheckpointError(f"{name} {_unreadable(source, error)}") from None
 
 
-def _unpickler_complaint(message: str) -> str:
-    """The informative part of torch's weights-only error (e.g. "Unsupported global: GLOBAL foo.Bar")."""
-    _, _, detail = message.partition("WeightsUnpickler error:")
-    detail = detail.split("Check the documentation")[0].strip()
-    return " ".join(detail.split()) if detail else message.splitlines()[0]
+# --- why a safe load failed -----------------------------------------------------------------------------------------
+
+def _read_bytes(source: Source) -> Optional[bytes]:
+    try:
+        if isinstance(source, (str, Path)):
+            return Path(source).read_bytes()
+        source.seek(0)
+        return source.read()
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
+# torch's legacy (pre-1.6) format starts with its magic number, pickled with protocol 2.
+_LEGACY_START = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+
+
+def _kind(data: Optional[bytes]) -> str:
+    """``zip`` (torch's format since 1.6), ``pickle`` (torch's legacy format) or ``other``."""
+    if data is None:
+        return "other"
+    if data[:4] == b"PK\x03\x04":
+        return "zip"
+    if data.startswith(_LEGACY_START):
+        return "pickle"
+    return "other"
+
+
+def _not_a_checkpoint(data: Optional[bytes]) -> str:
+    size = "unreadable" if data is None else f"{len(data)} bytes, starting {data[:8]!r}"
+    return (f"is not a PyTorch checkpoint: it is neither a zip archive (torch.save's format) nor a pickle "
+            f"({size}). Check that the path names the checkpoint file itself")
+
+
+def _unreadable(source: Source, error: BaseException) -> str:
+    data = _read_bytes(source)
+    if _kind(data) == "other":
+        return _not_a_checkpoint(data)
+    first = _first_line(error)
+    if not isinstance(error, (RuntimeError, OSError)):
+        first = f"{type(error).__name__}: {first}"
+    damaged = isinstance(error, (EOFError, zipfile.BadZipFile)) or any(
+        word in first.lower() for word in ("zip", "central directory", "eof", "truncat", "corrupt"))
+    return f"is not a readable PyTorch checkpoint{' (truncated or corrupt)' if damaged else ''}: {first}"
+
+
+def _why_unsafe_load_failed(source: Source) -> str:
+    data = _read_bytes(source)
+    kind = _kind(data)
+    if kind == "other":
+        return _not_a_checkpoint(data)
+    try:
+        found = pickle_globals(data, kind)
+    except Exception as error:  # a damaged pickle: the scan stops where unpickling would
+        return f"is corrupt or truncated (its pickle cannot be read: {type(error).__name__}: {error})"
+    outside = sorted(found - _permitted_global_names())
+    if not outside:
+        return "is corrupt or truncated (torch's safe unpickler rejected it, but it names no disallowed class)"
+    return (f"contains Python objects outside the allow-list: {', '.join(outside)}. Loading it would run code those "
+            f"classes choose. Only if you trust this file, set {TRUST_ENV}=1 (or pass trust_checkpoint=True) to "
+            "unpickle it fully")
+
+
+class _Stub:
+    """What the scanning unpickler builds instead of any object: accepts every construction and update."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _GlobalsScanner(pickle.Unpickler):
+    """Reads a pickle without importing or calling anything: every global is recorded and replaced by a stub, so
+    the names a file would import can be listed safely."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__(file)
+        self.found: Set[str] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        self.found.add(f"{module}.{name}")
+        return type(name, (_Stub,), {})
+
+    def persistent_load(self, pid: Any) -> Any:  # torch's tensor storages
+        return None
+
+
+def pickle_globals(data: bytes, kind: str) -> Set[str]:
+    """Every ``module.name`` the checkpoint's pickle(s) refer to, found without running any of it."""
+    if kind == "zip":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            pickles = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
+        streams = [io.BytesIO(p) for p in pickles]
+    else:
+        streams = [io.BytesIO(data)]
+    found: Set[str] = set()
+    for stream in streams:
+        # The legacy format is several pickles in a row (magic number, version, system info, the object, ...).
+        while stream.tell() < len(stream.getvalue()):
+            scanner = _GlobalsScanner(stream)
+            try:
+                scanner.load()
+            finally:
+                found |= scanner.found
+            if kind == "zip":
+                break
+    return found
+
+
+def _permitted_global_names() -> Set[str]:
+    """Names torch's weights-only unpickler accepts here: its built-in set, the process-wide allow-list and ours."""
+    names: Set[str] = set()
+    try:
+        from torch import _weights_only_unpickler
+
+        names |= set(_weights_only_unpickler._get_allowed_globals())
+    except (ImportError, AttributeError):  # private API: without it, nothing torch-internal is excused by name
+        pass
+    for entry in [*torch.serialization.get_safe_globals(), *_allowed_globals()]:
+        if isinstance(entry, tuple):
+            names.add(entry[1])
+        else:
+            names.add(f"{entry.__module__}.{entry.__qualname__}")
+    return names
 
 
 @contextmanager
@@ -104,6 +273,65 @@ def _s3prl_optimizers_alias() -> Iterator[None]:
             sys.modules["optimizers"] = previous
 
 
+# --- s3prl's own torch.load calls -----------------------------------------------------------------------------------
+
+def _s3prl_roots() -> List[str]:
+    """Folders holding s3prl's code: the package, and a checkout's scripts folder when they run as top-level
+    modules (``optimizers``, ``pretrain.runner``)."""
+    roots = []
+    package = sys.modules.get("s3prl")
+    for folder in getattr(package, "__path__", None) or []:
+        roots.append(os.path.realpath(folder))
+    optimizers = sys.modules.get("optimizers")
+    if optimizers is not None and hasattr(optimizers, "get_optimizer") and getattr(optimizers, "__file__", None):
+        roots.append(os.path.dirname(os.path.realpath(optimizers.__file__)))
+    return [root + os.sep for root in roots]
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_path(filename: str) -> str:
+    return os.path.realpath(filename)
+
+
+def _s3prl_caller() -> Optional[str]:
+    """The s3prl file (relative to its package) of the innermost s3prl frame on the stack, or None."""
+    roots = _s3prl_roots()
+    if not roots:
+        return None
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = _real_path(frame.f_code.co_filename)
+        for root in roots:
+            if filename.startswith(root):
+                return f"{os.path.basename(root.rstrip(os.sep))}/{filename[len(root):]}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+@functools.wraps(_original_torch_load)
+def _guarded_torch_load(f: Any, map_location: Any = None, pickle_module: Any = None, *, weights_only: Any = None,
+                        mmap: Any = None, **pickle_load_args: Any) -> Any:
+    caller = _s3prl_caller()
+    if caller is None:  # not s3prl's code: torch.load exactly as it was
+        return _original_torch_load(f, map_location, pickle_module, weights_only=weights_only, mmap=mmap,
+                                    **pickle_load_args)
+    name = f"checkpoint {f}" if isinstance(f, (str, Path)) else "checkpoint"
+    if isinstance(f, (str, Path)) and not Path(f).is_file():
+        raise CheckpointError(f"{name} (read by {caller}) does not exist")
+    options = {} if mmap is None else {"mmap": mmap}
+    return _load(f, map_location, trust_from_environment(), f"{name} (read by {caller})", **options)
+
+
+def guard_s3prl_loads() -> bool:
+    """Route every ``torch.load`` made from s3prl's code through :func:`load_checkpoint`'s safe reader and opt-in,
+    whatever ``weights_only`` s3prl asks for. Other callers of ``torch.load`` are unaffected. Idempotent; returns
+    whether it was installed now."""
+    if torch.load is _guarded_torch_load:
+        return False
+    torch.load = _guarded_torch_load
+    return True
+
+
 STATES_PATTERN = re.compile(r"^states-(\d+)\.ckpt$")  # what s3prl's runners and ours name step checkpoints
 
 
@@ -121,20 +349,66 @@ def latest_step_checkpoint(folder: Union[str, Path]) -> Optional[Path]:
 
 
 def save_checkpoint(obj: Any, path: Union[str, Path]) -> Path:
-    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename), with the permissions the umask gives
+    any new file. A failed write (e.g. a full disk) leaves ``path`` as it was and raises :class:`CheckpointError`
+    naming the file and the free space."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(descriptor, 0o666 & ~_umask())  # mkstemp creates 0600
         with os.fdopen(descriptor, "wb") as file:
             torch.save(obj, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, (OSError, RuntimeError)):
+            raise CheckpointError(f"could not write checkpoint {path}: {_first_line(error)} "
+                                  f"({_free_space(path.parent)}); the previous file, if any, is unchanged") from error
         raise
     return path
+
+
+TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp$")  # what save_checkpoint's temporary files look like
+
+
+def remove_temporary_files(folder: Union[str, Path], name_pattern: str = "states-*.ckpt") -> List[Path]:
+    """Delete the temporary files that interrupted :func:`save_checkpoint` calls left in ``folder`` for targets
+    matching ``name_pattern``. Call it only while holding the folder's lock (no writer can be active)."""
+    folder = Path(folder)
+    removed = []
+    for candidate in folder.glob(f".{name_pattern}.*.tmp") if folder.is_dir() else []:
+        if candidate.is_file() and TEMPORARY_PATTERN.match(candidate.name):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2 ** 20:.1f} MiB free on the file system of {folder}"
 
 
 # Our own checkpoint layout for students s3prl has no format for (everything but DistilHuBERT).

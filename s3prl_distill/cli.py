@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     commands.add_parser(
-        "pretrain", help="distillation pretraining: -g CONFIG -n NAME [-p EXPROOT] [-o OVERRIDES] [-e CKPT]",
+        "pretrain",
+        help="distillation pretraining: -g CONFIG -n NAME [-p EXPROOT] [-o OVERRIDES] [-e CKPT] [--overwrite]",
         add_help=False,
     )
     cache = commands.add_parser(
@@ -309,6 +310,17 @@ def _cuda() -> bool:
 
 def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    from .errors import UserError, user_message
+
+    try:
+        _dispatch(argv)
+    except UserError as error:  # bad input: its message names it; a traceback would only hide it
+        command = " ".join(["s3prl-distill", *argv[:1]])
+        sys.stderr.write(f"{command}: {user_message(error)}\n")
+        sys.exit(2)
+
+
+def _dispatch(argv: List[str]) -> None:
     # Everything after "downstream" / "pretrain" belongs to that runner's parser, --help included.
     if argv and argv[0] == "downstream":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

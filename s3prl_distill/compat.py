@@ -14,6 +14,8 @@ is first imported; call it yourself when the hook is disabled.
 | ``huggingface_hub`` | ``run_downstream.py`` and ``downstream/runner.py`` import ``HfFolder``/``Repository`` |
 | ``torch_load_namespace`` | ``run_downstream.py -e``: torch's ``weights_only`` default rejects the saved ``Args`` Namespace |
 | ``s3prl_schedules`` | ``run_pretrain.py -e``: the same default rejects the LR-schedule objects in s3prl's optimizer state |
+| ``s3prl_safe_load`` | (security, not breakage) s3prl's distiller, mockingjay and roberta loaders unpickle fully: every
+  ``torch.load`` from s3prl's code goes through :func:`s3prl_distill.checkpoint.load_checkpoint`'s safe reader |
 """
 
 from __future__ import annotations
@@ -282,6 +284,12 @@ def allow_s3prl_schedules(optimizers_module: types.ModuleType) -> List[str]:
     return allowed
 
 
+def _guard_s3prl_loads() -> bool:
+    from .checkpoint import guard_s3prl_loads  # checkpoint imports this module: import at call time
+
+    return guard_s3prl_loads()
+
+
 # --- entry point ----------------------------------------------------------------------------------------------------
 
 def _version_at_least(version: str, minimum: Tuple[int, int]) -> bool:
@@ -324,6 +332,7 @@ def apply() -> List[str]:
         ("audio_io", lambda: patch_audio_io(torchaudio)),
         ("huggingface_hub", lambda: patch_huggingface_hub(huggingface_hub)),
         ("torch_load_namespace", lambda: patch_torch_load_namespace(torch)),
+        ("s3prl_safe_load", _guard_s3prl_loads),
     ]
     for name, step in steps:
         if step():

@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .errors import UnknownUpstreamError
 from .profiling import DEFAULT_FEATURE, forward_time_samples, upstream_features
 
 logger = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 DEFAULT_SECONDS = (10.0,)
 NO_CKPT = ("", "-", "none", "None")  # placeholders in a -k/-g list for "this upstream takes none"
-
-
-class UnknownUpstreamError(ValueError):
-    """An upstream name that ``s3prl.hub`` does not have."""
 
 
 @dataclass(frozen=True)
@@ -81,13 +78,10 @@ def specs_from_lists(
 
 def load_upstream(spec: UpstreamSpec) -> torch.nn.Module:
     """``getattr(s3prl.hub, name)(ckpt=..., model_config=..., refresh=False)``, with our upstreams registered."""
-    from s3prl_distill import register
-
-    register()
-    import s3prl.hub as hub
+    from s3prl_distill.registry import build_upstream
 
     check_names([spec.name])
-    return getattr(hub, spec.name)(ckpt=spec.ckpt, model_config=spec.model_config, refresh=False)
+    return build_upstream(spec.name, spec.ckpt, spec.model_config, what="-u")
 
 
 def check_names(names: Sequence[str]) -> None:

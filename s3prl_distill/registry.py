@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 import logging
 import types
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +53,38 @@ def register(hub_module: Optional[types.ModuleType] = None) -> List[str]:
         setattr(hub_module, name, function)
         registered.append(name)
     return registered
+
+
+def build_upstream(name: str, ckpt: Optional[str] = None, model_config: Optional[str] = None,
+                   refresh: bool = False, what: str = "upstream") -> "torch.nn.Module":
+    """``getattr(s3prl.hub, name)(ckpt=..., model_config=..., refresh=...)`` as s3prl's runner calls it, with our
+    upstreams registered and the mistakes s3prl reports as a bare ``AssertionError`` named first: an unknown name
+    (with close matches) and a ``*_local`` checkpoint or a config file that does not exist. ``what`` names the
+    upstream in errors (e.g. ``teacher``, ``-u``)."""
+    import difflib
+    import os
+
+    from .checkpoint import CheckpointError
+    from .errors import ConfigError, UnknownUpstreamError
+
+    register()
+    import s3prl.hub as hub
+
+    entry = getattr(hub, name, None)
+    if entry is None or not callable(entry):
+        close = difflib.get_close_matches(name, hub.options(), n=5)
+        raise UnknownUpstreamError(f"{what} {name!r} is not an s3prl upstream (close matches: {close}); "
+                         "`s3prl-distill upstreams` lists ours")
+    if name.endswith("_local"):
+        if ckpt is None:
+            raise CheckpointError(f"{what} {name!r} reads a local checkpoint: give its path")
+        if not os.path.exists(os.path.expanduser(ckpt)):  # a file, or a folder for some (roberta_local)
+            raise CheckpointError(f"{what} {name!r}: checkpoint {ckpt} does not exist")
+    if model_config and "://" not in model_config and not os.path.isfile(model_config):
+        raise ConfigError(f"{what} {name!r}: upstream config {model_config} does not exist")
+    kwargs = {"refresh": refresh}
+    if ckpt is not None:
+        kwargs["ckpt"] = ckpt
+    if model_config is not None:
+        kwargs["model_config"] = model_config
+    return entry(**kwargs)

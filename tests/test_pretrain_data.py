@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from s3prl_distill.pretrain.data import (
+    MIN_SAMPLES,
     SAMPLE_RATE,
     AudioItem,
     BucketBatchSampler,
@@ -206,6 +207,56 @@ def test_check_audio_files_skip_returns_good_items_and_warns(mixed_items: Dict[s
         check_audio_files([mixed_items["good"]], on_bad_file="warn", progress=False)
 
 
+def test_files_shorter_than_the_receptive_field_are_bad(tmp_path: Path, audio_tree: Path, caplog):
+    assert MIN_SAMPLES == 400
+    tiny = AudioItem(write_audio(tmp_path / "tiny.flac", 300), 300)
+    just_enough = AudioItem(write_audio(tmp_path / "just_enough.flac", MIN_SAMPLES), MIN_SAMPLES)
+    with pytest.raises(DataError) as error:
+        check_audio_files([tiny, just_enough], progress=False)
+    line = next(line for line in str(error.value).splitlines() if str(tiny.path) in line)
+    assert "300 samples, shorter than the 400-sample (25 ms) receptive field" in line
+    assert str(just_enough.path) not in str(error.value)
+    with caplog.at_level(logging.WARNING, logger="s3prl_distill.pretrain.data"):
+        assert check_audio_files([tiny, just_enough], on_bad_file="skip", progress=False) == [just_enough]
+    assert str(tiny.path) in caplog.text and "receptive field" in caplog.text
+
+    # prepare-data reads headers the same way: a stop names the file, a skip leaves it out of the CSV.
+    short = write_audio(audio_tree / "set_a" / "short.flac", MIN_SAMPLES - 1)
+    empty = audio_tree / "set_a" / "empty.wav"
+    soundfile.write(str(empty), np.zeros(0, dtype=np.float32), SAMPLE_RATE, subtype="PCM_16")
+    out = tmp_path / "csvs"
+    with pytest.raises(DataError) as error:
+        write_length_csvs(audio_tree, out, progress=False)
+    assert f"{short}: 399 samples, shorter than" in str(error.value)
+    assert f"{empty}: 0 samples, shorter than" in str(error.value)
+    assert not out.exists()
+    written = write_length_csvs(audio_tree, out, on_bad_file="skip", progress=False)
+    paths = {item.path for item in read_length_csvs(audio_tree, out, list(written))}
+    assert len(paths) == 6 and short not in paths and empty not in paths
+
+
+def test_skip_with_every_file_bad_is_an_error_listing_them(mixed_items: Dict[str, AudioItem], tmp_path: Path):
+    bad = [mixed_items[name] for name in ("narrowband", "stereo", "missing", "mismatch")]
+    with pytest.raises(DataError) as error:
+        check_audio_files(bad, on_bad_file="skip", progress=False, source="sets ['train'] in /data/len_for_bucket")
+    message = str(error.value)
+    assert "All 4 audio files are bad: on_bad_file='skip' leaves none to use" in message
+    assert "sets ['train'] in /data/len_for_bucket" in message
+    for name, reason in [("narrowband", "8000 Hz"), ("stereo", "2 channels"), ("missing", "not found")]:
+        line = next(line for line in message.splitlines() if str(mixed_items[name].path) in line)
+        assert reason in line
+
+    root = tmp_path / "all_bad"
+    narrow = write_audio(root / "train" / "narrow.flac", 800, sample_rate=8000)
+    tiny = write_audio(root / "train" / "tiny.flac", 100)
+    with pytest.raises(DataError) as error:
+        write_length_csvs(root, tmp_path / "csvs", on_bad_file="skip", progress=False)
+    message = str(error.value)
+    assert "set 'train'" in message and "All 2 audio files are bad" in message
+    assert f"{narrow}: sample rate 8000 Hz" in message and f"{tiny}: 100 samples" in message
+    assert not (tmp_path / "csvs").exists()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Sampler
 
@@ -379,6 +430,58 @@ def test_dataset_errors_name_the_path(tmp_path: Path):
         dataset[(len(items), 0)]
     with pytest.raises(ValueError):
         CroppedAudioDataset(items, max_length=0, seed=0)
+
+
+def write_float_wav_with_nan(path: Path, length: int, bad: Sequence[int], inf: Sequence[int] = ()) -> np.ndarray:
+    """A 32-bit float WAV with NaN at the ``bad`` positions (+Inf at ``inf``); returns the samples written."""
+    wave = np.random.default_rng(4).uniform(-0.5, 0.5, size=length).astype(np.float32)
+    wave[list(bad)] = np.nan
+    wave[list(inf)] = np.inf
+    soundfile.write(str(path), wave, SAMPLE_RATE, subtype="FLOAT")
+    return wave
+
+
+def test_non_finite_samples_stop_with_the_file_named(tmp_path: Path):
+    nan_path = tmp_path / "has_nan.wav"
+    write_float_wav_with_nan(nan_path, 2000, bad=[1500])
+    good_path = write_audio(tmp_path / "good.flac", 2000)
+    items = [AudioItem(nan_path, 2000), AudioItem(good_path, 2000)]
+    assert check_audio_files(items, progress=False) == items  # headers cannot show NaN
+    dataset = CroppedAudioDataset(items, max_length=None, seed=0)
+    with pytest.raises(DataError) as error:
+        dataset[(0, 0)]
+    assert f"{nan_path}: 1 non-finite (NaN or Inf) sample(s) in the 2000-sample window at offset 0" in str(error.value)
+    assert dataset[(1, 0)].shape == (2000,)
+    # A window that misses the bad sample is fine.
+    assert torch.isfinite(dataset.read(0, 0, 1000)).all()
+    with pytest.raises(DataError, match="at offset 1000"):
+        dataset.read(0, 1000, 1000)
+
+    # Raised in a DataLoader worker, the error comes back as a DataError whose text still names the file.
+    sampler = BucketBatchSampler([2000, 2000], batch_size=1, seed=0)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=1, collate_fn=collate_waveforms)
+    with pytest.raises(DataError) as error:
+        list(loader)
+    assert str(nan_path) in str(error.value) and "non-finite" in str(error.value)
+
+
+def test_non_finite_samples_skip_gives_zeros_and_warns_once(tmp_path: Path, caplog):
+    nan_path = tmp_path / "has_nan.wav"
+    written = write_float_wav_with_nan(nan_path, 3000, bad=[10, 2500], inf=[2999])
+    items = [AudioItem(nan_path, 3000)]
+    with pytest.raises(ValueError, match="'stop', 'skip'"):
+        CroppedAudioDataset(items, None, seed=0, on_bad_file="zero")
+    dataset = CroppedAudioDataset(items, max_length=None, seed=0, on_bad_file="skip")
+    with caplog.at_level(logging.WARNING, logger="s3prl_distill.pretrain.data"):
+        first = dataset[(0, 0)]
+        second = dataset[(0, 1)]
+    expected = np.where(np.isfinite(written), written, 0).astype(np.float32)
+    assert first.shape == (3000,) and first.dtype == torch.float32
+    np.testing.assert_array_equal(first.numpy(), expected)
+    assert torch.equal(first, second)
+    warnings = [record for record in caplog.records if str(nan_path) in record.getMessage()]
+    assert len(warnings) == 1 and "3 non-finite" in warnings[0].getMessage()
+    assert "replacing them with zeros" in warnings[0].getMessage()
 
 
 def test_collate_pads_with_zeros():

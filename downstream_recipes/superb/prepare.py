@@ -15,16 +15,14 @@ from typing import Dict, List, Optional
 
 import soundfile
 
+from .tasks import LayoutError
+
 logger = logging.getLogger(__name__)
 
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 KS_CLASSES = KEYWORDS + ["_unknown_", "_silence_"]
 ER_LABELS = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
 _EMO_LINE = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\w+)\t")
-
-
-class LayoutError(FileNotFoundError):
-    """A corpus is not laid out as the task reads it; the message names the path and the expectation."""
 
 
 def iemocap_meta_data(iemocap_root: Path, output: Optional[Path] = None) -> Path:

@@ -4,6 +4,10 @@ Each task (each ER fold) is one experiment directory ``EXPROOT/NAME/<task>[_<fol
 s3prl's checkpoints and prediction files, ``train.log``/``evaluate.log`` and ``done.json``. Re-running the same
 command skips finished experiments and resumes an interrupted training from its last checkpoint (s3prl's ``-e``),
 so a half-finished sweep continues where it stopped.
+
+A sweep holds ``NAME/.s3prl-distill.lock`` while it runs (a second sweep on the same directory stops naming the
+holder's PID), and refuses a directory whose ``sweep.json`` names another upstream, checkpoint, config or feature:
+its finished experiments would otherwise be reported as this upstream's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +31,8 @@ import yaml
 from tqdm import tqdm
 
 from s3prl_distill.checkpoint import latest_step_checkpoint
+from s3prl_distill.errors import UserError
+from s3prl_distill.locking import ExclusiveLock, directory_lock
 
 from .metrics import task_metric
 from .report import write_report
@@ -53,16 +60,34 @@ class SweepSpec:
     folds: Optional[List[str]] = None  # ER folds to run (None = all five, SUPERB's protocol)
 
 
+# What makes two sweeps the same experiment: results in a run directory belong to exactly this.
+IDENTITY = ("upstream", "ckpt", "model_config", "feature")
+
+
+class SweepExistsError(UserError, FileExistsError):
+    """A run directory that holds another upstream's sweep."""
+
+
+def check_same_sweep(spec: SweepSpec, run_dir: Path) -> None:
+    """Refuse ``run_dir`` if its ``sweep.json`` was written for another upstream (or checkpoint, config, feature)."""
+    saved_path = run_dir / "sweep.json"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError) as error:
+        raise SweepExistsError(f"{saved_path} is unreadable ({error}); choose another -n NAME") from None
+    differences = [f"{key}: {saved.get(key)!r} there, {getattr(spec, key)!r} now" for key in IDENTITY
+                   if saved.get(key) != getattr(spec, key)]
+    if differences:
+        raise SweepExistsError(f"{run_dir} holds the sweep of another upstream ({'; '.join(differences)}); its "
+                               "results would be mixed with this one's: choose another -n NAME")
+
+
 def count_parameters(spec: SweepSpec) -> int:
-    from s3prl_distill import register
+    from s3prl_distill.registry import build_upstream
 
-    register()
-    import s3prl.hub as hub
-
-    entry = getattr(hub, spec.upstream, None)
-    if entry is None:
-        raise ValueError(f"-u {spec.upstream!r} is not an s3prl upstream")
-    model = entry(ckpt=spec.ckpt, model_config=spec.model_config, refresh=False)
+    model = build_upstream(spec.upstream, spec.ckpt, spec.model_config, what="-u")
     return sum(p.numel() for p in model.parameters())
 
 
@@ -75,6 +100,14 @@ def clear_voxceleb1_cache() -> None:
     if cache.exists():
         shutil.rmtree(cache)
         logger.info("removed s3prl's stale VoxCeleb1 file-list cache %s", cache)
+
+
+def _voxceleb1_cache_lock() -> ExclusiveLock:
+    """Held while an SID experiment uses s3prl's shared VoxCeleb1 cache (waits for another sweep's)."""
+    spec = importlib.util.find_spec("s3prl")
+    folder = Path(spec.origin).parent if spec is not None and spec.origin else Path.home() / ".cache" / "s3prl"
+    return ExclusiveLock(folder / "downstream" / "voxceleb1" / ".s3prl-distill-sid.lock",
+                         "s3prl's VoxCeleb1 file-list cache", wait=True)
 
 
 def _s3prl(arguments: List[str], log: Path, environment: Optional[Dict[str, str]] = None) -> float:
@@ -166,24 +199,32 @@ def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> L
     results.md, results.png), in order."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    plans = []
-    for spec in specs:
-        parse_settings(spec.settings)  # malformed overrides fail before any training
-        values = data_values(Path(spec.data_root), spec.tasks, spec.num_workers)
-        run_dir = Path(spec.exproot) / spec.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
-        plans.append((spec, values, run_dir, _units(spec)))
+    with ExitStack() as locks:
+        plans = []
+        for spec in specs:
+            run_dir = Path(spec.exproot) / spec.name
+            locks.enter_context(directory_lock(run_dir, "SUPERB run directory",
+                                               hint="wait for that sweep to finish, or choose another -n"))
+            check_same_sweep(spec, run_dir)
+            parse_settings(spec.settings)  # malformed overrides fail before any training
+            values = data_values(Path(spec.data_root), spec.tasks, spec.num_workers)
+            (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
+            plans.append((spec, values, run_dir, _units(spec)))
+        return _run_plans(plans, jobs, desc)
+
+
+def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
     environment = None
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         environment = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
-    # s3prl keeps VoxCeleb1 file lists in one cache inside its package: SID experiments must not overlap.
+    # s3prl keeps VoxCeleb1 file lists in one cache inside its package: SID experiments must not overlap, in this
+    # sweep (threads) or in another one (processes).
     sid_lock = threading.Lock()
 
     def execute(spec: SweepSpec, values: dict, run_dir: Path, task: Task, fold: Optional[str]) -> dict:
         expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
         if task.key == "sid":
-            with sid_lock:
+            with sid_lock, _voxceleb1_cache_lock():
                 return run_unit(spec, task, fold, values, expdir, environment)
         return run_unit(spec, task, fold, values, expdir, environment)
 

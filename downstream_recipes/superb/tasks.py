@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from s3prl_distill.errors import UserError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Vocabularies used when the data root has none: s3prl's 71 phones (SIL, SPN, 69 stressed ARPAbet) and its 28
 # ASR characters in s3prl's order (neither file ships with PyPI s3prl).
@@ -56,6 +58,10 @@ def parse_tasks(text: str) -> List[str]:
     return tasks
 
 
+class LayoutError(UserError, FileNotFoundError):
+    """A corpus is not laid out as the task reads it; the message names the path and the expectation."""
+
+
 def data_values(data_root: Path, tasks: List[str], num_workers: int) -> Dict[str, Any]:
     """Placeholder values for ``tasks``' configs; every required path is checked, and the first missing one is
     named together with the expected layout."""
@@ -65,7 +71,7 @@ def data_values(data_root: Path, tasks: List[str], num_workers: int) -> Dict[str
     def need(relative: str, what: str) -> Path:
         path = root / relative
         if not path.exists():
-            raise FileNotFoundError(f"{what}: {path} does not exist.\n{LAYOUT}")
+            raise LayoutError(f"{what}: {path} does not exist.\n{LAYOUT}")
         return path
 
     if "pr" in tasks or "asr" in tasks:

@@ -31,8 +31,8 @@ FAMILY = "asr_distill"
 class AsrDistillMethodConfig(StrictModel):
     name: Literal["asr_distill"] = "asr_distill"
     loss_type: Literal["l1", "l2"] = "l1"
-    regression_weight: float = 1.0
-    cosine_weight: float = 1.0
+    regression_weight: float = Field(1.0, ge=0.0)
+    cosine_weight: float = Field(1.0, ge=0.0)
     # λ of the discriminative term (the paper sweeps 0.2-0.8); 0 turns it off. Needs student.codeword_head.
     discriminative_weight: float = Field(0.0, ge=0.0)
     # τ of the teacher's codeword distribution (HuBERT's logit_temp) and of the cosine codeword head.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Literal, Mapping
 
+from pydantic import Field
 from torch import Tensor
 
 from s3prl_distill.importers.s3prl_distiller import export_distiller, state_dict_from_distiller
@@ -21,8 +22,8 @@ from ..method import DistillationBatch, Method
 class DistilHuBERTMethodConfig(StrictModel):
     name: Literal["distilhubert"] = "distilhubert"
     loss_type: Literal["l1", "l2"] = "l1"
-    regression_weight: float = 1.0
-    cosine_weight: float = 1.0  # λ of the −log σ(cos) term
+    regression_weight: float = Field(1.0, ge=0.0)
+    cosine_weight: float = Field(1.0, ge=0.0)  # λ of the −log σ(cos) term
     # s3prl averages over padded frames too; true excludes them.
     mask_padding: bool = False
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Dict, List, Literal, Mapping, Optional
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import export_student
@@ -35,8 +35,8 @@ class DPHuBERTMethodConfig(StrictModel):
     """``dphubert`` and ``skill`` are the same recipe; the name records which one a run is."""
 
     name: Literal["dphubert", "skill"] = "dphubert"
-    l1_weight: float = 1.0
-    cosine_weight: float = 1.0
+    l1_weight: float = Field(1.0, ge=0.0)
+    cosine_weight: float = Field(1.0, ge=0.0)
     cosine_type: Literal["raw", "log_sigmoid"] = "raw"  # DPHuBERT: raw (-cos); log_sigmoid: -log σ(cos)
     mask_padding: bool = True  # exclude padded frames (DPHuBERT crops batches to the shortest utterance instead)
     # Fraction of the unpruned student's parameters to remove, reached linearly over the warm-up, then held.

@@ -24,8 +24,8 @@ from ..method import DistillationBatch, Method
 class FitHuBERTMethodConfig(StrictModel):
     name: Literal["fithubert"] = "fithubert"
     loss_type: Literal["mse", "l1"] = "mse"
-    final_weight: float = 1.0
-    hint_weight: float = 0.1
+    final_weight: float = Field(1.0, ge=0.0)
+    hint_weight: float = Field(0.1, ge=0.0)
     # Student layers (1-based) whose heads get the hint loss; the last layer always gets the final loss.
     hint_layers: List[int] = Field(default_factory=lambda: list(range(1, 12)))
     mask_padding: bool = False

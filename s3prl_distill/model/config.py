@@ -13,6 +13,8 @@ from typing import Any, List, Literal, Optional, Tuple, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..errors import ConfigError
+
 ConvLayerSpec = Tuple[int, int, int]  # (out_channels, kernel_size, stride)
 
 HUBERT_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)]*4 + [(512,2,2)]*2"
@@ -403,7 +405,7 @@ class StudentConfig(StrictModel):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise ValueError(f"invalid {source}:\n{_format_validation_error(error)}") from None
+            raise ConfigError(f"invalid {source}:\n{_format_validation_error(error)}") from None
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "StudentConfig":

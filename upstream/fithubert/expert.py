@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
+from s3prl_distill.errors import ConfigError
 from s3prl_distill.importers.fithubert import import_lightning, is_lightning_checkpoint
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.config import _format_validation_error
@@ -51,7 +52,7 @@ def read_fithubert_config(
     try:
         return FitHuBERTOptions.model_validate(options), official
     except ValidationError as error:
-        raise ValueError(f"{name}: invalid options in {source}:\n{_format_validation_error(error)}") from None
+        raise ConfigError(f"{name}: invalid options in {source}:\n{_format_validation_error(error)}") from None
 
 
 def parameter_counts(model: StudentModel) -> Dict[str, int]:

@@ -1,0 +1,39 @@
+"""Errors in what the user gave us (a file, an argument, a config value).
+
+Every such error derives from :class:`UserError`: its message names the file or setting and says what to do, so
+the command line prints the message alone, without a Python traceback. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+class UserError(Exception):
+    """Bad input, with a message that names it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config (YAML, overrides, options) that does not validate; the message names each bad key."""
+
+
+class UnknownUpstreamError(UserError, ValueError):
+    """An upstream name that ``s3prl.hub`` does not have."""
+
+
+_WORKER_TRACEBACK = re.compile(r"Original Traceback \(most recent call last\):")
+
+
+def user_message(error: BaseException) -> str:
+    """The text to show for ``error``. An error raised in a DataLoader worker is re-raised by torch with the worker's
+    traceback folded into its message; only the original message is kept."""
+    text = str(error)
+    if not _WORKER_TRACEBACK.search(text):
+        return text
+    name = type(error).__name__
+    for marker in (f"{type(error).__module__}.{name}: ", f"{name}: "):
+        position = text.rfind(marker)
+        if position >= 0:
+            return text[position + len(marker):].strip()
+    return text
