@@ -570,10 +570,10 @@ class CroppedAudioDataset(torch.utils.data.Dataset):
             raise DataError(f"{item.path}: read {len(wave)} samples at offset {offset}, expected {frames}")
         finite = np.isfinite(wave)
         if not finite.all():
-            wave = self._zero_non_finite(index, offset, wave, finite)
+            wave = self._handle_non_finite(index, offset, wave, finite)
         return torch.from_numpy(np.ascontiguousarray(wave))
 
-    def _zero_non_finite(self, index: int, offset: int, wave: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    def _handle_non_finite(self, index: int, offset: int, wave: np.ndarray, finite: np.ndarray) -> np.ndarray:
         """Raises DataError (``stop``) or returns ``wave`` with its non-finite samples set to 0 (``skip``)."""
         path = self.items[index].path
         count = int(finite.size - np.count_nonzero(finite))

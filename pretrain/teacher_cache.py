@@ -206,7 +206,6 @@ def collate_with_targets(batch: Sequence[Tuple[Tensor, Tensor]]) -> Tuple[Tensor
 def build_teacher_cache(config: PretrainConfig, output: Path, batch_size: int = 8, device: str = "cpu",
                         progress: bool = True) -> Path:
     """Run ``config.teacher`` over every window of ``config.data`` and write the cache to ``output``."""
-
     output = Path(output)
     # One builder per output: the lock is a hidden file beside it (the output itself appears only when complete).
     lock = ExclusiveLock(output.parent / f".{output.name}.lock", f"teacher cache {output}",

@@ -84,21 +84,24 @@ def _allowed_globals() -> list:
     """``argparse.Namespace`` and s3prl's schedule classes under both module names they are pickled with. The real
     classes are used when s3prl's optimizers are loaded (a resumed s3prl run needs them); else placeholders."""
     allowed: list = [argparse.Namespace]
-    for module in ("optimizers", "s3prl.optimizers"):
-        for name in S3PRL_SCHEDULES:
-            real = _s3prl_schedule_class("s3prl.optimizers", name) or _s3prl_schedule_class("optimizers", name)
-            allowed.append((real or UnpickledPlaceholder, f"{module}.{name}"))
+    for name in S3PRL_SCHEDULES:
+        cls = _s3prl_schedule_class("s3prl.optimizers", name) or _s3prl_schedule_class("optimizers", name)
+        allowed += [(cls or UnpickledPlaceholder, f"{module}.{name}") for module in ("optimizers", "s3prl.optimizers")]
     return allowed
 
 
 def load_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False, what: str = "checkpoint") -> Any:
     """Load ``path`` on the CPU. Errors are :class:`CheckpointError` naming the file and the problem."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{what} {path} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} is not a file")
+    _require_file(path, f"{what} {path}")
     return _load(path, "cpu", trust_checkpoint or trust_from_environment(), f"{what} {path}")
+
+
+def _require_file(path: Path, name: str) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{name} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{name} is not a file")
 
 
 def _load(source: Source, map_location: Any, trust: bool, name: str, **options: Any) -> Any:
@@ -315,11 +318,11 @@ def _guarded_torch_load(f: Any, map_location: Any = None, pickle_module: Any = N
     if caller is None:  # not s3prl's code: torch.load exactly as it was
         return _original_torch_load(f, map_location, pickle_module, weights_only=weights_only, mmap=mmap,
                                     **pickle_load_args)
-    name = f"checkpoint {f}" if isinstance(f, (str, Path)) else "checkpoint"
-    if isinstance(f, (str, Path)) and not Path(f).is_file():
-        raise CheckpointError(f"{name} (read by {caller}) does not exist")
+    name = f"checkpoint {f} (read by {caller})" if isinstance(f, (str, Path)) else f"checkpoint (read by {caller})"
+    if isinstance(f, (str, Path)):
+        _require_file(Path(f), name)
     options = {} if mmap is None else {"mmap": mmap}
-    return _load(f, map_location, trust_from_environment(), f"{name} (read by {caller})", **options)
+    return _load(f, map_location, trust_from_environment(), name, **options)
 
 
 def guard_s3prl_loads() -> bool:
@@ -348,13 +351,16 @@ def latest_step_checkpoint(folder: Union[str, Path]) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
+TEMPORARY_SUFFIX = ".tmp"  # save_checkpoint writes ".<name>.<random>.tmp" beside its target
+
+
 def save_checkpoint(obj: Any, path: Union[str, Path]) -> Path:
     """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename), with the permissions the umask gives
     any new file. A failed write (e.g. a full disk) leaves ``path`` as it was and raises :class:`CheckpointError`
     naming the file and the free space."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         os.fchmod(descriptor, 0o666 & ~_umask())  # mkstemp creates 0600
         with os.fdopen(descriptor, "wb") as file:
@@ -371,16 +377,14 @@ def save_checkpoint(obj: Any, path: Union[str, Path]) -> Path:
     return path
 
 
-TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp$")  # what save_checkpoint's temporary files look like
-
-
-def remove_temporary_files(folder: Union[str, Path], name_pattern: str = "states-*.ckpt") -> List[Path]:
-    """Delete the temporary files that interrupted :func:`save_checkpoint` calls left in ``folder`` for targets
-    matching ``name_pattern``. Call it only while holding the folder's lock (no writer can be active)."""
+def remove_temporary_files(folder: Union[str, Path]) -> List[Path]:
+    """Delete the temporary files that interrupted :func:`save_checkpoint` calls left in ``folder`` for step
+    checkpoints (``.states-<step>.ckpt.<random>.tmp``). Call it only while holding the folder's lock (no writer can be
+    active)."""
     folder = Path(folder)
     removed = []
-    for candidate in folder.glob(f".{name_pattern}.*.tmp") if folder.is_dir() else []:
-        if candidate.is_file() and TEMPORARY_PATTERN.match(candidate.name):
+    for candidate in folder.glob(f".states-*.ckpt.*{TEMPORARY_SUFFIX}") if folder.is_dir() else []:
+        if candidate.is_file():
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed

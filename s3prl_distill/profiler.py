@@ -18,7 +18,6 @@ upstream (``--vs``) compare like with like.
 from __future__ import annotations
 
 import ctypes
-import difflib
 import gc
 import json
 import logging
@@ -35,8 +34,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import UnknownUpstreamError
+from .errors import UnknownUpstreamError  # noqa: F401 (raised through check_upstream_names; importable from here)
 from .profiling import DEFAULT_FEATURE, forward_time_samples, upstream_features
+from .registry import build_upstream, check_upstream_names
 
 logger = logging.getLogger(__name__)
 
@@ -78,25 +78,7 @@ def specs_from_lists(
 
 def load_upstream(spec: UpstreamSpec) -> torch.nn.Module:
     """``getattr(s3prl.hub, name)(ckpt=..., model_config=..., refresh=False)``, with our upstreams registered."""
-    from s3prl_distill.registry import build_upstream
-
-    check_names([spec.name])
     return build_upstream(spec.name, spec.ckpt, spec.model_config, what="-u")
-
-
-def check_names(names: Sequence[str]) -> None:
-    """Raise :class:`UnknownUpstreamError` naming the first name ``s3prl.hub`` lacks, with its close matches."""
-    from s3prl_distill import register
-
-    register()
-    import s3prl.hub as hub
-
-    options = hub.options()
-    for name in names:
-        if name not in options:
-            close = difflib.get_close_matches(name, options, n=5)
-            raise UnknownUpstreamError(f"upstream {name!r} is not in s3prl.hub (close matches: {close}); "
-                                       "`s3prl-distill upstreams` lists ours")
 
 
 def parameter_counts(upstream: torch.nn.Module) -> Dict[str, Any]:
@@ -232,7 +214,7 @@ def profile_upstreams(
         else:
             specs.append(reference)
             reference_index = len(specs) - 1
-    check_names([spec.name for spec in specs])  # a typo in the last name fails before the first model loads
+    check_upstream_names([spec.name for spec in specs], what="-u")  # a typo in the last name fails before the first model loads
     labels = _labels(specs)
     previous_threads = torch.get_num_threads()
     threads = threads or previous_threads

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import types
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -55,26 +55,38 @@ def register(hub_module: Optional[types.ModuleType] = None) -> List[str]:
     return registered
 
 
+def check_upstream_names(names: Sequence[str], what: str = "upstream") -> None:
+    """Raise :class:`UnknownUpstreamError` naming the first of ``names`` that ``s3prl.hub`` lacks, with its close
+    matches (our upstreams registered first)."""
+    import difflib
+
+    from .errors import UnknownUpstreamError
+
+    register()
+    import s3prl.hub as hub
+
+    options = hub.options()
+    for name in names:
+        if name not in options:
+            close = difflib.get_close_matches(name, options, n=5)
+            raise UnknownUpstreamError(f"{what} {name!r} is not an s3prl upstream (close matches: {close}); "
+                                       "`s3prl-distill upstreams` lists ours")
+
+
 def build_upstream(name: str, ckpt: Optional[str] = None, model_config: Optional[str] = None,
                    refresh: bool = False, what: str = "upstream") -> "torch.nn.Module":
     """``getattr(s3prl.hub, name)(ckpt=..., model_config=..., refresh=...)`` as s3prl's runner calls it, with our
     upstreams registered and the mistakes s3prl reports as a bare ``AssertionError`` named first: an unknown name
     (with close matches) and a ``*_local`` checkpoint or a config file that does not exist. ``what`` names the
     upstream in errors (e.g. ``teacher``, ``-u``)."""
-    import difflib
     import os
 
     from .checkpoint import CheckpointError
-    from .errors import ConfigError, UnknownUpstreamError
+    from .errors import ConfigError
 
-    register()
+    check_upstream_names([name], what)
     import s3prl.hub as hub
 
-    entry = getattr(hub, name, None)
-    if entry is None or not callable(entry):
-        close = difflib.get_close_matches(name, hub.options(), n=5)
-        raise UnknownUpstreamError(f"{what} {name!r} is not an s3prl upstream (close matches: {close}); "
-                         "`s3prl-distill upstreams` lists ours")
     if name.endswith("_local"):
         if ckpt is None:
             raise CheckpointError(f"{what} {name!r} reads a local checkpoint: give its path")
@@ -87,4 +99,4 @@ def build_upstream(name: str, ckpt: Optional[str] = None, model_config: Optional
         kwargs["ckpt"] = ckpt
     if model_config is not None:
         kwargs["model_config"] = model_config
-    return entry(**kwargs)
+    return getattr(hub, name)(**kwargs)
