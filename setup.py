@@ -74,7 +74,7 @@ setup(
     ],
     extras_require={
         "superb": ["editdistance", "pandas", "librosa", "catalyst==22.4", "joblib"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],  # xdist: the suite on two workers (Makefile)
     },
     entry_points={"console_scripts": ["s3prl-distill = s3prl_distill.cli:main"]},
     cmdclass={"build_py": BuildWithAutoload},

@@ -18,6 +18,7 @@ from .asr_distill.recipe import AsrDistillMethodConfig
 from .distilhubert.recipe import DistilHuBERTMethodConfig
 from .dphubert.recipe import DPHuBERTMethodConfig
 from .fithubert.recipe import FitHuBERTMethodConfig
+from .optim import SCHEDULES as S3PRL_SCHEDULES
 
 
 class RunnerConfig(StrictModel):
@@ -26,7 +27,8 @@ class RunnerConfig(StrictModel):
     save_step: int = 5000
     keep_last: int = 3  # states-<step>.ckpt files kept; older ones are deleted after each save
     gradient_accumulate_steps: int = 1
-    gradient_clipping: float = 5.0
+    # Max global norm of the gradients of every trained parameter (null: no clipping, as FitHuBERT's Lightning run).
+    gradient_clipping: Optional[float] = 5.0
     # Autocast precision: bf16 on CUDA and on CPU (fast where the CPU has AVX512-BF16 / AMX); fp16 (with loss
     # scaling) on CUDA only, elsewhere it falls back to fp32 with a warning.
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -39,15 +41,25 @@ class RunnerConfig(StrictModel):
         for name in ("total_steps", "log_step", "save_step", "keep_last", "gradient_accumulate_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.gradient_clipping <= 0:
-            raise ValueError("gradient_clipping must be > 0")
+        if self.gradient_clipping is not None and self.gradient_clipping <= 0:
+            raise ValueError("gradient_clipping must be > 0 (or null: no clipping)")
         return self
 
 
 class OptimizerConfig(StrictModel):
-    """AdamW. Weight decay applies to every parameter except biases (as s3prl's AdamW_with_schedule groups them)."""
+    """The optimizer. Weight decay applies to every parameter except biases (as s3prl's AdamW_with_schedule groups
+    them); ``weight_decay`` is the value of the decayed group.
 
-    name: Literal["AdamW"] = "AdamW"
+    * ``AdamW``: torch's (fused) AdamW -- decoupled weight decay ``p *= 1 - lr * wd``, bias-corrected ``eps`` -- with
+      the ``scheduler`` section applied as a LambdaLR over the run's global steps. DPHuBERT trains with it.
+    * ``AdamW_with_schedule``: s3prl's optimizer of that name (its Lamb in Adam mode with bias correction; see
+      ``pretrain/optim.py``), which DistilHuBERT, FitHuBERT and Wang et al. train with: ``eps`` on the uncorrected
+      ``sqrt(v)``, weight decay inside the update and scaled by the bias-corrected step, and the ``scheduler`` section
+      (``linear_warmup_decay`` or ``constant``) applied by the optimizer itself at each parameter's own step count.
+      Same name as in s3prl's ``config_runner.yaml``, so a ported recipe reads the same.
+    """
+
+    name: Literal["AdamW", "AdamW_with_schedule"] = "AdamW"
     lr: float = Field(2.0e-4, gt=0)
     betas: Tuple[float, float] = (0.9, 0.98)
     eps: float = Field(1.0e-6, gt=0)
@@ -62,7 +74,10 @@ class OptimizerConfig(StrictModel):
 
 
 class SchedulerConfig(StrictModel):
-    """Linear warm-up from 0 to the optimizer's lr, then linear decay to 0 at ``runner.total_steps``."""
+    """Linear warm-up from 0 to the optimizer's lr over ``W = runner.total_steps * warmup_proportion`` updates, then
+    linear decay to 0 at ``runner.total_steps`` (s3prl's ``warmup_linear``, DPHuBERT's ``LinearDecayLRScheduler``:
+    update ``t``, counted from 1, gets ``t / W``, then ``(T - t) / (T - W)``); or ``constant``. With
+    ``optimizer.name: AdamW_with_schedule`` the optimizer applies it per parameter (see ``OPTIMIZER_SCHEDULES``)."""
 
     name: Literal["linear_warmup_decay", "constant"] = "linear_warmup_decay"
     warmup_proportion: float = 0.07
@@ -73,6 +88,14 @@ class SchedulerConfig(StrictModel):
         if not 0.0 <= value < 1.0:
             raise ValueError("must be in [0, 1)")
         return value
+
+
+# The scheduler.name values each optimizer.name can follow: AdamW through a LambdaLR, AdamW_with_schedule by itself
+# (only what pretrain/optim.py implements). Checked when the config loads, before anything heavy is built.
+OPTIMIZER_SCHEDULES: Dict[str, Tuple[str, ...]] = {
+    "AdamW": ("linear_warmup_decay", "constant"),
+    "AdamW_with_schedule": S3PRL_SCHEDULES,
+}
 
 
 class TeacherConfig(StrictModel):
@@ -144,6 +167,14 @@ class PretrainConfig(StrictModel):
     student_init: StudentInitConfig = Field(default_factory=StudentInitConfig)
     method: MethodConfig = Field(discriminator="name")
     data: DataConfig
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> "PretrainConfig":
+        supported = OPTIMIZER_SCHEDULES[self.optimizer.name]
+        if self.scheduler.name not in supported:
+            raise ValueError(f"scheduler.name={self.scheduler.name!r} cannot be used with optimizer.name="
+                             f"{self.optimizer.name!r}, which supports {', '.join(supported)}")
+        return self
 
     def to_dict(self) -> Dict[str, Any]:
         data = self.model_dump()

@@ -35,6 +35,9 @@ class Method:
     uses_codebook: bool = False
     codebook_temperature: float = 1.0
     codebook_ckpt: Optional[str] = None  # where to read the codebook when the teacher model lacks it
+    # Which teacher tensor hidden state 0 is: s3prl's (the first layer's input) or DPHuBERT's (the feature
+    # projection's output, before the positional convolution).
+    teacher_layer_zero: str = "transformer_input"
 
     def bind(self, student: nn.Module) -> None:
         """Called once with the built (and initialised) student, before training."""

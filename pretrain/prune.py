@@ -2,7 +2,9 @@
 
 Writes ``pruned.ckpt`` (our format; the ``dphubert`` / ``skill`` upstream loads it) and, when the checkpoint holds
 its run config, ``final_distill.yaml``: the same run on the pruned student without gates, starting from
-``pruned.ckpt`` (DPHuBERT's final distillation stage).
+``pruned.ckpt`` (DPHuBERT's final distillation stage). Attention / FFN blocks left with no head / unit are removed
+entirely (no parameters), as DPHuBERT's prune does. ``s3prl-distill export CKPT --to dphubert OUT`` then writes
+either checkpoint in the official DPHuBERT layout.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None
     if config.pruning is None:
         raise CheckpointError(f"{path} holds a student without pruning gates (already pruned?)")
     model = StudentModel(config)
-    model.load_state_dict(checkpoint["Student"], strict=True)
+    try:
+        model.load_state_dict(checkpoint["Student"], strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not match its StudentConfig: {error}") from None
     model.eval()
     full = model.num_parameters()
     expected = final_num_parameters(model)
@@ -74,6 +79,12 @@ def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None
         final_path = output / "final_distill.yaml"
         final_path.write_text(yaml.safe_dump(run_config, sort_keys=False))
         summary["final_distill_config"] = str(final_path)
+    summary["removed_attention_blocks"] = [i for i, h in enumerate(pruned.config.encoder.layer_num_heads()) if h == 0]
+    summary["removed_feed_forward_blocks"] = [i for i, u in enumerate(pruned.config.encoder.layer_ffn_dims())
+                                              if u == 0]
+    summary["export"] = (f"s3prl-distill export {pruned_path} --to dphubert {output / 'pruned_dphubert.pth'} "
+                         "(or export the final distillation's checkpoint the same way)")
     (output / "pruning.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
-    logger.info("pruned %s: %d -> %d parameters", path, full, summary["params_pruned"])
+    logger.info("pruned %s: %d -> %d parameters; official DPHuBERT layout: %s", path, full, summary["params_pruned"],
+                summary["export"])
     return summary

@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -48,6 +49,7 @@ from s3prl_distill.losses import combine
 
 from .config import DataConfig, PretrainConfig, apply_overrides, load_config, validate_config
 from .data import BucketBatchSampler, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
+from .optim import S3prlAdamW, linear_warmup_decay_factor
 from .task import DistillationTask
 from .teacher_cache import CachedWindowDataset, TeacherCache, collate_with_targets
 
@@ -126,13 +128,12 @@ def build_data(data: DataConfig, seed: int, world_size: int = 1, rank: int = 0, 
     return items, sampler, loader
 
 
-def linear_warmup_decay(total_steps: int, warmup_proportion: float):
-    warmup = int(total_steps * warmup_proportion)
+def linear_warmup_decay(total_steps: int, warmup_proportion: float) -> Callable[[int], float]:
+    """LambdaLR factor: LambdaLR passes the 0-based index ``s`` of the coming update, the official schedules (s3prl's
+    ``warmup_linear``, DPHuBERT's) count updates from 1, so ``s`` gets their factor at ``t = s + 1``."""
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return linear_warmup_decay_factor(step + 1, total_steps, warmup_proportion)
 
     return factor
 
@@ -167,14 +168,19 @@ class Trainer:
             if self.dist.enabled else self.student
         )
         self.optimizer = self._optimizer()
+        self.trained_parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # AdamW_with_schedule applies the schedule itself, per parameter; its LambdaLR stays at 1 (kept so that
+        # every checkpoint has the same fields).
+        scheduled_by_lambda = config.scheduler.name == "linear_warmup_decay" and not self.schedules_itself
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             linear_warmup_decay(runner.total_steps, config.scheduler.warmup_proportion)
-            if config.scheduler.name == "linear_warmup_decay" else (lambda step: 1.0),
+            if scheduled_by_lambda else (lambda step: 1.0),
         )
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # LambdaLR path: the latest update's lr, for the log
         # One path for every precision: the scaler unscales, finds non-finite gradients and skips those updates. Only
         # fp16 scales the loss; otherwise the scale stays 1. The fused AdamW takes the skip decision as a tensor, so
-        # no step waits for the device.
+        # no step waits for the device; AdamW_with_schedule (no AMP hooks) makes the scaler read it, once a step.
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 16 if self.precision == "fp16" else 1.0)
         self.skipped_updates = torch.zeros((), dtype=torch.long, device=self.device)  # in the current log window
         self.step, self.epoch, self.batch_index = 0, 0, 0
@@ -190,6 +196,10 @@ class Trainer:
 
     # --- construction ---------------------------------------------------------------------------------------------
 
+    @property
+    def schedules_itself(self) -> bool:
+        return isinstance(self.optimizer, S3prlAdamW)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config.optimizer
         groups = self.task.method.parameter_groups(self.student, cfg.weight_decay)
@@ -197,6 +207,11 @@ class Trainer:
             decay = [p for n, p in self.student.named_parameters() if p.requires_grad and not n.endswith("bias")]
             no_decay = [p for n, p in self.student.named_parameters() if p.requires_grad and n.endswith("bias")]
             groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if cfg.name == "AdamW_with_schedule":
+            scheduler = self.config.scheduler
+            return S3prlAdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                              total_steps=self.config.runner.total_steps,
+                              warmup_proportion=scheduler.warmup_proportion, schedule=scheduler.name)
         # The fused kernel: one pass over all parameters (4x faster than the foreach version for DistilHuBERT on CPU),
         # and it skips a non-finite step on the device (see the scaler).
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
@@ -251,6 +266,13 @@ class Trainer:
         self.student.load_state_dict(self.task.student_state(checkpoint))
         self.optimizer.load_state_dict(checkpoint["Optimizer"])
         self.scheduler.load_state_dict(checkpoint["Scheduler"])
+        if self.schedules_itself:
+            # The schedule comes from the config, as a LambdaLR's does (the checkpoint's groups hold the saved one):
+            # a resume with -o config.runner.total_steps=N follows the new length.
+            scheduler = self.config.scheduler
+            for group in self.optimizer.param_groups:
+                group.update(total_steps=self.config.runner.total_steps, schedule=scheduler.name,
+                             warmup_proportion=scheduler.warmup_proportion)
         if checkpoint["Scaler"]:  # empty in checkpoints of versions that kept the scaler off outside fp16
             self.scaler.load_state_dict(checkpoint["Scaler"])
         self.task.method.load_state_dict(checkpoint.get("MethodState", {}))
@@ -330,11 +352,15 @@ class Trainer:
                 window.setdefault("loss", []).append(loss.detach()[None])
                 window_utterances += waveforms.shape[0] * self.dist.world_size
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), runner.gradient_clipping)
+            # Over everything the optimizer trains (a method's own parameters too, e.g. DPHuBERT's λ, as Lightning
+            # clips there); no clipping still measures the norm, for the log and the non-finite check.
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.trained_parameters, math.inf if runner.gradient_clipping is None else runner.gradient_clipping)
             self.skipped_updates += ~torch.isfinite(grad_norm)
             self.scaler.step(self.optimizer)  # no update when a gradient is inf/NaN
             self.scaler.update(None if self.precision == "fp16" else 1.0)
             self.optimizer.zero_grad(set_to_none=True)
+            self.last_lr = self.optimizer.param_groups[0]["lr"]  # before the LambdaLR moves on to the next update's
             self.scheduler.step()
             self.step += 1
             progress.update(1)
@@ -354,11 +380,16 @@ class Trainer:
         if writer is not None:
             writer.close()
 
+    def _scheduled_lr(self) -> float:
+        """The first group's lr as scheduled for the latest update (AdamW_with_schedule: at its parameters' own step
+        count); Adam's bias correction is not in it, for either optimizer."""
+        return self.optimizer.scheduled_lr() if self.schedules_itself else self.last_lr
+
     def _log(self, writer, window, grad_norm, utterances_per_second, progress) -> None:
         if writer is None:
             return
         means = {name: torch.stack(values).mean(0).cpu() for name, values in window.items()}
-        scalars = {"loss": means.pop("loss").item(), "lr": self.scheduler.get_last_lr()[0],
+        scalars = {"loss": means.pop("loss").item(), "lr": self._scheduled_lr(),
                    "grad_norm": float(grad_norm), "utterances_per_s": utterances_per_second,
                    **self.task.method.scalars()}
         for name, per_target in means.items():
@@ -406,6 +437,11 @@ def run(
         if not isinstance(checkpoint, dict) or "TrainingState" not in checkpoint or "RunConfig" not in checkpoint:
             raise CheckpointError(f"{path} is not a checkpoint of this pretrain runner (no TrainingState/RunConfig)")
         config = validate_config(apply_overrides(checkpoint["RunConfig"], overrides), f"{path} (RunConfig)")
+        saved = (checkpoint["RunConfig"].get("optimizer") or {}).get("name", "AdamW")
+        if config.optimizer.name != saved:  # the moments and step counters are another optimizer's
+            raise ConfigError(
+                f"optimizer.name={config.optimizer.name!r}: {path} was trained with {saved!r}, whose state another "
+                f"optimizer cannot resume; resume with optimizer.name={saved!r} (another optimizer means a new run)")
         source_dir = path.parent
         expdir = source_dir if name is None else Path(exproot) / name
     else:

@@ -19,7 +19,7 @@ from torch import nn
 from s3prl_distill.errors import ConfigError
 from s3prl_distill.losses import combine
 from s3prl_distill.model.config import _format_validation_error
-from s3prl_distill.pretrain.config import DataConfig, ModelSections
+from s3prl_distill.pretrain.config import DataConfig, ModelSections, PretrainConfig
 from s3prl_distill.pretrain.runner import build_data
 from s3prl_distill.pretrain.task import DistillationTask
 from s3prl_distill.pretrain.teacher_cache import TeacherCache
@@ -32,6 +32,17 @@ def _validated(model, data: Any, source: str):
         return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(f"invalid {source}:\n{_format_validation_error(error)}") from None
+
+
+def _model_sections(config: Mapping[str, Any], source: str) -> ModelSections:
+    """The teacher/student/student_init/method sections of ``-g``: a model config, or a whole pretrain config (then
+    validated whole, and its runner/optimizer/scheduler/data sections left to s3prl's ``-c`` config)."""
+    extra = sorted(set(config) - set(ModelSections.model_fields))
+    if extra and set(extra) <= set(PretrainConfig.model_fields):
+        _validated(PretrainConfig, config, source)
+        logger.info("%s: sections %s are ignored here; s3prl's runner config (-c) sets them", source, ", ".join(extra))
+        config = {key: value for key, value in config.items() if key in ModelSections.model_fields}
+    return _validated(ModelSections, config, source)
 
 
 class S3prlPretrainExpert(nn.Module):
@@ -54,7 +65,7 @@ class S3prlPretrainExpert(nn.Module):
         else:  # a resumed s3prl run hands back the dict saved as Upstream_Config
             self.upstream_config = dict(upstream_config)
             source = "Upstream_Config"
-        sections = _validated(ModelSections, self.upstream_config, source)
+        sections = _model_sections(self.upstream_config, source)
         self.datarc = _validated(DataConfig, dict(datarc), "pretrain_expert.datarc")
         self.device = torch.device(device)
         cache = TeacherCache(Path(self.datarc.teacher_cache)) if self.datarc.teacher_cache else None
@@ -71,9 +82,10 @@ class S3prlPretrainExpert(nn.Module):
         self.task.prepare_front_end(items)  # after load_model: a resumed run keeps its statistics
         return loader
 
-    def forward(self, data, records=None, global_step: int = 0, log_step: int = 1000, **kwargs: Any):
+    def forward(self, data, records=None, global_step: int = 1, log_step: int = 1000, **kwargs: Any):
         waveforms, lengths, *cached = (tensor.to(self.device, non_blocking=True) for tensor in data)
-        terms = self.task.losses(self.model, waveforms, lengths, global_step, *cached)
+        # s3prl counts the update being computed from 1; our step is the number of updates already done.
+        terms = self.task.losses(self.task.student, waveforms, lengths, global_step - 1, *cached)
         loss = combine(terms)
         records = defaultdict(list) if records is None else records
         if global_step % log_step == 0:
@@ -83,7 +95,7 @@ class S3prlPretrainExpert(nn.Module):
         return loss, records
 
     def load_model(self, init_ckpt: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(self.task.student_state(init_ckpt))
+        self.task.student.load_state_dict(self.task.student_state(init_ckpt))
 
     def add_state_to_save(self, all_states: Dict[str, Any]) -> Dict[str, Any]:
         exported = self.task.export()

@@ -72,6 +72,8 @@ class DistillationTask:
         self.student.to(device)
         self.method = build_method(method, student)
         self.method.bind(self.student)
+        if self.teacher is not None and cache is None and self.method.teacher_layer_zero == "feature_projection":
+            self.teacher.feature_projection_module()  # a teacher that cannot give it fails now, not at the first step
         self.codebook = None
         if self.method.uses_codebook:
             source = cache.codebook() if cache is not None else self.teacher.codebook(self.method.codebook_ckpt)
@@ -85,7 +87,8 @@ class DistillationTask:
         """Refuse a cache built for another teacher, layer set or data list, or at another frame rate than the
         student's."""
         layers = required_layers(self.method, int(self.cache.meta["num_hidden_states"]))
-        self.cache.check(cache_key(teacher, data, items, layers, self.student.downsample_rate))
+        self.cache.check(cache_key(teacher, data, items, layers, self.student.downsample_rate,
+                                   self.method.teacher_layer_zero))
 
     def _check_codeword_head(self) -> None:
         head = self.student_config.codeword_head
@@ -104,7 +107,7 @@ class DistillationTask:
         """The teacher's hidden states (s3prl indexing): computed, or from ``cached`` (B, T, layers, D) targets of
         the cache, with None for the layers it does not hold."""
         if cached is None:
-            hidden_states = self.teacher(waveforms, lengths)
+            hidden_states = self.teacher(waveforms, lengths, self.method.teacher_layer_zero)
             self.teacher.check_layers(self.method.target_layers, len(hidden_states))
             return hidden_states
         hidden_states: List[Optional[Tensor]] = [None] * int(self.cache.meta["num_hidden_states"])

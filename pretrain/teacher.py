@@ -68,9 +68,13 @@ def read_hubert_codebook(path: str, trust_checkpoint: bool = False) -> HubertCod
                           "one ('model')")
 
 
+# What a method means by the teacher's hidden state 0 (see ``Teacher.forward``).
+LAYER_ZERO_CHOICES = ("transformer_input", "feature_projection")
+
+
 class Teacher(nn.Module):
     """Wraps ``getattr(s3prl.hub, name)(...)``; ``forward`` returns its ``hidden_states`` in s3prl's indexing
-    (0 = transformer input, i = output of layer i)."""
+    (0 = transformer input, i = output of layer i), or with DPHuBERT's index 0 (the feature projection's output)."""
 
     def __init__(self, config: TeacherConfig) -> None:
         super().__init__()
@@ -95,12 +99,45 @@ class Teacher(nn.Module):
         return super().train(False)  # always frozen
 
     @torch.no_grad()
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> List[Tensor]:
-        """``waveforms`` (B, S) zero-padded, ``lengths`` (B,) -> hidden states, each (B, T, D), in fp32."""
+    def forward(self, waveforms: Tensor, lengths: Tensor, layer_zero: str = "transformer_input") -> List[Tensor]:
+        """``waveforms`` (B, S) zero-padded, ``lengths`` (B,) -> hidden states, each (B, T, D), in fp32.
+
+        ``layer_zero="feature_projection"`` replaces hidden state 0 (s3prl's: the first layer's input, after the
+        positional convolution and LayerNorm) by the tensor DPHuBERT calls layer 0: the projected CNN features
+        before the positional convolution, read from the input of the upstream's transformer encoder."""
         wavs = [wave[:length] for wave, length in zip(waveforms, lengths.tolist())]
-        with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            states = self.upstream(wavs)["hidden_states"]
+        captured: List[Tensor] = []
+        hook = None
+        if layer_zero == "feature_projection":
+            hook = self.feature_projection_module().register_forward_pre_hook(
+                lambda module, args, kwargs: captured.append(args[0] if args else kwargs["x"]), with_kwargs=True)
+        elif layer_zero != "transformer_input":
+            raise ValueError(f"layer_zero must be one of {LAYER_ZERO_CHOICES}, not {layer_zero!r}")
+        try:
+            with torch.autocast(device_type=waveforms.device.type, enabled=False):
+                states = list(self.upstream(wavs)["hidden_states"])
+        finally:
+            if hook is not None:
+                hook.remove()
+        if hook is not None:
+            if len(captured) != 1 or captured[0].shape != states[0].shape:
+                raise RuntimeError(f"teacher {self.name!r}: its encoder ran {len(captured)} times or took input of "
+                                   f"another shape than its hidden states; cannot read the feature projection")
+            states[0] = captured[0]
         return [state.float() for state in states]
+
+    def feature_projection_module(self) -> nn.Module:
+        """The fairseq-style transformer encoder (s3prl's HuBERT, WavLM and wav2vec 2.0 experts): its input is the
+        feature projection's output, before the positional convolution."""
+        model = getattr(self.upstream, "model", None)
+        encoder = getattr(model, "encoder", None)
+        if not isinstance(encoder, nn.Module) or not hasattr(encoder, "pos_conv"):
+            raise ValueError(
+                f"teacher {self.name!r} has no fairseq-style encoder (model.encoder with pos_conv) whose input is the "
+                "feature projection's output, which a projection head's layer 0 (DPHuBERT's indexing) needs; use a "
+                "hubert, wavlm or wav2vec2 teacher, or set student.prediction_head.layer_zero: transformer_input"
+            )
+        return encoder
 
     def check_layers(self, layers: List[int], hidden_count: int) -> None:
         """A clear error for target layers beyond the teacher's hidden states."""

@@ -90,14 +90,18 @@ def required_layers(method, num_hidden_states: int) -> List[int]:
 
 
 def cache_key(teacher: TeacherConfig, data: DataConfig, items: Sequence[AudioItem], layers: List[int],
-              frame_rate: int) -> Dict[str, Any]:
-    return {
+              frame_rate: int, layer_zero: str = "transformer_input") -> Dict[str, Any]:
+    key = {
         "teacher": {"name": teacher.name, "ckpt_sha256": _sha256_file(teacher.ckpt),
                     "upstream_config_sha256": _sha256_file(teacher.upstream_config)},
         "layers": list(layers),
         "data": {"sha256": data_digest(items, Path(data.root)), "utterances": len(items), "window": data.max_length},
         "frame_rate": int(frame_rate),
     }
+    if 0 in layers and layer_zero != "transformer_input":
+        # Only then: caches of s3prl's hidden state 0 (all caches written before this key existed) stay valid.
+        key["layer_zero"] = layer_zero
+    return key
 
 
 def compute_windows(items: Sequence[AudioItem], max_length: Optional[int]) -> List[Tuple[int, int, int]]:
@@ -247,7 +251,8 @@ def _build(config: PretrainConfig, output: Path, batch_size: int, device: str, p
     try:
         for chosen in batches:
             waves = torch.stack([dataset.read(*windows[w]) for w in chosen]).to(device)
-            hidden = teacher(waves, torch.full((len(chosen),), waves.shape[1], device=device))
+            hidden = teacher(waves, torch.full((len(chosen),), waves.shape[1], device=device),
+                             method.teacher_layer_zero)
             if layers is None:
                 hidden_count, width = len(hidden), hidden[0].shape[-1]
                 layers = required_layers(method, hidden_count)
@@ -280,7 +285,7 @@ def _build(config: PretrainConfig, output: Path, batch_size: int, device: str, p
     total_bytes = sum(s["bytes"] for s in shards)
     meta = {
         "format": FORMAT,
-        "key": cache_key(config.teacher, config.data, items, layers, frame_rate),
+        "key": cache_key(config.teacher, config.data, items, layers, frame_rate, method.teacher_layer_zero),
         "width": int(width), "num_hidden_states": int(hidden_count),
         "shards": [{"file": s["file"], "frames": s["frames"]} for s in shards],
         "windows": len(windows), "audio_hours": round(audio_seconds / 3600, 4), "bytes": total_bytes,

@@ -105,7 +105,7 @@ def run_layer_similarity_command(args: argparse.Namespace) -> None:
             TeacherConfig(name=args.teacher, ckpt=args.ckpt), files, Path(args.output), utterances=args.utterances,
             measure=args.measure, linkage=args.linkage, groups=args.groups, distance_threshold=args.distance_threshold,
             exclude_layer0=args.exclude_layer0, contiguous=args.contiguous, max_seconds=args.max_seconds,
-            max_frames=args.max_frames, device=args.device, data=args.data,
+            max_frames=args.max_frames, device=args.device, data=args.data, layer_zero=args.layer_zero,
         )
     except ValueError as error:  # bad audio or arguments, unknown teacher, unreadable checkpoint
         raise SystemExit(f"layer-similarity: {error}")
@@ -115,6 +115,8 @@ def run_layer_similarity_command(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export import EXPORT_FORMATS
+
     parser = argparse.ArgumentParser(prog="s3prl-distill", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
@@ -142,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--output", required=True, help="directory for pruned.ckpt, final_distill.yaml, pruning.yaml")
     prune.add_argument("--final-steps", type=int, help="total_steps of the final-distillation config (default: "
                        "the run's)")
+    export = commands.add_parser(
+        "export", help="write a trained student in another layout (dphubert: the official DPHuBERT {config, "
+        "state_dict} of a pruned dphubert/skill student)")
+    export.add_argument("checkpoint", help="our checkpoint: pruned.ckpt from prune, or a final-distillation "
+                        "states-<step>.ckpt (or its run directory)")
+    export.add_argument("output", help="the file to write")
+    export.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="the layout to write")
     prepare = commands.add_parser(
         "prepare-data", help="write s3prl len_for_bucket CSVs (file_path, length) for an audio tree"
     )
@@ -246,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     how_many.add_argument("--groups", type=int, help="number of layer groups")
     how_many.add_argument("--distance-threshold", type=float,
                           help="merge while the linkage distance (1 - similarity) is at most this")
-    similar.add_argument("--exclude-layer0", action="store_true", help="leave hidden state 0 (CNN output) out")
+    similar.add_argument("--exclude-layer0", action="store_true", help="leave hidden state 0 out")
+    similar.add_argument("--layer-zero", choices=("feature_projection", "transformer_input"), default="feature_projection",
+                         help="hidden state 0: DPHuBERT's (the feature projection, before the positional conv; what "
+                              "SKILL's targets use) or s3prl's (the first layer's input)")
     similar.add_argument("--contiguous", action="store_true", help="every group is a run of adjacent layers")
     similar.add_argument("--max-seconds", type=float, default=10.0, help="use the first N seconds of each file")
     similar.add_argument("--max-frames", type=int, default=20000, help="frames kept in all (a fixed stride)")
@@ -286,7 +298,7 @@ def link_pretrain(checkout: str) -> None:
     target = next((c for c in candidates if c.is_dir() and (c.parent / "run_pretrain.py").is_file()), None)
     if target is None:
         raise SystemExit(f"link-pretrain: {root} is not an s3prl checkout (no s3prl/run_pretrain.py beside pretrain/)")
-    # Recipe folders with a pretrain_expert.py (dphubert/skill have none: s3prl's optimizer cannot hold their groups).
+    # Recipe folders with a pretrain_expert.py (every recipe's; skill runs as -u dphubert).
     folders = {Path(importlib.import_module(recipe.__module__).__file__).parent for _, recipe in METHODS.values()}
     for source in sorted(folder for folder in folders if (folder / "pretrain_expert.py").is_file()):
         link = target / source.name
@@ -354,6 +366,11 @@ def _dispatch(argv: List[str]) -> None:
         from .pretrain.prune import prune_checkpoint
 
         summary = prune_checkpoint(Path(args.checkpoint), Path(args.output), args.final_steps)
+        print(json.dumps(summary, indent=2))
+    elif args.command == "export":
+        from .export import export_checkpoint
+
+        summary = export_checkpoint(Path(args.checkpoint), args.to, Path(args.output))
         print(json.dumps(summary, indent=2))
     elif args.command == "prepare-data":
         prepare_data(args.audio_root, args.output, args.sets, args.on_bad_file)

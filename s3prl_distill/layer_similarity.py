@@ -1,7 +1,8 @@
 """SKILL-style layer-similarity analysis of a teacher: which of its hidden states say the same thing.
 
-A calibration set of utterances goes through the teacher once; the frames of every hidden state (s3prl indexing:
-0 = transformer input, i = output of layer i) are compared pairwise with linear CKA (Kornblith et al., 2019) or the
+A calibration set of utterances goes through the teacher once; the frames of every hidden state (i = output of
+layer i; 0 = DPHuBERT's layer 0, the feature projection's output, as SKILL's targets use it, or with
+``layer_zero="transformer_input"`` s3prl's hidden state 0) are compared pairwise with linear CKA (Kornblith et al., 2019) or the
 time-averaged cosine similarity, and the layers are grouped by agglomerative clustering of ``1 - similarity``
 (SciPy's, or a contiguity-constrained variant where every group is a run of adjacent layers). The groups are written
 as the ``student.prediction_head.target_groups`` snippet the pretrain runner reads.
@@ -19,7 +20,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -132,7 +133,7 @@ def _max_samples(max_seconds: float) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def collect_hidden_states(
-    teacher: "torch.nn.Module",
+    teacher: Callable[..., List["torch.Tensor"]],
     files: Sequence[Path],
     max_seconds: float = 10.0,
     max_frames: int = 20000,
@@ -140,7 +141,7 @@ def collect_hidden_states(
 ) -> List[np.ndarray]:
     """Frames of every hidden state over ``files``, each layer stacked to (N, D_l) float64, N <= ``max_frames``.
 
-    ``teacher(waveforms (1, S), lengths (1,))`` must return the hidden states, each (1, T, D). Utterances run one at a
+    ``teacher(waveforms (1, S), lengths (1,))`` (a callable) must return the hidden states, each (1, T, D). Utterances run one at a
     time; frames are kept at a fixed stride over the whole set (from the expected frame count), so the sample is
     spread evenly over all utterances and is the same on every run."""
     import torch
@@ -425,14 +426,16 @@ def cluster_layers(
 # Outputs
 # ----------------------------------------------------------------------------------------------------------------------
 
-def skill_groups_yaml(groups: List[List[int]], comment: str) -> str:
-    """The pretrain-config snippet: ``student.prediction_head`` with ``target_groups``, after a ``#`` comment line."""
+def skill_groups_yaml(groups: List[List[int]], comment: str, layer_zero: str = "feature_projection") -> str:
+    """The pretrain-config snippet: ``student.prediction_head`` with ``target_groups`` (and the hidden state 0 they
+    were measured on), after a ``#`` comment line."""
     import yaml
 
     body = {"student": {"prediction_head": {
         "type": "projection",
         "target_groups": [[int(layer) for layer in group] for group in groups],
         "group_target": "mean",
+        "layer_zero": layer_zero,
     }}}
     comment = " ".join(comment.split())  # one line
     return f"# {comment}\n" + yaml.safe_dump(body, sort_keys=False, default_flow_style=None)
@@ -493,12 +496,14 @@ def analyse_layers(
     max_frames: int = 20000,
     device: str = "cpu",
     data: Optional[str] = None,
+    layer_zero: str = "feature_projection",
 ) -> dict:
     """Run the analysis and write ``similarity.npy``, ``similarity.csv``, ``groups.json``, ``layer_similarity.png``
     and ``skill_groups.yaml`` to ``output``. Returns the ``groups.json`` content.
 
     ``files``: calibration audio (16 kHz mono); ``utterances`` of them are taken evenly spaced over the sorted list
-    (all when None). ``data`` names the calibration source in the YAML comment (default: the files' common folder)."""
+    (all when None). ``data`` names the calibration source in the YAML comment (default: the files' common folder).
+    ``layer_zero``: which teacher tensor is hidden state 0 (see :class:`~s3prl_distill.pretrain.teacher.Teacher`)."""
     from s3prl_distill.pretrain.teacher import Teacher
 
     if measure not in MEASURES:
@@ -517,7 +522,10 @@ def analyse_layers(
         _check_audio(path, _max_samples(max_seconds))
 
     teacher = Teacher(teacher_config).to(device)
-    states = collect_hidden_states(teacher, chosen, max_seconds, max_frames, device)
+    if layer_zero == "feature_projection":
+        teacher.feature_projection_module()  # fails before any audio is read if the teacher cannot give it
+    states = collect_hidden_states(lambda wave, lengths: teacher(wave, lengths, layer_zero), chosen, max_seconds,
+                                   max_frames, device)
     frames = int(states[0].shape[0])
     logger.info("%d hidden states, %d frames from %d utterances; computing %s", len(states), frames, len(chosen),
                 measure)
@@ -541,6 +549,7 @@ def analyse_layers(
         "threshold": distance_threshold,
         "contiguous": contiguous,
         "exclude_layer0": exclude_layer0,
+        "layer_zero": layer_zero,
         "teacher": teacher_config.name,
         "ckpt": teacher_config.ckpt,
         "utterances": len(chosen),
@@ -550,7 +559,7 @@ def analyse_layers(
     (output / "groups.json").write_text(json.dumps(result, indent=2) + "\n")
     comment = (f"layer-similarity: {measure}, {linkage} linkage, {len(found)} groups, {len(chosen)} utterances from "
                f"{data}; teacher {teacher_config.name} {teacher_config.ckpt or ''}").rstrip()
-    (output / "skill_groups.yaml").write_text(skill_groups_yaml(found, comment))
+    (output / "skill_groups.yaml").write_text(skill_groups_yaml(found, comment, layer_zero))
     order = sorted(layers) if contiguous else layers
     plot_similarity(output / "layer_similarity.png", similarity, tree, order,
                     f"{teacher_config.name}: {measure}, {linkage} linkage, {len(found)} groups, "

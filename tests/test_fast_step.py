@@ -70,8 +70,9 @@ def test_no_tensor_is_read_back_between_logs(setup, tmp_path, monkeypatch):  # n
 
 
 def test_non_finite_gradients_skip_the_update_and_are_reported(setup, tmp_path, caplog):  # noqa: F811
+    # A constant lr: a decaying schedule gives the last update (here step 3, checked to train) lr 0.
     trainer = make_trainer(setup, tmp_path / "run", "config.runner.total_steps=3,,config.runner.log_step=3,,"
-                                                    "config.runner.save_step=3")
+                                                    "config.runner.save_step=3,,config.scheduler.name=constant")
     original_losses = trainer.task.losses
     snapshots = []
 

@@ -306,7 +306,8 @@ def test_analyse_layers_end_to_end_is_deterministic(hubert_ckpt, audio_dir, tmp_
     assert text.startswith("# layer-similarity: linear_cka, average linkage, 2 groups, 4 utterances from ")
     assert f"teacher hubert_local {hubert_ckpt}\n" in text.splitlines(keepends=True)[0]
     assert yaml.safe_load(text) == {"student": {"prediction_head": {
-        "type": "projection", "target_groups": groups, "group_target": "mean"}}}
+        "type": "projection", "target_groups": groups, "group_target": "mean", "layer_zero": "feature_projection"}}}
+    assert saved["layer_zero"] == "feature_projection"
 
     for name in ("similarity.npy", "groups.json", "skill_groups.yaml", "similarity.csv"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name

@@ -1,7 +1,6 @@
 """Our recipe under s3prl's own run_pretrain.py, in a folder shaped like an s3prl git checkout."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -21,12 +20,27 @@ def make_checkout(folder: Path) -> Path:
     return target
 
 
+def linked_checkout(folder: Path) -> Path:
+    """A copy of s3prl shaped like its git checkout, with our recipes linked in by ``s3prl-distill link-pretrain``
+    (in-process: the command's own code, without a second interpreter start)."""
+    from s3prl_distill.cli import main
+
+    workdir = make_checkout(folder)
+    main(["link-pretrain", str(workdir.parent)])
+    for recipe in ("distilhubert", "fithubert", "asr_distill", "dphubert"):
+        assert (workdir / "pretrain" / recipe / "pretrain_expert.py").is_file(), recipe
+    return workdir
+
+
+def s3prl_run_pretrain(workdir: Path, *arguments: str) -> None:
+    """s3prl's own ``run_pretrain.py`` in the checkout ``workdir`` (CPU), which must succeed."""
+    result = run_python(["run_pretrain.py", *arguments, "--device", "cpu"], cwd=workdir,
+                        extra_env={"PYTHONPATH": str(workdir.parent)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
 def test_link_pretrain_then_s3prl_run_pretrain_trains_and_resumes(setup, tmp_path):  # noqa: F811
-    workdir = make_checkout(tmp_path)
-    command = Path(sys.executable).parent / "s3prl-distill"
-    linked = run_python([str(command), "link-pretrain", str(workdir.parent)])
-    assert linked.returncode == 0, linked.stderr
-    assert (workdir / "pretrain" / "distilhubert" / "pretrain_expert.py").is_file()
+    workdir = linked_checkout(tmp_path)
 
     ours = yaml.safe_load(setup["config"].read_text())
     model_config = tmp_path / "config_model.yaml"
@@ -38,11 +52,8 @@ def test_link_pretrain_then_s3prl_run_pretrain_trains_and_resumes(setup, tmp_pat
         "optimizer": {"name": "AdamW_with_schedule", "lr": 1.0e-3, "warmup_proportion": 0.07},
         "pretrain_expert": {"datarc": ours["data"]},
     }))
-    env = {"PYTHONPATH": str(workdir.parent)}
-    arguments = ["run_pretrain.py", "-u", "distilhubert", "-g", str(model_config), "-c", str(runner_config),
-                 "-n", "s3prl_run", "--device", "cpu"]
-    result = run_python(arguments, cwd=workdir, extra_env=env)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    s3prl_run_pretrain(workdir, "-u", "distilhubert", "-g", str(model_config), "-c", str(runner_config),
+                       "-n", "s3prl_run")
     expdir = workdir / "result" / "pretrain" / "s3prl_run"
     checkpoint_path = expdir / "states-4.ckpt"
     assert checkpoint_path.is_file(), sorted(p.name for p in expdir.iterdir())
@@ -61,6 +72,4 @@ def test_link_pretrain_then_s3prl_run_pretrain_trains_and_resumes(setup, tmp_pat
     assert difference <= 1e-4
 
     # s3prl's own resume (-e) works on these checkpoints (its distiller's does not: Config held the model config).
-    result = run_python(["run_pretrain.py", "-e", str(expdir / "states-2.ckpt"), "--device", "cpu"],
-                        cwd=workdir, extra_env=env)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    s3prl_run_pretrain(workdir, "-e", str(expdir / "states-2.ckpt"))

@@ -1,6 +1,8 @@
 """The upstream of jointly distilled and pruned students (``pretrain/dphubert``: DPHuBERT, SKILL), shared by the
 ``dphubert`` and ``skill`` families. It reads our pruned checkpoints (from ``s3prl-distill prune``) and, for
-``dphubert``, the official DPHuBERT / DPWavLM release format ``{"config", "state_dict"}``.
+``dphubert``, the official DPHuBERT / DPWavLM release format ``{"config", "state_dict"}`` (which ``s3prl-distill
+export --to dphubert`` writes). Attention / FFN blocks removed by pruning have no parameters in either; an older
+pruned checkpoint of ours with zero stand-in biases for them loads too (see ``EncoderLayer``).
 
 Outputs follow s3prl's HuBERT / WavLM experts, so a pruned student's layer weights compare with its teacher's:
 ``hidden_states`` = [transformer input (after the positional conv and LayerNorm), each layer's output].
@@ -44,10 +46,13 @@ class PrunedStudentExpert(nn.Module):
         checkpoint = load_upstream_checkpoint(ckpt, model_config, expected, trust_checkpoint, f"{expected} checkpoint")
         if expected == "dphubert" and is_dphubert_checkpoint(checkpoint):
             try:
-                config, use_attention, use_feed_forward = dphubert_student_config(checkpoint["config"], ckpt)
+                config = dphubert_student_config(checkpoint["config"], ckpt)
             except ValueError as error:
                 raise CheckpointError(str(error)) from None
-            state = dphubert_state_dict(checkpoint["state_dict"], config, use_attention, use_feed_forward)
+            try:
+                state = dphubert_state_dict(checkpoint["state_dict"], config)
+            except ValueError as error:  # a key no rule covers
+                raise CheckpointError(f"{ckpt}: {error}") from None
         elif is_native_student(checkpoint) and checkpoint.get("Family") == expected:
             config = native_student_config(checkpoint, ckpt)
             if config.pruning is not None:

@@ -5,9 +5,13 @@ for ASR"): a deep-thin (12 x 480, a linear head per layer) or shallow-wide (Dist
       + λ_disc · KL(p_teacher ‖ p_student)        the discriminative loss, per frame over HuBERT's codewords
 
 where p_teacher = softmax(cos(final_proj(h_T), e_c) / τ) over the teacher's label embeddings e_c, and p_student
-comes from the student's codeword head: ``cosine`` (scored like the teacher, against the same frozen embeddings,
-÷ τ) or ``logits`` (a Linear straight to the codewords). With an fbank front end, the first ``front_end_steps``
-steps train the front end alone: L1 between its head and the teacher's hidden state 0.
+comes from the student's codeword head on its last layer: ``cosine`` (the authors' ``type1``: a Linear to the
+teacher's projection width, scored by cosine against the same frozen embeddings) or ``logits`` (``type2``: a Linear
+straight to the codewords); ``use_temperature`` divides the student's logits by τ too (default: cosine yes, logits
+no). KL is the authors' ``F.kl_div(..., reduction="batchmean")``: the sum over frames / B·T. With an fbank front end,
+the first ``front_end_steps`` steps train the front end alone: L1 (MSE with ``loss_type: l2``) between its head and
+the teacher's hidden state 0, a mean over every element. As in the authors' code, every term counts padded frames
+too unless ``mask_padding``.
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ class AsrDistillMethodConfig(StrictModel):
     # Length of the front-end stage (steps, counted in runner.total_steps). Needs an fbank front end with a
     # front-end head (student.prediction_head.front_end).
     front_end_steps: int = Field(0, ge=0)
-    # The regression terms average over padded frames too unless true (as s3prl's distiller); the discriminative
-    # and front-end terms always count only real frames.
+    # Divide the student's codeword logits by τ as well (the authors' use_temperature). None: the head's convention,
+    # cosine heads yes (scored like the teacher), logits heads no (the released "type2, no τ" models).
+    use_temperature: Optional[bool] = None
+    # Every term (regression, discriminative, front end) averages over padded frames too unless true, as the authors'
+    # code (s3prl's distiller) does.
     mask_padding: bool = False
 
 
@@ -72,11 +79,14 @@ class AsrDistill(Method):
         self.codebook_temperature = config.temperature
         self.codebook_ckpt = config.codebook_ckpt
         self.codeword_head_type = student.codeword_head.type if student.codeword_head is not None else None
+        self.student_temperature = config.use_temperature if config.use_temperature is not None else \
+            self.codeword_head_type == "cosine"
 
     def student_codeword_logits(self, output: Tensor, codewords: Tensor) -> Tensor:
+        temperature = self.config.temperature if self.student_temperature else 1.0
         if self.codeword_head_type == "cosine":
-            return codeword_logits(output, codewords, self.config.temperature)
-        return output.float()
+            return codeword_logits(output, codewords, temperature)
+        return output.float() / temperature
 
     def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:
         config = self.config
@@ -87,7 +97,7 @@ class AsrDistill(Method):
             frames = min(teacher_logits.shape[1], batch.student.codeword_output.shape[1])
             student_logits = self.student_codeword_logits(batch.student.codeword_output[:, :frames],
                                                           batch.codewords)
-            valid = None if batch.valid is None else batch.valid[:, :frames]
+            valid = None if batch.valid is None or not config.mask_padding else batch.valid[:, :frames]
             terms["discriminative"] = kl_divergence_term(student_logits, teacher_logits[:, :frames], valid,
                                                          config.discriminative_weight)
         return terms
@@ -95,7 +105,7 @@ class AsrDistill(Method):
     def front_end_losses(self, student: StudentOutput, target: Tensor, valid: Optional[Tensor]) -> Dict[str, LossTerm]:
         frames = min(student.front_end_prediction.shape[1], target.shape[1])
         prediction = student.front_end_prediction[:, None, :frames]
-        valid = None if valid is None else valid[:, :frames]
+        valid = None if valid is None or not self.config.mask_padding else valid[:, :frames]
         return {"front_end": regression_term(prediction, target[:, None, :frames], valid, self.config.loss_type)
                 .labelled([0])}
 

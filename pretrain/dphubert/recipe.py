@@ -25,7 +25,7 @@ from s3prl_distill.losses import (
     scalar_term,
 )
 from s3prl_distill.model.config import StrictModel, StudentConfig
-from s3prl_distill.model.pruning import SparsityPenalty, expected_num_parameters, has_gates
+from s3prl_distill.model.pruning import SparsityPenalty, expected_num_parameters, has_gates, unit_counts
 from s3prl_distill.model.student import GATE_SUFFIX, StudentModel
 
 from ..method import DistillationBatch, Method
@@ -62,6 +62,7 @@ class DPHuBERT(Method):
                              "(target_groups)")
         self.config = config
         self.targets: List[List[int]] = head.projection_targets()
+        self.teacher_layer_zero = head.layer_zero  # the student's head reads the same tensor (StudentModel)
         self.target_layers = sorted({layer for target in self.targets for layer in target})
         self.prediction_indices = list(range(len(self.targets)))
         self.penalty = SparsityPenalty()
@@ -70,7 +71,9 @@ class DPHuBERT(Method):
 
     def bind(self, student: StudentModel) -> None:
         """Called once with the student: its unpruned size is the reference of the sparsity."""
-        self.full_parameters = student.num_parameters()
+        # DPHuBERT's reference is every parameter of the teacher it copies: the backbone, plus its CNN's fixed
+        # output scale (a parameter there, a buffer here).
+        self.full_parameters = student.num_parameters() + _output_scale_size(student, expected=False)
         self.pruning = has_gates(student)
         self.penalty.to(next(student.parameters()).device)
 
@@ -100,7 +103,7 @@ class DPHuBERT(Method):
         """The Lagrangian size penalty (while the student has gates)."""
         if not self.pruning:
             return {}
-        expected = expected_num_parameters(student)
+        expected = dphubert_expected_size(student)
         sparsity = 1.0 - expected / self.full_parameters
         target = self.target_sparsity(step)
         self.last_scalars = {
@@ -145,3 +148,30 @@ class DPHuBERT(Method):
     @staticmethod
     def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
         return dict(checkpoint["Student"])
+
+
+def _output_scale_size(student: StudentModel, expected: bool) -> Tensor:
+    """The CNN's output scale (DPHuBERT's ``dummy_weight``, one value per last conv channel): kept or expected."""
+    if student.feature_extractor is None:
+        return torch.zeros(())
+    if expected:
+        return torch.as_tensor(unit_counts(student, expected=True).conv_channels[-1], dtype=torch.float32)
+    return torch.tensor(float(student.feature_extractor.out_channels))
+
+
+def dphubert_expected_size(student: StudentModel) -> Tensor:
+    """The size DPHuBERT's sparsity is measured with (``Wav2Vec2Model.get_num_params``): our expected backbone size,
+    plus the CNN output scale, minus WavLM's relative position parameters (the bias table and every layer's gate,
+    which that count leaves out while its reference, the teacher's full count, includes them)."""
+    relative = 0
+    if student.encoder.relative_position is not None:
+        relative = sum(p.numel() for p in student.encoder.relative_position.parameters())
+        for layer in student.encoder.layers:
+            attention = getattr(layer, "attention", None)  # None: a block removed by pruning
+            for part in ("gate_linear", "gate_const"):
+                module = getattr(attention, part, None)
+                if isinstance(module, nn.Module):
+                    relative += sum(p.numel() for p in module.parameters())
+                elif isinstance(module, Tensor):
+                    relative += module.numel()
+    return expected_num_parameters(student) + _output_scale_size(student, expected=True) - relative

@@ -232,8 +232,8 @@ class RelativePositionBias(nn.Module):
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention through ``scaled_dot_product_attention``. The head count and width may be pruned
-    (0 heads leaves only ``out_proj``'s bias); optional WavLM gated relative position bias, and hard-concrete gates
-    on the heads and on the whole block for pruning."""
+    (at least one head: a layer without heads has no attention module at all, see :class:`EncoderLayer`); optional
+    WavLM gated relative position bias, and hard-concrete gates on the heads and on the whole block for pruning."""
 
     def __init__(
         self,
@@ -247,6 +247,8 @@ class SelfAttention(nn.Module):
         layer_gate_initial_drop: Optional[float] = None,
     ) -> None:
         super().__init__()
+        if num_heads < 1:
+            raise ValueError("an attention block needs at least one head (a removed block is None)")
         self.num_heads = num_heads
         self.head_dim = head_dim
         inner_dim = num_heads * head_dim
@@ -268,7 +270,7 @@ class SelfAttention(nn.Module):
                                                             list(range(num_heads)), dtype=torch.long),
                                  persistent=False)
         self.head_gate = (HardConcreteGate(num_heads, head_gate_initial_drop)
-                          if head_gate_initial_drop is not None and num_heads > 0 else None)
+                          if head_gate_initial_drop is not None else None)
         self.layer_gate = (HardConcreteGate(1, layer_gate_initial_drop)
                            if layer_gate_initial_drop is not None else None)
 
@@ -285,43 +287,44 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor], position_bias: Optional[Tensor] = None) -> Tensor:
         batch, frames, _ = x.shape
-        if self.num_heads == 0:
-            out = self.out_proj.bias.expand(batch, frames, -1)
-        else:
-            def split_heads(t: Tensor) -> Tensor:
-                return t.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
 
-            q, k, v = split_heads(self.q_proj(x)), split_heads(self.k_proj(x)), split_heads(self.v_proj(x))
-            attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
-            if position_bias is not None and self.position_heads:
-                bias = self._position_mask(x, position_bias).to(q.dtype)
-                attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-            )
-            if self.head_gate is not None:
-                out = out * self.head_gate()[None, :, None, None].to(out.dtype)
-            out = out.transpose(1, 2).reshape(batch, frames, self.num_heads * self.head_dim)
-            out = self.out_proj(out)
+        def split_heads(t: Tensor) -> Tensor:
+            return t.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = split_heads(self.q_proj(x)), split_heads(self.k_proj(x)), split_heads(self.v_proj(x))
+        attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+        if position_bias is not None and self.position_heads:
+            bias = self._position_mask(x, position_bias).to(q.dtype)
+            attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        if self.head_gate is not None:
+            out = out * self.head_gate()[None, :, None, None].to(out.dtype)
+        out = out.transpose(1, 2).reshape(batch, frames, self.num_heads * self.head_dim)
+        out = self.out_proj(out)
         if self.layer_gate is not None:
             out = out * self.layer_gate().to(out.dtype)
         return out
 
 
 class FeedForward(nn.Module):
-    """fc1 -> activation -> dropout -> (unit gate) -> fc2 -> (block gate); 0 units leaves fc2's bias."""
+    """fc1 -> activation -> dropout -> (unit gate) -> fc2 -> (block gate). At least one unit: a layer without FFN
+    units has no feed-forward module at all (see :class:`EncoderLayer`)."""
 
     def __init__(
         self, embed_dim: int, ffn_dim: int, activation: str, activation_dropout: float,
         unit_gate_initial_drop: Optional[float] = None, layer_gate_initial_drop: Optional[float] = None,
     ) -> None:
         super().__init__()
+        if ffn_dim < 1:
+            raise ValueError("a feed-forward block needs at least one unit (a removed block is None)")
         self.fc1 = nn.Linear(embed_dim, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, embed_dim)
         self.activation = F.gelu if activation == "gelu" else F.relu
         self.dropout = nn.Dropout(activation_dropout)
         self.unit_gate = (HardConcreteGate(ffn_dim, unit_gate_initial_drop)
-                          if unit_gate_initial_drop is not None and ffn_dim > 0 else None)
+                          if unit_gate_initial_drop is not None else None)
         self.layer_gate = (HardConcreteGate(1, layer_gate_initial_drop)
                            if layer_gate_initial_drop is not None else None)
 
@@ -335,27 +338,89 @@ class FeedForward(nn.Module):
         return out
 
 
+# What an older checkpoint of ours holds for a removed block (it kept the block with 0 heads / units): empty
+# projections, the output bias, and parameters nothing reads once there are no heads (the WavLM position gate, a
+# whole-block gate that only scaled the bias). Named relative to the block.
+STAND_IN_OUTPUT_BIAS = {"attention": "out_proj.bias", "feed_forward": "fc2.bias"}
+_STAND_IN_EMPTY = {"attention": ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight",
+                                 "v_proj.bias", "out_proj.weight"),
+                   "feed_forward": ("fc1.weight", "fc1.bias", "fc2.weight")}
+_STAND_IN_UNUSED = {"attention": ("gate_linear.weight", "gate_linear.bias", "gate_const", "layer_gate.log_alpha"),
+                    "feed_forward": ("layer_gate.log_alpha",)}
+
+
 class EncoderLayer(nn.Module):
-    """Transformer layer, post-LN (BERT / HuBERT Base) or pre-LN (``layer_norm_first``, the Large models)."""
+    """Transformer layer, post-LN (BERT / HuBERT Base) or pre-LN (``layer_norm_first``, the Large models).
+
+    ``attention`` / ``feed_forward`` may be None: a block removed by pruning (DPHuBERT's ``use_attention`` /
+    ``use_feed_forward`` false). It then has no parameters and computes nothing, as in DPHuBERT: a post-LN layer
+    still applies both LayerNorms to its residual stream, a pre-LN layer skips the block with its LayerNorm.
+    """
 
     def __init__(
-        self, embed_dim: int, attention: SelfAttention, feed_forward: FeedForward, layer_norm_first: bool,
-        dropout: float,
+        self, embed_dim: int, attention: Optional[SelfAttention], feed_forward: Optional[FeedForward],
+        layer_norm_first: bool, dropout: float,
     ) -> None:
         super().__init__()
         self.layer_norm_first = layer_norm_first
+        # A None block stays a plain attribute, not a registered (None) submodule: then a state dict that still
+        # has weights for it fails a strict load as unexpected keys instead of being skipped silently.
         self.attention = attention
         self.attention_norm = nn.LayerNorm(embed_dim)
         self.feed_forward = feed_forward
         self.feed_forward_norm = nn.LayerNorm(embed_dim)
         self.dropout = nn.Dropout(dropout)
+        if attention is None or feed_forward is None:
+            self.register_load_state_dict_pre_hook(_drop_removed_block_stand_ins)
+
+    def removed_blocks(self) -> List[str]:
+        """Names of the blocks this layer does not have (``attention``, ``feed_forward``)."""
+        return [name for name in ("attention", "feed_forward") if getattr(self, name) is None]
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor], position_bias: Optional[Tensor] = None) -> Tensor:
         if self.layer_norm_first:
-            x = x + self.dropout(self.attention(self.attention_norm(x), padding_mask, position_bias))
-            return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
-        x = self.attention_norm(x + self.dropout(self.attention(x, padding_mask, position_bias)))
-        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
+            if self.attention is not None:
+                x = x + self.dropout(self.attention(self.attention_norm(x), padding_mask, position_bias))
+            if self.feed_forward is not None:
+                x = x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
+            return x
+        if self.attention is not None:
+            x = x + self.dropout(self.attention(x, padding_mask, position_bias))
+        x = self.attention_norm(x)
+        if self.feed_forward is not None:
+            x = x + self.dropout(self.feed_forward(x))
+        return self.feed_forward_norm(x)
+
+
+def _drop_removed_block_stand_ins(layer: EncoderLayer, state_dict: dict, prefix: str, local_metadata: dict,
+                                  strict: bool, missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    """Load-time conversion of an older checkpoint of ours, which kept a removed block as a stand-in with 0 heads /
+    units. The stand-in computed its output bias alone; when that bias is zero it is the same function as no block,
+    and its keys are dropped. A non-zero bias (a stand-in that was trained) is refused, naming the key: dropping it
+    would change the outputs, and no other weight can absorb it exactly. Keys of a real (non-empty) block are left
+    alone, so that a strict load reports them as unexpected."""
+    for name in layer.removed_blocks():
+        block = f"{prefix}{name}."
+        keys = [key for key in state_dict if key.startswith(block)]
+        if not keys:
+            continue
+        bias_key = block + STAND_IN_OUTPUT_BIAS[name]
+        known = {block + part for part in (*_STAND_IN_EMPTY[name], *_STAND_IN_UNUSED[name])} | {bias_key}
+        empty = all(state_dict[block + part].numel() == 0 for part in _STAND_IN_EMPTY[name] if block + part in
+                    state_dict)
+        if bias_key not in state_dict or not set(keys) <= known or not empty:
+            continue  # not a stand-in: the strict load names the keys
+        bias = state_dict[bias_key]
+        if bool((bias != 0).any()):
+            error_msgs.append(
+                f"{bias_key}: this layer's {name.replace('_', '-')} block is removed (pruned to 0 "
+                f"{'heads' if name == 'attention' else 'units'}), but the checkpoint keeps a non-zero stand-in bias "
+                f"for it (max |value| {float(bias.abs().max()):.3g}), written by an older s3prl-distill that kept "
+                "and trained such biases; dropping it would change the outputs. Prune the gated training checkpoint "
+                "again with `s3prl-distill prune` (and rerun the final distillation)")
+            continue
+        for key in keys:
+            del state_dict[key]
 
 
 class TimeReduction(nn.Module):
@@ -406,13 +471,14 @@ class TransformerEncoder(nn.Module):
         layers = []
         for num_heads, ffn_dim, kept in zip(config.layer_num_heads(), config.layer_ffn_dims(),
                                             config.layer_kept_heads()):
+            # 0 heads / units: the block was removed by pruning and does not exist (no gates either).
             attention = SelfAttention(
                 config.embed_dim, num_heads, config.layer_head_dim(num_heads), config.attention_dropout,
                 config.relative_position, kept, head_drop, attention_block_drop,
-            )
+            ) if num_heads > 0 else None
             feed_forward = FeedForward(
                 config.embed_dim, ffn_dim, config.activation, config.activation_dropout, unit_drop, ffn_block_drop,
-            )
+            ) if ffn_dim > 0 else None
             layers.append(EncoderLayer(config.embed_dim, attention, feed_forward, config.layer_norm_first,
                                        config.dropout))
         self.layers = nn.ModuleList(layers)

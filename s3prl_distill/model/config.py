@@ -143,8 +143,9 @@ class EncoderConfig(StrictModel):
 
     num_layers: int = 2
     embed_dim: int = 768
-    # An int applies to every layer; a list gives each layer its own width (pruned students). 0 leaves a layer
-    # without attention heads / FFN units (the block's output bias remains).
+    # An int applies to every layer; a list gives each layer its own width (pruned students). 0 heads / 0 FFN units
+    # mean the layer's attention / FFN block was removed by pruning (DPHuBERT's use_attention / use_feed_forward
+    # false): it has no parameters at all; a post-LN layer still applies both LayerNorms, a pre-LN one skips it.
     ffn_dim: Union[int, List[int]] = 3072
     num_heads: Union[int, List[int]] = 12
     # Width of one attention head; defaults to embed_dim // num_heads (or // relative_position.num_heads).
@@ -180,9 +181,9 @@ class EncoderConfig(StrictModel):
             if any(v < 0 for v in (values if isinstance(values, list) else [values])):
                 raise ValueError(f"{name} must be >= 0")
         if self.head_dim is None:
-            reference = [self.relative_position.num_heads] if self.relative_position else self.layer_num_heads()
-            if 0 in reference:
-                raise ValueError("a layer has 0 heads: set head_dim")
+            # Layers without attention (0 heads) have no head width to derive.
+            reference = [self.relative_position.num_heads] if self.relative_position else \
+                [h for h in self.layer_num_heads() if h > 0]
             bad = [h for h in reference if self.embed_dim % h]
             if bad:
                 raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {bad[0]}; set head_dim")
@@ -202,10 +203,15 @@ class EncoderConfig(StrictModel):
         if self.embed_dim % position.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by relative_position.num_heads "
                              f"{position.num_heads} (the gates split the layer input per head)")
+        if self.kept_heads is None and any(h != position.num_heads for h in self.layer_num_heads()):
+            raise ValueError("with relative_position and fewer heads than relative_position.num_heads, list "
+                             "each layer's kept_heads")
+        if self.num_layers and self.layer_num_heads()[0] == 0:
+            # DPHuBERT / WavLM keep the relative position embedding in layer 0's attention (ours is shared by the
+            # encoder, but the official layout could not hold it): that block must survive.
+            raise ValueError("with relative_position, layer 0 must keep its attention block (num_heads[0] >= 1): "
+                             "it holds the relative position embedding in the DPHuBERT / WavLM layout")
         if self.kept_heads is None:
-            if any(h != position.num_heads for h in self.layer_num_heads()):
-                raise ValueError("with relative_position and fewer heads than relative_position.num_heads, list "
-                                 "each layer's kept_heads")
             return
         if len(self.kept_heads) != self.num_layers:
             raise ValueError(f"kept_heads lists {len(self.kept_heads)} layers for {self.num_layers}")
@@ -301,7 +307,10 @@ class PredictionHeadConfig(StrictModel):
     indexing) through a Linear shared by the layers of a group of ``target_groups`` (identity-initialised when the
     widths match). ``group_target: each`` (DPHuBERT): one target per layer; ``mean`` (SKILL): one target per group,
     the mean of the teacher's states in it, predicted from the mean of the student's states at the same indices
-    (``group_student: mean``) or from the group's last index (``last``).
+    (``group_student: mean``) or from the group's last index (``last``). Index 0 of a projection head is
+    DPHuBERT's (``layer_zero: feature_projection``, the default): the feature projection's output before the
+    positional convolution, for the student and the teacher alike; ``transformer_input`` uses s3prl's hidden state 0
+    (the first layer's input, after the positional convolution and LayerNorm) instead.
     """
 
     type: Literal["expand_last", "layerwise", "projection"] = "expand_last"
@@ -315,6 +324,7 @@ class PredictionHeadConfig(StrictModel):
     target_groups: Optional[List[List[int]]] = None  # projection heads only
     group_target: Literal["each", "mean"] = "each"
     group_student: Literal["mean", "last"] = "mean"
+    layer_zero: Literal["feature_projection", "transformer_input"] = "feature_projection"  # projection heads only
 
     @field_validator("target_layers")
     @classmethod
@@ -328,6 +338,9 @@ class PredictionHeadConfig(StrictModel):
         if self.type != "projection":
             if self.target_groups is not None:
                 raise ValueError("target_groups applies only to projection heads")
+            if "layer_zero" in self.model_fields_set:
+                raise ValueError("layer_zero applies only to projection heads (others predict from the last layer "
+                                 "or from each layer's output)")
             return self
         groups = self.target_groups
         if not groups or any(not group for group in groups):
@@ -419,6 +432,8 @@ class StudentConfig(StrictModel):
         data["feature_extractor"]["conv_layers"] = format_conv_layers(self.feature_extractor.conv_layers)
         if self.prediction_head is not None and self.prediction_head.type == "projection":
             del data["prediction_head"]["target_layers"]  # derived from target_groups
+        elif self.prediction_head is not None:
+            del data["prediction_head"]["layer_zero"]  # projection heads only
         if self.fbank_front_end is not None:  # the CNN sections are unused and would not validate back
             del data["feature_extractor"], data["feature_layer_norm"], data["feature_layer_norm_pruned"]
         return data

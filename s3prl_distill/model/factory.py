@@ -78,6 +78,7 @@ def with_fbank_front_end(config: StudentConfig, front_end_head: bool = True) -> 
     data = config.to_dict()
     del data["feature_extractor"], data["feature_layer_norm"], data["feature_layer_norm_pruned"]
     data["fbank_front_end"] = FbankFrontEndConfig().model_dump()
+    data["feature_dropout"] = data["encoder"]["dropout"]  # the authors' front end ends with the encoder's dropout
     if data["prediction_head"] is not None:
         data["prediction_head"]["front_end"] = front_end_head
     return StudentConfig.from_dict(data)

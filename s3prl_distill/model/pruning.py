@@ -1,8 +1,16 @@
 """Structured pruning of a gated student (DPHuBERT): its expected size under the hard-concrete gates, the size
 penalty, and physical pruning to a compact dense :class:`StudentModel` without gates.
 
-Expected size is exact bookkeeping, not an estimate: with every gate fully open it equals
-``StudentModel.num_parameters()``, and the pruned model's count equals it evaluated at the final masks' unit counts.
+Expected size follows DPHuBERT's ``get_num_params`` (``wav2vec2/components.py``) per block: attention
+``a * ((E + 1) * h * d * 3 + (h * d + 1) * E)``, FFN ``f * ((E + 1) * u + (u + 1) * E)``, with ``h`` / ``u`` the
+expected number of kept heads / units and ``a`` / ``f`` the whole-block gate's expected L0 (1 without one); every
+other parameter of the model is a constant. The output bias is thus counted while ``h`` (or ``u``) tends to 0, as in
+DPHuBERT, although pruning then removes the whole block. With every gate fully open this equals
+``StudentModel.num_parameters()``.
+
+The final count (:func:`final_num_parameters`) is the pruned model's real size: the same formula at the final
+masks' unit counts, except that a block with no head / unit left (or whose block gate is 0) is removed with all its
+parameters (output bias, WavLM position gate), as DPHuBERT's ``prune`` does.
 """
 
 from __future__ import annotations
@@ -36,31 +44,55 @@ def _gate_count(gate: Optional[HardConcreteGate], full: int, expected: bool) -> 
 
 
 def unit_counts(model: StudentModel, expected: bool) -> UnitCounts:
-    """The units each gate keeps: the expected L0 norms (differentiable) or the final masks' non-zero counts."""
+    """The units each gate keeps: the expected L0 norms (differentiable) or the final masks' non-zero counts. A block
+    the model does not have (removed by an earlier pruning) counts 0 units and 0 blocks."""
     channels = []
     if model.feature_extractor is not None:
         channels = [_gate_count(block.gate, block.conv.out_channels, expected)
                     for block in model.feature_extractor.conv_layers]
     heads, units, attention_blocks, ffn_blocks = [], [], [], []
     for layer in model.encoder.layers:
-        heads.append(_gate_count(layer.attention.head_gate, layer.attention.num_heads, expected))
-        units.append(_gate_count(layer.feed_forward.unit_gate, layer.feed_forward.fc1.out_features, expected))
-        attention_blocks.append(_gate_count(layer.attention.layer_gate, 1, expected))
-        ffn_blocks.append(_gate_count(layer.feed_forward.layer_gate, 1, expected))
+        attention, feed_forward = layer.attention, layer.feed_forward
+        heads.append(0 if attention is None else _gate_count(attention.head_gate, attention.num_heads, expected))
+        attention_blocks.append(0 if attention is None else _gate_count(attention.layer_gate, 1, expected))
+        units.append(0 if feed_forward is None else
+                     _gate_count(feed_forward.unit_gate, feed_forward.fc1.out_features, expected))
+        ffn_blocks.append(0 if feed_forward is None else _gate_count(feed_forward.layer_gate, 1, expected))
     return UnitCounts(channels, heads, units, attention_blocks, ffn_blocks)
 
 
 def full_counts(model: StudentModel) -> UnitCounts:
-    """Every unit kept (the model as built)."""
+    """Every unit kept (the model as built; a removed block counts 0)."""
     channels = [] if model.feature_extractor is None else \
         [block.conv.out_channels for block in model.feature_extractor.conv_layers]
     layers = model.encoder.layers
-    return UnitCounts(channels, [layer.attention.num_heads for layer in layers],
-                      [layer.feed_forward.fc1.out_features for layer in layers], [1] * len(layers), [1] * len(layers))
+    return UnitCounts(
+        channels,
+        [0 if layer.attention is None else layer.attention.num_heads for layer in layers],
+        [0 if layer.feed_forward is None else layer.feed_forward.fc1.out_features for layer in layers],
+        [int(layer.attention is not None) for layer in layers],
+        [int(layer.feed_forward is not None) for layer in layers],
+    )
 
 
-def _variable_parameters(model: StudentModel, counts: UnitCounts) -> Count:
-    """The parameters that depend on the unit counts (the rest of the model is a constant)."""
+def _attention_size(embed_dim: int, inner: Count) -> Count:
+    """DPHuBERT's attention size: q, k, v (weights + biases) and out_proj (weight + bias)."""
+    return (embed_dim + 1) * inner * 3 + (inner + 1) * embed_dim
+
+
+def _ffn_size(embed_dim: int, units: Count) -> Count:
+    """DPHuBERT's FFN size: fc1 and fc2, weights and biases."""
+    return (embed_dim + 1) * units + (units + 1) * embed_dim
+
+
+def _own_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for name, p in module.named_parameters() if not name.endswith(GATE_SUFFIX))
+
+
+def _variable_parameters(model: StudentModel, counts: UnitCounts, final: bool = False) -> Count:
+    """The parameters that depend on the unit counts (the rest of the model is a constant). ``final``: integer
+    counts at the final masks, where a block left with no unit is removed, taking along the parameters the formula
+    does not count (e.g. WavLM's position gate) - hence the negative term."""
     total: Count = 0
     extractor = model.feature_extractor
     if extractor is not None:
@@ -79,11 +111,18 @@ def _variable_parameters(model: StudentModel, counts: UnitCounts) -> Count:
     embed_dim = model.config.encoder.embed_dim
     for layer, heads, units, attention_block, ffn_block in zip(
             model.encoder.layers, counts.heads, counts.ffn_units, counts.attention_blocks, counts.ffn_blocks):
-        inner = heads * layer.attention.head_dim
-        # q, k, v (weights + biases) and out_proj's weight; out_proj's bias is always kept.
-        total = total + attention_block * ((embed_dim + 1) * inner * 3 + inner * embed_dim)
-        # fc1 (weights + biases) and fc2's weight; fc2's bias is always kept.
-        total = total + ffn_block * ((embed_dim + 1) * units + units * embed_dim)
+        attention, feed_forward = layer.attention, layer.feed_forward
+        if attention is not None:
+            if final and (heads == 0 or attention_block == 0):
+                total = total - (_own_parameters(attention) - _attention_size(embed_dim, attention.num_heads *
+                                                                              attention.head_dim))
+            else:
+                total = total + attention_block * _attention_size(embed_dim, heads * attention.head_dim)
+        if feed_forward is not None:
+            if final and (units == 0 or ffn_block == 0):
+                total = total - (_own_parameters(feed_forward) - _ffn_size(embed_dim, feed_forward.fc1.out_features))
+            else:
+                total = total + ffn_block * _ffn_size(embed_dim, units)
     return total
 
 
@@ -95,9 +134,9 @@ def expected_num_parameters(model: StudentModel) -> Tensor:
 
 
 def final_num_parameters(model: StudentModel) -> int:
-    """The backbone's parameter count once pruned at the final masks."""
+    """The backbone's parameter count once pruned at the final masks (blocks left with no unit removed)."""
     constant = model.num_parameters() - _variable_parameters(model, full_counts(model))
-    return int(constant + _variable_parameters(model, unit_counts(model, expected=False)))
+    return int(constant + _variable_parameters(model, unit_counts(model, expected=False), final=True))
 
 
 class SparsityPenalty(nn.Module):
@@ -140,7 +179,11 @@ def prune(model: StudentModel) -> StudentModel:
     """A compact dense copy of ``model`` at its gates' final masks: units whose mask is 0 are removed, the survivors'
     soft mask values are folded into the weights that read them (the next conv's input channels, ``out_proj``'s
     and ``fc2``'s input columns; for the last conv layer the CNN's ``output_scale`` when a LayerNorm follows, else
-    the projection), so the result computes what the gated model computes in eval mode. Heads stay attached."""
+    the projection), so the result computes what the gated model computes in eval mode. Heads stay attached.
+
+    An attention / FFN block left with no head / unit (or whose whole-block gate is 0) is removed entirely, as
+    DPHuBERT's ``prune`` does: its output bias goes with it, so the pruned model differs from the gated one by that
+    bias (which the gated model still added) unless the block gate was 0."""
     if not has_gates(model):
         raise ValueError("the model has no pruning gates (student.pruning is not set)")
     state: Dict[str, Tensor] = {key: value.detach().clone() for key, value in model.state_dict().items()
@@ -207,39 +250,69 @@ def _prune_conv(model: StudentModel, state: Dict[str, Tensor]) -> dict:
             model.config.feature_extractor.output_scale}, blocks[-1].conv.out_channels - layers[-1][0]
 
 
+def _remove_block(state: Dict[str, Tensor], prefix: str) -> None:
+    for key in [key for key in state if key.startswith(prefix)]:
+        del state[key]
+
+
+def _head_dim(model: StudentModel) -> Optional[int]:
+    """The one head width of the model's attention blocks (the pruned config states it explicitly, since the
+    default, embed_dim // heads, changes with the head count)."""
+    widths = {layer.attention.head_dim for layer in model.encoder.layers if layer.attention is not None}
+    if len(widths) > 1:
+        raise ValueError(f"the attention layers have different head widths {sorted(widths)}; pruning needs one")
+    return widths.pop() if widths else model.config.encoder.head_dim
+
+
 def _prune_encoder(model: StudentModel, state: Dict[str, Tensor]) -> dict:
     heads, units, kept_heads = [], [], []
+    relative = model.config.encoder.relative_position is not None
     for index, layer in enumerate(model.encoder.layers):
         prefix = f"encoder.layers.{index}."
         attention, feed_forward = layer.attention, layer.feed_forward
-        block = _mask(attention.layer_gate, 1)
-        head_mask = _mask(attention.head_gate, attention.num_heads) * block
-        kept = _kept(head_mask)
-        rows = (kept[:, None] * attention.head_dim + torch.arange(attention.head_dim)).reshape(-1)
-        for name in ("q_proj", "k_proj", "v_proj"):
-            for part in ("weight", "bias"):
-                key = f"{prefix}attention.{name}.{part}"
-                state[key] = state[key].index_select(0, rows)
-        column_scale = head_mask.index_select(0, kept).repeat_interleave(attention.head_dim)
-        key = prefix + "attention.out_proj.weight"
-        state[key] = state[key].index_select(1, rows) * column_scale
-        state[prefix + "attention.out_proj.bias"] = state[prefix + "attention.out_proj.bias"] * block
-        heads.append(int(kept.numel()))
-        if attention.position_heads:
-            kept_heads.append([int(attention.kept_heads[h]) for h in kept.tolist()])
+        if attention is None:
+            heads.append(0)
+            kept_heads.append([])
+        else:
+            block = _mask(attention.layer_gate, 1)
+            head_mask = _mask(attention.head_gate, attention.num_heads) * block
+            kept = _kept(head_mask)
+            if kept.numel() == 0:
+                if relative and index == 0:
+                    raise ValueError("pruning removed every attention head of layer 0, which holds the relative "
+                                     "position embedding (WavLM); lower the target sparsity")
+                _remove_block(state, prefix + "attention.")  # the whole block, bias and position gate included
+            else:
+                rows = (kept[:, None] * attention.head_dim + torch.arange(attention.head_dim)).reshape(-1)
+                for name in ("q_proj", "k_proj", "v_proj"):
+                    for part in ("weight", "bias"):
+                        key = f"{prefix}attention.{name}.{part}"
+                        state[key] = state[key].index_select(0, rows)
+                column_scale = head_mask.index_select(0, kept).repeat_interleave(attention.head_dim)
+                key = prefix + "attention.out_proj.weight"
+                state[key] = state[key].index_select(1, rows) * column_scale
+                state[prefix + "attention.out_proj.bias"] = state[prefix + "attention.out_proj.bias"] * block
+            heads.append(int(kept.numel()))
+            if attention.position_heads:
+                kept_heads.append([int(attention.kept_heads[h]) for h in kept.tolist()])
 
+        if feed_forward is None:
+            units.append(0)
+            continue
         block = _mask(feed_forward.layer_gate, 1)
         unit_mask = _mask(feed_forward.unit_gate, feed_forward.fc1.out_features) * block
         kept = _kept(unit_mask)
-        for part in ("weight", "bias"):
-            key = f"{prefix}feed_forward.fc1.{part}"
-            state[key] = state[key].index_select(0, kept)
-        key = prefix + "feed_forward.fc2.weight"
-        state[key] = state[key].index_select(1, kept) * unit_mask.index_select(0, kept)
-        state[prefix + "feed_forward.fc2.bias"] = state[prefix + "feed_forward.fc2.bias"] * block
+        if kept.numel() == 0:
+            _remove_block(state, prefix + "feed_forward.")
+        else:
+            for part in ("weight", "bias"):
+                key = f"{prefix}feed_forward.fc1.{part}"
+                state[key] = state[key].index_select(0, kept)
+            key = prefix + "feed_forward.fc2.weight"
+            state[key] = state[key].index_select(1, kept) * unit_mask.index_select(0, kept)
+            state[prefix + "feed_forward.fc2.bias"] = state[prefix + "feed_forward.fc2.bias"] * block
         units.append(int(kept.numel()))
-    update = {"num_heads": heads, "ffn_dim": units,
-              "head_dim": model.encoder.layers[0].attention.head_dim if model.encoder.layers else None}
-    if kept_heads:
+    update = {"num_heads": heads, "ffn_dim": units, "head_dim": _head_dim(model)}
+    if relative:
         update["kept_heads"] = kept_heads
     return update

@@ -155,7 +155,10 @@ class StudentModel(nn.Module):
             if isinstance(self.prediction_head, LayerwiseHeads):
                 predictions = self.prediction_head(encoded.layer_outputs)
             elif isinstance(self.prediction_head, GroupProjectionHeads):
-                predictions = self.prediction_head([encoded.encoder_input, *encoded.layer_outputs])
+                # DPHuBERT's hidden state 0 is the projected features before the positional convolution.
+                zero = features if self.config.prediction_head.layer_zero == "feature_projection" else \
+                    encoded.encoder_input
+                predictions = self.prediction_head([zero, *encoded.layer_outputs])
             else:
                 predictions = self.prediction_head(encoded.last_hidden)
         if predict and self.codeword_head is not None:

@@ -1,0 +1,99 @@
+"""``s3prl-distill export CKPT --to FORMAT OUT``: a trained student of ours in another project's layout.
+
+Formats:
+
+- ``dphubert``: the official DPHuBERT / DPWavLM release layout ``{"config", "state_dict"}``
+  (:func:`s3prl_distill.importers.dphubert.dphubert_checkpoint`), from a gate-free ``dphubert`` / ``skill`` student:
+  ``pruned.ckpt`` from ``s3prl-distill prune``, or a ``states-<step>.ckpt`` of the final distillation (or its run
+  directory: the latest step). DPHuBERT's ``wav2vec2_model(**config)`` and our ``dphubert`` upstream both load it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict
+
+from .checkpoint import (
+    CheckpointError,
+    describe_checkpoint,
+    is_native_student,
+    latest_step_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .model.config import StudentConfig
+
+logger = logging.getLogger(__name__)
+
+DPHUBERT_FAMILIES = ("dphubert", "skill")
+
+
+def _checkpoint_file(path: Path) -> Path:
+    """``path``, or the latest ``states-<step>.ckpt`` of the run directory ``path``."""
+    if path.is_dir():
+        latest = latest_step_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"{path} is a directory without states-<step>.ckpt; give the checkpoint file")
+        return latest
+    return path
+
+
+def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
+    """Write the student of ``path`` to ``output`` in the DPHuBERT layout; returns a summary."""
+    from .importers.dphubert import dphubert_checkpoint
+    from .model.student import HEAD_PREFIXES, StudentModel
+
+    path = _checkpoint_file(Path(path))
+    checkpoint = load_checkpoint(path, what="checkpoint to export")
+    if not is_native_student(checkpoint) or checkpoint.get("Family") not in DPHUBERT_FAMILIES:
+        raise CheckpointError(f"{path} is {describe_checkpoint(checkpoint)}; --to dphubert exports a "
+                              f"{' or '.join(DPHUBERT_FAMILIES)} student (pruned.ckpt from s3prl-distill prune, or "
+                              "a final-distillation checkpoint)")
+    try:
+        config = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    if config.pruning is not None:
+        raise CheckpointError(f"{path} still has its pruning gates: run `s3prl-distill prune {path} --output DIR` "
+                              "and export DIR/pruned.ckpt (or the final distillation's checkpoint)")
+    # Build our model first: its strict load checks the weights (and converts an older checkpoint's removed-block
+    # stand-ins) before anything is written.
+    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
+    backbone = {key: value for key, value in checkpoint["Student"].items() if not key.startswith(HEAD_PREFIXES)}
+    try:
+        model.load_state_dict(backbone, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not match its StudentConfig: {error}") from None
+    try:
+        exported = dphubert_checkpoint(config, model.state_dict(), str(path))
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    save_checkpoint(exported, output)
+    # Every tensor of their layout is a parameter of their model (dummy_weight too, which our count leaves out).
+    parameters = sum(value.numel() for value in exported["state_dict"].values())
+    summary = {"source": str(path), "output": str(output), "format": "dphubert", "family": checkpoint["Family"],
+               "params": model.num_parameters(), "params_exported": parameters,
+               "removed_attention_blocks": [i for i, keep in enumerate(exported["config"]["encoder_use_attention"])
+                                            if not keep],
+               "removed_feed_forward_blocks": [i for i, keep in
+                                               enumerate(exported["config"]["encoder_use_feed_forward"]) if not keep]}
+    if config.feature_layer_norm_pruned:
+        summary["restored_cnn_channels"] = config.feature_layer_norm_pruned
+        logger.info("%d pruned CNN channels that the feature LayerNorm still counts are written back as channels "
+                    "scaled to 0 (the DPHuBERT layout has no other way to keep the outputs exact)",
+                    config.feature_layer_norm_pruned)
+    logger.info("exported %s -> %s (DPHuBERT layout; load with DPHuBERT's wav2vec2_model(**ckpt['config']) or "
+                "-u dphubert_local -k %s)", path, output, output)
+    return summary
+
+
+EXPORTERS = {"dphubert": export_dphubert}
+EXPORT_FORMATS = tuple(EXPORTERS)  # the choices of --to
+
+
+def export_checkpoint(path: Path, to: str, output: Path) -> Dict[str, Any]:
+    """``s3prl-distill export``: dispatch on ``to`` (one of :data:`EXPORT_FORMATS`)."""
+    if to not in EXPORTERS:
+        raise ValueError(f"--to {to!r}: unknown format; choose from {', '.join(EXPORT_FORMATS)}")
+    return EXPORTERS[to](Path(path), Path(output))

@@ -1,0 +1,490 @@
+"""Training fidelity of the DistilHuBERT, FitHuBERT and Wang et al. (asr_distill) recipes (issue 16).
+
+Each test builds a tiny student through the production path (``DistillationTask`` with a teacher cache, so the real
+``DistillationTask.losses`` runs on teacher hidden states given here), then rebuilds the official formulation
+independently from the student's raw tensors with plain torch ops -- the official head applied to the backbone's
+outputs with the head's weights, the official loss with its reductions -- and compares the loss and every
+parameter's gradient (relative 1e-5), on an equal-length batch and on a padded one (the official code averages over
+padded frames too). The optimizer tests take two steps with the optimizer the runner builds from the shipped config
+and compare them with s3prl's ``AdamW_with_schedule`` rule written out below (relative 1e-6).
+
+Official code read for this (formulas and reductions, not copied):
+* s3prl/s3prl@ec8064b5 ``s3prl/pretrain/distiller/pretrain_expert.py`` (``DistillerForPretrain.compute_loss``),
+  ``s3prl/upstream/distiller/model.py`` + ``module.py`` (expand-last head: Linear -> GELU -> SplitLinear),
+  ``s3prl/optimizers.py`` (``get_grouped_parameters``, ``Lamb(adam=True, correct_bias=True)``, ``warmup_linear``),
+  ``s3prl/pretrain/runner.py`` (``clip_grad_norm_`` over the upstream model before each step);
+* glory20h/FitHuBERT@36d999c ``train.py::calculate_loss`` (MSE, hints x 0.1, per-layer means summed; target cut to
+  the prediction's length), ``modules/module.py::LayerWiseProjHead`` (ConvTranspose1d -> Linear); its Lightning
+  Trainer sets no ``gradient_clip_val`` (no clipping);
+* TCL606/s3prl@a975aa5f ``s3prl/pretrain/distiller/pretrain_expert.py::compute_loss`` (type1/type2 KL with
+  ``reduction="batchmean"`` over B*T rows, teacher logits cos(final_proj(h_T^last), label_embs)/tau),
+  ``s3prl/upstream/distiller/model.py`` (layer-wise heads, ``final_proj`` on the last layer),
+  ``s3prl/pretrain/distillFBANK/pretrain_expert.py`` (front-end stage: mean L1/MSE between ``hidden_states[0]`` and
+  ``frontend_proj(front end)``, for the first ``frontend_steps`` forward calls).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, List, Optional
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from s3prl_distill.losses import combine
+from s3prl_distill.model import (
+    StudentConfig,
+    deepthin_config,
+    distilhubert_config,
+    fithubert_config,
+    with_codeword_head,
+    with_fbank_front_end,
+)
+from s3prl_distill.pretrain.config import StudentInitConfig, TeacherConfig, load_config
+from s3prl_distill.pretrain.runner import Trainer
+from s3prl_distill.pretrain.task import DistillationTask, build_method
+from s3prl_distill.pretrain.teacher_cache import FORMAT, TeacherCache, required_layers
+
+RECIPES = Path(__file__).resolve().parents[1] / "pretrain"
+TINY_CNN = "[(16,10,5)] + [(16,3,2)]*4 + [(16,2,2)]*2"
+TEACHER_DIM, TEACHER_LAYERS = 24, 3  # the teacher's hidden states: 0..3, each 24-d
+CODEBOOK_DIM, CODEWORDS = 8, 12
+SAMPLES = 4320  # 13 CNN frames (odd: FitHuBERT's time reduction drops one), 25 fbank frames -> 13
+PADDED_LENGTHS = [SAMPLES, 3500]  # 13 and 10 CNN frames
+LOSS_RTOL, GRAD_RTOL, STEP_RTOL = 1e-5, 1e-5, 1e-6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only cost time (much of it on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- tiny students (dropout off, so train mode differs from eval only where the official code does too) -------------
+
+def _tiny(config: StudentConfig, layers: int, embed: int, ffn: int, cnn: Optional[str] = TINY_CNN) -> dict:
+    data = config.to_dict()
+    if cnn is not None:
+        data["feature_extractor"]["conv_layers"] = cnn
+    data["feature_dropout"] = 0.0
+    data["encoder"].update(num_layers=layers, embed_dim=embed, ffn_dim=ffn, num_heads=4, pos_conv_kernel=8,
+                           pos_conv_groups=4, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    return data
+
+
+def tiny_distilhubert() -> StudentConfig:
+    data = _tiny(distilhubert_config(teacher_dim=TEACHER_DIM), layers=2, embed=32, ffn=64)
+    data["prediction_head"].update(target_layers=[1, 2, 3], inner_dim=32)
+    return StudentConfig.from_dict(data)
+
+
+def tiny_fithubert() -> StudentConfig:
+    cnn = "[(8,10,5)] + [(12,1,1)] + [(12,3,2)]*4 + [(16,1,1)] + [(16,2,2)]*2"
+    data = _tiny(fithubert_config(teacher_dim=TEACHER_DIM), layers=3, embed=32, ffn=32, cnn=cnn)
+    data["prediction_head"]["target_layers"] = [1, 2, 3]
+    return StudentConfig.from_dict(data)
+
+
+def tiny_deepthin(codeword: Optional[str] = "logits", fbank: bool = False) -> StudentConfig:
+    data = _tiny(deepthin_config(teacher_dim=TEACHER_DIM), layers=3, embed=32, ffn=32)
+    data["prediction_head"]["target_layers"] = [1, 2, 3]
+    config = StudentConfig.from_dict(data)
+    if fbank:
+        config = with_fbank_front_end(config)
+    if codeword is not None:
+        config = with_codeword_head(config, codeword, CODEWORDS if codeword == "logits" else CODEBOOK_DIM)
+    return config
+
+
+def shipped(recipe: str, name: str = "config.yaml"):
+    return load_config(RECIPES / recipe / name)
+
+
+# --- the teacher: hidden states and codebook given directly, through a (minimal) teacher cache ----------------------
+
+def teacher_cache(folder: Path, layers: List[int], codebook: Optional[dict]) -> TeacherCache:
+    """A cache directory holding only what ``DistillationTask`` reads when targets are passed in (no shards)."""
+    folder.mkdir()
+    meta = {"format": FORMAT, "key": {"layers": layers}, "width": TEACHER_DIM,
+            "num_hidden_states": TEACHER_LAYERS + 1, "shards": []}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    np.save(folder / "index.npy", np.zeros((0, 6), dtype=np.int64))
+    if codebook is not None:
+        torch.save(codebook, folder / "codebook.pt")
+    return TeacherCache(folder)
+
+
+def random_codebook(seed: int = 5) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {"projection_weight": torch.randn(CODEBOOK_DIM, TEACHER_DIM, generator=generator) / 4,
+            "projection_bias": 0.1 * torch.randn(CODEBOOK_DIM, generator=generator),
+            "embeddings": torch.randn(CODEWORDS, CODEBOOK_DIM, generator=generator)}
+
+
+def build(tmp_path, student: StudentConfig, method, codebook: Optional[dict] = None, seed: int = 0):
+    """(task, cached layer order) for ``student`` trained by ``method`` from teacher hidden states passed in."""
+    layers = required_layers(build_method(method, student), TEACHER_LAYERS + 1)
+    cache = teacher_cache(tmp_path / f"cache{seed}", layers, codebook)
+    torch.manual_seed(seed)
+    task = DistillationTask(TeacherConfig(name="hubert_local"), student, StudentInitConfig(), method,
+                            torch.device("cpu"), cache)
+    task.student.train()
+    with torch.no_grad():  # move LayerNorm weights and biases off 1 / 0, so their gradients are generic
+        for name, parameter in task.student.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    if task.student.fbank is not None:
+        task.student.fbank.set_statistics(torch.full((80,), 5.0), torch.full((80,), 3.0), 100)
+    return task, layers
+
+
+def batch(padded: bool, frames: int, seed: int = 1):
+    """Waveforms (B, S) zero-padded, lengths, and the teacher's hidden states 0..L (B, frames, D) with values on
+    padded frames too (a real teacher's outputs there are not zero)."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(PADDED_LENGTHS if padded else [SAMPLES, SAMPLES])
+    waveforms = 0.1 * torch.randn(2, SAMPLES, generator=generator)
+    waveforms[1, int(lengths[1]):] = 0.0
+    hidden = [torch.randn(2, frames, TEACHER_DIM, generator=generator) for _ in range(TEACHER_LAYERS + 1)]
+    return waveforms, lengths, hidden
+
+
+def cached(hidden: List[torch.Tensor], layers: List[int]) -> torch.Tensor:
+    return torch.stack([hidden[layer] for layer in layers], dim=2)  # (B, T, layers, D), the cache's layout
+
+
+def student_lengths(lengths: torch.Tensor) -> Optional[torch.Tensor]:
+    return None if bool((lengths == SAMPLES).all()) else lengths
+
+
+# --- comparisons -------------------------------------------------------------------------------------------------
+
+def gradients(module: torch.nn.Module) -> Dict[str, Optional[torch.Tensor]]:
+    return {name: None if p.grad is None else p.grad.detach().clone() for name, p in module.named_parameters()}
+
+
+def assert_relative(ours: torch.Tensor, reference: torch.Tensor, rtol: float, what: str, floor: float = 0.0) -> None:
+    """Norm-based relative error; ``floor``: a scale below which the reference counts as zero."""
+    error = (ours.double() - reference.double()).norm().item()
+    scale = max(reference.double().norm().item(), floor)
+    assert error <= rtol * scale, f"{what}: relative error {error / max(scale, 1e-300):.2e} > {rtol}"
+
+
+def assert_same_gradients(ours: Dict[str, Optional[torch.Tensor]], reference: Dict[str, Optional[torch.Tensor]]):
+    assert ours.keys() == reference.keys()
+    # Some gradients are zero up to rounding (attention key biases: softmax ignores a shift shared by all keys);
+    # they are compared at 1e-4 of the whole gradient's norm instead of their own.
+    total = math.sqrt(sum(float(g.double().square().sum()) for g in reference.values() if g is not None))
+    for name in ours:
+        assert (ours[name] is None) == (reference[name] is None), f"{name}: gradient in one computation only"
+        if ours[name] is not None:
+            assert_relative(ours[name], reference[name], GRAD_RTOL, f"gradient of {name}", floor=1e-4 * total)
+
+
+def ours_and_reference(task, waveforms, lengths, hidden, layers, reference, step: int = 0):
+    """Loss and gradients of our task, then of ``reference(student)`` on the same weights."""
+    student = task.student
+    ours = combine(task.losses(student, waveforms, lengths, step, cached(hidden, layers)))
+    ours.backward()
+    our_grads = gradients(student)
+    student.zero_grad(set_to_none=True)
+    expected = reference(student)
+    expected.backward()
+    reference_grads = gradients(student)
+    student.zero_grad(set_to_none=True)
+    assert_relative(ours.detach(), expected.detach(), LOSS_RTOL, "loss")
+    assert_same_gradients(our_grads, reference_grads)
+
+
+# --- the official formulations -----------------------------------------------------------------------------------
+
+def official_regression(pred: torch.Tensor, target: torch.Tensor, loss_type: str, cosine_weight: float,
+                        rec_weight: float = 1.0) -> torch.Tensor:
+    """s3prl's DistillerForPretrain.compute_loss (and the authors' fork): element-wise L1 (or MSE) mean over
+    B x N x T x D, plus cosine_weight x the mean over B x N x T of -log sigmoid(cos); feat_pen weight 0."""
+    difference = pred - target
+    rec = (difference.abs() if loss_type == "l1" else difference.square()).mean()
+    sim = -F.logsigmoid(F.cosine_similarity(pred, target, dim=-1)).mean()
+    return rec_weight * rec + cosine_weight * sim
+
+
+def official_expand_last(head, last: torch.Tensor) -> torch.Tensor:
+    """DistillerModel.output_layer: Linear(D -> N * I) -> GELU -> SplitLinear (N blocks of I -> O, weight (N, I, O),
+    bias (1, 1, N, O)), the B x T x N*O output read as B x N x T x O."""
+    n = head.num_targets
+    inner = F.gelu(F.linear(last, head.expand.weight, head.expand.bias))
+    b, t, _ = inner.shape
+    split_weight = torch.stack([linear.weight.t() for linear in head.projections])  # (N, I, O)
+    split_bias = torch.stack([linear.bias for linear in head.projections])[None, None]  # (1, 1, N, O)
+    blocks = torch.einsum("btni,nio->btno", inner.reshape(b, t, n, -1), split_weight) + split_bias
+    return blocks.reshape(b, t, -1).reshape(b, t, n, -1).permute(0, 2, 1, 3)
+
+
+def teacher_targets(hidden: List[torch.Tensor], layers: List[int]) -> torch.Tensor:
+    return torch.stack([hidden[layer] for layer in layers], dim=1)  # B x N x T x D
+
+
+# --- DistilHuBERT ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("padded", [False, True], ids=["equal_length", "padded"])
+def test_distilhubert_loss_and_gradients_match_s3prl(tmp_path, padded):
+    method = shipped("distilhubert").method
+    assert not method.mask_padding  # s3prl's distiller averages over padded frames too
+    task, layers = build(tmp_path, tiny_distilhubert(), method)
+    waveforms, lengths, hidden = batch(padded, frames=13)
+
+    def reference(student):
+        out = student(waveforms, student_lengths(lengths), predict=False)
+        pred = official_expand_last(student.prediction_head, out.last_hidden)
+        return official_regression(pred, teacher_targets(hidden, [1, 2, 3]), method.loss_type, method.cosine_weight)
+
+    ours_and_reference(task, waveforms, lengths, hidden, layers, reference)
+
+
+# --- FitHuBERT -------------------------------------------------------------------------------------------------------
+
+def official_fithubert_loss(student, layer_outputs: List[torch.Tensor], hidden: List[torch.Tensor],
+                            hint_layers: List[int], hint_weight: float) -> torch.Tensor:
+    """FitHuBERT's calculate_loss (rec_loss_type mse, distil_random_layer = the hint layers, random_layer_weight):
+    LayerWiseProjHead per layer (ConvTranspose1d k = s = 2, then Linear), target cut to the prediction's length,
+    hint rows x weight, then the per-layer means over (B, T, D) summed."""
+    chosen = [layer - 1 for layer in hint_layers] + [len(layer_outputs) - 1]
+    predictions = []
+    for index in chosen:
+        head = student.prediction_head.heads[index]
+        up = F.conv_transpose1d(layer_outputs[index].transpose(1, 2), head.upsampler.weight, head.upsampler.bias,
+                                stride=2).transpose(1, 2)
+        predictions.append(F.linear(up, head.projection.weight, head.projection.bias))
+    pred = torch.stack(predictions, dim=1)
+    target = teacher_targets(hidden, [index + 1 for index in chosen]).narrow(2, 0, pred.shape[2])
+    rec = F.mse_loss(pred, target, reduction="none")
+    weights = torch.ones(len(chosen), 1, 1)
+    weights[:-1] = hint_weight
+    return (rec * weights).mean((0, 2, 3)).sum()
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["equal_length", "padded"])
+def test_fithubert_loss_and_gradients_match_the_official_code(tmp_path, padded):
+    method = shipped("fithubert").method.model_copy(update={"hint_layers": [1, 2]})
+    assert method.loss_type == "mse" and method.final_weight == 1.0 and not method.mask_padding
+    task, layers = build(tmp_path, tiny_fithubert(), method)
+    waveforms, lengths, hidden = batch(padded, frames=13)  # 13 teacher frames, 12 predicted after 2x reduction
+
+    def reference(student):
+        out = student(waveforms, student_lengths(lengths), predict=False)
+        return official_fithubert_loss(student, out.layer_outputs, hidden, method.hint_layers, method.hint_weight)
+
+    ours_and_reference(task, waveforms, lengths, hidden, layers, reference)
+
+
+# --- Wang et al.: deep-thin regression + discriminative KL ----------------------------------------------------------
+
+def official_teacher_logits(hidden_last: torch.Tensor, codebook: dict, temperature: float) -> torch.Tensor:
+    """(B*T, C): cos(final_proj(h_T^last), label_embs_concat) / temperature, as the authors' compute_loss."""
+    embedded = F.linear(hidden_last, codebook["projection_weight"], codebook["projection_bias"])
+    rows = embedded.reshape(-1, 1, embedded.shape[-1])
+    return F.cosine_similarity(rows, codebook["embeddings"][None], dim=-1) / temperature
+
+
+def official_asr_distill_loss(student, out, hidden, codebook, method, projection_type: str, use_temperature: bool):
+    """The authors' compute_loss: rec + cos (layer-wise heads: one Linear per layer) + embedding_loss x KL, KL =
+    F.kl_div(log_softmax(student), log_softmax(teacher), log_target, batchmean) over the B*T rows."""
+    pred = torch.stack([F.linear(x, head.projection.weight, head.projection.bias)
+                        for x, head in zip(out.layer_outputs, student.prediction_head.heads)], dim=1)
+    loss = official_regression(pred, teacher_targets(hidden, [1, 2, 3]), method.loss_type, method.cosine_weight)
+    teacher = official_teacher_logits(hidden[-1], codebook, method.temperature)
+    embedded = F.linear(out.last_hidden, student.codeword_head.weight, student.codeword_head.bias)
+    if projection_type == "type1":  # Linear(D -> 256), scored by cosine against the teacher's label embeddings
+        rows = embedded.reshape(-1, 1, embedded.shape[-1])
+        logits = F.cosine_similarity(rows, codebook["embeddings"][None], dim=-1)
+    else:  # type2: Linear(D -> 504) logits
+        logits = embedded.reshape(-1, embedded.shape[-1])
+    if use_temperature:
+        logits = logits / method.temperature
+    kl = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(teacher, dim=-1), log_target=True,
+                  reduction="batchmean")
+    return loss + method.discriminative_weight * kl
+
+
+@pytest.mark.parametrize("head, use_temperature, padded", [
+    ("logits", None, False),  # type2 without tau: the released models
+    ("logits", True, True),  # type2 with tau
+    ("cosine", None, True),  # type1 with tau (our cosine head's default)
+    ("cosine", False, False),  # type1 without tau (the authors' use_temperature: False)
+])
+def test_asr_distill_loss_and_gradients_match_the_authors_code(tmp_path, head, use_temperature, padded):
+    method = shipped("asr_distill").method.model_copy(update={"use_temperature": use_temperature})
+    assert method.discriminative_weight > 0 and not method.mask_padding
+    codebook = random_codebook()
+    task, layers = build(tmp_path, tiny_deepthin(head), method, codebook)
+    waveforms, lengths, hidden = batch(padded, frames=13)
+    projection_type = "type1" if head == "cosine" else "type2"
+    divide = use_temperature if use_temperature is not None else head == "cosine"
+
+    def reference(student):
+        out = student(waveforms, student_lengths(lengths), predict=False)
+        return official_asr_distill_loss(student, out, hidden, codebook, method, projection_type, divide)
+
+    ours_and_reference(task, waveforms, lengths, hidden, layers, reference)
+
+
+# --- Wang et al.: the fbank front end's stage ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("loss_type, padded", [("l1", False), ("l2", True)])
+def test_fbank_front_end_stage_matches_the_authors_code(tmp_path, loss_type, padded):
+    """Stage 1 (the first ``front_end_steps`` steps): nn.L1Loss / nn.MSELoss (mean over every element, padded frames
+    included) between the teacher's hidden_states[0] (s3prl: the first layer's input) and frontend_proj(front end);
+    nothing else gets a gradient. Then the normal loss."""
+    method = shipped("asr_distill", "config_fbank.yaml").method.model_copy(
+        update={"front_end_steps": 2, "loss_type": loss_type})
+    task, layers = build(tmp_path, tiny_deepthin(fbank=True), method, random_codebook())
+    assert 0 in layers
+    assert [task.in_front_end_stage(step) for step in range(4)] == [True, True, False, False]
+    waveforms, lengths, hidden = batch(padded, frames=13)
+
+    def reference(student):
+        # (Our front end's output is zero on padded frames before the head; the authors' is not: a forward
+        # difference outside this loss, so both sides here use our front end's output.)
+        out = student(waveforms, student_lengths(lengths), front_end_only=True)
+        head = student.front_end_head
+        prediction = F.linear(out.features, head.weight, head.bias)
+        loss = F.l1_loss if loss_type == "l1" else F.mse_loss
+        return loss(hidden[0], prediction, reduction="mean")
+
+    ours_and_reference(task, waveforms, lengths, hidden, layers, reference, step=1)
+    # Only the front end and its head train in this stage.
+    combine(task.losses(task.student, waveforms, lengths, 1, cached(hidden, layers))).backward()
+    trained = sorted({name.split(".")[0] for name, p in task.student.named_parameters() if p.grad is not None})
+    assert trained == ["fbank", "front_end_head"]
+
+
+# --- one optimizer step, as the runner builds it ---------------------------------------------------------------------
+
+class ReferenceAdamWWithSchedule:
+    """s3prl's AdamW_with_schedule from its formulas, in float64: parameter groups by name ('bias' in it: no weight
+    decay, else 0.01), and per parameter its own step count t (advanced only when it has a gradient):
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t) * warmup_linear(t / T)
+        p = p - lr_t * (m / (sqrt(v) + eps) + wd * p)
+
+    warmup_linear(x) = x / w below the warm-up fraction w, else max((x - 1) / (w - 1), 0)."""
+
+    def __init__(self, lr: float, betas, eps: float, total_steps: int, warmup: float) -> None:
+        self.lr, (self.b1, self.b2), self.eps, self.total, self.warmup = lr, betas, eps, total_steps, warmup
+        self.state: Dict[str, dict] = {}
+
+    def schedule(self, t: int) -> float:
+        x = t / self.total
+        return x / self.warmup if x < self.warmup else max((x - 1.0) / (self.warmup - 1.0), 0.0)
+
+    def step(self, params: Dict[str, torch.Tensor],
+             grads: Dict[str, Optional[torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        updated = {}
+        for name, p in params.items():
+            g = grads[name]
+            if g is None:
+                updated[name] = p
+                continue
+            state = self.state.setdefault(name, {"t": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)})
+            state["t"] += 1
+            t = state["t"]
+            state["m"] = self.b1 * state["m"] + (1 - self.b1) * g
+            state["v"] = self.b2 * state["v"] + (1 - self.b2) * g * g
+            lr_t = self.lr * math.sqrt(1 - self.b2 ** t) / (1 - self.b1 ** t) * self.schedule(t)
+            decay = 0.0 if "bias" in name else 0.01
+            updated[name] = p - lr_t * (state["m"] / (state["v"].sqrt() + self.eps) + decay * p)
+        return updated
+
+
+def clipped(grads: Dict[str, Optional[torch.Tensor]], max_norm: Optional[float]) -> Dict[str, Optional[torch.Tensor]]:
+    """torch.nn.utils.clip_grad_norm_'s rule (what s3prl's runner calls): scale by max_norm / (norm + 1e-6) when < 1."""
+    if max_norm is None:
+        return grads
+    norm = math.sqrt(sum(float(g.square().sum()) for g in grads.values() if g is not None))
+    scale = min(1.0, max_norm / (norm + 1e-6))
+    return {name: None if g is None else g * scale for name, g in grads.items()}
+
+
+def assert_steps_match_s3prl(task, config, steps, max_norm: Optional[float], our_clip: Optional[float]) -> None:
+    """Our runner's update (clip_grad_norm_ over the student, then the optimizer built by Trainer._optimizer) for each
+    of ``steps`` = [(waveforms, lengths, cached, step)], against the reference; float64 weights, so that the update
+    itself (not only the weights after it) is compared at STEP_RTOL."""
+    student = task.student.double()
+    optimizer = Trainer._optimizer(SimpleNamespace(config=config, task=task, student=student,
+                                                   device=torch.device("cpu")))
+    opt = config.optimizer
+    reference = ReferenceAdamWWithSchedule(opt.lr, opt.betas, opt.eps, config.runner.total_steps,
+                                           config.scheduler.warmup_proportion)
+    for waveforms, lengths, targets, step in steps:
+        before = {name: p.detach().clone() for name, p in student.named_parameters()}
+        combine(task.losses(student, waveforms.double(), lengths, step, targets.double())).backward()
+        grads = gradients(student)
+        # As pretrain/runner.py: null clipping still measures the norm.
+        norm = torch.nn.utils.clip_grad_norm_(student.parameters(), math.inf if our_clip is None else our_clip)
+        assert (our_clip is None) == (max_norm is None)  # the two runs clip alike
+        if max_norm is not None:
+            assert norm > max_norm  # clipping acts on this batch
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        expected = reference.step(before, clipped(grads, max_norm))
+        for name, p in student.named_parameters():
+            if grads[name] is None:
+                assert torch.equal(p.detach(), before[name]), f"{name} moved without a gradient"
+                continue
+            assert_relative(p.detach(), expected[name], STEP_RTOL, f"{name} after step {step}")
+            assert_relative(p.detach() - before[name], expected[name] - before[name], STEP_RTOL,
+                            f"update of {name} at step {step}")
+
+
+def runner_config(recipe: str, name: str = "config.yaml", total_steps: int = 20, clip: Optional[float] = None):
+    """The shipped optimizer/scheduler/runner sections over ``total_steps`` updates (DistilHuBERT's and Wang et al.'s
+    7 % warm-up: W = 1.4, so step 1 warms up and step 2 decays; FitHuBERT's 5 %: W = 1, both decay)."""
+    config = shipped(recipe, name)
+    assert config.optimizer.name == "AdamW_with_schedule", f"{recipe}/{name}: s3prl's optimizer"
+    runner = {"total_steps": total_steps, **({} if clip is None else {"gradient_clipping": clip})}
+    return SimpleNamespace(optimizer=config.optimizer, scheduler=config.scheduler,
+                           runner=config.runner.model_copy(update=runner))
+
+
+def test_distilhubert_optimizer_steps_match_s3prl(tmp_path):
+    # s3prl's runner clips at runner.gradient_clipping (5.0); a smaller value here makes clipping act on this batch.
+    config = runner_config("distilhubert", clip=0.05)
+    task, layers = build(tmp_path, tiny_distilhubert(), shipped("distilhubert").method)
+    waves, lengths, hidden = batch(False, frames=13)
+    waves2, lengths2, hidden2 = batch(True, frames=13, seed=2)
+    steps = [(waves, lengths, cached(hidden, layers), 0), (waves2, lengths2, cached(hidden2, layers), 1)]
+    assert_steps_match_s3prl(task, config, steps, max_norm=0.05, our_clip=0.05)
+
+
+def test_fithubert_optimizer_steps_match_the_official_run(tmp_path):
+    config = runner_config("fithubert")
+    method = shipped("fithubert").method.model_copy(update={"hint_layers": [1, 2]})
+    task, layers = build(tmp_path, tiny_fithubert(), method)
+    waves, lengths, hidden = batch(False, frames=13)
+    waves2, lengths2, hidden2 = batch(True, frames=13, seed=2)
+    steps = [(waves, lengths, cached(hidden, layers), 0), (waves2, lengths2, cached(hidden2, layers), 1)]
+    # The official Lightning run does not clip, and neither does the shipped config (gradient_clipping: null).
+    assert config.runner.gradient_clipping is None
+    assert_steps_match_s3prl(task, config, steps, max_norm=None, our_clip=config.runner.gradient_clipping)
+
+
+def test_fbank_two_stage_optimizer_steps_match_the_authors_code(tmp_path):
+    """Step 1 trains the front end only: the encoder and heads have no gradient, so s3prl's optimizer leaves them
+    alone and their step counters at 0. Step 2 (the second stage) is their first update: t = 1, their own warm-up,
+    while the front end's parameters are at t = 2."""
+    config = runner_config("asr_distill", "config_fbank.yaml", clip=0.05)
+    method = shipped("asr_distill", "config_fbank.yaml").method.model_copy(update={"front_end_steps": 1})
+    task, layers = build(tmp_path, tiny_deepthin(fbank=True), method, random_codebook())
+    waves, lengths, hidden = batch(False, frames=13)
+    waves2, lengths2, hidden2 = batch(True, frames=13, seed=2)
+    steps = [(waves, lengths, cached(hidden, layers), 0), (waves2, lengths2, cached(hidden2, layers), 1)]
+    assert_steps_match_s3prl(task, config, steps, max_norm=0.05, our_clip=0.05)
