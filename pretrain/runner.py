@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import sys
 import time
@@ -354,8 +353,11 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             # Over everything the optimizer trains (a method's own parameters too, e.g. DPHuBERT's λ, as Lightning
             # clips there); no clipping still measures the norm, for the log and the non-finite check.
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.trained_parameters, math.inf if runner.gradient_clipping is None else runner.gradient_clipping)
+            if runner.gradient_clipping is None:
+                grad_norm = torch.nn.utils.get_total_norm(
+                    [p.grad for p in self.trained_parameters if p.grad is not None])
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters, runner.gradient_clipping)
             self.skipped_updates += ~torch.isfinite(grad_norm)
             self.scaler.step(self.optimizer)  # no update when a gradient is inf/NaN
             self.scaler.update(None if self.precision == "fp16" else 1.0)
@@ -436,7 +438,8 @@ def run(
         checkpoint = load_checkpoint(path, what="checkpoint to resume")
         if not isinstance(checkpoint, dict) or "TrainingState" not in checkpoint or "RunConfig" not in checkpoint:
             raise CheckpointError(f"{path} is not a checkpoint of this pretrain runner (no TrainingState/RunConfig)")
-        config = validate_config(apply_overrides(checkpoint["RunConfig"], overrides), f"{path} (RunConfig)")
+        config = validate_config(apply_overrides(_keep_layer_zero(checkpoint["RunConfig"], path), overrides),
+                                 f"{path} (RunConfig)")
         saved = (checkpoint["RunConfig"].get("optimizer") or {}).get("name", "AdamW")
         if config.optimizer.name != saved:  # the moments and step counters are another optimizer's
             raise ConfigError(
@@ -470,6 +473,18 @@ def run(
             return expdir
         (expdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return _train(config, expdir, checkpoint)
+
+
+def _keep_layer_zero(run_config: dict, path: Path) -> dict:
+    """A run saved before projection heads had ``layer_zero`` distilled s3prl's hidden state 0; it resumes so,
+    rather than switching its layer-0 target halfway (new runs default to DPHuBERT's)."""
+    head = (run_config.get("student") or {}).get("prediction_head") or {}
+    if head.get("type") != "projection" or "layer_zero" in head:
+        return run_config
+    logger.warning("%s predates student.prediction_head.layer_zero: resuming with its layer 0 as it was trained "
+                   "(transformer_input, s3prl's hidden state 0)", path)
+    student = {**run_config["student"], "prediction_head": {**head, "layer_zero": "transformer_input"}}
+    return {**run_config, "student": student}
 
 
 def _train(config: PretrainConfig, expdir: Path, checkpoint: Optional[dict]) -> Path:

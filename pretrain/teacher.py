@@ -126,16 +126,19 @@ class Teacher(nn.Module):
             states[0] = captured[0]
         return [state.float() for state in states]
 
-    def feature_projection_module(self) -> nn.Module:
+    def feature_projection_module(
+        self, setting: str = "student.prediction_head.layer_zero: transformer_input"
+    ) -> nn.Module:
         """The fairseq-style transformer encoder (s3prl's HuBERT, WavLM and wav2vec 2.0 experts): its input is the
-        feature projection's output, before the positional convolution."""
+        feature projection's output, before the positional convolution. ``setting``: what the error suggests to use
+        s3prl's hidden state 0 instead."""
         model = getattr(self.upstream, "model", None)
         encoder = getattr(model, "encoder", None)
         if not isinstance(encoder, nn.Module) or not hasattr(encoder, "pos_conv"):
             raise ValueError(
                 f"teacher {self.name!r} has no fairseq-style encoder (model.encoder with pos_conv) whose input is the "
-                "feature projection's output, which a projection head's layer 0 (DPHuBERT's indexing) needs; use a "
-                "hubert, wavlm or wav2vec2 teacher, or set student.prediction_head.layer_zero: transformer_input"
+                "feature projection's output, which layer 0 in DPHuBERT's indexing needs; use a hubert, wavlm or "
+                f"wav2vec2 teacher, or set {setting}"
             )
         return encoder
 

@@ -2,10 +2,10 @@
 
 A calibration set of utterances goes through the teacher once; the frames of every hidden state (i = output of
 layer i; 0 = DPHuBERT's layer 0, the feature projection's output, as SKILL's targets use it, or with
-``layer_zero="transformer_input"`` s3prl's hidden state 0) are compared pairwise with linear CKA (Kornblith et al., 2019) or the
-time-averaged cosine similarity, and the layers are grouped by agglomerative clustering of ``1 - similarity``
-(SciPy's, or a contiguity-constrained variant where every group is a run of adjacent layers). The groups are written
-as the ``student.prediction_head.target_groups`` snippet the pretrain runner reads.
+``layer_zero="transformer_input"`` s3prl's hidden state 0) are compared pairwise with linear CKA (Kornblith et al.,
+2019) or the time-averaged cosine similarity, and the layers are grouped by agglomerative clustering of
+``1 - similarity`` (SciPy's, or a contiguity-constrained variant where every group is a run of adjacent layers). The
+groups are written as the ``student.prediction_head.target_groups`` snippet the pretrain runner reads.
 
 Everything is deterministic: files are sorted and picked evenly spaced, audio is cropped to its first seconds and
 frames are kept at a fixed stride, so the same calibration set gives byte-identical ``similarity.npy``,
@@ -141,7 +141,7 @@ def collect_hidden_states(
 ) -> List[np.ndarray]:
     """Frames of every hidden state over ``files``, each layer stacked to (N, D_l) float64, N <= ``max_frames``.
 
-    ``teacher(waveforms (1, S), lengths (1,))`` (a callable) must return the hidden states, each (1, T, D). Utterances run one at a
+    ``teacher(waveforms (1, S), lengths (1,))`` must return the hidden states, each (1, T, D). Utterances run one at a
     time; frames are kept at a fixed stride over the whole set (from the expected frame count), so the sample is
     spread evenly over all utterances and is the same on every run."""
     import torch
@@ -523,7 +523,7 @@ def analyse_layers(
 
     teacher = Teacher(teacher_config).to(device)
     if layer_zero == "feature_projection":
-        teacher.feature_projection_module()  # fails before any audio is read if the teacher cannot give it
+        teacher.feature_projection_module("--layer-zero transformer_input")  # fails before any audio is read
     states = collect_hidden_states(lambda wave, lengths: teacher(wave, lengths, layer_zero), chosen, max_seconds,
                                    max_frames, device)
     frames = int(states[0].shape[0])

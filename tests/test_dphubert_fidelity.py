@@ -123,6 +123,17 @@ def test_cache_key_names_layer_zero_only_where_it_changes_the_targets(tmp_path):
     assert "layer_zero" not in cache_key(teacher, data, [], [4, 8], 320, "feature_projection")
 
 
+def test_a_run_saved_before_layer_zero_resumes_with_the_layer_zero_it_trained_with(tmp_path):
+    from s3prl_distill.pretrain.runner import _keep_layer_zero
+
+    saved = {"student": {"prediction_head": {"type": "projection", "target_groups": [[0], [1, 2]]}}}
+    resumed = _keep_layer_zero(saved, tmp_path / "states-10.ckpt")
+    assert resumed["student"]["prediction_head"]["layer_zero"] == "transformer_input"
+    assert "layer_zero" not in saved["student"]["prediction_head"]  # the checkpoint's dict is not changed
+    current = {"student": {"prediction_head": {"type": "projection", "layer_zero": "feature_projection"}}}
+    assert _keep_layer_zero(current, tmp_path) is current
+
+
 # --- the training step -------------------------------------------------------------------------------------------
 
 def build_task(teachers, recipe: str) -> DistillationTask:

@@ -45,8 +45,9 @@ def test_expert_in_s3prls_loop_trains_what_our_runner_trains(setup, tmp_path):  
     ours = Trainer(validate_config(config, "test config"), tmp_path / "ours")
     ours.train()
 
-    # s3prl's run_pretrain.py loop (fp32, one micro-batch): the expert's forward, backward, clip, its optimizer's
-    # step, on_before_zero_grad, zero_grad. Seeds as our runner sets them, so batches and gate samples agree.
+    # s3prl's run_pretrain.py loop (one micro-batch): the expert's forward, backward, clip, its optimizer's step,
+    # on_before_zero_grad, zero_grad; with fp16's GradScaler emulated (a loss scale that changes between steps, which
+    # s3prl unscales for its own optimizer only). Seeds as our runner sets them, so batches and gate samples agree.
     torch.manual_seed(seed)
     model_sections = {key: config[key] for key in ("teacher", "student", "student_init", "method")}
     expert = UpstreamPretrainExpert(config["data"], model_sections, device="cpu")
@@ -55,9 +56,11 @@ def test_expert_in_s3prls_loop_trains_what_our_runner_trains(setup, tmp_path):  
     optimizer = get_optimizer([expert.model], STEPS, {"name": "TorchOptim", "torch_optim_name": "AdamW",
                                                       "lr": 2.0e-4, "weight_decay": 0.0})
     expert.train()
-    for global_step, data in zip(range(1, STEPS + 1), loader):
+    for global_step, data, scale in zip(range(1, STEPS + 1), loader, (2.0 ** 16, 2.0 ** 15, 2.0 ** 17)):
         loss, _ = expert(data, global_step=global_step)
-        loss.backward()
+        (loss * scale).backward()
+        for parameter in expert.model.parameters():  # GradScaler.unscale_(s3prl's optimizer)
+            parameter.grad.div_(scale)
         torch.nn.utils.clip_grad_norm_(expert.model.parameters(), 1.0e9)
         optimizer.step()
         expert.on_before_zero_grad()
@@ -73,7 +76,8 @@ def test_expert_in_s3prls_loop_trains_what_our_runner_trains(setup, tmp_path):  
             # turns noise of any size into a full step: its updates need not agree between two correct loops.
             continue
         assert torch.allclose(theirs[name], value, rtol=1e-5, atol=1e-6), name
-    for ours_lambda, their_lambda in zip(ours.task.method.penalty.parameters(), expert.task.method.penalty.parameters()):
+    penalties = zip(ours.task.method.penalty.parameters(), expert.task.method.penalty.parameters())
+    for ours_lambda, their_lambda in penalties:
         assert float(ours_lambda) != 0.0 and abs(float(ours_lambda) - float(their_lambda)) < 1e-6
 
 

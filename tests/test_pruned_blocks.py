@@ -360,6 +360,14 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
         main(["export", str(gated), "--to", "onnx", str(tmp_path / "out.pth")])
     assert "invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "out.pth").exists()
+    # CNN channels our prune keeps only in the feature LayerNorm's statistics come back as zero channels on export,
+    # which a LayerNorm inside every conv layer (layer_norm mode) would count: refused, not silently changed.
+    data = teacher_copy_config(TINY_HUBERT).to_dict()
+    data["feature_extractor"]["norm"] = "layer_norm"
+    data["feature_layer_norm_pruned"] = 3
+    layer_norm_cnn = StudentModel(StudentConfig.from_dict(data))
+    with pytest.raises(ValueError, match="feature_layer_norm_pruned > 0 with feature_extractor.norm: layer_norm"):
+        dphubert_checkpoint(layer_norm_cnn.config, layer_norm_cnn.state_dict(), "a layer-norm CNN")
 
 
 if __name__ == "__main__":

@@ -3,24 +3,25 @@
 
     python3 run_pretrain.py -u dphubert -g pretrain/dphubert/config.yaml -c pretrain/dphubert/config_runner.yaml -n NAME
 
-(``-g`` takes the model sections of our config; a SKILL run uses ``-u dphubert`` with ``config_skill.yaml``). s3prl's runner builds one
-optimizer over ``model``: here that is the student's weights and heads only. What it cannot express, this expert owns:
-the gates' ``log_alpha`` (their own learning rate, no weight decay) and the Lagrangian λ1, λ2 (gradient ascent) go to
-a second AdamW, stepped right after s3prl's optimizer by a post-step hook, with the learning-rate factor s3prl's
-schedule gave that step. An update s3prl skips (fp16 overflow) is skipped here too, because the hook does not run.
+(``-g`` takes the model sections of our config; a SKILL run uses ``-u dphubert`` with ``config_skill.yaml``).
+s3prl's runner builds one optimizer over ``model``: here that is the student's weights and heads only. What it
+cannot express, this expert owns: the gates' ``log_alpha`` (their own learning rate, no weight decay) and the
+Lagrangian λ1, λ2 (gradient ascent) go to a second AdamW, stepped right after s3prl's optimizer by a post-step
+hook, with the learning-rate factor s3prl's schedule gave that step. An update s3prl skips (fp16 overflow) is skipped here too, because the hook does not run.
 The gate optimizer and λ are saved in s3prl's checkpoints, so ``run_pretrain.py -e`` resumes them.
 
-Differences from ``s3prl-distill pretrain`` that s3prl's loop imposes: gradient clipping covers only ``model``, and
-under ``fp16`` the gates' gradients keep s3prl's loss scale (AdamW is invariant to a constant scale, up to eps).
+s3prl's fp16 GradScaler unscales only its own optimizer's gradients: the expert divides the gates' and λ's by the
+gradient s3prl's backward fed into the loss (the loss scale, over the accumulation steps). What s3prl's loop imposes
+stays: its gradient clipping covers only ``model``.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from s3prl_distill.model.student import GATE_SUFFIX
@@ -50,23 +51,40 @@ class UpstreamPretrainExpert(S3prlPretrainExpert):
         self.student = self.task.student  # registered, so s3prl's .to() and .train() reach it
         self.model = StudentWeights(self.student)  # what s3prl's optimizer holds
         self._anchor = next(iter(self.model.parameters()))
-        gates = [p for name, p in self.student.named_parameters() if name.endswith(GATE_SUFFIX)]
-        config = method.config
-        self.gate_lrs = [config.gate_lr, config.lagrangian_lr]  # before s3prl's schedule factor
-        groups = [{"params": gates, "lr": config.gate_lr, "weight_decay": 0.0},
-                  {"params": list(method.penalty.parameters()), "lr": config.lagrangian_lr, "weight_decay": 0.0}]
-        self.gate_optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8) if gates else None
-        self._hook = None
+        # The recipe's own groups after the two of the weights: the gates and λ (none once the student is pruned).
+        groups = (method.parameter_groups(self.student, 0.0) or [])[2:]
+        self.gate_lrs = [group["lr"] for group in groups]  # before s3prl's schedule factor
+        self.gate_optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8) if groups else None
+        self._loss_gradient: Optional[Tensor] = None  # what s3prl's backward fed into the loss (its fp16 scale)
         if self.gate_optimizer is not None:
             expert = weakref.ref(self)  # the global hook must not keep the expert alive
-            self._hook = register_optimizer_step_post_hook(
-                lambda optimizer, args, kwargs: expert() is not None and expert()._after_step(optimizer))
+
+            def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+                alive = expert()
+                if alive is not None:
+                    alive._after_step(optimizer)
+
+            weakref.finalize(self, register_optimizer_step_post_hook(after_step).remove)
+
+    def forward(self, data, records=None, global_step: int = 1, log_step: int = 1000, **kwargs: Any):
+        loss, records = super().forward(data, records, global_step, log_step, **kwargs)
+        if self.gate_optimizer is not None and loss.requires_grad:
+            loss.register_hook(self._record_loss_gradient)
+        return loss, records
+
+    def _record_loss_gradient(self, gradient: Tensor) -> None:
+        self._loss_gradient = gradient.detach()
 
     def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """After s3prl's optimizer stepped: step the gates and λ with the factor its schedule applied."""
+        """After s3prl's optimizer stepped: step the gates and λ with the factor its schedule applied, on gradients
+        freed of the loss scale s3prl's fp16 GradScaler put on them (it unscales only its own optimizer's)."""
         if optimizer is self.gate_optimizer or not any(p is self._anchor for group in optimizer.param_groups
                                                        for p in group["params"]):
             return
+        if self._loss_gradient is not None:
+            gradients = [p.grad for group in self.gate_optimizer.param_groups for p in group["params"]
+                         if p.grad is not None]
+            torch._foreach_div_(gradients, self._loss_gradient)
         factor = schedule_factor(optimizer)
         for group, lr in zip(self.gate_optimizer.param_groups, self.gate_lrs):
             group["lr"] = lr * factor
@@ -89,10 +107,6 @@ class UpstreamPretrainExpert(S3prlPretrainExpert):
         if self.gate_optimizer is not None:
             all_states["GateOptimizer"] = self.gate_optimizer.state_dict()
         return all_states
-
-    def __del__(self) -> None:
-        if getattr(self, "_hook", None) is not None:
-            self._hook.remove()
 
 
 def schedule_factor(optimizer: torch.optim.Optimizer) -> float:

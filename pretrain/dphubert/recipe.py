@@ -66,14 +66,14 @@ class DPHuBERT(Method):
         self.target_layers = sorted({layer for target in self.targets for layer in target})
         self.prediction_indices = list(range(len(self.targets)))
         self.penalty = SparsityPenalty()
-        self.full_parameters: Optional[int] = None  # the unpruned student's size, set by bind()
+        self.full_parameters: Optional[int] = None  # DPHuBERT's size of the unpruned student, set by bind()
         self.last_scalars: Dict[str, float] = {}
 
     def bind(self, student: StudentModel) -> None:
         """Called once with the student: its unpruned size is the reference of the sparsity."""
-        # DPHuBERT's reference is every parameter of the teacher it copies: the backbone, plus its CNN's fixed
-        # output scale (a parameter there, a buffer here).
-        self.full_parameters = student.num_parameters() + _output_scale_size(student, expected=False)
+        # DPHuBERT's reference is every parameter of the teacher it copies (the student before pruning): the
+        # backbone, plus its CNN's fixed output scale (a parameter there, a buffer here).
+        self.full_parameters = student.num_parameters() + int(_output_scale_size(student, expected=False))
         self.pruning = has_gates(student)
         self.penalty.to(next(student.parameters()).device)
 

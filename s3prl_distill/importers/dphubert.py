@@ -139,6 +139,10 @@ def _exportable(student: StudentConfig, source: str) -> None:
             problems.append("feature_layer_norm: false (their CNN output always has a LayerNorm)")
         if student.feature_extractor.conv_layers[-1][0] == encoder.embed_dim:
             problems.append("no feature projection (CNN width = embed_dim; theirs always projects)")
+        if student.feature_layer_norm_pruned and student.feature_extractor.norm == "layer_norm":
+            # The pruned channels come back as zero channels, which a per-layer LayerNorm in the CNN would count.
+            problems.append("feature_layer_norm_pruned > 0 with feature_extractor.norm: layer_norm (restoring the "
+                            "pruned CNN channels would change the last conv layer's LayerNorm statistics)")
     if encoder.time_reduction is not None:
         problems.append("encoder.time_reduction")
     if encoder.activation != "gelu":
