@@ -1,7 +1,7 @@
 """DPHuBERT / SKILL training step against the official formulation (pyf98/DPHuBERT ``lightning.py``, ``distill.py``,
 ``wav2vec2/components.py``), rebuilt here from its formulas rather than from our code:
 
-* hidden state 0, for teacher and student, is the feature projection's output before the positional convolution;
+* hidden state 0, for teacher and student, is the feature projection's output before the positional conv;
 * L = mean|P(h_S) − h_T| − mean cos(P(h_S), h_T) + λ1 (s − t) + λ2 (s − t)², one mean over (batch, target, frame,
   feature), P the target group's Linear;
 * s = 1 − size / (every parameter of the teacher), size = ``Wav2Vec2Model.get_num_params`` from the gates' expected

@@ -7,8 +7,9 @@
 s3prl's runner builds one optimizer over ``model``: here that is the student's weights and heads only. What it
 cannot express, this expert owns: the gates' ``log_alpha`` (their own learning rate, no weight decay) and the
 Lagrangian λ1, λ2 (gradient ascent) go to a second AdamW, stepped right after s3prl's optimizer by a post-step
-hook, with the learning-rate factor s3prl's schedule gave that step. An update s3prl skips (fp16 overflow) is skipped here too, because the hook does not run.
-The gate optimizer and λ are saved in s3prl's checkpoints, so ``run_pretrain.py -e`` resumes them.
+hook, with the learning-rate factor s3prl's schedule gave that step. An update s3prl skips (fp16 overflow) is
+skipped here too, because the hook does not run. The gate optimizer and λ are saved in s3prl's checkpoints, so
+``run_pretrain.py -e`` resumes them.
 
 s3prl's fp16 GradScaler unscales only its own optimizer's gradients: the expert divides the gates' and λ's by the
 gradient s3prl's backward fed into the loss (the loss scale, over the accumulation steps). What s3prl's loop imposes
