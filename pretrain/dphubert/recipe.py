@@ -10,7 +10,7 @@ student (no gates, so no penalty) is DPHuBERT's final distillation.
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Mapping, Optional
+from typing import Dict, List, Literal, Mapping, Optional, Union
 
 import torch
 from pydantic import Field, model_validator
@@ -25,7 +25,7 @@ from s3prl_distill.losses import (
     scalar_term,
 )
 from s3prl_distill.model.config import StrictModel, StudentConfig
-from s3prl_distill.model.pruning import SparsityPenalty, expected_num_parameters, has_gates, unit_counts
+from s3prl_distill.model.pruning import SparsityPenalty, expected_num_parameters, has_gates
 from s3prl_distill.model.student import GATE_SUFFIX, StudentModel
 
 from ..method import DistillationBatch, Method
@@ -73,7 +73,7 @@ class DPHuBERT(Method):
         """Called once with the student: its unpruned size is the reference of the sparsity."""
         # DPHuBERT's reference is every parameter of the teacher it copies (the student before pruning): the
         # backbone, plus its CNN's fixed output scale (a parameter there, a buffer here).
-        self.full_parameters = student.num_parameters() + int(_output_scale_size(student, expected=False))
+        self.full_parameters = student.num_parameters() + _output_scale_size(student, expected=False)
         self.pruning = has_gates(student)
         self.penalty.to(next(student.parameters()).device)
 
@@ -150,28 +150,18 @@ class DPHuBERT(Method):
         return dict(checkpoint["Student"])
 
 
-def _output_scale_size(student: StudentModel, expected: bool) -> Tensor:
+def _output_scale_size(student: StudentModel, expected: bool) -> Union[int, Tensor]:
     """The CNN's output scale (DPHuBERT's ``dummy_weight``, one value per last conv channel): kept or expected."""
     if student.feature_extractor is None:
-        return torch.zeros(())
-    if expected:
-        return torch.as_tensor(unit_counts(student, expected=True).conv_channels[-1], dtype=torch.float32)
-    return torch.tensor(float(student.feature_extractor.out_channels))
+        return 0
+    last = student.feature_extractor.conv_layers[-1]
+    return last.gate.expected_kept() if expected and last.gate is not None else last.conv.out_channels
 
 
 def dphubert_expected_size(student: StudentModel) -> Tensor:
     """The size DPHuBERT's sparsity is measured with (``Wav2Vec2Model.get_num_params``): our expected backbone size,
     plus the CNN output scale, minus WavLM's relative position parameters (the bias table and every layer's gate,
     which that count leaves out while its reference, the teacher's full count, includes them)."""
-    relative = 0
-    if student.encoder.relative_position is not None:
-        relative = sum(p.numel() for p in student.encoder.relative_position.parameters())
-        for layer in student.encoder.layers:
-            attention = getattr(layer, "attention", None)  # None: a block removed by pruning
-            for part in ("gate_linear", "gate_const"):
-                module = getattr(attention, part, None)
-                if isinstance(module, nn.Module):
-                    relative += sum(p.numel() for p in module.parameters())
-                elif isinstance(module, Tensor):
-                    relative += module.numel()
+    relative = sum(p.numel() for name, p in student.encoder.named_parameters()
+                   if name.startswith("relative_position.") or ".attention.gate_" in name)
     return expected_num_parameters(student) + _output_scale_size(student, expected=True) - relative
