@@ -29,9 +29,9 @@ import torch
 import yaml
 
 from s3prl_distill.checkpoint import save_checkpoint
-from s3prl_distill.importers.fithubert import export_lightning
-from s3prl_distill.importers.s3prl_distiller import export_distiller
-from s3prl_distill.importers.s3prl_hubert import HUBERT_BASE, write_random_hubert
+from s3prl_distill.formats.fithubert import export_lightning
+from s3prl_distill.formats.s3prl_distiller import export_distiller
+from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE, write_random_hubert
 from s3prl_distill.model import StudentModel, distilhubert_config, fithubert_config
 from s3prl_distill.profiling import forward_times, upstream_features
 

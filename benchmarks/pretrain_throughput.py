@@ -27,9 +27,9 @@ import soundfile
 import torch
 import yaml
 
-from s3prl_distill.importers.s3prl_hubert import HUBERT_BASE, write_random_hubert
+from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE, write_random_hubert
 from s3prl_distill.pretrain.config import apply_overrides, validate_config
-from s3prl_distill.pretrain.data import write_length_csvs
+from s3prl_distill.audio_lists import write_length_csvs
 from s3prl_distill.pretrain.runner import Trainer
 
 SHIPPED = Path(__file__).resolve().parents[1] / "pretrain" / "distilhubert" / "config.yaml"

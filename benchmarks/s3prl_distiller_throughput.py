@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from s3prl_distill.importers.s3prl_hubert import HUBERT_BASE, write_random_hubert
-from s3prl_distill.pretrain.data import write_length_csvs
+from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE, write_random_hubert
+from s3prl_distill.audio_lists import write_length_csvs
 
 from teacher_cache import SHIPPED, write_audio
 

@@ -22,10 +22,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import yaml
 
-from s3prl_distill.importers.s3prl_hubert import build_hubert, save_hubert_checkpoint
+from s3prl_distill.formats.s3prl_hubert import build_hubert, save_hubert_checkpoint
 from s3prl_distill.model.config import format_conv_layers, parse_conv_layers
 from s3prl_distill.pretrain.config import validate_config
-from s3prl_distill.pretrain.data import read_length_csvs
+from s3prl_distill.audio_lists import read_length_csvs
 from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig, train_hubert_teacher
 from s3prl_distill.checkpoint import latest_step_checkpoint
 from s3prl_distill.pretrain.runner import run as run_pretrain

@@ -17,7 +17,7 @@ from typing import List
 import torch
 
 from s3prl_distill.checkpoint import save_checkpoint
-from s3prl_distill.importers.s3prl_distiller import export_distiller
+from s3prl_distill.formats.s3prl_distiller import export_distiller
 from s3prl_distill.model import StudentConfig, StudentModel
 
 from .toy_emotion import EMOTIONS, accuracy, write_emotion_config, write_emotion_corpus

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from s3prl_distill.errors import ConfigError
-from s3prl_distill.model.config import StrictModel, StudentConfig, _format_validation_error
+from s3prl_distill.errors import ConfigError, validated
+from s3prl_distill.model.config import StrictModel, StudentConfig
 
 from .asr_distill.recipe import AsrDistillMethodConfig
 from .distilhubert.recipe import DistilHuBERTMethodConfig
@@ -215,10 +215,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Optional[str]) -> Dict[str,
 
 
 def validate_config(data: Any, source: str) -> PretrainConfig:
-    try:
-        return PretrainConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(f"invalid pretrain config {source}:\n{_format_validation_error(error)}") from None
+    return validated(PretrainConfig, data, f"invalid pretrain config {source}")
 
 
 def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from tqdm import tqdm
 
-from s3prl_distill.importers.s3prl_hubert import build_hubert, save_hubert_checkpoint
+from s3prl_distill.formats.s3prl_hubert import build_hubert, save_hubert_checkpoint
 from s3prl_distill.model.config import StrictModel
 
-from .data import AudioItem
+from s3prl_distill.audio_lists import AudioItem
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,9 @@ from s3prl_distill.locking import LOCK_NAME, directory_lock
 from s3prl_distill.losses import combine
 
 from .config import DataConfig, PretrainConfig, apply_overrides, load_config, validate_config
-from .data import BucketBatchSampler, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
+from s3prl_distill.audio_lists import check_audio_files, read_length_csvs
+
+from .data import BucketBatchSampler, CroppedAudioDataset, collate_waveforms
 from .optim import S3prlAdamW, linear_warmup_decay_factor
 from .task import DistillationTask
 from .teacher_cache import CachedWindowDataset, TeacherCache, collate_with_targets

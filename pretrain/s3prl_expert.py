@@ -13,12 +13,10 @@ from typing import Any, Dict, Mapping, Union
 
 import torch
 import yaml
-from pydantic import ValidationError
 from torch import nn
 
-from s3prl_distill.errors import ConfigError
+from s3prl_distill.errors import validated
 from s3prl_distill.losses import combine
-from s3prl_distill.model.config import _format_validation_error
 from s3prl_distill.pretrain.config import DataConfig, ModelSections, PretrainConfig
 from s3prl_distill.pretrain.runner import build_data
 from s3prl_distill.pretrain.task import DistillationTask
@@ -27,22 +25,16 @@ from s3prl_distill.pretrain.teacher_cache import TeacherCache
 logger = logging.getLogger(__name__)
 
 
-def _validated(model, data: Any, source: str):
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(f"invalid {source}:\n{_format_validation_error(error)}") from None
-
 
 def _model_sections(config: Mapping[str, Any], source: str) -> ModelSections:
     """The teacher/student/student_init/method sections of ``-g``: a model config, or a whole pretrain config (then
     validated whole, and its runner/optimizer/scheduler/data sections left to s3prl's ``-c`` config)."""
     extra = sorted(set(config) - set(ModelSections.model_fields))
     if extra and set(extra) <= set(PretrainConfig.model_fields):
-        _validated(PretrainConfig, config, source)
+        validated(PretrainConfig, config, f"invalid {source}")
         logger.info("%s: sections %s are ignored here; s3prl's runner config (-c) sets them", source, ", ".join(extra))
         config = {key: value for key, value in config.items() if key in ModelSections.model_fields}
-    return _validated(ModelSections, config, source)
+    return validated(ModelSections, config, f"invalid {source}")
 
 
 class S3prlPretrainExpert(nn.Module):
@@ -66,7 +58,7 @@ class S3prlPretrainExpert(nn.Module):
             self.upstream_config = dict(upstream_config)
             source = "Upstream_Config"
         sections = _model_sections(self.upstream_config, source)
-        self.datarc = _validated(DataConfig, dict(datarc), "pretrain_expert.datarc")
+        self.datarc = validated(DataConfig, dict(datarc), "invalid pretrain_expert.datarc")
         self.device = torch.device(device)
         cache = TeacherCache(Path(self.datarc.teacher_cache)) if self.datarc.teacher_cache else None
         self.task = DistillationTask(sections.teacher, sections.student, sections.student_init, sections.method,

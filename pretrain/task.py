@@ -17,13 +17,10 @@ from s3prl_distill.losses import LossTerm
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.fbank import fbank_statistics
 
-from .asr_distill.recipe import AsrDistill, AsrDistillMethodConfig
 from .config import DataConfig, StudentInitConfig, TeacherConfig
-from .data import AudioItem
-from .distilhubert.recipe import DistilHuBERT, DistilHuBERTMethodConfig
-from .dphubert.recipe import DPHuBERT, DPHuBERTMethodConfig
-from .fithubert.recipe import FitHuBERT, FitHuBERTMethodConfig
-from .method import DistillationBatch, Method
+from s3prl_distill.audio_lists import AudioItem
+from .method import DistillationBatch
+from .methods import build_method
 from .teacher import Teacher, initialise_student
 from .teacher_cache import TeacherCache, cache_key, required_layers
 
@@ -31,19 +28,6 @@ logger = logging.getLogger(__name__)
 
 # Global mean/variance of 80 fbank bins are stable long before this (1000 LibriSpeech utterances ~ 3.4 h).
 STATISTICS_UTTERANCES = 1000
-
-METHODS = {
-    "distilhubert": (DistilHuBERTMethodConfig, DistilHuBERT),
-    "fithubert": (FitHuBERTMethodConfig, FitHuBERT),
-    "asr_distill": (AsrDistillMethodConfig, AsrDistill),
-    "dphubert": (DPHuBERTMethodConfig, DPHuBERT),
-    "skill": (DPHuBERTMethodConfig, DPHuBERT),
-}
-
-
-def build_method(config, student: StudentConfig) -> Method:
-    return METHODS[config.name][1](config, student)
-
 
 class DistillationTask:
     """Not an ``nn.Module`` on purpose: the teacher must stay out of the student's state dict and optimizer."""

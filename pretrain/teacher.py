@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
-from s3prl_distill.importers.fairseq import fairseq_keys
+from s3prl_distill.formats.fairseq import fairseq_keys
 from s3prl_distill.losses import codeword_logits
 from s3prl_distill.model import StudentModel
 from s3prl_distill.model.student import GATE_SUFFIX, HEAD_PREFIXES

@@ -39,7 +39,9 @@ from s3prl_distill.errors import UserError
 from s3prl_distill.locking import ExclusiveLock
 
 from .config import DataConfig, PretrainConfig, TeacherConfig
-from .data import SAMPLE_RATE, AudioItem, CroppedAudioDataset, check_audio_files, collate_waveforms, read_length_csvs
+from s3prl_distill.audio_lists import SAMPLE_RATE, AudioItem, check_audio_files, read_length_csvs
+
+from .data import CroppedAudioDataset, collate_waveforms
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +221,7 @@ def build_teacher_cache(config: PretrainConfig, output: Path, batch_size: int = 
 
 
 def _build(config: PretrainConfig, output: Path, batch_size: int, device: str, progress: bool) -> Path:
-    from .task import build_method
+    from .methods import build_method
     from .teacher import Teacher
 
     if (output / "meta.json").is_file():

@@ -93,8 +93,8 @@ def run_profile_command(args: argparse.Namespace) -> None:
 
 
 def run_layer_similarity_command(args: argparse.Namespace) -> None:
-    """``layer-similarity``: SKILL's teacher-layer grouping (see :mod:`s3prl_distill.layer_similarity`)."""
-    from .layer_similarity import analyse_layers, find_audio
+    """``layer-similarity``: SKILL's teacher-layer grouping (see :mod:`s3prl_distill.pretrain.dphubert.layer_similarity`)."""
+    from .pretrain.dphubert.layer_similarity import analyse_layers, find_audio
     from .pretrain.config import TeacherConfig
 
     if args.ckpt and "://" not in args.ckpt and not Path(args.ckpt).expanduser().exists():
@@ -115,7 +115,7 @@ def run_layer_similarity_command(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .export import EXPORT_FORMATS
+    from .formats.export import EXPORT_FORMATS
 
     parser = argparse.ArgumentParser(prog="s3prl-distill", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def prepare_data(audio_root: str, output: str, sets: Optional[List[str]], on_bad_file: str) -> None:
-    from .pretrain.data import write_length_csvs
+    from .audio_lists import write_length_csvs
 
     written = write_length_csvs(Path(audio_root), Path(output), sets, on_bad_file=on_bad_file)
     for name, path in written.items():
@@ -289,9 +289,7 @@ def prepare_data(audio_root: str, output: str, sets: Optional[List[str]], on_bad
 
 def link_pretrain(checkout: str) -> None:
     """Make our pretrain recipes visible to s3prl's run_pretrain.py, which lists ``pretrain/`` in its cwd."""
-    import importlib
-
-    from .pretrain.task import METHODS
+    from .pretrain.methods import METHODS
 
     root = Path(checkout).expanduser().resolve()
     candidates = [root / "s3prl" / "pretrain", root / "pretrain"]
@@ -299,7 +297,7 @@ def link_pretrain(checkout: str) -> None:
     if target is None:
         raise SystemExit(f"link-pretrain: {root} is not an s3prl checkout (no s3prl/run_pretrain.py beside pretrain/)")
     # Recipe folders with a pretrain_expert.py (every recipe's; skill runs as -u dphubert).
-    folders = {Path(importlib.import_module(recipe.__module__).__file__).parent for _, recipe in METHODS.values()}
+    folders = {spec.folder for spec in METHODS.values()}
     for source in sorted(folder for folder in folders if (folder / "pretrain_expert.py").is_file()):
         link = target / source.name
         if link.is_symlink():
@@ -363,12 +361,12 @@ def _dispatch(argv: List[str]) -> None:
                                      args.device)
         print(f"teacher cache written to {output}; train from it with -o config.data.teacher_cache={output}")
     elif args.command == "prune":
-        from .pretrain.prune import prune_checkpoint
+        from .pretrain.dphubert.prune import prune_checkpoint
 
         summary = prune_checkpoint(Path(args.checkpoint), Path(args.output), args.final_steps)
         print(json.dumps(summary, indent=2))
     elif args.command == "export":
-        from .export import export_checkpoint
+        from .formats.export import export_checkpoint
 
         summary = export_checkpoint(Path(args.checkpoint), args.to, Path(args.output))
         print(json.dumps(summary, indent=2))
@@ -377,7 +375,7 @@ def _dispatch(argv: List[str]) -> None:
     elif args.command == "link-pretrain":
         link_pretrain(args.checkout)
     elif args.command == "hubert-teacher":
-        from .pretrain.data import read_length_csvs
+        from .audio_lists import read_length_csvs
         from .pretrain.hubert_teacher import HubertTeacherConfig, train_hubert_teacher
 
         csvs = [Path(c) for c in args.csv]

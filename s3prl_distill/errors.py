@@ -8,6 +8,11 @@ traceback.
 from __future__ import annotations
 
 import re
+from typing import Any, Type, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class UserError(Exception):
@@ -20,6 +25,24 @@ class ConfigError(UserError, ValueError):
 
 class UnknownUpstreamError(UserError, ValueError):
     """An upstream name that ``s3prl.hub`` does not have."""
+
+
+def validated(model: Type[Model], data: Any, what: str) -> Model:
+    """``model.model_validate(data)``, or a :class:`ConfigError` that starts with ``what`` (e.g. ``invalid pretrain
+    config run.yaml``) and names every offending key (``section.key: unknown key`` / the validator's message)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{what}:{format_validation_error(error)}") from None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One problem: `` key: message``; several: one indented line each."""
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        problems.append(f"{location}: {'unknown key' if item['type'] == 'extra_forbidden' else item['msg']}")
+    return f" {problems[0]}" if len(problems) == 1 else "".join(f"\n  {problem}" for problem in problems)
 
 
 _WORKER_TRACEBACK = re.compile(r"Original Traceback \(most recent call last\):")

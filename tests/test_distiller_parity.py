@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from s3prl_distill.checkpoint import load_checkpoint
-from s3prl_distill.importers.s3prl_distiller import (
+from s3prl_distill.formats.s3prl_distiller import (
     config_from_distiller,
     export_distiller,
     import_distiller,

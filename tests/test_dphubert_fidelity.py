@@ -19,9 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s3prl_distill.importers.fairseq import teacher_copy_config
-from s3prl_distill.importers.s3prl_hubert import TINY_HUBERT, write_random_hubert
-from s3prl_distill.importers.s3prl_wavlm import TINY_WAVLM, write_random_wavlm
+from s3prl_distill.formats.fairseq import teacher_copy_config
+from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT, write_random_hubert
+from s3prl_distill.formats.s3prl_wavlm import TINY_WAVLM, write_random_wavlm
 from s3prl_distill.losses import combine
 from s3prl_distill.model import PruningConfig, StudentConfig, StudentModel, pruning_student_config
 from s3prl_distill.pretrain.config import DataConfig, StudentInitConfig, TeacherConfig

@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from s3prl_distill.checkpoint import load_checkpoint
-from s3prl_distill.importers.fairseq import teacher_copy_config
-from s3prl_distill.importers.s3prl_hubert import TINY_HUBERT
+from s3prl_distill.formats.fairseq import teacher_copy_config
+from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
 from s3prl_distill.model import pruning_student_config
 from s3prl_distill.pretrain.config import validate_config
 

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from s3prl_distill.checkpoint import CheckpointError, export_student, load_checkpoint, save_checkpoint
-from s3prl_distill.importers.fithubert import export_lightning
+from s3prl_distill.formats.fithubert import export_lightning
 from s3prl_distill.model import StudentConfig, StudentModel, fithubert_config
 
 from conftest import random_waves

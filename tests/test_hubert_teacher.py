@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from s3prl_distill.checkpoint import load_checkpoint
-from s3prl_distill.pretrain.data import read_length_csvs, write_length_csvs
+from s3prl_distill.audio_lists import read_length_csvs, write_length_csvs
 from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig, assign, fit_kmeans, mfcc_features, train_hubert_teacher
 
 from test_pretrain_runner import write_audio_tree
@@ -46,7 +46,7 @@ def test_teacher_trains_and_loads_in_hubert_local(tmp_path):
         states = teacher([torch.randn(16000)])["hidden_states"]
     assert len(states) == 3 and states[0].shape == (1, 49, 48)
     # Training changed the weights (the same seed's random init differs from the saved model).
-    from s3prl_distill.importers.s3prl_hubert import build_hubert
+    from s3prl_distill.formats.s3prl_hubert import build_hubert
 
     torch.manual_seed(config.seed)
     initial, _, _ = build_hubert(dict(TINY), num_labels=8)

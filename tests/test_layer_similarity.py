@@ -13,8 +13,8 @@ import pytest
 import soundfile
 import yaml
 
-from s3prl_distill.importers.s3prl_hubert import write_random_hubert
-from s3prl_distill.layer_similarity import (
+from s3prl_distill.formats.s3prl_hubert import write_random_hubert
+from s3prl_distill.pretrain.dphubert.layer_similarity import (
     analyse_layers,
     choose_evenly,
     collect_hidden_states,
@@ -172,11 +172,11 @@ def test_exclude_layer0_and_argument_errors(caplog):
         cluster_layers(similarity, list(range(8)), k=2, linkage="median")
     with pytest.raises(ValueError, match=r"layers \[8\] are outside"):
         cluster_layers(similarity, list(range(9)), k=2)
-    with caplog.at_level(logging.WARNING, logger="s3prl_distill.layer_similarity"):
+    with caplog.at_level(logging.WARNING, logger="s3prl_distill.pretrain.dphubert.layer_similarity"):
         assert cluster_layers(similarity, list(range(8)), k=3, linkage="ward") == BLOCKS
     assert "Euclidean" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="s3prl_distill.layer_similarity"):
+    with caplog.at_level(logging.WARNING, logger="s3prl_distill.pretrain.dphubert.layer_similarity"):
         assert cluster_layers(similarity, list(range(8)), k=3, linkage="ward", contiguous=True) == BLOCKS
     assert "average linkage instead" in caplog.text
 
@@ -218,7 +218,7 @@ def test_find_audio_and_even_choice(tmp_path, caplog):
     files = [Path(f"/x/{i:02d}.wav") for i in range(10)]
     assert choose_evenly(list(reversed(files)), 5) == files[0::2]
     assert choose_evenly(files, 3) == [files[0], files[3], files[6]]
-    with caplog.at_level(logging.INFO, logger="s3prl_distill.layer_similarity"):
+    with caplog.at_level(logging.INFO, logger="s3prl_distill.pretrain.dphubert.layer_similarity"):
         assert choose_evenly(files, 50) == files
     assert "only 10 audio files" in caplog.text
     with pytest.raises(ValueError, match="--utterances 0"):

@@ -12,18 +12,16 @@ import soundfile
 import torch
 from torch.utils.data import DataLoader
 
-from s3prl_distill.pretrain.data import (
+from s3prl_distill.audio_lists import (
     MIN_SAMPLES,
     SAMPLE_RATE,
     AudioItem,
-    BucketBatchSampler,
-    CroppedAudioDataset,
     DataError,
     check_audio_files,
-    collate_waveforms,
     read_length_csvs,
     write_length_csvs,
 )
+from s3prl_distill.pretrain.data import BucketBatchSampler, CroppedAudioDataset, collate_waveforms
 
 
 def write_audio(path: Path, length: int, sample_rate: int = SAMPLE_RATE, channels: int = 1, seed: int = 0) -> Path:
@@ -124,7 +122,7 @@ def test_write_errors_name_the_set_or_file(audio_tree: Path, tmp_path: Path, cap
     assert str(narrowband) in str(error.value) and "8000 Hz" in str(error.value)
     assert not out.exists()  # all sets are checked before any CSV is written
 
-    with caplog.at_level(logging.WARNING, logger="s3prl_distill.pretrain.data"):
+    with caplog.at_level(logging.WARNING, logger="s3prl_distill.audio_lists"):
         written = write_length_csvs(audio_tree, out, on_bad_file="skip", progress=False)
     assert str(narrowband) in caplog.text and str(stereo) in caplog.text
     assert "2 channels" in caplog.text
@@ -198,7 +196,7 @@ def test_check_audio_files_stop_lists_every_bad_file(mixed_items: Dict[str, Audi
 
 
 def test_check_audio_files_skip_returns_good_items_and_warns(mixed_items: Dict[str, AudioItem], caplog):
-    with caplog.at_level(logging.WARNING, logger="s3prl_distill.pretrain.data"):
+    with caplog.at_level(logging.WARNING, logger="s3prl_distill.audio_lists"):
         good = check_audio_files(list(mixed_items.values()), on_bad_file="skip", progress=False)
     assert good == [mixed_items["good"], mixed_items["good2"]]
     assert "4 of 6 audio files are bad" in caplog.text
@@ -216,7 +214,7 @@ def test_files_shorter_than_the_receptive_field_are_bad(tmp_path: Path, audio_tr
     line = next(line for line in str(error.value).splitlines() if str(tiny.path) in line)
     assert "300 samples, shorter than the 400-sample (25 ms) receptive field" in line
     assert str(just_enough.path) not in str(error.value)
-    with caplog.at_level(logging.WARNING, logger="s3prl_distill.pretrain.data"):
+    with caplog.at_level(logging.WARNING, logger="s3prl_distill.audio_lists"):
         assert check_audio_files([tiny, just_enough], on_bad_file="skip", progress=False) == [just_enough]
     assert str(tiny.path) in caplog.text and "receptive field" in caplog.text
 

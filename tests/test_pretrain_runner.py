@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from s3prl_distill.checkpoint import load_checkpoint
-from s3prl_distill.importers.s3prl_hubert import write_random_hubert
+from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 from s3prl_distill.pretrain.config import load_config
-from s3prl_distill.pretrain.data import write_length_csvs
+from s3prl_distill.audio_lists import write_length_csvs
 
 from conftest import python_env, random_waves, run_python
 

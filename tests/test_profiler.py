@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s3prl_distill.importers.s3prl_hubert import TINY_HUBERT, write_random_hubert
+from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT, write_random_hubert
 from s3prl_distill.profiler import (
     count_macs,
     UnknownUpstreamError,

@@ -12,9 +12,9 @@ import yaml
 
 from s3prl_distill.checkpoint import CheckpointError, export_student, load_checkpoint, save_checkpoint
 from s3prl_distill.errors import ConfigError
-from s3prl_distill.importers.dphubert import dphubert_checkpoint, dphubert_state_dict, dphubert_student_config
-from s3prl_distill.importers.fairseq import teacher_copy_config
-from s3prl_distill.importers.s3prl_hubert import TINY_HUBERT
+from s3prl_distill.formats.dphubert import dphubert_checkpoint, dphubert_state_dict, dphubert_student_config
+from s3prl_distill.formats.fairseq import teacher_copy_config
+from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
 from s3prl_distill.model import StudentConfig, StudentModel, pruning_student_config
 from s3prl_distill.model.pruning import expected_num_parameters, final_num_parameters, prune
 
@@ -300,7 +300,7 @@ def test_prune_final_distillation_and_export(setup, tmp_path):  # noqa: F811
 
     from s3prl_distill.cli import main
     from s3prl_distill.pretrain.config import load_config
-    from s3prl_distill.pretrain.prune import prune_checkpoint
+    from s3prl_distill.pretrain.dphubert.prune import prune_checkpoint
     from s3prl_distill.pretrain.runner import Trainer
 
     # A gated training checkpoint as `pretrain` writes it, whose gates switched off layer 1's heads and layer 2's

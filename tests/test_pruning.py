@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from s3prl_distill.checkpoint import CheckpointError, save_checkpoint
-from s3prl_distill.importers.fairseq import teacher_copy_config
-from s3prl_distill.importers.s3prl_hubert import TINY_HUBERT, write_random_hubert
-from s3prl_distill.importers.s3prl_wavlm import TINY_WAVLM, write_random_wavlm
+from s3prl_distill.formats.fairseq import teacher_copy_config
+from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT, write_random_hubert
+from s3prl_distill.formats.s3prl_wavlm import TINY_WAVLM, write_random_wavlm
 from s3prl_distill.model import PruningConfig, StudentConfig, StudentModel, pruning_student_config
 from s3prl_distill.model.gates import STRETCH, TEMPERATURE, HardConcreteGate
 from s3prl_distill.model.pruning import (

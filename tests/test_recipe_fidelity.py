@@ -47,7 +47,8 @@ from s3prl_distill.model import (
 )
 from s3prl_distill.pretrain.config import StudentInitConfig, TeacherConfig, load_config
 from s3prl_distill.pretrain.runner import Trainer
-from s3prl_distill.pretrain.task import DistillationTask, build_method
+from s3prl_distill.pretrain.methods import build_method
+from s3prl_distill.pretrain.task import DistillationTask
 from s3prl_distill.pretrain.teacher_cache import FORMAT, TeacherCache, required_layers
 
 RECIPES = Path(__file__).resolve().parents[1] / "pretrain"

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from s3prl_distill.importers.s3prl_hubert import write_random_hubert
+from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 from s3prl_distill.losses import combine
 from s3prl_distill.pretrain.config import load_config
-from s3prl_distill.pretrain.data import AudioItem, read_length_csvs
+from s3prl_distill.audio_lists import AudioItem, read_length_csvs
 from s3prl_distill.pretrain.teacher_cache import (
     CacheMismatchError,
     CachedWindowDataset,

@@ -13,9 +13,9 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import torch
 import yaml
-from pydantic import ValidationError
 from torch import Tensor, nn
 
+from s3prl_distill.errors import validated
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.config import StrictModel
@@ -84,14 +84,7 @@ def read_options(model_config: Union[None, str, Path, Mapping[str, Any]], name: 
         source = str(path)
         with path.open() as file:
             model_config = yaml.safe_load(file) or {}
-    try:
-        return UpstreamOptions.model_validate(model_config)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
-            for e in error.errors()
-        )
-        raise ValueError(f"{name}: invalid upstream options in {source}: {problems}") from None
+    return validated(UpstreamOptions, model_config, f"{name}: invalid upstream options in {source}")
 
 
 def load_upstream_checkpoint(ckpt: str, model_config: Union[None, str, Path, Mapping[str, Any]], name: str,

@@ -17,7 +17,7 @@ from typing import Any, List, Mapping, Union
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student
-from s3prl_distill.importers.dphubert import dphubert_state_dict, dphubert_student_config, is_dphubert_checkpoint
+from s3prl_distill.formats.dphubert import dphubert_state_dict, dphubert_student_config, is_dphubert_checkpoint
 
 from . import interfaces
 from .interfaces import (

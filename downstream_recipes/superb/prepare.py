@@ -112,7 +112,7 @@ def prepare_data_root(data_root: Path, tasks: List[str], voxceleb_split: Optiona
                       num_workers: int = 4) -> Dict[str, object]:
     """Create what can be derived (ASR length CSVs, IEMOCAP meta data, the VoxCeleb1 split file) and check the rest;
     returns the config values :func:`.tasks.data_values` resolves, so a later ``superb`` run starts cleanly."""
-    from s3prl_distill.pretrain.data import write_length_csvs
+    from s3prl_distill.audio_lists import write_length_csvs
 
     from .tasks import data_values
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Literal, Mapping
 from pydantic import Field
 from torch import Tensor
 
-from s3prl_distill.importers.s3prl_distiller import export_distiller, state_dict_from_distiller
+from s3prl_distill.formats.s3prl_distiller import export_distiller, state_dict_from_distiller
 from s3prl_distill.losses import LossTerm, log_sigmoid_cosine_term, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, List, Literal, Optional, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..errors import ConfigError
+from ..errors import validated
 
 ConvLayerSpec = Tuple[int, int, int]  # (out_channels, kernel_size, stride)
 
@@ -415,10 +415,7 @@ class StudentConfig(StrictModel):
     @classmethod
     def from_dict(cls, data: Any, source: str = "student config") -> "StudentConfig":
         """Validate a plain dict (e.g. from YAML); errors name ``source`` and every offending key."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            raise ConfigError(f"invalid {source}:\n{_format_validation_error(error)}") from None
+        return validated(cls, data, f"invalid {source}")
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "StudentConfig":
@@ -444,11 +441,3 @@ def _probability(value: float) -> float:
         raise ValueError("must be in [0, 1)")
     return value
 
-
-def _format_validation_error(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {location}: {message}")
-    return "\n".join(lines)

@@ -7,7 +7,7 @@ from typing import Any, List, Mapping, Union
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint
-from s3prl_distill.importers.s3prl_distiller import import_distiller, is_distiller_checkpoint
+from s3prl_distill.formats.s3prl_distiller import import_distiller, is_distiller_checkpoint
 from s3prl_distill.model import StudentModel
 
 from ..interfaces import (

@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 import yaml
-from pydantic import ValidationError
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
-from s3prl_distill.errors import ConfigError
-from s3prl_distill.importers.fithubert import import_lightning, is_lightning_checkpoint
+from s3prl_distill.errors import validated
+from s3prl_distill.formats.fithubert import import_lightning, is_lightning_checkpoint
 from s3prl_distill.model import StudentConfig, StudentModel
-from s3prl_distill.model.config import _format_validation_error
 
 from ..interfaces import (LazyOutputs, UpstreamOptions, check_feature_key, load_weights, pad_waveforms,
                           validate_waveforms)
@@ -49,10 +47,7 @@ def read_fithubert_config(
         raise ValueError(f"{name}: {source} must be a YAML mapping")
     official = data if "distiller" in data else None
     options = data.get("s3prl_distill", {}) if official is not None else data
-    try:
-        return FitHuBERTOptions.model_validate(options), official
-    except ValidationError as error:
-        raise ConfigError(f"{name}: invalid options in {source}:\n{_format_validation_error(error)}") from None
+    return validated(FitHuBERTOptions, options, f"{name}: invalid options in {source}"), official
 
 
 def parameter_counts(model: StudentModel) -> Dict[str, int]:

@@ -3,7 +3,7 @@
 Formats:
 
 - ``dphubert``: the official DPHuBERT / DPWavLM release layout ``{"config", "state_dict"}``
-  (:func:`s3prl_distill.importers.dphubert.dphubert_checkpoint`), from a gate-free ``dphubert`` / ``skill`` student:
+  (:func:`s3prl_distill.formats.dphubert.dphubert_checkpoint`), from a gate-free ``dphubert`` / ``skill`` student:
   ``pruned.ckpt`` from ``s3prl-distill prune``, or a ``states-<step>.ckpt`` of the final distillation (or its run
   directory: the latest step). DPHuBERT's ``wav2vec2_model(**config)`` and our ``dphubert`` upstream both load it.
 """
@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict
 
-from .checkpoint import (
+from ..checkpoint import (
     CheckpointError,
     describe_checkpoint,
     is_native_student,
@@ -22,7 +22,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .model.config import StudentConfig
+from ..model.config import StudentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def _checkpoint_file(path: Path) -> Path:
 
 def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
     """Write the student of ``path`` to ``output`` in the DPHuBERT layout; returns a summary."""
-    from .importers.dphubert import dphubert_checkpoint
-    from .model.student import HEAD_PREFIXES, StudentModel
+    from .dphubert import dphubert_checkpoint
+    from ..model.student import HEAD_PREFIXES, StudentModel
 
     path = _checkpoint_file(Path(path))
     checkpoint = load_checkpoint(path, what="checkpoint to export")

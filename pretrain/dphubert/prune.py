@@ -26,7 +26,7 @@ from s3prl_distill.checkpoint import (
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.pruning import final_num_parameters, prune
 
-from .runner import find_latest_checkpoint
+from ..runner import find_latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
