@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from s3prl_distill.checkpoint import export_student, save_checkpoint
+from s3prl_distill.checkpoint import save_checkpoint
+from s3prl_distill.formats.native import export_student
 from s3prl_distill.formats.s3prl_distiller import export_distiller
 from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE, write_random_hubert
 from s3prl_distill.model import (

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
+from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
+from s3prl_distill.formats.native import describe_checkpoint, is_native_student
 from s3prl_distill.losses import LossTerm
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.fbank import fbank_statistics

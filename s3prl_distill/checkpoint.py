@@ -30,12 +30,13 @@ import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, List, Mapping, Optional, Set, Tuple, Union
+from typing import IO, Any, Callable, Iterator, List, Optional, Set, Tuple, Union
 
 import torch
 
 from .compat import S3PRL_SCHEDULES
 from .errors import UserError
+from .pickle_scan import pickle_globals
 
 TRUST_ENV = "S3PRL_DISTILL_TRUST_CHECKPOINTS"
 TRUE_VALUES = ("1", "true", "yes", "on")
@@ -180,63 +181,6 @@ def _why_unsafe_load_failed(source: Source) -> str:
     return (f"contains Python objects outside the allow-list: {', '.join(outside)}. Loading it would run code those "
             f"classes choose. Only if you trust this file, set {TRUST_ENV}=1 (or pass trust_checkpoint=True) to "
             "unpickle it fully")
-
-
-class _Stub:
-    """What the scanning unpickler builds instead of any object: accepts every construction and update."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-    def append(self, value: Any) -> None:
-        pass
-
-    def extend(self, values: Any) -> None:
-        pass
-
-
-class _GlobalsScanner(pickle.Unpickler):
-    """Reads a pickle without importing or calling anything: every global is recorded and replaced by a stub, so
-    the names a file would import can be listed safely."""
-
-    def __init__(self, file: IO[bytes]) -> None:
-        super().__init__(file)
-        self.found: Set[str] = set()
-
-    def find_class(self, module: str, name: str) -> Any:
-        self.found.add(f"{module}.{name}")
-        return type(name, (_Stub,), {})
-
-    def persistent_load(self, pid: Any) -> Any:  # torch's tensor storages
-        return None
-
-
-def pickle_globals(data: bytes, kind: str) -> Set[str]:
-    """Every ``module.name`` the checkpoint's pickle(s) refer to, found without running any of it."""
-    if kind == "zip":
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            pickles = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
-        streams = [io.BytesIO(p) for p in pickles]
-    else:
-        streams = [io.BytesIO(data)]
-    found: Set[str] = set()
-    for stream in streams:
-        # The legacy format is several pickles in a row (magic number, version, system info, the object, ...).
-        while stream.tell() < len(stream.getvalue()):
-            scanner = _GlobalsScanner(stream)
-            try:
-                scanner.load()
-            finally:
-                found |= scanner.found
-            if kind == "zip":
-                break
-    return found
 
 
 def _permitted_global_names() -> Set[str]:
@@ -413,41 +357,3 @@ def _free_space(folder: Path) -> str:
     except OSError:
         return "free space unknown"
     return f"{free / 2 ** 20:.1f} MiB free on the file system of {folder}"
-
-
-# Our own checkpoint layout for students s3prl has no format for (everything but DistilHuBERT).
-NATIVE_FORMAT = "s3prl_distill.student/1"
-
-
-def export_student(family: str, config: Any, state: Mapping[str, Any]) -> dict:
-    """``{"Format", "Family", "StudentConfig", "Student"}``: plain dicts and tensors only."""
-    return {"Format": NATIVE_FORMAT, "Family": family, "StudentConfig": config.to_dict(), "Student": dict(state)}
-
-
-def is_native_student(checkpoint: Any) -> bool:
-    return isinstance(checkpoint, Mapping) and checkpoint.get("Format") == NATIVE_FORMAT
-
-
-def describe_checkpoint(checkpoint: Any) -> str:
-    """A short human description of a loaded checkpoint's format, for error messages."""
-    if not isinstance(checkpoint, Mapping):
-        return f"a {type(checkpoint).__name__}, not a checkpoint dict"
-    if is_native_student(checkpoint):
-        return f"an s3prl-distill {checkpoint.get('Family')} student checkpoint"
-    keys = set(checkpoint)
-    if "Distiller" in keys:
-        return "an s3prl distiller (DistilHuBERT) checkpoint"
-    if {"model_cfg", "model_weight"} <= keys:
-        return "an s3prl converted HuBERT/wav2vec 2.0 checkpoint (hubert_local / wav2vec2_local format)"
-    if {"cfg", "model"} <= keys or {"args", "model"} <= keys:
-        return "a fairseq checkpoint"
-    if "Downstream" in keys or "Featurizer" in keys:
-        return "an s3prl downstream-runner checkpoint (it holds a downstream model, not an upstream)"
-    if "state_dict" in keys and "pytorch-lightning_version" in keys:
-        return "a PyTorch Lightning checkpoint"
-    if {"config", "state_dict"} <= keys:
-        return "a DPHuBERT-style {config, state_dict} checkpoint"
-    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        return "a bare state dict (weights without a config)"
-    shown = sorted(str(k) for k in keys)[:8]
-    return f"a dict with keys {shown}"

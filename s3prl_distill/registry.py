@@ -8,7 +8,9 @@ s3prl's own.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import pkgutil
 import types
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
@@ -17,15 +19,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Upstream families: folders under upstream/ with a hubconf.py.
-FAMILIES = ("distilhubert", "fithubert", "deepthin", "shallowwide", "dphubert", "skill")
+UPSTREAM_PACKAGE = "s3prl_distill.upstream"
+
+
+def families() -> List[str]:
+    """Upstream families: the subpackages of ``s3prl_distill.upstream`` with a ``hubconf`` module, found on the
+    package's path (a new family is a folder, nothing to list). Sorted, so registration order is stable."""
+    package = importlib.import_module(UPSTREAM_PACKAGE)
+    return sorted({info.name for info in pkgutil.iter_modules(package.__path__)
+                   if info.ispkg and importlib.util.find_spec(f"{UPSTREAM_PACKAGE}.{info.name}.hubconf") is not None})
 
 
 def entries() -> Dict[str, Callable]:
     """Every public entry function of every family's hubconf, by name."""
     found: Dict[str, Callable] = {}
-    for family in FAMILIES:
-        hubconf = importlib.import_module(f"s3prl_distill.upstream.{family}.hubconf")
+    for family in families():
+        hubconf = importlib.import_module(f"{UPSTREAM_PACKAGE}.{family}.hubconf")
         for name, value in vars(hubconf).items():
             if not name.startswith("_") and callable(value) and getattr(value, "__module__", None) == hubconf.__name__:
                 found[name] = value

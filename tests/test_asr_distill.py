@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from s3prl_distill.checkpoint import CheckpointError, export_student, load_checkpoint, save_checkpoint
+from s3prl_distill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from s3prl_distill.formats.native import export_student
 from s3prl_distill.losses import codeword_logits, combine, kl_divergence_term
 from s3prl_distill.model import (
     StudentConfig,

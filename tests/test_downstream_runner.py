@@ -96,7 +96,8 @@ def test_runner_trains_fithubert_with_the_default_weighted_sum(tmp_path, emotion
     """FitHuBERT's 40 ms layers must pass s3prl's weighted-sum featurizer (the official upstream crashes it)."""
     import torch
 
-    from s3prl_distill.checkpoint import export_student, save_checkpoint
+    from s3prl_distill.checkpoint import save_checkpoint
+    from s3prl_distill.formats.native import export_student
     from s3prl_distill.model import StudentModel
 
     from test_fithubert import tiny_fithubert

@@ -6,7 +6,8 @@ import pytest
 import torch
 import yaml
 
-from s3prl_distill.checkpoint import CheckpointError, export_student, load_checkpoint, save_checkpoint
+from s3prl_distill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from s3prl_distill.formats.native import export_student
 from s3prl_distill.formats.fithubert import export_lightning
 from s3prl_distill.model import StudentConfig, StudentModel, fithubert_config
 
@@ -52,7 +53,7 @@ def tiny_checkpoints(tmp_path_factory):
 
 
 def test_sizes_match_the_paper():
-    from s3prl_distill.upstream.fithubert.expert import parameter_counts
+    from s3prl_distill.upstream.fithubert.adapter import parameter_counts
 
     counts = parameter_counts(StudentModel(fithubert_config()))
     assert counts["backbone"] == 21_200_096

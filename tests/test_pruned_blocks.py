@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from s3prl_distill.checkpoint import CheckpointError, export_student, load_checkpoint, save_checkpoint
+from s3prl_distill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from s3prl_distill.formats.native import export_student
 from s3prl_distill.errors import ConfigError
 from s3prl_distill.formats.dphubert import dphubert_checkpoint, dphubert_state_dict, dphubert_student_config
 from s3prl_distill.formats.fairseq import teacher_copy_config

@@ -16,7 +16,7 @@ import yaml
 from torch import Tensor, nn
 
 from s3prl_distill.errors import validated
-from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
+from s3prl_distill.checkpoint import CheckpointError
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.config import StrictModel
 from s3prl_distill.model.student import HEAD_PREFIXES
@@ -87,14 +87,6 @@ def read_options(model_config: Union[None, str, Path, Mapping[str, Any]], name: 
     return validated(UpstreamOptions, model_config, f"{name}: invalid upstream options in {source}")
 
 
-def load_upstream_checkpoint(ckpt: str, model_config: Union[None, str, Path, Mapping[str, Any]], name: str,
-                             trust_checkpoint: bool, what: str) -> Any:
-    """The checkpoint an upstream entry was given, read safely unless ``trust_checkpoint`` (the argument, or the
-    option of that name in the ``-g`` options, validated here) allows a full unpickle."""
-    options = read_options(model_config, name)
-    return load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint, what=what)
-
-
 def resolve_local_checkpoint(ckpt: Optional[Union[str, Path]], name: str) -> str:
     if ckpt is None or str(ckpt) == "":
         raise ValueError(f"{name} needs a checkpoint path: pass it with -k (run_downstream.py) or ckpt=")
@@ -118,19 +110,6 @@ def resolve_checkpoint(ckpt: Union[str, Path], refresh: bool, name: str) -> str:
             f"{name}: could not download {text} ({type(error).__name__}: {error}). "
             "Download the file where a network is available and pass its path with -k."
         ) from None
-
-
-def local_entry(expert_class: type, expected: str, ckpt: Optional[str], model_config: Any, **kwargs: Any) -> nn.Module:
-    """``<expected>_local``: ``expert_class(path, expected, model_config, **kwargs)`` for an existing local file."""
-    return expert_class(resolve_local_checkpoint(ckpt, f"{expected}_local"), expected, model_config, **kwargs)
-
-
-def url_entry(expert_class: type, expected: str, ckpt: Optional[str], model_config: Any, refresh: bool,
-              **kwargs: Any) -> nn.Module:
-    """``<expected>_url``: the same from a URL (downloaded into s3prl's cache) or a local path."""
-    if ckpt is None:
-        raise ValueError(f"{expected}_url needs the checkpoint URL: pass it with -k or ckpt=")
-    return expert_class(resolve_checkpoint(ckpt, refresh, f"{expected}_url"), expected, model_config, **kwargs)
 
 
 def run_student(model: nn.Module, wavs: Any, name: str) -> Tuple[Any, List[Tensor]]:
@@ -175,14 +154,6 @@ OutputDict = Dict[str, Any]
 
 # What a backbone-only student upstream returns (deep-thin / shallow-wide, DPHuBERT / SKILL).
 STUDENT_FEATURE_KEYS = ("hidden_states", "last_hidden_state", "pad_mask")
-
-
-def native_student_config(checkpoint: Mapping[str, Any], path: str) -> StudentConfig:
-    """The ``StudentConfig`` saved in one of our checkpoints; an invalid one is a CheckpointError naming ``path``."""
-    try:
-        return StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)")
-    except ValueError as error:
-        raise CheckpointError(str(error)) from None
 
 
 def load_backbone(config: StudentConfig, student_state: Mapping[str, Tensor], path: str) -> StudentModel:

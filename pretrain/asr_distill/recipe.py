@@ -21,7 +21,7 @@ from typing import Dict, List, Literal, Mapping, Optional
 from pydantic import Field
 from torch import Tensor
 
-from s3prl_distill.checkpoint import export_student
+from s3prl_distill.formats.native import export_student
 from s3prl_distill.losses import LossTerm, codeword_logits, kl_divergence_term, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
 from s3prl_distill.model.student import StudentOutput

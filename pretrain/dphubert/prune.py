@@ -15,14 +15,8 @@ from typing import Optional
 
 import yaml
 
-from s3prl_distill.checkpoint import (
-    CheckpointError,
-    describe_checkpoint,
-    export_student,
-    is_native_student,
-    load_checkpoint,
-    save_checkpoint,
-)
+from s3prl_distill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from s3prl_distill.formats.native import describe_checkpoint, export_student, is_native_student
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.pruning import final_num_parameters, prune
 

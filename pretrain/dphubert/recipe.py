@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from s3prl_distill.checkpoint import export_student
+from s3prl_distill.formats.native import export_student
 from s3prl_distill.losses import (
     LossTerm,
     log_sigmoid_cosine_term,

@@ -14,7 +14,7 @@ from typing import Dict, List, Literal, Mapping
 from pydantic import Field
 from torch import Tensor
 
-from s3prl_distill.checkpoint import export_student
+from s3prl_distill.formats.native import export_student
 from s3prl_distill.losses import LossTerm, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
 

@@ -14,14 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict
 
-from ..checkpoint import (
-    CheckpointError,
-    describe_checkpoint,
-    is_native_student,
-    latest_step_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ..checkpoint import CheckpointError, latest_step_checkpoint, load_checkpoint, save_checkpoint
+from .native import describe_checkpoint, is_native_student
 from ..model.config import StudentConfig
 
 logger = logging.getLogger(__name__)

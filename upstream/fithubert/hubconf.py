@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from ..interfaces import resolve_checkpoint, resolve_local_checkpoint
-from .expert import UpstreamExpert as _UpstreamExpert
+from ..expert import StudentExpert, local_entry, url_entry
+from ..interfaces import resolve_checkpoint
+from .adapter import FitHuBERTOutputs
 
 CKPT_ENV = "S3PRL_DISTILL_FITHUBERT"
 CONFIG_ENV = "S3PRL_DISTILL_FITHUBERT_CONFIG"
@@ -26,25 +27,23 @@ def _default_location() -> Path:
 
 def fithubert_local(
     ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs: Any
-) -> _UpstreamExpert:
+) -> StudentExpert:
     """FitHuBERT from a local checkpoint: ours, or the official Lightning checkpoint with its YAML as -g."""
-    return _UpstreamExpert(resolve_local_checkpoint(ckpt, "fithubert_local"), model_config, **kwargs)
+    return local_entry(FitHuBERTOutputs, "fithubert", ckpt, model_config, **kwargs)
 
 
 def fithubert_url(
     ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs: Any
-) -> _UpstreamExpert:
+) -> StudentExpert:
     """FitHuBERT from a URL (s3prl's download cache; refresh re-downloads); -g may be a URL too."""
-    if ckpt is None:
-        raise ValueError("fithubert_url needs the checkpoint URL: pass it with -k or ckpt=")
-    config = resolve_checkpoint(model_config, refresh, "fithubert_url") if model_config and "://" in str(model_config) \
-        else model_config
-    return _UpstreamExpert(resolve_checkpoint(ckpt, refresh, "fithubert_url"), config, **kwargs)
+    remote_config = ckpt is not None and model_config and "://" in str(model_config)
+    config = resolve_checkpoint(model_config, refresh, "fithubert_url") if remote_config else model_config
+    return url_entry(FitHuBERTOutputs, "fithubert", ckpt, config, refresh, **kwargs)
 
 
 def fithubert(
     ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs: Any
-) -> _UpstreamExpert:
+) -> StudentExpert:
     """FitHuBERT from -k, else $S3PRL_DISTILL_FITHUBERT (+ $S3PRL_DISTILL_FITHUBERT_CONFIG), else
     ~/.cache/s3prl/download/fithubert/FitHuBERT.ckpt (+ FitHuBERT.yaml for the official release)."""
     if ckpt:

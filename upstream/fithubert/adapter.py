@@ -1,4 +1,4 @@
-"""FitHuBERT upstream on the shared student backbone.
+"""FitHuBERT's output adapter for the shared upstream expert.
 
 Reads our own checkpoints and the official release (a Lightning checkpoint + its training YAML given with ``-g``).
 Its layers run at 40 ms (after the 2x time reduction); s3prl's weighted sum needs one rate for every entry, so
@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 import yaml
-from torch import Tensor, nn
+from torch import Tensor
 
-from s3prl_distill.checkpoint import CheckpointError, describe_checkpoint, is_native_student, load_checkpoint
+from s3prl_distill.checkpoint import CheckpointError
 from s3prl_distill.errors import validated
-from s3prl_distill.formats.fithubert import import_lightning, is_lightning_checkpoint
-from s3prl_distill.model import StudentConfig, StudentModel
+from s3prl_distill.formats import StudentCheckpoint
+from s3prl_distill.model import StudentModel
 
-from ..interfaces import (LazyOutputs, UpstreamOptions, check_feature_key, load_weights, pad_waveforms,
-                          validate_waveforms)
+from ..expert import OutputAdapter
+from ..interfaces import LazyOutputs, UpstreamOptions, pad_waveforms, validate_waveforms
 
 
 class FitHuBERTOptions(UpstreamOptions):
@@ -71,7 +71,7 @@ def parameter_counts(model: StudentModel) -> Dict[str, int]:
     }
 
 
-class UpstreamExpert(nn.Module):
+class FitHuBERTOutputs(OutputAdapter):
     """Outputs:
 
     * ``hidden_states``: [transformer input, layer 1, ..., layer 12] at 20 ms, width 480 (40 ms layers upsampled);
@@ -83,80 +83,61 @@ class UpstreamExpert(nn.Module):
     20 ms outputs have ``2 * floor(T / 2)`` frames for T CNN frames (an odd last frame has no 40 ms partner).
     """
 
-    name = "fithubert"
+    families = ("fithubert",)
+    keep_heads = True
+    upsample_mode = "repeat"
 
-    def __init__(
-        self,
-        ckpt: str,
-        model_config: Union[None, str, Mapping[str, Any]] = None,
-        trust_checkpoint: bool = False,
-        upsample: Optional[str] = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__()
+    @property
+    def label(self) -> str:
+        return "FitHuBERT checkpoint"
+
+    @property
+    def wanted(self) -> str:
+        return (f"the {self.name} upstream expects our FitHuBERT checkpoint or the official release (a Lightning "
+                "checkpoint with student_model.* weights, plus its YAML via -g)")
+
+    def read_options(self, model_config: Union[None, str, Mapping[str, Any]], upsample: Optional[str] = None,
+                     **kwargs: Any) -> Tuple[FitHuBERTOptions, Optional[Mapping[str, Any]]]:
+        """Our options or the official training YAML from ``-g``; ``upsample=`` (from Python) overrides."""
         options, official_yaml = read_fithubert_config(model_config, self.name)
         if upsample is not None:
             options = FitHuBERTOptions(**{**options.model_dump(), "upsample": upsample})
         self.upsample_mode = options.upsample
-        checkpoint = load_checkpoint(
-            ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint, what="FitHuBERT checkpoint"
-        )
-        config, state = self._import(checkpoint, official_yaml, ckpt)
+        return options, official_yaml
+
+    def check(self, student: StudentCheckpoint, source: str) -> None:
+        config = student.config
         if config.encoder.time_reduction is None or config.prediction_head is None \
                 or config.prediction_head.type != "layerwise":
-            raise CheckpointError(f"{ckpt}: not a FitHuBERT-shaped student (time reduction + layerwise heads)")
-        self.model = StudentModel(config)
-        load_weights(self.model, state, ckpt)
-        self.factor = config.encoder.time_reduction.factor
-        rate = self.model.downsample_rate
-        self.rates = {"hidden_states": rate, "hidden_states_40ms": rate * self.factor, "head_outputs": rate,
-                      "last_hidden_state": rate}
+            raise CheckpointError(f"{source}: not a FitHuBERT-shaped student (time reduction + layerwise heads)")
 
-    def _import(self, checkpoint: Any, official_yaml, path: str) -> Tuple[StudentConfig, Dict[str, Tensor]]:
-        try:
-            if is_native_student(checkpoint) and checkpoint.get("Family") == "fithubert":
-                return StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)"), checkpoint["Student"]
-            if is_lightning_checkpoint(checkpoint):
-                if official_yaml is None:
-                    raise CheckpointError(
-                        f"{path} is an official FitHuBERT Lightning checkpoint: also pass its training YAML "
-                        "(the file with the 'distiller' section) with -g / model_config"
-                    )
-                return import_lightning(checkpoint, official_yaml)
-        except ValueError as error:
-            if isinstance(error, CheckpointError):
-                raise
-            raise CheckpointError(f"{path}: {error}") from None
-        raise CheckpointError(
-            f"{path} is {describe_checkpoint(checkpoint)}; the fithubert upstream expects our FitHuBERT checkpoint "
-            "or the official release (a Lightning checkpoint with student_model.* weights, plus its YAML via -g)"
-        )
+    def rates(self, model: StudentModel) -> Dict[str, int]:
+        rate, factor = model.downsample_rate, model.config.encoder.time_reduction.factor
+        return {"hidden_states": rate, "hidden_states_40ms": rate * factor, "head_outputs": rate,
+                "last_hidden_state": rate}
 
-    def get_downsample_rates(self, key: str) -> int:
-        check_feature_key(key, tuple(self.rates), self.name)
-        return self.rates[key]
-
-    def _to_20ms(self, index: int, layer_output: Tensor) -> Tensor:
+    def _to_20ms(self, model: StudentModel, index: int, layer_output: Tensor) -> Tensor:
         if self.upsample_mode == "trained":
-            return self.model.prediction_head.heads[index].upsample(layer_output)
-        return layer_output.repeat_interleave(self.factor, dim=1)
+            return model.prediction_head.heads[index].upsample(layer_output)
+        return layer_output.repeat_interleave(model.config.encoder.time_reduction.factor, dim=1)
 
-    def forward(self, wavs: List[Tensor]) -> LazyOutputs:
+    def outputs(self, model: StudentModel, wavs: List[Tensor]) -> LazyOutputs:
         """Runs the backbone; the heads and the 20 ms states are computed only for the key s3prl reads (the
         official upstream, likewise, runs only its last head)."""
-        validate_waveforms(wavs, self.model.receptive_field, self.name)
+        validate_waveforms(wavs, model.receptive_field, self.name)
         waveforms, lengths = pad_waveforms(wavs)
-        out = self.model(waveforms, lengths, predict=False)
-        heads = self.model.prediction_head.heads
+        out = model(waveforms, lengths, predict=False)
+        heads = model.prediction_head.heads
+        tr = model.config.encoder.time_reduction
         # Every head ends at the input rate: keep the frames all of them have, factor * floor(T / factor).
-        frames = min(x.shape[1] * (self.factor if head.upsampler is not None else 1)
+        frames = min(x.shape[1] * (tr.factor if head.upsampler is not None else 1)
                      for head, x in zip(heads, out.layer_outputs))
-        tr_index = self.model.config.encoder.time_reduction.index
 
         def hidden_states() -> List[Tensor]:
             states = [out.features[:, :frames]]
             for index, layer_output in enumerate(out.layer_outputs):
-                states.append((self._to_20ms(index, layer_output) if index >= tr_index else layer_output)[:, :frames])
+                upsampled = self._to_20ms(model, index, layer_output) if index >= tr.index else layer_output
+                states.append(upsampled[:, :frames])
             return states
 
         computed_heads: Dict[int, Tensor] = {}
@@ -168,7 +149,7 @@ class UpstreamExpert(nn.Module):
 
         return LazyOutputs({
             "hidden_states": hidden_states,
-            "hidden_states_40ms": lambda: [x for i, x in enumerate(out.layer_outputs) if i >= tr_index],
+            "hidden_states_40ms": lambda: [x for i, x in enumerate(out.layer_outputs) if i >= tr.index],
             "head_outputs": lambda: [head_output(index) for index in range(len(heads))],
             "last_hidden_state": lambda: head_output(len(heads) - 1),
         })

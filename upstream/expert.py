@@ -1,0 +1,140 @@
+"""The one upstream expert every family's entries build: a student read by ``formats.read_student``, presented by
+its family's :class:`OutputAdapter`.
+
+The base adapter gives the standard student outputs, which is all a new method's students need: register the
+method with ``family="student"`` and ``student_local`` / ``student_url`` load its checkpoints. A family has its own
+adapter only where it really differs: DistilHuBERT (heads in ``hidden_states``, ``paper``), FitHuBERT (40 ms layers,
+hint heads, options from ``-g``), Wang et al.'s students (the entry name must fit the student's shape), the pruned
+students (gates refused, DPHuBERT's official format).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
+
+from torch import Tensor, nn
+
+from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
+from s3prl_distill.formats import ANY_STUDENT, StudentCheckpoint, read_student
+from s3prl_distill.model import StudentModel
+
+from .interfaces import (
+    STUDENT_FEATURE_KEYS,
+    OutputDict,
+    UpstreamOptions,
+    check_feature_key,
+    load_backbone,
+    load_weights,
+    read_options,
+    resolve_checkpoint,
+    resolve_local_checkpoint,
+    run_student,
+    student_outputs,
+)
+
+ModelConfig = Union[None, str, Mapping[str, Any]]
+
+
+class OutputAdapter:
+    """How an upstream reads and presents its students. This base is the generic ``student`` family: any student
+    checkpoint, the training heads dropped, and s3prl's HuBERT indexing of the outputs (``hidden_states`` =
+    [transformer input after the positional conv, each layer], ``last_hidden_state``, ``pad_mask``), so a student's
+    layer weights compare with its teacher's."""
+
+    # Checkpoint families this upstream takes (None: any); see formats.read_student.
+    families: Optional[Tuple[str, ...]] = None
+    # Keep the prediction heads in the model (an adapter whose outputs use them).
+    keep_heads = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # the entry name without _local / _url: names the upstream in every message
+
+    @property
+    def label(self) -> str:
+        """What the checkpoint is called when it cannot be read."""
+        return f"{self.name} checkpoint"
+
+    @property
+    def wanted(self) -> str:
+        """The end of the refusal of a checkpoint of another family or format."""
+        return f"{self.name} expects {ANY_STUDENT}"
+
+    def read_options(self, model_config: ModelConfig, **kwargs: Any) -> Tuple[UpstreamOptions, Optional[Mapping]]:
+        """The options given with ``-g``, and an official training YAML for ``read_student`` (none here)."""
+        return read_options(model_config, self.name), None
+
+    def check(self, student: StudentCheckpoint, source: str) -> None:
+        """Refuse a student this upstream cannot present, before any model is built."""
+        if student.config.pruning is not None:
+            raise CheckpointError(f"{source} still has its pruning gates: run `s3prl-distill prune {source} "
+                                  "--output DIR` and load DIR/pruned.ckpt")
+        if student.config.encoder.time_reduction is not None:
+            raise CheckpointError(f"{source} holds a student with a time reduction (its layers have two frame "
+                                  "rates, which s3prl's weighted sum cannot mix); load it with fithubert_local")
+
+    def build(self, student: StudentCheckpoint, source: str) -> StudentModel:
+        if self.keep_heads:
+            model = StudentModel(student.config)
+            load_weights(model, student.state, source)
+        else:
+            model = load_backbone(student.config, student.state, source)
+        if model.fbank is not None and not model.fbank.has_statistics:
+            raise CheckpointError(f"{source}: the fbank front end has no normalisation statistics")
+        return model
+
+    def rates(self, model: StudentModel) -> Dict[str, int]:
+        """Waveform samples per frame of every output key."""
+        return {key: model.downsample_rate for key in STUDENT_FEATURE_KEYS}
+
+    def outputs(self, model: StudentModel, wavs: List[Tensor]) -> Mapping[str, Any]:
+        out, _ = run_student(model, wavs, self.name)
+        return student_outputs(out, out.hidden_states())
+
+
+class StudentExpert(nn.Module):
+    """s3prl's upstream contract (see ``interfaces``) over one student checkpoint of any format we read."""
+
+    def __init__(
+        self,
+        ckpt: str,
+        expected: str,
+        model_config: ModelConfig = None,
+        trust_checkpoint: bool = False,
+        adapter: Type[OutputAdapter] = OutputAdapter,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.name = expected
+        self.adapter = adapter(expected)
+        options, training_yaml = self.adapter.read_options(model_config, **kwargs)
+        checkpoint = load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint,
+                                     what=self.adapter.label)
+        student = read_student(checkpoint, ckpt, training_yaml, families=self.adapter.families,
+                               wanted=self.adapter.wanted)
+        self.adapter.check(student, ckpt)
+        self.model = self.adapter.build(student, ckpt)
+        self.family = student.family
+        self.rates = self.adapter.rates(self.model)
+
+    def get_downsample_rates(self, key: str) -> int:
+        check_feature_key(key, tuple(self.rates), self.name)
+        return self.rates[key]
+
+    def forward(self, wavs: List[Tensor]) -> Union[OutputDict, Mapping[str, Any]]:
+        return self.adapter.outputs(self.model, wavs)
+
+
+def local_entry(adapter: Type[OutputAdapter], expected: str, ckpt: Optional[str], model_config: Any,
+                **kwargs: Any) -> StudentExpert:
+    """``<expected>_local``: the expert for an existing local file."""
+    path = resolve_local_checkpoint(ckpt, f"{expected}_local")
+    return StudentExpert(path, expected, model_config, adapter=adapter, **kwargs)
+
+
+def url_entry(adapter: Type[OutputAdapter], expected: str, ckpt: Optional[str], model_config: Any, refresh: bool,
+              **kwargs: Any) -> StudentExpert:
+    """``<expected>_url``: the same from a URL (downloaded into s3prl's cache) or a local path."""
+    if ckpt is None:
+        raise ValueError(f"{expected}_url needs the checkpoint URL: pass it with -k or ckpt=")
+    path = resolve_checkpoint(ckpt, refresh, f"{expected}_url")
+    return StudentExpert(path, expected, model_config, adapter=adapter, **kwargs)
