@@ -20,7 +20,6 @@ from s3prl_distill.model import StudentModel
 
 from .interfaces import (
     STUDENT_FEATURE_KEYS,
-    OutputDict,
     UpstreamOptions,
     check_feature_key,
     load_backbone,
@@ -120,7 +119,8 @@ class StudentExpert(nn.Module):
         check_feature_key(key, tuple(self.rates), self.name)
         return self.rates[key]
 
-    def forward(self, wavs: List[Tensor]) -> Union[OutputDict, Mapping[str, Any]]:
+    def forward(self, wavs: List[Tensor]) -> Mapping[str, Any]:
+        """The adapter's outputs (a dict, or FitHuBERT's lazily computed mapping)."""
         return self.adapter.outputs(self.model, wavs)
 
 
