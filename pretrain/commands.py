@@ -113,7 +113,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     pruning.set_defaults(handler=prune)
 
     teacher = commands.add_parser(
-        "hubert-teacher", help="pretrain a small HuBERT (MFCC k-means targets, masked prediction) as a hubert_local teacher"
+        "hubert-teacher",
+        help="pretrain a small HuBERT (MFCC k-means targets, masked prediction) as a hubert_local teacher"
     )
     teacher.add_argument("--data-root", required=True, help="audio root the CSV paths are relative to")
     teacher.add_argument("--csv", required=True, nargs="+", help="len_for_bucket CSV(s) listing the training audio")
@@ -146,7 +147,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     how_many.add_argument("--distance-threshold", type=float,
                           help="merge while the linkage distance (1 - similarity) is at most this")
     similar.add_argument("--exclude-layer0", action="store_true", help="leave hidden state 0 out")
-    similar.add_argument("--layer-zero", choices=("feature_projection", "transformer_input"), default="feature_projection",
+    similar.add_argument("--layer-zero", choices=("feature_projection", "transformer_input"),
+                         default="feature_projection",
                          help="hidden state 0: DPHuBERT's (the feature projection, before the positional conv; what "
                               "SKILL's targets use) or s3prl's (the first layer's input)")
     similar.add_argument("--contiguous", action="store_true", help="every group is a run of adjacent layers")

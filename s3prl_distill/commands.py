@@ -3,8 +3,8 @@ package's ``commands.py`` shares.
 
 A package contributes subcommands with ``add_commands(subparsers)``: each registers its parser and its handler with
 ``set_defaults(handler=...)``; ``passthrough=True`` hands the handler every argument after the command's name
-unparsed (s3prl's runner and ours parse their own). Heavy imports (torch, s3prl) happen inside handlers, so
-``s3prl-distill --help`` stays fast.
+unparsed (s3prl's runner and ours parse their own), and ``own_logging=True`` leaves logging to it. Heavy imports
+(torch, s3prl) happen inside handlers, so ``s3prl-distill --help`` stays fast.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from s3prl_distill.cli import assemble, main
 from s3prl_distill.errors import ConfigError
 from s3prl_distill.pretrain.config import load_config
 from s3prl_distill.pretrain.config_files import read_config
-from s3prl_distill.pretrain.s3prl_link import GENERATED as GENERATED_NAMES, MARKER, generate_configs, s3prl_runner_config
+from s3prl_distill.pretrain.s3prl_link import GENERATED, MARKER, generate_configs, s3prl_runner_config
 
 PRETRAIN = Path(__file__).resolve().parents[1] / "pretrain"
 
@@ -238,7 +238,7 @@ def test_link_pretrain_writes_real_folders_in_the_checkout_only(tmp_path, capsys
         assert made.is_dir() and not made.is_symlink()
         assert (made / "pretrain_expert.py").resolve() == PRETRAIN / folder / "pretrain_expert.py"
         assert (made / "__init__.py").resolve() == PRETRAIN / folder / "__init__.py"
-        assert {name: yaml.safe_load((made / name).read_text()) for name in GENERATED_NAMES} == generated(folder)
+        assert {name: yaml.safe_load((made / name).read_text()) for name in GENERATED} == generated(folder)
         assert not (PRETRAIN / folder / "config_model.yaml").exists()  # nothing written into the package
         assert not (PRETRAIN / folder / "config_runner.yaml").exists()
     # The variants are there for -g, and read (their base through the link) as ours do.
@@ -274,8 +274,8 @@ def test_the_command_line_is_assembled_from_every_package_without_importing_torc
     assert set(commands) == COMMANDS
     for name, parser in commands.items():
         assert callable(parser.get_default("handler")), name
-    probe = ("import sys\nfrom s3prl_distill.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-             "print('torch' in sys.modules)")
+    probe = ("import sys\nfrom s3prl_distill.cli import main\ntry:\n    main(['--help'])\n"
+             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("False"), result.stderr[-2000:]
     assert "link-pretrain" in result.stdout and "layer-similarity" in result.stdout
