@@ -4,20 +4,19 @@ method and data sections. Unknown keys are errors; ``-o`` overrides use s3prl's 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from s3prl_distill.errors import ConfigError, validated
+from s3prl_distill.errors import validated
 from s3prl_distill.model.config import StrictModel, StudentConfig
 
 from .asr_distill.recipe import AsrDistillMethodConfig
 from .distilhubert.recipe import DistilHuBERTMethodConfig
 from .dphubert.recipe import DPHuBERTMethodConfig
 from .fithubert.recipe import FitHuBERTMethodConfig
+from .config_files import apply_overrides, config_paths, parse_overrides, read_configs  # noqa: F401 (re-exported)
 from .optim import SCHEDULES as S3PRL_SCHEDULES
 
 
@@ -182,64 +181,12 @@ class PretrainConfig(StrictModel):
         return data
 
 
-def parse_overrides(overrides: Optional[str]) -> List[Tuple[List[str], Any]]:
-    """``config.a.b=V,,config.c=W`` -> [(["a", "b"], V), (["c"], W)]; values are YAML scalars/lists."""
-    parsed = []
-    for option in (overrides or "").split(",,"):
-        option = option.strip()
-        if not option:
-            continue
-        key, separator, value = option.partition("=")
-        if not separator:
-            raise ConfigError(f"override {option!r} is not of the form config.section.key=value")
-        path = key.strip().split(".")
-        if path[0] != "config" or len(path) < 2:
-            raise ConfigError(f"override {option!r}: keys start with 'config.' (e.g. config.runner.total_steps=10)")
-        try:
-            parsed.append((path[1:], yaml.safe_load(value.strip())))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"override {option!r}: value is not valid YAML ({error})") from None
-    return parsed
-
-
-def apply_overrides(data: Dict[str, Any], overrides: Optional[str]) -> Dict[str, Any]:
-    data = copy.deepcopy(data)
-    for path, value in parse_overrides(overrides):
-        target = data
-        for part in path[:-1]:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"override config.{'.'.join(path)}: {part} is not a section")
-        target[path[-1]] = value
-    return data
-
-
 def validate_config(data: Any, source: str) -> PretrainConfig:
     return validated(PretrainConfig, data, f"invalid pretrain config {source}")
 
 
-def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
-    """``update`` deep-merged into a copy of ``base``: mappings merge key by key, anything else replaces."""
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
-            else value
-    return merged
-
-
 def load_config(path: Union[str, Path, Sequence[Union[str, Path]]], overrides: Optional[str] = None) -> PretrainConfig:
-    """One YAML, or several deep-merged in order (e.g. a run config, then a layer-similarity groups snippet)."""
-    paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
-    data: Dict[str, Any] = {}
-    for part in paths:
-        if not part.is_file():
-            raise ConfigError(f"pretrain config {part} does not exist")
-        try:
-            with part.open() as file:
-                loaded = yaml.safe_load(file)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"pretrain config {part} is not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"pretrain config {part} must be a YAML mapping")
-        data = _merge(data, loaded)
-    return validate_config(apply_overrides(data, overrides), " + ".join(map(str, paths)))
+    """One YAML, or several deep-merged in order (e.g. a run config, then a layer-similarity groups snippet); each
+    file's ``extends`` base merged under it (see :mod:`.config_files`)."""
+    paths = config_paths(path)
+    return validate_config(apply_overrides(read_configs(paths), overrides), " + ".join(map(str, paths)))

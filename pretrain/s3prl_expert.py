@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Union
 
 import torch
-import yaml
 from torch import nn
 
 from s3prl_distill.errors import validated
 from s3prl_distill.losses import combine
 from s3prl_distill.pretrain.config import DataConfig, ModelSections, PretrainConfig
+from s3prl_distill.pretrain.config_files import read_config
 from s3prl_distill.pretrain.runner import build_data
 from s3prl_distill.pretrain.task import DistillationTask
 from s3prl_distill.pretrain.teacher_cache import TeacherCache
@@ -50,9 +50,8 @@ class S3prlPretrainExpert(nn.Module):
         super().__init__()
         if multi_gpu:
             raise ValueError("--multi_gpu (DataParallel) is not supported; use s3prl-distill pretrain under torchrun")
-        if isinstance(upstream_config, (str, Path)):
-            with open(upstream_config) as file:
-                self.upstream_config = yaml.safe_load(file)
+        if isinstance(upstream_config, (str, Path)):  # an overlay's extends base merged in, as s3prl-distill reads it
+            self.upstream_config = read_config(upstream_config)
             source = str(upstream_config)
         else:  # a resumed s3prl run hands back the dict saved as Upstream_Config
             self.upstream_config = dict(upstream_config)

@@ -288,6 +288,7 @@ def test_two_stage_fbank_run_and_resume_across_the_stage_boundary(setup, tmp_pat
 
 def test_shipped_asr_distill_configs():
     from s3prl_distill.pretrain.config import load_config
+    from s3prl_distill.pretrain.s3prl_link import generate_configs  # s3prl's config_model/config_runner.yaml
 
     root = Path(__file__).resolve().parents[1] / "pretrain" / "asr_distill"
     deep, wide, fbank = (load_config(root / name) for name in
@@ -300,8 +301,8 @@ def test_shipped_asr_distill_configs():
     assert 0.2 <= deep.method.discriminative_weight <= 0.8 and deep.method.temperature == 0.1
     assert (deep.runner.total_steps, deep.data.train_batch_size, deep.optimizer.lr) == (25000, 12, 2.0e-4)
     full = yaml.safe_load((root / "config.yaml").read_text())
-    model = yaml.safe_load((root / "config_model.yaml").read_text())
-    runner = yaml.safe_load((root / "config_runner.yaml").read_text())
+    generated = generate_configs(root / "config.yaml")
+    model, runner = (yaml.safe_load(generated[name]) for name in ("config_model.yaml", "config_runner.yaml"))
     assert model == {k: full[k] for k in ("teacher", "student", "student_init", "method")}
     assert runner["pretrain_expert"]["datarc"] == full["data"]
     assert runner["runner"]["total_steps"] == full["runner"]["total_steps"]

@@ -3,7 +3,6 @@ runner trains on the same batches; s3prl's run_pretrain.py runs it and resumes i
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import yaml
@@ -88,8 +87,8 @@ def test_s3prl_run_pretrain_trains_dphubert_and_resumes_with_e(setup, tmp_path):
     config["runner"].update(total_steps=4)
     model_config = tmp_path / "dphubert.yaml"  # a whole pretrain config: -g reads its model sections
     model_config.write_text(yaml.safe_dump(config))
-    shipped = yaml.safe_load((Path(__file__).resolve().parent.parent / "pretrain" / "dphubert" /
-                              "config_runner.yaml").read_text())
+    # link-pretrain generated this from pretrain/dphubert/config.yaml (s3prl's TorchOptim AdamW, its scheduler).
+    shipped = yaml.safe_load((workdir / "pretrain" / "dphubert" / "config_runner.yaml").read_text())
     shipped["runner"].update(total_steps=4, log_step=1, save_step=2, max_keep=5, fp16=False)
     shipped["scheduler"]["num_warmup_steps"] = 1
     shipped["pretrain_expert"]["datarc"] = config["data"]

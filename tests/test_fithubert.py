@@ -206,6 +206,7 @@ def test_fithubert_distillation_steps(setup, tmp_path):  # noqa: F811
 def test_shipped_fithubert_configs():
     root = Path(__file__).resolve().parents[1] / "pretrain" / "fithubert"
     from s3prl_distill.pretrain.config import load_config
+    from s3prl_distill.pretrain.s3prl_link import generate_configs  # s3prl's config_model.yaml
 
     fit, w2v = load_config(root / "config.yaml"), load_config(root / "config_fitw2v2.yaml")
     assert fit.student == w2v.student == fithubert_config()
@@ -214,7 +215,7 @@ def test_shipped_fithubert_configs():
     assert fit.optimizer.lr == 5.0e-4 and fit.scheduler.warmup_proportion == 0.05
     assert fit.data.train_batch_size * fit.runner.gradient_accumulate_steps == 24
     full = yaml.safe_load((root / "config.yaml").read_text())
-    model = yaml.safe_load((root / "config_model.yaml").read_text())
+    model = yaml.safe_load(generate_configs(root / "config.yaml")["config_model.yaml"])
     assert model == {k: full[k] for k in ("teacher", "student", "student_init", "method")}
 
 

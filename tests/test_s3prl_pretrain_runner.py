@@ -28,7 +28,8 @@ def linked_checkout(folder: Path) -> Path:
     workdir = make_checkout(folder)
     main(["link-pretrain", str(workdir.parent)])
     for recipe in ("distilhubert", "fithubert", "asr_distill", "dphubert"):
-        assert (workdir / "pretrain" / recipe / "pretrain_expert.py").is_file(), recipe
+        for name in ("pretrain_expert.py", "config_model.yaml", "config_runner.yaml"):  # the last two generated
+            assert (workdir / "pretrain" / recipe / name).is_file(), (recipe, name)
     return workdir
 
 

@@ -1,2 +1,2 @@
-"""DistilHuBERT distillation recipe (s3prl pretrain convention: pretrain_expert.py, config_model.yaml,
-config_runner.yaml; our runner: config.yaml)."""
+"""DistilHuBERT distillation recipe (our runner: config.yaml; s3prl's run_pretrain.py: pretrain_expert.py, with the
+config_model.yaml / config_runner.yaml that link-pretrain generates from config.yaml)."""

@@ -1,2 +1,2 @@
 """FitHuBERT / FitW2V2 distillation recipe (our runner: config.yaml, config_fitw2v2.yaml; s3prl's run_pretrain.py:
-pretrain_expert.py, config_model.yaml, config_runner.yaml)."""
+pretrain_expert.py, with the config_model.yaml / config_runner.yaml that link-pretrain generates from config.yaml)."""
