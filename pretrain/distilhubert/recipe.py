@@ -42,12 +42,17 @@ def regression_terms(batch: DistillationBatch, layers: List[int], loss_type: str
 class DistilHuBERT(Method):
     """Targets are the student's ``prediction_head.target_layers`` (s3prl hidden-state indices of the teacher)."""
 
-    def __init__(self, config: DistilHuBERTMethodConfig, student: StudentConfig) -> None:
+    @classmethod
+    def check_student(cls, config: DistilHuBERTMethodConfig, student: StudentConfig) -> None:
         head = student.prediction_head
         if head is None or head.type != "expand_last":
-            raise ValueError("the distilhubert method needs a student with an expand_last prediction_head")
+            raise ValueError(f"the {config.name} method needs student.prediction_head of type expand_last, not "
+                             f"{'none' if head is None else head.type}")
+
+    def __init__(self, config: DistilHuBERTMethodConfig, student: StudentConfig) -> None:
+        self.check_student(config, student)
         self.config = config
-        self.target_layers: List[int] = list(head.target_layers)
+        self.target_layers: List[int] = list(student.prediction_head.target_layers)
         self.prediction_indices: List[int] = list(range(len(self.target_layers)))
 
     def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:

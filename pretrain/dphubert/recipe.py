@@ -16,7 +16,6 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from s3prl_distill.checkpoint import export_student
 from s3prl_distill.losses import (
     LossTerm,
     log_sigmoid_cosine_term,
@@ -55,11 +54,16 @@ class DPHuBERTMethodConfig(StrictModel):
 
 
 class DPHuBERT(Method):
-    def __init__(self, config: DPHuBERTMethodConfig, student: StudentConfig) -> None:
+    @classmethod
+    def check_student(cls, config: DPHuBERTMethodConfig, student: StudentConfig) -> None:
         head = student.prediction_head
         if head is None or head.type != "projection":
-            raise ValueError(f"the {config.name} method needs a student with a projection prediction_head "
-                             "(target_groups)")
+            raise ValueError(f"the {config.name} method needs student.prediction_head of type projection "
+                             f"(target_groups), not {'none' if head is None else head.type}")
+
+    def __init__(self, config: DPHuBERTMethodConfig, student: StudentConfig) -> None:
+        self.check_student(config, student)
+        head = student.prediction_head
         self.config = config
         self.targets: List[List[int]] = head.projection_targets()
         self.teacher_layer_zero = head.layer_zero  # the student's head reads the same tensor (StudentModel)
@@ -139,15 +143,6 @@ class DPHuBERT(Method):
         if state:
             self.penalty.load_state_dict(state["penalty"])
             self.full_parameters = state["full_parameters"]
-
-    def export(self, student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
-        """Our checkpoint format, family ``dphubert`` or ``skill`` (the upstream of that name loads it once
-        pruned)."""
-        return export_student(self.config.name, student, state)
-
-    @staticmethod
-    def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
-        return dict(checkpoint["Student"])
 
 
 def _output_scale_size(student: StudentModel, expected: bool) -> Union[int, Tensor]:
