@@ -11,7 +11,7 @@ own parameters and the method's trainable state (``regularisers``, ``parameter_g
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -95,3 +95,14 @@ class Method:
     def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
         """The inverse of :meth:`export`: the student's weights (our layout)."""
         return dict(checkpoint["Student"])
+
+
+def require_head(method: str, student: StudentConfig, head_type: Optional[str] = None, note: str = "") -> Any:
+    """``student.prediction_head``, or the ``ValueError`` of a ``check_student``: method ``method`` needs one (of
+    ``head_type``, ``note`` saying why)."""
+    head = student.prediction_head
+    if head is None or (head_type is not None and head.type != head_type):
+        kind = f" of type {head_type}{note}" if head_type is not None else ""
+        raise ValueError(f"the {method} method needs student.prediction_head{kind}, not "
+                         f"{'none' if head is None else head.type}")
+    return head

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from s3prl_distill.losses import LossTerm, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
-from s3prl_distill.pretrain.method import DistillationBatch, Method
+from s3prl_distill.pretrain.method import DistillationBatch, Method, require_head
 
 
 class ToyMethodConfig(StrictModel):
@@ -45,9 +45,7 @@ class ToyMethodConfig(StrictModel):
 class Toy(Method):
     @classmethod
     def check_student(cls, config: ToyMethodConfig, student: StudentConfig) -> None:
-        head = student.prediction_head
-        if head is None or head.type != "layerwise":
-            raise ValueError(f"the {config.name} method needs student.prediction_head of type layerwise")
+        require_head(config.name, student, "layerwise")
 
     def __init__(self, config: ToyMethodConfig, student: StudentConfig) -> None:
         self.check_student(config, student)

@@ -26,7 +26,7 @@ from s3prl_distill.model.config import StrictModel, StudentConfig
 from s3prl_distill.model.student import StudentOutput
 
 from ..distilhubert.recipe import regression_terms
-from ..method import DistillationBatch, Method
+from ..method import DistillationBatch, Method, require_head
 
 
 class AsrDistillMethodConfig(StrictModel):
@@ -55,9 +55,7 @@ class AsrDistillMethodConfig(StrictModel):
 class AsrDistill(Method):
     @classmethod
     def check_student(cls, config: AsrDistillMethodConfig, student: StudentConfig) -> None:
-        head = student.prediction_head
-        if head is None:
-            raise ValueError(f"the {config.name} method needs a student.prediction_head")
+        head = require_head(config.name, student)
         if config.discriminative_weight > 0:
             if student.codeword_head is None:
                 raise ValueError("method.discriminative_weight > 0 needs a student.codeword_head")

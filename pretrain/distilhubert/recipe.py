@@ -16,7 +16,7 @@ from s3prl_distill.formats.s3prl_distiller import export_distiller, state_dict_f
 from s3prl_distill.losses import LossTerm, log_sigmoid_cosine_term, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
 
-from ..method import DistillationBatch, Method
+from ..method import DistillationBatch, Method, require_head
 
 
 class DistilHuBERTMethodConfig(StrictModel):
@@ -44,10 +44,7 @@ class DistilHuBERT(Method):
 
     @classmethod
     def check_student(cls, config: DistilHuBERTMethodConfig, student: StudentConfig) -> None:
-        head = student.prediction_head
-        if head is None or head.type != "expand_last":
-            raise ValueError(f"the {config.name} method needs student.prediction_head of type expand_last, not "
-                             f"{'none' if head is None else head.type}")
+        require_head(config.name, student, "expand_last")
 
     def __init__(self, config: DistilHuBERTMethodConfig, student: StudentConfig) -> None:
         self.check_student(config, student)

@@ -27,7 +27,7 @@ from s3prl_distill.model.config import StrictModel, StudentConfig
 from s3prl_distill.model.pruning import SparsityPenalty, expected_num_parameters, has_gates
 from s3prl_distill.model.student import GATE_SUFFIX, StudentModel
 
-from ..method import DistillationBatch, Method
+from ..method import DistillationBatch, Method, require_head
 
 
 class DPHuBERTMethodConfig(StrictModel):
@@ -56,10 +56,7 @@ class DPHuBERTMethodConfig(StrictModel):
 class DPHuBERT(Method):
     @classmethod
     def check_student(cls, config: DPHuBERTMethodConfig, student: StudentConfig) -> None:
-        head = student.prediction_head
-        if head is None or head.type != "projection":
-            raise ValueError(f"the {config.name} method needs student.prediction_head of type projection "
-                             f"(target_groups), not {'none' if head is None else head.type}")
+        require_head(config.name, student, "projection", " (target_groups)")
 
     def __init__(self, config: DPHuBERTMethodConfig, student: StudentConfig) -> None:
         self.check_student(config, student)

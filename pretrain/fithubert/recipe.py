@@ -16,7 +16,7 @@ from pydantic import Field
 from s3prl_distill.losses import LossTerm, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
 
-from ..method import DistillationBatch, Method
+from ..method import DistillationBatch, Method, require_head
 
 
 class FitHuBERTMethodConfig(StrictModel):
@@ -32,10 +32,7 @@ class FitHuBERTMethodConfig(StrictModel):
 class FitHuBERT(Method):
     @classmethod
     def check_student(cls, config: FitHuBERTMethodConfig, student: StudentConfig) -> None:
-        head = student.prediction_head
-        if head is None or head.type != "layerwise":
-            raise ValueError(f"the {config.name} method needs student.prediction_head of type layerwise (a head per "
-                             f"layer), not {'none' if head is None else head.type}")
+        require_head(config.name, student, "layerwise", " (a head per layer)")
         last = student.encoder.num_layers
         bad = [layer for layer in config.hint_layers if not 1 <= layer < last]
         if bad:
