@@ -1,7 +1,9 @@
 """What every distillation method (recipe) provides to the shared training step.
 
-A method says which teacher layers it needs (``target_layers``) and which student heads predict them
-(``prediction_indices``), turns one batch into named loss terms, and writes/reads the trained student's checkpoint.
+A method says which students it can train (``check_student``, run when the config loads), which teacher layers it
+needs (``target_layers``) and which student heads predict them (``prediction_indices``), turns one batch into named
+loss terms, and writes/reads the trained student's checkpoint (by default our native format, with the family the
+method is registered with).
 Optional abilities default to off: a front-end-only first stage (``front_end_steps``), the teacher's codeword
 distribution (``uses_codebook``), targets other than single teacher layers (``target_stack``), losses on the student's
 own parameters and the method's trainable state (``regularisers``, ``parameter_groups``, ``state_dict``).
@@ -9,13 +11,14 @@ own parameters and the method's trainable state (``regularisers``, ``parameter_g
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
+from s3prl_distill.formats.native import export_student
 from s3prl_distill.losses import LossTerm
-from s3prl_distill.model.config import StudentConfig
+from s3prl_distill.model.config import StrictModel, StudentConfig
 from s3prl_distill.model.student import StudentOutput
 
 
@@ -38,6 +41,14 @@ class Method:
     # Which teacher tensor hidden state 0 is: s3prl's (the first layer's input) or DPHuBERT's (the feature
     # projection's output, before the positional convolution).
     teacher_layer_zero: str = "transformer_input"
+    # The upstream family of the exported checkpoints: the registration's (``MethodSpec.family``), set by
+    # ``build_method``; a recipe never spells it.
+    family: Optional[str] = None
+
+    @classmethod
+    def check_student(cls, config: StrictModel, student: StudentConfig) -> None:
+        """Refuse (``ValueError`` naming the setting) a student this method cannot train. The config runs it when it
+        loads, before any teacher is built; recipes call it in their constructor too."""
 
     def bind(self, student: nn.Module) -> None:
         """Called once with the built (and initialised) student, before training."""
@@ -73,10 +84,25 @@ class Method:
         """Loss of the front-end stage: ``student.front_end_prediction`` against teacher hidden state 0."""
         raise NotImplementedError(f"{type(self).__name__} has no front-end stage")
 
-    @staticmethod
-    def export(student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
-        raise NotImplementedError
+    def export(self, student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
+        """The trained student's checkpoint: our native format, whose ``Family`` picks the upstream that loads it."""
+        if self.family is None:
+            raise RuntimeError(f"{type(self).__name__} was built without its registered family; build recipes with "
+                               "pretrain.methods.build_method")
+        return export_student(self.family, student, state)
 
     @staticmethod
     def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
-        raise NotImplementedError
+        """The inverse of :meth:`export`: the student's weights (our layout)."""
+        return dict(checkpoint["Student"])
+
+
+def require_head(method: str, student: StudentConfig, head_type: Optional[str] = None, note: str = "") -> Any:
+    """``student.prediction_head``, or the ``ValueError`` of a ``check_student``: method ``method`` needs one (of
+    ``head_type``, ``note`` saying why)."""
+    head = student.prediction_head
+    if head is None or (head_type is not None and head.type != head_type):
+        kind = f" of type {head_type}{note}" if head_type is not None else ""
+        raise ValueError(f"the {method} method needs student.prediction_head{kind}, not "
+                         f"{'none' if head is None else head.type}")
+    return head

@@ -14,15 +14,13 @@ import soundfile
 import yaml
 
 from s3prl_distill.formats.s3prl_hubert import write_random_hubert
+from s3prl_distill.pretrain.dphubert.layer_clustering import cluster_layers, linear_cka, similarity_matrix
 from s3prl_distill.pretrain.dphubert.layer_similarity import (
     analyse_layers,
     choose_evenly,
     collect_hidden_states,
-    cluster_layers,
     find_audio,
     files_sha1,
-    linear_cka,
-    similarity_matrix,
 )
 from s3prl_distill.pretrain.config import TeacherConfig
 

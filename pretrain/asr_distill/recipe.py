@@ -16,20 +16,17 @@ too unless ``mask_padding``.
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Mapping, Optional
+from typing import Dict, List, Literal, Optional
 
 from pydantic import Field
 from torch import Tensor
 
-from s3prl_distill.formats.native import export_student
 from s3prl_distill.losses import LossTerm, codeword_logits, kl_divergence_term, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
 from s3prl_distill.model.student import StudentOutput
 
 from ..distilhubert.recipe import regression_terms
-from ..method import DistillationBatch, Method
-
-FAMILY = "asr_distill"
+from ..method import DistillationBatch, Method, require_head
 
 
 class AsrDistillMethodConfig(StrictModel):
@@ -56,21 +53,22 @@ class AsrDistillMethodConfig(StrictModel):
 
 
 class AsrDistill(Method):
-    family = FAMILY
-
-    def __init__(self, config: AsrDistillMethodConfig, student: StudentConfig) -> None:
-        head = student.prediction_head
-        if head is None:
-            raise ValueError("the asr_distill method needs a student with a prediction_head")
+    @classmethod
+    def check_student(cls, config: AsrDistillMethodConfig, student: StudentConfig) -> None:
+        head = require_head(config.name, student)
         if config.discriminative_weight > 0:
             if student.codeword_head is None:
                 raise ValueError("method.discriminative_weight > 0 needs a student.codeword_head")
             if student.encoder.time_reduction is not None:
                 raise ValueError("the discriminative loss compares frames at the teacher's rate: the student's last "
-                                 "layer must not be time-reduced")
+                                 "layer must not be time-reduced (student.encoder.time_reduction)")
         if config.front_end_steps > 0 and (student.fbank_front_end is None or not head.front_end):
             raise ValueError("method.front_end_steps > 0 needs student.fbank_front_end and "
                              "student.prediction_head.front_end: true")
+
+    def __init__(self, config: AsrDistillMethodConfig, student: StudentConfig) -> None:
+        self.check_student(config, student)
+        head = student.prediction_head
         self.config = config
         self.target_layers: List[int] = list(head.target_layers)
         self.prediction_indices: List[int] = list(range(len(self.target_layers)))
@@ -108,11 +106,3 @@ class AsrDistill(Method):
         valid = None if valid is None or not self.config.mask_padding else valid[:, :frames]
         return {"front_end": regression_term(prediction, target[:, None, :frames], valid, self.config.loss_type)
                 .labelled([0])}
-
-    @staticmethod
-    def export(student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
-        return export_student(FAMILY, student, state)
-
-    @staticmethod
-    def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
-        return dict(checkpoint["Student"])

@@ -16,7 +16,7 @@ from s3prl_distill.formats.s3prl_distiller import export_distiller, state_dict_f
 from s3prl_distill.losses import LossTerm, log_sigmoid_cosine_term, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
 
-from ..method import DistillationBatch, Method
+from ..method import DistillationBatch, Method, require_head
 
 
 class DistilHuBERTMethodConfig(StrictModel):
@@ -42,12 +42,14 @@ def regression_terms(batch: DistillationBatch, layers: List[int], loss_type: str
 class DistilHuBERT(Method):
     """Targets are the student's ``prediction_head.target_layers`` (s3prl hidden-state indices of the teacher)."""
 
+    @classmethod
+    def check_student(cls, config: DistilHuBERTMethodConfig, student: StudentConfig) -> None:
+        require_head(config.name, student, "expand_last")
+
     def __init__(self, config: DistilHuBERTMethodConfig, student: StudentConfig) -> None:
-        head = student.prediction_head
-        if head is None or head.type != "expand_last":
-            raise ValueError("the distilhubert method needs a student with an expand_last prediction_head")
+        self.check_student(config, student)
         self.config = config
-        self.target_layers: List[int] = list(head.target_layers)
+        self.target_layers: List[int] = list(student.prediction_head.target_layers)
         self.prediction_indices: List[int] = list(range(len(self.target_layers)))
 
     def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:

@@ -20,11 +20,14 @@ from s3prl_distill.formats.native import describe_checkpoint, export_student, is
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.pruning import final_num_parameters, prune
 
+from ..methods import METHODS
 from ..runner import find_latest_checkpoint
+from .recipe import DPHuBERT
 
 logger = logging.getLogger(__name__)
 
-PRUNABLE_FAMILIES = ("dphubert", "skill")
+# The families of the methods that train gated students (dphubert, skill), as registered.
+PRUNABLE_FAMILIES = tuple(spec.family for spec in METHODS.values() if issubclass(spec.recipe, DPHuBERT))
 
 
 def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None) -> dict:

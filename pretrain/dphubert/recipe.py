@@ -16,7 +16,6 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from s3prl_distill.formats.native import export_student
 from s3prl_distill.losses import (
     LossTerm,
     log_sigmoid_cosine_term,
@@ -28,7 +27,7 @@ from s3prl_distill.model.config import StrictModel, StudentConfig
 from s3prl_distill.model.pruning import SparsityPenalty, expected_num_parameters, has_gates
 from s3prl_distill.model.student import GATE_SUFFIX, StudentModel
 
-from ..method import DistillationBatch, Method
+from ..method import DistillationBatch, Method, require_head
 
 
 class DPHuBERTMethodConfig(StrictModel):
@@ -55,11 +54,13 @@ class DPHuBERTMethodConfig(StrictModel):
 
 
 class DPHuBERT(Method):
+    @classmethod
+    def check_student(cls, config: DPHuBERTMethodConfig, student: StudentConfig) -> None:
+        require_head(config.name, student, "projection", " (target_groups)")
+
     def __init__(self, config: DPHuBERTMethodConfig, student: StudentConfig) -> None:
+        self.check_student(config, student)
         head = student.prediction_head
-        if head is None or head.type != "projection":
-            raise ValueError(f"the {config.name} method needs a student with a projection prediction_head "
-                             "(target_groups)")
         self.config = config
         self.targets: List[List[int]] = head.projection_targets()
         self.teacher_layer_zero = head.layer_zero  # the student's head reads the same tensor (StudentModel)
@@ -139,15 +140,6 @@ class DPHuBERT(Method):
         if state:
             self.penalty.load_state_dict(state["penalty"])
             self.full_parameters = state["full_parameters"]
-
-    def export(self, student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
-        """Our checkpoint format, family ``dphubert`` or ``skill`` (the upstream of that name loads it once
-        pruned)."""
-        return export_student(self.config.name, student, state)
-
-    @staticmethod
-    def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
-        return dict(checkpoint["Student"])
 
 
 def _output_scale_size(student: StudentModel, expected: bool) -> Union[int, Tensor]:

@@ -9,16 +9,14 @@ FitW2V2 is the same with a wav2vec 2.0 teacher.
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Mapping
+from typing import Dict, List, Literal
 
 from pydantic import Field
-from torch import Tensor
 
-from s3prl_distill.formats.native import export_student
 from s3prl_distill.losses import LossTerm, regression_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
 
-from ..method import DistillationBatch, Method
+from ..method import DistillationBatch, Method, require_head
 
 
 class FitHuBERTMethodConfig(StrictModel):
@@ -32,16 +30,18 @@ class FitHuBERTMethodConfig(StrictModel):
 
 
 class FitHuBERT(Method):
-    family = "fithubert"
-
-    def __init__(self, config: FitHuBERTMethodConfig, student: StudentConfig) -> None:
-        head = student.prediction_head
-        if head is None or head.type != "layerwise":
-            raise ValueError("the fithubert method needs a student with layerwise prediction heads")
+    @classmethod
+    def check_student(cls, config: FitHuBERTMethodConfig, student: StudentConfig) -> None:
+        require_head(config.name, student, "layerwise", " (a head per layer)")
         last = student.encoder.num_layers
         bad = [layer for layer in config.hint_layers if not 1 <= layer < last]
         if bad:
             raise ValueError(f"method.hint_layers {bad}: hint layers are student layers 1..{last - 1}")
+
+    def __init__(self, config: FitHuBERTMethodConfig, student: StudentConfig) -> None:
+        self.check_student(config, student)
+        head = student.prediction_head
+        last = student.encoder.num_layers
         self.config = config
         # Which student heads (0-based) and which teacher layers the loss compares, hints first, final last.
         self.prediction_indices: List[int] = [layer - 1 for layer in config.hint_layers] + [last - 1]
@@ -61,11 +61,3 @@ class FitHuBERT(Method):
                 predictions[:, :-1], targets[:, :-1], valid, kind, self.config.hint_weight, sum_over_targets=True
             ).labelled(self.target_layers[:-1])
         return terms
-
-    @staticmethod
-    def export(student: StudentConfig, state: Mapping[str, Tensor]) -> dict:
-        return export_student(FitHuBERT.family, student, state)
-
-    @staticmethod
-    def student_state(checkpoint: Mapping, student: StudentConfig) -> Dict[str, Tensor]:
-        return dict(checkpoint["Student"])
