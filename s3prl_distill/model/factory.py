@@ -93,7 +93,7 @@ def with_codeword_head(config: StudentConfig, kind: str = "logits", out_dim: int
 def pruning_student_config(teacher_copy: StudentConfig, target_groups=((0,), (4, 8, 12)), group_target: str = "each",
                            pruning: PruningConfig = PruningConfig()) -> StudentConfig:
     """DPHuBERT / SKILL: the teacher's own architecture (``teacher_copy``, e.g. from
-    ``importers.fairseq.teacher_copy_config``) with hard-concrete gates and projection heads on ``target_groups``
+    ``formats.fairseq.teacher_copy_config``) with hard-concrete gates and projection heads on ``target_groups``
     (DPHuBERT's default: layer 0, and layers 4, 8, 12 sharing one Linear; SKILL: groups from layer-similarity with
     ``group_target="mean"``)."""
     head = ProjectionHeadConfig(target_groups=[list(group) for group in target_groups], group_target=group_target,
