@@ -51,7 +51,7 @@ class RelativePositionBias(nn.Module):
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention through ``scaled_dot_product_attention``. The head count and width may be pruned
-    (at least one head: a layer without heads has no attention module at all, see :class:`EncoderLayer`); optional
+    (at least one head: a layer without heads has no attention module at all, see ``encoder.EncoderLayer``); optional
     WavLM gated relative position bias, and hard-concrete gates on the heads and on the whole block for pruning."""
 
     def __init__(
