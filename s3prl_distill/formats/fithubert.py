@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..model.config import (
     FeatureExtractorConfig,
-    PredictionHeadConfig,
+    LayerwiseHeadConfig,
     StudentConfig,
     TimeReductionConfig,
     format_conv_layers,
@@ -76,8 +76,8 @@ def config_from_official(distiller: Mapping[str, Any]) -> StudentConfig:
         feature_layer_norm=True,
         feature_dropout=float(distiller.get("dropout_input", 0.0)),
         encoder=fairseq_encoder_config(distiller, layers, activation_dropout=0.0, time_reduction=time_reduction),
-        prediction_head=PredictionHeadConfig(
-            type="layerwise", target_layers=list(range(1, layers + 1)),
+        prediction_head=LayerwiseHeadConfig(
+            target_layers=list(range(1, layers + 1)),
             out_dim=int(distiller.get("pred_head_final_dim", 768)),
         ),
     )

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from ..model.config import (
+    ExpandLastHeadConfig,
     FeatureExtractorConfig,
-    PredictionHeadConfig,
     StudentConfig,
     format_conv_layers,
     parse_conv_layers,
@@ -56,8 +56,7 @@ def config_from_distiller(cfg: Mapping[str, Any]) -> StudentConfig:
     head = None
     if out_layer == "expand-last":
         inter_dim = int(cfg.get("out_layer_inter_dim", -1))
-        head = PredictionHeadConfig(
-            type="expand_last",
+        head = ExpandLastHeadConfig(
             target_layers=[int(i) for i in cfg.get("pred_layer_id", range(1, n_tasks + 1))],
             inner_dim=inter_dim if inter_dim > 0 else embed_dim,
             out_dim=int(cfg.get("final_dim", 768)),

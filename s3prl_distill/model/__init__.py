@@ -3,9 +3,12 @@
 from .config import (
     CodewordHeadConfig,
     EncoderConfig,
+    ExpandLastHeadConfig,
     FbankFrontEndConfig,
     FeatureExtractorConfig,
+    LayerwiseHeadConfig,
     PredictionHeadConfig,
+    ProjectionHeadConfig,
     PruningConfig,
     RelativePositionConfig,
     StudentConfig,
@@ -22,14 +25,21 @@ from .factory import (
     with_codeword_head,
     with_fbank_front_end,
 )
+from .hidden_states import LAYER_ZERO_CHOICES, EncoderOutput, LayerZero, hidden_state_zero
 from .student import StudentModel, StudentOutput
 
 __all__ = [
     "CodewordHeadConfig",
     "EncoderConfig",
+    "EncoderOutput",
+    "ExpandLastHeadConfig",
     "FbankFrontEndConfig",
     "FeatureExtractorConfig",
+    "LAYER_ZERO_CHOICES",
+    "LayerZero",
+    "LayerwiseHeadConfig",
     "PredictionHeadConfig",
+    "ProjectionHeadConfig",
     "PruningConfig",
     "RelativePositionConfig",
     "StudentConfig",
@@ -44,5 +54,6 @@ __all__ = [
     "with_codeword_head",
     "with_fbank_front_end",
     "format_conv_layers",
+    "hidden_state_zero",
     "parse_conv_layers",
 ]

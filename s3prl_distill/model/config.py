@@ -11,9 +11,25 @@ from pathlib import Path
 from typing import Any, List, Literal, Optional, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import validated
+from .config_base import StrictModel, check_probability
+from .head_config import (
+    CodewordHeadConfig,
+    ExpandLastHeadConfig,
+    LayerwiseHeadConfig,
+    PredictionHeadConfig,
+    ProjectionHeadConfig,
+)
+
+# Head configs live in head_config.py; they are importable from here too, with every other section of the student.
+__all__ = [
+    "CodewordHeadConfig", "ConvLayerSpec", "EncoderConfig", "ExpandLastHeadConfig", "FbankFrontEndConfig",
+    "FeatureExtractorConfig", "HUBERT_CONV_LAYERS", "LayerwiseHeadConfig", "PredictionHeadConfig",
+    "ProjectionHeadConfig", "PruningConfig", "RelativePositionConfig", "StrictModel", "StudentConfig",
+    "TimeReductionConfig", "format_conv_layers", "parse_conv_layers",
+]
 
 ConvLayerSpec = Tuple[int, int, int]  # (out_channels, kernel_size, stride)
 
@@ -67,12 +83,6 @@ def format_conv_layers(layers: List[ConvLayerSpec]) -> str:
     return "[" + ", ".join(f"({c},{k},{s})" for c, k, s in layers) + "]"
 
 
-class StrictModel(BaseModel):
-    """Base of all config sections: unknown keys are errors, values are re-validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
 class FeatureExtractorConfig(StrictModel):
     """The convolutional waveform encoder."""
 
@@ -96,7 +106,7 @@ class FeatureExtractorConfig(StrictModel):
     @field_validator("dropout")
     @classmethod
     def _check_probability(cls, value: float) -> float:
-        return _probability(value)
+        return check_probability(value)
 
     @field_validator("grad_mult")
     @classmethod
@@ -166,7 +176,7 @@ class EncoderConfig(StrictModel):
     @field_validator("dropout", "attention_dropout", "activation_dropout")
     @classmethod
     def _check_probability(cls, value: float) -> float:
-        return _probability(value)
+        return check_probability(value)
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "EncoderConfig":
@@ -260,18 +270,6 @@ class FbankFrontEndConfig(StrictModel):
         return self
 
 
-class CodewordHeadConfig(StrictModel):
-    """A head on the last encoder layer for the discriminative loss against the teacher's codeword distribution.
-
-    ``cosine``: a Linear to ``out_dim`` = the teacher's projection width (HuBERT Base's ``final_proj``: 256), scored
-    by cosine against the teacher's frozen label embeddings; ``logits``: a Linear straight to ``out_dim`` = the
-    number of codewords (504 for HuBERT Base: 500 clusters + 4 special symbols).
-    """
-
-    type: Literal["cosine", "logits"] = "logits"
-    out_dim: int = Field(ge=1)
-
-
 class PruningConfig(StrictModel):
     """Hard-concrete (L0) gates for structured pruning (DPHuBERT): which units get gates, and each gate's initial
     drop probability m (log_alpha ~ N(log((1 - m) / m), 0.01); DPHuBERT's values). Pruning then removes the units
@@ -295,79 +293,6 @@ class PruningConfig(StrictModel):
         return self
 
 
-class PredictionHeadConfig(StrictModel):
-    """Heads that map the student to teacher layers.
-
-    ``expand_last`` (DistilHuBERT): the last encoder layer goes through one shared Linear expanding to
-    ``len(target_layers) * inner_dim``, a GELU, then one Linear per target layer.
-    ``layerwise`` (FitHuBERT hints, deep-thin students): one head per encoder layer, head ``i`` on layer ``i + 1``
-    predicting ``target_layers[i]``: a ConvTranspose1d back to 20 ms for layers after a time reduction, then a
-    Linear to ``out_dim`` when the widths differ.
-    ``projection`` (DPHuBERT, SKILL): student hidden state i predicts teacher hidden state i (both in s3prl
-    indexing) through a Linear shared by the layers of a group of ``target_groups`` (identity-initialised when the
-    widths match). ``group_target: each`` (DPHuBERT): one target per layer; ``mean`` (SKILL): one target per group,
-    the mean of the teacher's states in it, predicted from the mean of the student's states at the same indices
-    (``group_student: mean``) or from the group's last index (``last``). Index 0 of a projection head is
-    DPHuBERT's (``layer_zero: feature_projection``, the default): the feature projection's output before the
-    positional convolution, for the student and the teacher alike; ``transformer_input`` uses s3prl's hidden state 0
-    (the first layer's input, after the positional convolution and LayerNorm) instead.
-    """
-
-    type: Literal["expand_last", "layerwise", "projection"] = "expand_last"
-    # Teacher hidden-state indices (s3prl indexing: 0 = transformer input, i = output of layer i).
-    target_layers: List[int] = Field(default_factory=lambda: [4, 8, 12])
-    inner_dim: Optional[int] = None  # defaults to the encoder width
-    out_dim: int = 768  # the teacher's width
-    # Also a Linear from the front-end output to out_dim, predicting the teacher's hidden state 0 (the fbank
-    # front end's adaptation stage).
-    front_end: bool = False
-    target_groups: Optional[List[List[int]]] = None  # projection heads only
-    group_target: Literal["each", "mean"] = "each"
-    group_student: Literal["mean", "last"] = "mean"
-    layer_zero: Literal["feature_projection", "transformer_input"] = "feature_projection"  # projection heads only
-
-    @field_validator("target_layers")
-    @classmethod
-    def _check_targets(cls, value: List[int]) -> List[int]:
-        if not value or any(v < 0 for v in value):
-            raise ValueError("target_layers must be a non-empty list of indices >= 0")
-        return value
-
-    @model_validator(mode="after")
-    def _check_groups(self) -> "PredictionHeadConfig":
-        if self.type != "projection":
-            if self.target_groups is not None:
-                raise ValueError("target_groups applies only to projection heads")
-            if "layer_zero" in self.model_fields_set:
-                raise ValueError("layer_zero applies only to projection heads (others predict from the last layer "
-                                 "or from each layer's output)")
-            return self
-        groups = self.target_groups
-        if not groups or any(not group for group in groups):
-            raise ValueError("projection heads need target_groups: a non-empty list of non-empty layer lists")
-        flat = [layer for group in groups for layer in group]
-        if any(layer < 0 for layer in flat) or len(set(flat)) != len(flat):
-            raise ValueError(f"target_groups {groups}: layers must be >= 0 and appear once")
-        if "target_layers" in self.model_fields_set and self.target_layers != sorted(flat):
-            raise ValueError(f"projection heads take their layers from target_groups ({sorted(flat)}); "
-                             "drop target_layers")
-        # Kept in step so code that reads target_layers (logging, caches) sees the teacher layers used.
-        object.__setattr__(self, "target_layers", sorted(flat))
-        return self
-
-    def projection_targets(self) -> List[List[int]]:
-        """Per prediction, the hidden-state indices averaged into its target (one index in ``each`` mode)."""
-        if self.group_target == "each":
-            return [[layer] for group in self.target_groups for layer in group]
-        return [sorted(group) for group in self.target_groups]
-
-    def projection_of_target(self) -> List[int]:
-        """Per prediction, the index of the group Linear it goes through."""
-        if self.group_target == "each":
-            return [g for g, group in enumerate(self.target_groups) for _ in group]
-        return list(range(len(self.target_groups)))
-
-
 class StudentConfig(StrictModel):
     """CNN feature extractor -> (LayerNorm) -> projection -> transformer encoder -> (prediction heads), or with
     ``fbank_front_end`` the fbank front end in place of the first three."""
@@ -389,7 +314,7 @@ class StudentConfig(StrictModel):
     @field_validator("feature_dropout")
     @classmethod
     def _check_probability(cls, value: float) -> float:
-        return _probability(value)
+        return check_probability(value)
 
     @model_validator(mode="after")
     def _check_heads(self) -> "StudentConfig":
@@ -398,18 +323,12 @@ class StudentConfig(StrictModel):
                               & self.model_fields_set)
             if cnn_only:
                 raise ValueError(f"{', '.join(cnn_only)}: the CNN's options do not apply with fbank_front_end")
-        head = self.prediction_head
-        if head is not None and head.type == "projection" and max(head.target_layers) > self.encoder.num_layers:
-            raise ValueError(f"projection heads: target layer {max(head.target_layers)} but the student has hidden "
-                             f"states 0..{self.encoder.num_layers}")
+        if self.prediction_head is not None:
+            self.prediction_head.check_encoder(self.encoder)
         if self.pruning is not None and self.pruning.conv_channels:
             if self.fbank_front_end is not None or self.feature_extractor.norm != "group_norm":
                 raise ValueError("pruning.conv_channels needs the CNN with group_norm (per-channel statistics); a "
                                  "LayerNorm over channels would change when channels are removed")
-        if head is not None and head.type == "layerwise" and len(head.target_layers) != self.encoder.num_layers:
-            raise ValueError(
-                f"layerwise heads: {len(head.target_layers)} target_layers for {self.encoder.num_layers} layers"
-            )
         return self
 
     @classmethod
@@ -427,17 +346,7 @@ class StudentConfig(StrictModel):
         """A plain, YAML/torch-serialisable dict that :meth:`from_dict` reads back."""
         data = self.model_dump()
         data["feature_extractor"]["conv_layers"] = format_conv_layers(self.feature_extractor.conv_layers)
-        if self.prediction_head is not None and self.prediction_head.type == "projection":
-            del data["prediction_head"]["target_layers"]  # derived from target_groups
-        elif self.prediction_head is not None:
-            del data["prediction_head"]["layer_zero"]  # projection heads only
         if self.fbank_front_end is not None:  # the CNN sections are unused and would not validate back
             del data["feature_extractor"], data["feature_layer_norm"], data["feature_layer_norm_pruned"]
         return data
-
-
-def _probability(value: float) -> float:
-    if not 0.0 <= value < 1.0:
-        raise ValueError("must be in [0, 1)")
-    return value
 

@@ -6,9 +6,11 @@ from .config import (
     HUBERT_CONV_LAYERS,
     CodewordHeadConfig,
     EncoderConfig,
+    ExpandLastHeadConfig,
     FbankFrontEndConfig,
     FeatureExtractorConfig,
-    PredictionHeadConfig,
+    LayerwiseHeadConfig,
+    ProjectionHeadConfig,
     PruningConfig,
     StudentConfig,
     TimeReductionConfig,
@@ -29,9 +31,7 @@ def distilhubert_config(target_layers=(4, 8, 12), teacher_dim: int = 768) -> Stu
             dropout=0.1, attention_dropout=0.1, activation_dropout=0.1,
             pos_conv_kernel=128, pos_conv_groups=16,
         ),
-        prediction_head=PredictionHeadConfig(
-            type="expand_last", target_layers=list(target_layers), inner_dim=768, out_dim=teacher_dim
-        ),
+        prediction_head=ExpandLastHeadConfig(target_layers=list(target_layers), inner_dim=768, out_dim=teacher_dim),
     )
 
 
@@ -48,7 +48,7 @@ def fithubert_config(teacher_dim: int = 768) -> StudentConfig:
             dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, pos_conv_kernel=128, pos_conv_groups=16,
             time_reduction=TimeReductionConfig(index=0, factor=2),
         ),
-        prediction_head=PredictionHeadConfig(type="layerwise", target_layers=list(range(1, 13)), out_dim=teacher_dim),
+        prediction_head=LayerwiseHeadConfig(target_layers=list(range(1, 13)), out_dim=teacher_dim),
     )
 
 
@@ -63,7 +63,7 @@ def deepthin_config(teacher_dim: int = 768) -> StudentConfig:
             num_layers=12, embed_dim=480, ffn_dim=480, num_heads=12, layer_norm_first=False,
             dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, pos_conv_kernel=128, pos_conv_groups=16,
         ),
-        prediction_head=PredictionHeadConfig(type="layerwise", target_layers=list(range(1, 13)), out_dim=teacher_dim),
+        prediction_head=LayerwiseHeadConfig(target_layers=list(range(1, 13)), out_dim=teacher_dim),
     )
 
 
@@ -93,9 +93,9 @@ def with_codeword_head(config: StudentConfig, kind: str = "logits", out_dim: int
 def pruning_student_config(teacher_copy: StudentConfig, target_groups=((0,), (4, 8, 12)), group_target: str = "each",
                            pruning: PruningConfig = PruningConfig()) -> StudentConfig:
     """DPHuBERT / SKILL: the teacher's own architecture (``teacher_copy``, e.g. from
-    ``importers.fairseq.teacher_copy_config``) with hard-concrete gates and projection heads on ``target_groups``
+    ``formats.fairseq.teacher_copy_config``) with hard-concrete gates and projection heads on ``target_groups``
     (DPHuBERT's default: layer 0, and layers 4, 8, 12 sharing one Linear; SKILL: groups from layer-similarity with
     ``group_target="mean"``)."""
-    head = PredictionHeadConfig(type="projection", target_groups=[list(group) for group in target_groups],
-                                group_target=group_target, out_dim=teacher_copy.encoder.embed_dim)
+    head = ProjectionHeadConfig(target_groups=[list(group) for group in target_groups], group_target=group_target,
+                                out_dim=teacher_copy.encoder.embed_dim)
     return teacher_copy.model_copy(update={"prediction_head": head, "pruning": pruning})

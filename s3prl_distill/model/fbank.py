@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import lengths_to_padding_mask
+from .lengths import lengths_to_padding_mask
 
 WINDOW_SAMPLES, SHIFT_SAMPLES = 400, 160  # 25 ms / 10 ms at 16 kHz
 

@@ -1,4 +1,6 @@
-"""Prediction heads that map student features to teacher layers (used in training; some upstreams expose them)."""
+"""Prediction heads that map the student's encoder output to teacher layers (used in training; some upstreams
+expose them). Every head takes the encoder's whole output (:class:`EncoderOutput`) and reads what it needs, so the
+student runs whichever head its config built without knowing its type."""
 
 from __future__ import annotations
 
@@ -8,12 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .hidden_states import EncoderOutput
 
-class ExpandLastHead(nn.Module):
-    """DistilHuBERT's heads: one shared expansion Linear + GELU, then one Linear per teacher target layer.
 
-    Input ``(batch, frames, in_dim)`` -> output ``(batch, num_targets, frames, out_dim)``.
-    """
+class PredictionHead(nn.Module):
+    """The encoder's output -> predictions ``(batch, num_predictions, frames, out_dim)``."""
+
+    def forward(self, encoded: EncoderOutput) -> Tensor:
+        raise NotImplementedError
+
+
+class ExpandLastHead(PredictionHead):
+    """DistilHuBERT's heads on the last layer: one shared expansion Linear + GELU, then one Linear per teacher target
+    layer. Last hidden ``(batch, frames, in_dim)`` -> ``(batch, num_targets, frames, out_dim)``."""
 
     def __init__(self, in_dim: int, inner_dim: int, out_dim: int, num_targets: int) -> None:
         super().__init__()
@@ -21,8 +30,8 @@ class ExpandLastHead(nn.Module):
         self.expand = nn.Linear(in_dim, inner_dim * num_targets)
         self.projections = nn.ModuleList(nn.Linear(inner_dim, out_dim) for _ in range(num_targets))
 
-    def forward(self, x: Tensor) -> Tensor:
-        chunks = F.gelu(self.expand(x)).chunk(self.num_targets, dim=-1)
+    def forward(self, encoded: EncoderOutput) -> Tensor:
+        chunks = F.gelu(self.expand(encoded.last_hidden)).chunk(self.num_targets, dim=-1)
         return torch.stack([projection(chunk) for projection, chunk in zip(self.projections, chunks)], dim=1)
 
 
@@ -43,37 +52,38 @@ class HintHead(nn.Module):
         return x if self.projection is None else self.projection(x)
 
 
-class LayerwiseHeads(nn.Module):
+class LayerwiseHeads(PredictionHead):
     """One :class:`HintHead` per encoder layer; outputs stacked to (batch, num_layers, frames, out_dim)."""
 
     def __init__(self, in_dim: int, out_dim: int, upsample_factors: List[int]) -> None:
         super().__init__()
         self.heads = nn.ModuleList(HintHead(in_dim, out_dim, factor) for factor in upsample_factors)
 
-    def forward(self, layer_outputs: List[Tensor]) -> Tensor:
-        outputs = [head(x) for head, x in zip(self.heads, layer_outputs)]
+    def forward(self, encoded: EncoderOutput) -> Tensor:
+        outputs = [head(x) for head, x in zip(self.heads, encoded.layer_outputs)]
         frames = min(o.shape[1] for o in outputs)  # layers before/after a time reduction may differ by a frame
         return torch.stack([o[:, :frames] for o in outputs], dim=1)
 
 
-class GroupProjectionHeads(nn.Module):
-    """DPHuBERT / SKILL heads: per prediction, the student's hidden states at its indices (s3prl indexing), averaged,
-    through its group's Linear (identity-initialised with zero bias when the widths match, so training starts
-    from the copied teacher's own states)."""
+class GroupProjectionHeads(PredictionHead):
+    """DPHuBERT / SKILL heads: per prediction, the student's hidden states at its indices (s3prl indexing, hidden
+    state 0 chosen by ``layer_zero``), averaged, through its group's Linear (identity-initialised with zero bias
+    when the widths match, so training starts from the copied teacher's own states)."""
 
     def __init__(self, in_dim: int, out_dim: int, sources: List[List[int]], projection_of: List[int],
-                 num_groups: int) -> None:
+                 num_groups: int, layer_zero: str) -> None:
         super().__init__()
         self.sources = [list(indices) for indices in sources]
         self.projection_of = list(projection_of)
+        self.layer_zero = layer_zero
         self.projections = nn.ModuleList(nn.Linear(in_dim, out_dim) for _ in range(num_groups))
         if in_dim == out_dim:
             for projection in self.projections:
                 nn.init.eye_(projection.weight)
                 nn.init.zeros_(projection.bias)
 
-    def forward(self, hidden_states: List[Tensor]) -> Tensor:
-        """``hidden_states``: [encoder input, layer 1, ...] -> (batch, num_predictions, frames, out_dim)."""
+    def forward(self, encoded: EncoderOutput) -> Tensor:
+        hidden_states = encoded.hidden_states(self.layer_zero)
         outputs = []
         for indices, group in zip(self.sources, self.projection_of):
             source = hidden_states[indices[0]] if len(indices) == 1 else \

@@ -7,10 +7,12 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .blocks import ConvFeatureExtractor, TransformerEncoder, lengths_to_padding_mask
 from .config import StudentConfig
+from .encoder import TransformerEncoder
 from .fbank import FbankFrontEnd
-from .heads import ExpandLastHead, GroupProjectionHeads, LayerwiseHeads
+from .feature_extractor import ConvFeatureExtractor
+from .hidden_states import hidden_state_zero
+from .lengths import lengths_to_padding_mask
 
 # Parameters that only serve training (prediction targets), not the features an upstream gives.
 HEAD_PREFIXES = ("prediction_head.", "front_end_head.", "codeword_head.")
@@ -29,9 +31,10 @@ class StudentOutput(NamedTuple):
     codeword_output: Optional[Tensor] = None  # (batch, frames, out_dim): the codeword head on the last layer
     encoder_input: Optional[Tensor] = None  # what the first layer sees (after the positional conv and LayerNorm)
 
-    def hidden_states(self) -> List[Tensor]:
-        """s3prl's indexing of a HuBERT-like model: [encoder input, output of layer 1, ..., layer L]."""
-        return [self.encoder_input, *self.layer_outputs]
+    def hidden_states(self, layer_zero: str = "transformer_input") -> List[Tensor]:
+        """s3prl's indexing of a HuBERT-like model: [encoder input, output of layer 1, ..., layer L]; with
+        ``layer_zero="feature_projection"``, DPHuBERT's index 0 (see :func:`hidden_state_zero`)."""
+        return [hidden_state_zero(layer_zero, self.features, self.encoder_input), *self.layer_outputs]
 
 
 class StudentModel(nn.Module):
@@ -64,21 +67,7 @@ class StudentModel(nn.Module):
         self.feature_dropout = nn.Dropout(config.feature_dropout)
         self.encoder = TransformerEncoder(config.encoder, config.pruning)
         head = config.prediction_head
-        if head is None:
-            self.prediction_head = None
-        elif head.type == "expand_last":
-            self.prediction_head = ExpandLastHead(
-                embed_dim, head.inner_dim or embed_dim, head.out_dim, len(head.target_layers)
-            )
-        elif head.type == "projection":
-            sources = head.projection_targets()
-            if head.group_target == "mean" and head.group_student == "last":
-                sources = [[max(indices)] for indices in sources]
-            self.prediction_head = GroupProjectionHeads(embed_dim, head.out_dim, sources,
-                                                        head.projection_of_target(), len(head.target_groups))
-        else:
-            factors = [config.encoder.layer_rate_factor(i) for i in range(config.encoder.num_layers)]
-            self.prediction_head = LayerwiseHeads(embed_dim, head.out_dim, factors)
+        self.prediction_head = head.build(config.encoder) if head is not None else None
         self.front_end_head = nn.Linear(embed_dim, head.out_dim) if head is not None and head.front_end else None
         codewords = config.codeword_head
         self.codeword_head = nn.Linear(embed_dim, codewords.out_dim) if codewords is not None else None
@@ -152,15 +141,7 @@ class StudentModel(nn.Module):
         encoded = self.encoder(features, frame_lengths)
         predictions = codeword_output = None
         if predict and self.prediction_head is not None:
-            if isinstance(self.prediction_head, LayerwiseHeads):
-                predictions = self.prediction_head(encoded.layer_outputs)
-            elif isinstance(self.prediction_head, GroupProjectionHeads):
-                # DPHuBERT's hidden state 0 is the projected features before the positional convolution.
-                zero = features if self.config.prediction_head.layer_zero == "feature_projection" else \
-                    encoded.encoder_input
-                predictions = self.prediction_head([zero, *encoded.layer_outputs])
-            else:
-                predictions = self.prediction_head(encoded.last_hidden)
+            predictions = self.prediction_head(encoded)
         if predict and self.codeword_head is not None:
             codeword_output = self.codeword_head(encoded.last_hidden)
         return StudentOutput(features, encoded.layer_outputs, encoded.last_hidden, predictions, frame_lengths,
