@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import List
 
-from s3prl_distill.commands import default_device, print_json
+from s3prl_distill.commands import LazyChoices, default_device, print_json
 from s3prl_distill.errors import UserError
 
 SIMILARITY_OUTPUTS = ("skill_groups.yaml", "groups.json", "similarity.npy", "similarity.csv", "layer_similarity.png")
@@ -140,19 +140,32 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                          help="calibration audio: a folder (searched for .wav/.flac) or a file listing audio paths")
     similar.add_argument("--output", required=True, help="folder for the similarity matrix, groups, plot and snippet")
     similar.add_argument("--utterances", type=int, default=200, help="utterances, evenly spaced over the sorted files")
-    similar.add_argument("--measure", choices=["linear_cka", "cosine"], default="linear_cka")
-    similar.add_argument("--linkage", choices=["average", "complete", "single", "ward"], default="average")
+    similar.add_argument("--measure", default="linear_cka").choices = LazyChoices(lambda: _clustering().MEASURES)
+    similar.add_argument("--linkage", default="average").choices = LazyChoices(lambda: _clustering().LINKAGES)
     how_many = similar.add_mutually_exclusive_group(required=True)
     how_many.add_argument("--groups", type=int, help="number of layer groups")
     how_many.add_argument("--distance-threshold", type=float,
                           help="merge while the linkage distance (1 - similarity) is at most this")
     similar.add_argument("--exclude-layer0", action="store_true", help="leave hidden state 0 out")
-    similar.add_argument("--layer-zero", choices=("feature_projection", "transformer_input"),
-                         default="feature_projection",
-                         help="hidden state 0: DPHuBERT's (the feature projection, before the positional conv; what "
-                              "SKILL's targets use) or s3prl's (the first layer's input)")
+    layer_zero = similar.add_argument(
+        "--layer-zero", default="feature_projection",
+        help="hidden state 0: DPHuBERT's (the feature projection, before the positional conv; what SKILL's targets "
+             "use) or s3prl's (the first layer's input)")
+    layer_zero.choices = LazyChoices(_layer_zero_choices)
     similar.add_argument("--contiguous", action="store_true", help="every group is a run of adjacent layers")
     similar.add_argument("--max-seconds", type=float, default=10.0, help="use the first N seconds of each file")
     similar.add_argument("--max-frames", type=int, default=20000, help="frames kept in all (a fixed stride)")
     similar.add_argument("--device", default="cpu")
     similar.set_defaults(handler=layer_similarity)
+
+
+def _clustering():
+    from .dphubert import layer_clustering
+
+    return layer_clustering
+
+
+def _layer_zero_choices():
+    from s3prl_distill.model import LAYER_ZERO_CHOICES
+
+    return LAYER_ZERO_CHOICES

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
 from s3prl_distill.formats.fairseq import fairseq_keys
 from s3prl_distill.losses import codeword_logits
-from s3prl_distill.model import StudentModel
+from s3prl_distill.model import LAYER_ZERO_CHOICES, StudentModel, hidden_state_zero
 from s3prl_distill.model.student import GATE_SUFFIX, HEAD_PREFIXES
 
 from .config import StudentInitConfig, TeacherConfig
@@ -68,10 +68,6 @@ def read_hubert_codebook(path: str, trust_checkpoint: bool = False) -> HubertCod
                           "one ('model')")
 
 
-# What a method means by the teacher's hidden state 0 (see ``Teacher.forward``).
-LAYER_ZERO_CHOICES = ("transformer_input", "feature_projection")
-
-
 class Teacher(nn.Module):
     """Wraps ``getattr(s3prl.hub, name)(...)``; ``forward`` returns its ``hidden_states`` in s3prl's indexing
     (0 = transformer input, i = output of layer i), or with DPHuBERT's index 0 (the feature projection's output)."""
@@ -108,11 +104,11 @@ class Teacher(nn.Module):
         wavs = [wave[:length] for wave, length in zip(waveforms, lengths.tolist())]
         captured: List[Tensor] = []
         hook = None
+        if layer_zero not in LAYER_ZERO_CHOICES:
+            raise ValueError(f"layer_zero must be one of {LAYER_ZERO_CHOICES}, not {layer_zero!r}")
         if layer_zero == "feature_projection":
             hook = self.feature_projection_module().register_forward_pre_hook(
                 lambda module, args, kwargs: captured.append(args[0] if args else kwargs["x"]), with_kwargs=True)
-        elif layer_zero != "transformer_input":
-            raise ValueError(f"layer_zero must be one of {LAYER_ZERO_CHOICES}, not {layer_zero!r}")
         try:
             with torch.autocast(device_type=waveforms.device.type, enabled=False):
                 states = list(self.upstream(wavs)["hidden_states"])
@@ -123,7 +119,7 @@ class Teacher(nn.Module):
             if len(captured) != 1 or captured[0].shape != states[0].shape:
                 raise RuntimeError(f"teacher {self.name!r}: its encoder ran {len(captured)} times or took input of "
                                    f"another shape than its hidden states; cannot read the feature projection")
-            states[0] = captured[0]
+            states[0] = hidden_state_zero(layer_zero, captured[0], states[0])
         return [state.float() for state in states]
 
     def feature_projection_module(
