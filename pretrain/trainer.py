@@ -58,7 +58,6 @@ def setup_distributed() -> Distributed:
     return Distributed(rank, world_size, local_rank)
 
 
-
 def linear_warmup_decay(total_steps: int, warmup_proportion: float) -> Callable[[int], float]:
     """LambdaLR factor: LambdaLR passes the 0-based index ``s`` of the coming update, the official schedules (s3prl's
     ``warmup_linear``, DPHuBERT's) count updates from 1, so ``s`` gets their factor at ``t = s + 1``."""
@@ -70,6 +69,9 @@ def linear_warmup_decay(total_steps: int, warmup_proportion: float) -> Callable[
 
 
 class Trainer:
+    """One run's training state and loop; on rank 0 it also writes the checkpoints, ``metrics.jsonl`` and
+    TensorBoard events into ``expdir``. ``resume``: a checkpoint of this runner, restored exactly."""
+
     def __init__(self, config: PretrainConfig, expdir: Path, resume: Optional[dict] = None) -> None:
         self.config = config
         self.expdir = expdir
