@@ -27,6 +27,7 @@ import yaml
 from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE, write_random_hubert
 from s3prl_distill.pretrain.config import load_config
 from s3prl_distill.audio_lists import write_length_csvs
+from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 from s3prl_distill.pretrain.runner import run
 from s3prl_distill.pretrain.teacher_cache import build_teacher_cache
 
@@ -46,9 +47,7 @@ def write_audio(root: Path, count: int, seconds: float) -> None:
 def utterances_per_second(config_path: Path, name: str, exproot: Path, overrides: str) -> float:
     """Training speed over the last epoch, as the runner logs it (one log window = one epoch)."""
     expdir = run(str(config_path), name, str(exproot), overrides, None)
-    rates = [float(line.split("utterances_per_s=")[1].split(",")[0])
-             for line in (expdir / "train.log").read_text().splitlines() if "utterances_per_s=" in line]
-    return rates[-1]
+    return metric_values(read_metrics(expdir), "utterances_per_s")[-1]
 
 
 def main() -> None:

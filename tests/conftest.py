@@ -1,64 +1,33 @@
-"""Shared fixtures: tiny models and checkpoints in the exact formats the production loaders read."""
+"""Shared fixtures: tiny models, checkpoints in the exact formats the production loaders read, generated audio.
+
+The expensive ones are session-scoped: built once per pytest(-xdist) worker, whichever test module asks first. Their
+users only read them (every test that changes a file copies it into its own ``tmp_path`` first); keep it so.
+Plain helpers live in ``helpers.py``.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Tuple
 
 import pytest
 import torch
+import yaml
 
-# A DistilHuBERT-shaped student small enough for CI: the HuBERT CNN layout (stride 320, receptive field 400) with
-# thin channels, 2 layers, expand-last heads on teacher layers [1, 2, 3].
-TINY_DISTILLER_CONFIG = {
-    "extractor_mode": "default",
-    "extractor_conv_feature_layers": "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2",
-    "extractor_dropout": 0.0,
-    "feature_grad_mult": 0.1,
-    "conv_pos": 16,
-    "conv_pos_groups": 4,
-    "encoder_layers": 2,
-    "encoder_embed_dim": 48,
-    "encoder_ffn_embed_dim": 96,
-    "encoder_attention_heads": 4,
-    "activation_fn": "gelu",
-    "layer_norm_first": False,
-    "attention_type": "original",
-    "dropout": 0.1,
-    "attention_dropout": 0.1,
-    "activation_dropout": 0.1,
-    "encoder_layerdrop": 0.0,
-    "final_dim": 48,
-    "out_layer_type": "expand-last",
-    "out_layer_inter_dim": -1,
-    "n_tasks": 3,
-    "task_emb_type": "expand-last",
-    "pred_layer_id": [1, 2, 3],
-    "loss_type": "l1",
-    "cosine_loss": 1.0,
-    "feat_pen_loss": 0.0,
-    "init_teacher_conv_layers": False,
-    "init_teacher_encoder_layers": False,
-}
+from s3prl_distill.audio_lists import write_length_csvs
+from s3prl_distill.downstream_recipes.toy_emotion import write_emotion_config, write_emotion_corpus
+from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 
-
-def s3prl_distiller_model(config: Dict, seed: int = 0):
-    """s3prl's own DistillerModel (the reference implementation), randomly initialised."""
-    from s3prl.upstream.distiller.model import DistillerConfig, DistillerModel
-
-    torch.manual_seed(seed)
-    return DistillerModel(DistillerConfig(config))
-
-
-def write_s3prl_distiller_checkpoint(path: Path, config: Optional[Dict] = None, seed: int = 0) -> Path:
-    """A checkpoint written by s3prl's model code in the layout its ``distiller_local`` reads."""
-    config = dict(TINY_DISTILLER_CONFIG if config is None else config)
-    model = s3prl_distiller_model(config, seed)
-    torch.save({"Config": {"distiller": config}, "Distiller": model.state_dict()}, path)
-    return path
+# Importable from conftest as before helpers.py existed (test modules import them from here or from helpers).
+from helpers import (  # noqa: F401
+    TINY_DISTILLER_CONFIG,
+    python_env,
+    random_waves,
+    run_python,
+    s3prl_distiller_model,
+    write_s3prl_distiller_checkpoint,
+)
+from helpers import TINY_STUDENT, write_audio_tree
 
 
 @pytest.fixture
@@ -71,31 +40,44 @@ def session_distiller_ckpt(tmp_path_factory) -> Path:
     return write_s3prl_distiller_checkpoint(tmp_path_factory.mktemp("ckpt") / "distiller.ckpt")
 
 
-def python_env(autoload: bool = True, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    env = dict(os.environ)
-    env.pop("S3PRL_DISTILL_NO_AUTOLOAD", None)
-    if not autoload:
-        env["S3PRL_DISTILL_NO_AUTOLOAD"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory) -> Dict[str, Path]:
+    """A pretrain run's inputs: a tiny random hubert_local teacher, 16 generated utterances with their length CSVs,
+    and a DistilHuBERT config (6 steps, log every step) over them."""
+    folder = tmp_path_factory.mktemp("pretrain")
+    teacher = write_random_hubert(folder / "teacher.ckpt", seed=0)
+    audio = write_audio_tree(folder / "audio")
+    write_length_csvs(audio, folder / "len_for_bucket", progress=False)
+    config = {
+        "runner": {"total_steps": 6, "log_step": 1, "save_step": 3, "keep_last": 5, "gradient_clipping": 5.0,
+                   "seed": 7},
+        "optimizer": {"lr": 2.0e-3},
+        "scheduler": {"warmup_proportion": 0.0},
+        "teacher": {"name": "hubert_local", "ckpt": str(teacher)},
+        "student": TINY_STUDENT,
+        "student_init": {"feature_extractor": True, "feature_projection": True, "pos_conv": True, "layers": 2},
+        "method": {"name": "distilhubert"},
+        "data": {"root": str(audio), "bucket_dir": str(folder / "len_for_bucket"), "sets": ["train-tiny"],
+                 "train_batch_size": 4, "max_length": 12000, "num_workers": 0},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return {"folder": folder, "config": path, "teacher": teacher, "audio": audio}
 
 
-def run_python(
-    args: List[str], autoload: bool = True, cwd: Optional[Path] = None, timeout: int = 600,
-    extra_env: Optional[Dict[str, str]] = None,
-) -> subprocess.CompletedProcess:
-    """Run the interpreter under test in a fresh process (start-up hooks included)."""
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env=python_env(autoload, extra_env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture(scope="session")
+def emotion_setup(tmp_path_factory) -> Tuple[Path, Path]:
+    """A tiny IEMOCAP-shaped corpus and s3prl's ER config over it: (corpus, config)."""
+    folder = tmp_path_factory.mktemp("er")
+    corpus = write_emotion_corpus(folder / "IEMOCAP")
+    return corpus, write_emotion_config(folder / "config.yaml", corpus)
 
 
-def random_waves(lengths: List[int], seed: int = 0) -> List[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return [0.1 * torch.randn(n, generator=generator) for n in lengths]
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only cost time (much of it on a loaded machine). A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

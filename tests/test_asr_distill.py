@@ -21,11 +21,10 @@ from s3prl_distill.model import (
     with_fbank_front_end,
 )
 from s3prl_distill.model.fbank import fbank_statistics, log_mel_fbank
+from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 from s3prl_distill.pretrain.teacher import HubertCodebook, codebook_from_state, read_hubert_codebook
 
-from conftest import random_waves
-from test_downstream_runner import emotion_setup, featurizer_weights_after_training  # noqa: F401 (fixture)
-from test_pretrain_runner import pretrain, setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
+from helpers import featurizer_weights_after_training, pretrain, random_waves
 
 TINY_CNN = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
 
@@ -103,7 +102,7 @@ def test_method_refuses_missing_heads():
 
 # --- the teacher's codebook -----------------------------------------------------------------------------------------
 
-def test_codebook_from_hubert_local_fairseq_file_and_a_clear_error(setup, tmp_path):  # noqa: F811
+def test_codebook_from_hubert_local_fairseq_file_and_a_clear_error(setup, tmp_path):
     from s3prl_distill.pretrain.config import TeacherConfig
     from s3prl_distill.pretrain.teacher import Teacher
 
@@ -126,7 +125,7 @@ def test_codebook_from_hubert_local_fairseq_file_and_a_clear_error(setup, tmp_pa
         read_hubert_codebook(str(tmp_path / "other.ckpt"))
 
 
-def test_teacher_without_a_codebook_and_a_wrong_head_width_are_named(setup):  # noqa: F811
+def test_teacher_without_a_codebook_and_a_wrong_head_width_are_named(setup):
     from s3prl_distill.pretrain.config import StudentInitConfig, TeacherConfig
     from s3prl_distill.pretrain.asr_distill.recipe import AsrDistillMethodConfig
     from s3prl_distill.pretrain.task import DistillationTask
@@ -197,7 +196,7 @@ def test_fbank_config_refuses_cnn_options():
 
 # --- training --------------------------------------------------------------------------------------------------------
 
-def run_config(setup, tmp_path, student: StudentConfig, method: dict, steps: int, save_step: int, name: str,  # noqa: F811
+def run_config(setup, tmp_path, student: StudentConfig, method: dict, steps: int, save_step: int, name: str,
                student_init=None):
     config = yaml.safe_load(setup["config"].read_text())
     config["student"] = student.to_dict()
@@ -211,13 +210,10 @@ def run_config(setup, tmp_path, student: StudentConfig, method: dict, steps: int
     return tmp_path / name
 
 
-def logged_losses(expdir: Path):
-    log = (expdir / "train.log").read_text().splitlines()
-    return [line for line in log if " loss=" in line]
 
 
 @pytest.mark.parametrize("shape", ["deepthin", "shallowwide"])
-def test_training_with_the_discriminative_loss(setup, tmp_path, shape):  # noqa: F811
+def test_training_with_the_discriminative_loss(setup, tmp_path, shape):
     codewords = load_checkpoint(setup["teacher"])["model_weight"]["label_embs_concat"].shape[0]
     if shape == "deepthin":
         student, init = tiny_deepthin(("logits", codewords)), None
@@ -225,9 +221,9 @@ def test_training_with_the_discriminative_loss(setup, tmp_path, shape):  # noqa:
         student = tiny_shallowwide(("cosine", 16))
         init = {"feature_extractor": True, "feature_projection": True, "pos_conv": True, "layers": 2}
     expdir = run_config(setup, tmp_path, student, {"discriminative_weight": 0.5}, 12, 12, shape, init)
-    lines = logged_losses(expdir)
-    assert len(lines) == 12 and all("discriminative/layer0=" in line and "regression/layer1=" in line for line in lines)
-    losses = [float(line.split("loss=")[1].split(",")[0]) for line in lines]
+    records = read_metrics(expdir)
+    assert len(records) == 12 and all("discriminative/layer0" in r and "regression/layer1" in r for r in records)
+    losses = metric_values(records, "loss")
     assert losses[-1] < losses[0], losses
     import s3prl.hub as hub
 
@@ -244,14 +240,14 @@ def test_training_with_the_discriminative_loss(setup, tmp_path, shape):  # noqa:
         getattr(hub, f"{wrong}_local")(ckpt=str(expdir / "states-12.ckpt"))
 
 
-def test_two_stage_fbank_run_and_resume_across_the_stage_boundary(setup, tmp_path):  # noqa: F811
+def test_two_stage_fbank_run_and_resume_across_the_stage_boundary(setup, tmp_path):
     codewords = load_checkpoint(setup["teacher"])["model_weight"]["label_embs_concat"].shape[0]
     student = tiny_deepthin(("logits", codewords), fbank=True)
     method = {"discriminative_weight": 0.5, "front_end_steps": 3}
     expdir = run_config(setup, tmp_path, student, method, 6, 1, "fbank")
-    lines = logged_losses(expdir)
-    assert all("front_end/layer0=" in line and "regression" not in line for line in lines[:3])
-    assert all("front_end" not in line and "discriminative/layer0=" in line for line in lines[3:])
+    records = read_metrics(expdir)
+    assert all("front_end/layer0" in r and not any("regression" in key for key in r) for r in records[:3])
+    assert all(not any("front_end" in key for key in r) and "discriminative/layer0" in r for r in records[3:])
 
     def weights(step):
         return load_checkpoint(expdir / f"states-{step}.ckpt")["Student"]
@@ -309,7 +305,7 @@ def test_shipped_asr_distill_configs():
 
 
 @pytest.mark.slow
-def test_s3prl_runner_trains_on_the_fbank_student(tmp_path, emotion_setup):  # noqa: F811
+def test_s3prl_runner_trains_on_the_fbank_student(tmp_path, emotion_setup):
     config = tiny_deepthin(codeword=None, fbank=True)
     torch.manual_seed(0)
     model = StudentModel(config)

@@ -2,67 +2,11 @@
 ``run_downstream.py`` in an s3prl git checkout, ``python -m s3prl.run_downstream``, and ``s3prl-distill downstream``.
 The task is ER (emotion), on a tiny IEMOCAP-shaped set generated here."""
 
-import shutil
-import sys
-from pathlib import Path
-
 import pytest
 
-from s3prl_distill.downstream_recipes.toy_emotion import (
-    EMOTIONS,
-    accuracy,
-    write_emotion_config,
-    write_emotion_corpus,
-)
+from s3prl_distill.downstream_recipes.toy_emotion import EMOTIONS, accuracy
 
-from conftest import run_python
-
-@pytest.fixture(scope="module")
-def emotion_setup(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("er")
-    corpus = write_emotion_corpus(folder / "IEMOCAP")
-    return corpus, write_emotion_config(folder / "config.yaml", corpus)
-
-
-def s3prl_checkout(folder: Path) -> Path:
-    """A folder shaped like a git checkout of s3prl (``<checkout>/s3prl/run_downstream.py``), built from the
-    installed s3prl package; returns the directory users run ``python3 run_downstream.py`` in."""
-    import s3prl
-
-    package = Path(s3prl.__file__).parent
-    target = folder / "s3prl-checkout" / "s3prl"
-    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__"))
-    return target
-
-
-def launch(way: str, arguments, tmp_path: Path):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    if way == "checkout":
-        workdir = s3prl_checkout(tmp_path)
-        command = ["run_downstream.py", *arguments]
-        # PYTHONPATH: what `pip install -e` of the checkout provides; bytecode is written so that the test can tell
-        # which s3prl was imported.
-        env = {"PYTHONPATH": str(workdir.parent), "PYTHONDONTWRITEBYTECODE": ""}
-    elif way == "module":
-        workdir, command, env = tmp_path, ["-m", "s3prl.run_downstream", *arguments], {}
-    else:
-        workdir, command, env = tmp_path, [str(Path(sys.executable).parent / "s3prl-distill"), "downstream", *arguments], {}
-    return workdir, run_python(command, cwd=workdir, extra_env=env, timeout=900)
-
-
-def featurizer_weights_after_training(upstream: str, checkpoint: Path, emotion_setup, tmp_path: Path):
-    """Train 2 steps of the toy ER task with s3prl's runner on ``upstream``; the weighted-sum weights it learnt."""
-    import torch
-
-    corpus, emotion_config = emotion_setup
-    expdir = tmp_path / "exp"
-    train = ["-m", "train", "-u", upstream, "-k", str(checkpoint), "-d", "emotion", "-c", str(emotion_config),
-             "-p", str(expdir), "--device", "cpu"]
-    _, result = launch("module", train, tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (expdir / "states-2.ckpt").is_file()
-    return torch.load(expdir / "states-2.ckpt", weights_only=False)["Featurizer"]["weights"]
-
+from helpers import featurizer_weights_after_training, launch
 
 @pytest.mark.slow
 @pytest.mark.parametrize("way", ["checkout", "module", "console"])
@@ -100,7 +44,7 @@ def test_runner_trains_fithubert_with_the_default_weighted_sum(tmp_path, emotion
     from s3prl_distill.formats.native import export_student
     from s3prl_distill.model import StudentModel
 
-    from test_fithubert import tiny_fithubert
+    from helpers import tiny_fithubert
 
     config = tiny_fithubert()
     torch.manual_seed(0)

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import torch
 
-from s3prl_distill.pretrain.config import load_config
-from s3prl_distill.pretrain.runner import Trainer
 
-from test_pretrain_runner import setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
+from helpers import make_trainer
 
 # Tensor -> Python conversions: on a GPU each one waits for the device to finish all queued work.
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
@@ -19,11 +17,6 @@ READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "num
 # waveforms (s3prl's own code inside it is not ours to change), and the student's padding check reads CPU lengths.
 HOST_SIDE = {("data.py", None), ("dataloader.py", None), ("fetch.py", None), ("teacher.py", "forward"),
              ("task.py", "_padded_lengths")}
-
-
-def make_trainer(setup, expdir: Path, overrides: str) -> Trainer:  # noqa: F811
-    expdir.mkdir(parents=True, exist_ok=True)
-    return Trainer(load_config(setup["config"], overrides), expdir)
 
 
 def host_side(frame) -> bool:
@@ -35,7 +28,7 @@ def host_side(frame) -> bool:
     return False
 
 
-def test_no_tensor_is_read_back_between_logs(setup, tmp_path, monkeypatch):  # noqa: F811
+def test_no_tensor_is_read_back_between_logs(setup, tmp_path, monkeypatch):
     # Padded batches too: max_length above the shortest utterances (0.5 s = 8000 samples).
     trainer = make_trainer(setup, tmp_path / "run", "config.runner.total_steps=4,,config.runner.log_step=4,,"
                                                      "config.runner.save_step=4,,config.data.max_length=16000")
@@ -69,7 +62,7 @@ def test_no_tensor_is_read_back_between_logs(setup, tmp_path, monkeypatch):  # n
     assert reads == []
 
 
-def test_non_finite_gradients_skip_the_update_and_are_reported(setup, tmp_path, caplog):  # noqa: F811
+def test_non_finite_gradients_skip_the_update_and_are_reported(setup, tmp_path, caplog):
     # A constant lr: a decaying schedule gives the last update (here step 3, checked to train) lr 0.
     trainer = make_trainer(setup, tmp_path / "run", "config.runner.total_steps=3,,config.runner.log_step=3,,"
                                                     "config.runner.save_step=3,,config.scheduler.name=constant")
@@ -98,7 +91,7 @@ def test_non_finite_gradients_skip_the_update_and_are_reported(setup, tmp_path, 
     assert set(steps) == {2}  # AdamW's bias correction counts only the updates made
 
 
-def test_compiled_student_trains_like_eager(setup, tmp_path):  # noqa: F811
+def test_compiled_student_trains_like_eager(setup, tmp_path):
     overrides = ("config.runner.total_steps=2,,config.runner.save_step=2,,config.runner.log_step=2,,"
                  "config.student.encoder.dropout=0.0,,config.student.encoder.attention_dropout=0.0,,"
                  "config.student.encoder.activation_dropout=0.0")

@@ -10,19 +10,10 @@ from s3prl_distill.checkpoint import CheckpointError, load_checkpoint, save_chec
 from s3prl_distill.formats.native import export_student
 from s3prl_distill.formats.fithubert import export_lightning
 from s3prl_distill.model import StudentConfig, StudentModel, fithubert_config
-
-from conftest import random_waves
+from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 from s3prl_distill.upstream.interfaces import pad_waveforms
-from test_pretrain_runner import pretrain, setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
 
-
-def tiny_fithubert(layers: int = 3, out_dim: int = 48) -> StudentConfig:
-    data = fithubert_config().to_dict()
-    data["feature_extractor"]["conv_layers"] = "[(16,10,5)] + [(24,1,1)] + [(24,3,2)]*4 + [(32,1,1)] + [(32,2,2)]*2"
-    data["encoder"].update(num_layers=layers, embed_dim=48, ffn_dim=48, num_heads=4, pos_conv_kernel=16,
-                           pos_conv_groups=4)
-    data["prediction_head"] = {"type": "layerwise", "target_layers": list(range(1, layers + 1)), "out_dim": out_dim}
-    return StudentConfig.from_dict(data)
+from helpers import pretrain, random_waves, tiny_fithubert
 
 
 def fithubert_local(**kwargs):
@@ -184,7 +175,7 @@ def test_default_location(tiny_checkpoints, monkeypatch, tmp_path):
     assert hubconf.fithubert(ckpt=str(tiny_checkpoints["ours"])) is not None  # -k wins
 
 
-def test_fithubert_distillation_steps(setup, tmp_path):  # noqa: F811
+def test_fithubert_distillation_steps(setup, tmp_path):
     config = yaml.safe_load(setup["config"].read_text())
     config["student"] = tiny_fithubert(out_dim=48).to_dict()
     config["student_init"] = {}
@@ -194,9 +185,9 @@ def test_fithubert_distillation_steps(setup, tmp_path):  # noqa: F811
     path.write_text(yaml.safe_dump(config))
     result = pretrain(["-g", str(path), "-n", "fit", "-p", str(tmp_path)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    log = (tmp_path / "fit" / "train.log").read_text()
-    assert "final/layer3=" in log and "hint/layer1=" in log and "hint/layer2=" in log
-    losses = [float(line.split("loss=")[1].split(",")[0]) for line in log.splitlines() if " loss=" in line]
+    records = read_metrics(tmp_path / "fit")
+    assert any("final/layer3" in r and "hint/layer1" in r and "hint/layer2" in r for r in records)
+    losses = metric_values(records, "loss")
     assert losses[-1] < losses[0]
     upstream = fithubert_local(ckpt=str(tmp_path / "fit" / "states-12.ckpt")).eval()
     with torch.no_grad():

@@ -7,7 +7,7 @@ from s3prl_distill.checkpoint import load_checkpoint
 from s3prl_distill.audio_lists import read_length_csvs, write_length_csvs
 from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig, assign, fit_kmeans, mfcc_features, train_hubert_teacher
 
-from test_pretrain_runner import write_audio_tree
+from helpers import write_audio_tree
 
 TINY = {"label_rate": 50.0, "extractor_mode": "default", "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
         "encoder_layers": 2, "encoder_embed_dim": 48, "encoder_ffn_embed_dim": 96, "encoder_attention_heads": 4,

@@ -14,59 +14,10 @@ import torch
 import yaml
 
 from s3prl_distill.checkpoint import load_checkpoint
-from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 from s3prl_distill.pretrain.config import load_config
-from s3prl_distill.audio_lists import write_length_csvs
+from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 
-from conftest import python_env, random_waves, run_python
-
-TINY_STUDENT = {
-    "feature_extractor": {"conv_layers": "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2", "grad_mult": 0.1},
-    "encoder": {"num_layers": 2, "embed_dim": 48, "ffn_dim": 96, "num_heads": 4, "pos_conv_kernel": 16,
-                "pos_conv_groups": 4},
-    "prediction_head": {"type": "expand_last", "target_layers": [1, 2, 3], "inner_dim": 48, "out_dim": 48},
-}
-
-
-def write_audio_tree(root: Path, count: int = 16, seed: int = 0) -> Path:
-    """LibriSpeech-like tree of 16 kHz mono FLAC files of 0.5-1.5 s (harmonic tones + noise)."""
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        path = root / "train-tiny" / str(100 + i % 4) / f"{100 + i % 4}-{i:04d}.flac"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        t = np.arange(int(16000 * rng.uniform(0.5, 1.5))) / 16000
-        f0 = rng.uniform(100, 300)
-        wave = sum(0.1 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 4)) + 0.01 * rng.standard_normal(t.size)
-        soundfile.write(path, wave.astype(np.float32), 16000)
-    return root
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pretrain")
-    teacher = write_random_hubert(folder / "teacher.ckpt", seed=0)
-    audio = write_audio_tree(folder / "audio")
-    write_length_csvs(audio, folder / "len_for_bucket", progress=False)
-    config = {
-        "runner": {"total_steps": 6, "log_step": 1, "save_step": 3, "keep_last": 5, "gradient_clipping": 5.0,
-                   "seed": 7},
-        "optimizer": {"lr": 2.0e-3},
-        "scheduler": {"warmup_proportion": 0.0},
-        "teacher": {"name": "hubert_local", "ckpt": str(teacher)},
-        "student": TINY_STUDENT,
-        "student_init": {"feature_extractor": True, "feature_projection": True, "pos_conv": True, "layers": 2},
-        "method": {"name": "distilhubert"},
-        "data": {"root": str(audio), "bucket_dir": str(folder / "len_for_bucket"), "sets": ["train-tiny"],
-                 "train_batch_size": 4, "max_length": 12000, "num_workers": 0},
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return {"folder": folder, "config": path, "teacher": teacher, "audio": audio}
-
-
-def pretrain(args, cwd: Path, timeout: int = 600, **kwargs):
-    return run_python(["-m", "s3prl_distill.pretrain", *args], cwd=cwd, timeout=timeout, **kwargs)
-
+from helpers import pretrain, python_env, random_waves, run_python
 
 def student_weights(path: Path) -> dict:
     return load_checkpoint(path)["Distiller"]
@@ -77,8 +28,7 @@ def test_distillation_reduces_the_loss_and_checkpoints_load_everywhere(setup, tm
                        "-o", "config.runner.total_steps=30,,config.runner.save_step=15"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     expdir = tmp_path / "run"
-    log = (expdir / "train.log").read_text()
-    losses = [float(line.split("loss=")[1].split(",")[0]) for line in log.splitlines() if " loss=" in line]
+    losses = metric_values(read_metrics(expdir), "loss")
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
     assert sorted(p.name for p in expdir.glob("states-*.ckpt")) == ["states-15.ckpt", "states-30.ckpt"]
@@ -140,6 +90,12 @@ def test_kill_and_resume_is_bit_identical(setup, tmp_path):
     for x, y in zip(full_ckpt["Optimizer"]["state"].values(), resumed_ckpt["Optimizer"]["state"].values()):
         assert torch.equal(x["exp_avg"], y["exp_avg"]) and torch.equal(x["exp_avg_sq"], y["exp_avg_sq"])
 
+    # metrics.jsonl: each step once; those after the kill are the resumed run's, equal to the uninterrupted run's.
+    records = read_metrics(killed_dir)
+    assert [record["step"] for record in records] == list(range(1, 41))
+    assert metric_values(records, "loss") == pytest.approx(metric_values(read_metrics(tmp_path / "full"), "loss"),
+                                                           rel=1e-6)
+
     finished = pretrain(["-e", str(killed_dir)], cwd=tmp_path)
     assert finished.returncode == 0 and "already finished at step 40" in finished.stderr
 
@@ -157,6 +113,7 @@ def test_two_process_ddp_equals_one_process(setup, tmp_path):
         cwd=tmp_path, timeout=600, extra_env={"OMP_NUM_THREADS": "1"},
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert [record["step"] for record in read_metrics(tmp_path / "ddp")] == [1, 2, 3]  # rank 0 writes, once
     one, two = student_weights(tmp_path / "single" / "states-3.ckpt"), student_weights(tmp_path / "ddp" / "states-3.ckpt")
     moved = max((one[k] - load_initial(setup, k)).abs().max().item() for k in one if k.startswith("encoder.layers"))
     assert moved > 1e-4  # training happened

@@ -19,9 +19,7 @@ from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
 from s3prl_distill.model import StudentConfig, StudentModel, pruning_student_config
 from s3prl_distill.model.pruning import expected_num_parameters, final_num_parameters, prune
 
-from conftest import random_waves
-from test_pretrain_runner import setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
-from test_pruning import ALL_GATES, gated_student, torchaudio_reference
+from helpers import ALL_GATES, gated_student, random_waves, torchaudio_reference
 
 E = 48  # the tiny models' width
 
@@ -296,7 +294,7 @@ def test_wavlm_layer_0_keeps_its_attention():
 
 # --- prune -> final distillation -> export -> dphubert_local ------------------------------------------------------
 
-def test_prune_final_distillation_and_export(setup, tmp_path):  # noqa: F811
+def test_prune_final_distillation_and_export(setup, tmp_path):
     import s3prl.hub as hub
 
     from s3prl_distill.cli import main

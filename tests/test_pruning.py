@@ -13,7 +13,7 @@ from s3prl_distill.checkpoint import CheckpointError, save_checkpoint
 from s3prl_distill.formats.fairseq import teacher_copy_config
 from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT, write_random_hubert
 from s3prl_distill.formats.s3prl_wavlm import TINY_WAVLM, write_random_wavlm
-from s3prl_distill.model import PruningConfig, StudentConfig, StudentModel, pruning_student_config
+from s3prl_distill.model import StudentConfig, StudentModel, pruning_student_config
 from s3prl_distill.model.gates import STRETCH, TEMPERATURE, HardConcreteGate
 from s3prl_distill.model.pruning import (
     SparsityPenalty,
@@ -22,27 +22,10 @@ from s3prl_distill.model.pruning import (
     prune,
 )
 from s3prl_distill.pretrain.config import StudentInitConfig, TeacherConfig
+from s3prl_distill.pretrain.metrics import read_metrics
 from s3prl_distill.pretrain.teacher import Teacher, initialise_student
 
-from conftest import random_waves
-from test_downstream_runner import emotion_setup, featurizer_weights_after_training  # noqa: F401 (fixture)
-from test_pretrain_runner import pretrain, setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
-
-ALL_GATES = PruningConfig(attention_layers=True, ffn_layers=True)
-
-
-def gated_student(wavlm: bool, pruning: PruningConfig = ALL_GATES, seed: int = 0) -> StudentModel:
-    """A tiny teacher copy with every kind of gate, log_alpha spread so that some units of each kind are off."""
-    config = pruning_student_config(teacher_copy_config(TINY_WAVLM if wavlm else TINY_HUBERT),
-                                    target_groups=[[0], [1, 2, 3]], pruning=pruning)
-    torch.manual_seed(seed)
-    model = StudentModel(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("log_alpha"):
-                parameter.normal_(0.5, 3.0)
-    return model
-
+from helpers import featurizer_weights_after_training, gated_student, pretrain, random_waves, torchaudio_reference
 
 # --- gates ----------------------------------------------------------------------------------------------------------
 
@@ -163,47 +146,6 @@ def test_a_teacher_copy_computes_the_teachers_hidden_states(tmp_path, name, writ
         assert (a - b).abs().max() < 1e-4
 
 
-def torchaudio_reference(wavlm: bool):
-    """A tiny torchaudio model (the code DPHuBERT's is derived from) and its DPHuBERT-format checkpoint."""
-    from torchaudio.models import wav2vec2_model, wavlm_model
-
-    common = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(32, 10, 5)] + [(32, 3, 2)] * 4 +
-                  [(32, 2, 2)] * 2, extractor_conv_bias=False, encoder_embed_dim=48, encoder_projection_dropout=0.0,
-                  encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4, encoder_num_layers=3,
-                  encoder_attention_dropout=0.0, encoder_ff_interm_features=96, encoder_ff_interm_dropout=0.0,
-                  encoder_dropout=0.0, encoder_layer_norm_first=False, encoder_layer_drop=0.0, aux_num_out=None)
-    torch.manual_seed(3)
-    if wavlm:
-        model = wavlm_model(**common, encoder_num_heads=4, encoder_num_buckets=32, encoder_max_distance=64)
-    else:
-        model = wav2vec2_model(**common, encoder_num_heads=4)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name or "gru_rel_pos_const" in name:
-                parameter.add_(0.1 * torch.randn_like(parameter))
-    state = dict(model.state_dict())
-    state["feature_extractor.dummy_weight"] = torch.ones(32)
-    config = {**common, "encoder_use_attention": [True] * 3, "encoder_use_feed_forward": [True] * 3,
-              "encoder_ff_interm_features": [96] * 3, "normalize_waveform": False,
-              "extractor_prune_conv_channels": False, "encoder_prune_attention_heads": False,
-              "encoder_prune_attention_layer": False, "encoder_prune_feed_forward_intermediate": False,
-              "encoder_prune_feed_forward_layer": False}
-    if wavlm:
-        # DPHuBERT's WavLM attention has separate q/k/v projections where torchaudio has one in_proj.
-        for index in range(3):
-            prefix = f"encoder.transformer.layers.{index}.attention."
-            weight, bias = state.pop(prefix + "attention.in_proj_weight"), state.pop(prefix + "attention.in_proj_bias")
-            for name, w, b in zip(("q_proj", "k_proj", "v_proj"), weight.chunk(3), bias.chunk(3)):
-                state[f"{prefix}{name}.weight"], state[f"{prefix}{name}.bias"] = w, b
-            for part in ("weight", "bias"):
-                state[f"{prefix}out_proj.{part}"] = state.pop(f"{prefix}attention.out_proj.{part}")
-        config.update(encoder_total_num_heads=[4] * 3, encoder_remaining_heads=[[0, 1, 2, 3]] * 3,
-                      encoder_num_buckets=32, encoder_max_distance=64)
-    else:
-        config.update(encoder_num_heads=[4] * 3, encoder_head_dim=12)
-    return model.eval(), {"config": config, "state_dict": state}
-
-
 @pytest.mark.parametrize("wavlm", [False, True])
 def test_official_dphubert_checkpoints_load_with_equal_outputs(tmp_path, wavlm):
     import s3prl.hub as hub
@@ -237,7 +179,7 @@ def test_official_format_errors_name_the_problem(tmp_path):
 
 # --- the whole pipeline ---------------------------------------------------------------------------------------------
 
-def test_pipeline_pretrain_prune_final_distill_and_s3prl_runner(setup, tmp_path, emotion_setup):  # noqa: F811
+def test_pipeline_pretrain_prune_final_distill_and_s3prl_runner(setup, tmp_path, emotion_setup):
     config = yaml.safe_load(setup["config"].read_text())
     student = pruning_student_config(teacher_copy_config(TINY_HUBERT), target_groups=[[0], [1, 2, 3]])
     config.update(
@@ -250,8 +192,8 @@ def test_pipeline_pretrain_prune_final_distill_and_s3prl_runner(setup, tmp_path,
     path.write_text(yaml.safe_dump(config))
     result = pretrain(["-g", str(path), "-n", "run", "-p", str(tmp_path)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    log = (tmp_path / "run" / "train.log").read_text()
-    assert "expected_params=" in log and "lambda1=" in log
+    records = read_metrics(tmp_path / "run")
+    assert any("expected_params" in r and "lambda1" in r for r in records)
     # Resume keeps λ: the checkpoint carries the method state.
     from s3prl_distill.checkpoint import load_checkpoint
 
@@ -266,7 +208,7 @@ def test_pipeline_pretrain_prune_final_distill_and_s3prl_runner(setup, tmp_path,
     final = pretrain(["-g", str(tmp_path / "pruned" / "final_distill.yaml"), "-n", "final", "-p", str(tmp_path)],
                      cwd=tmp_path)
     assert final.returncode == 0, final.stderr[-3000:]
-    assert "sparsity_penalty" not in (tmp_path / "final" / "train.log").read_text()  # no gates, no penalty
+    assert not any("sparsity_penalty" in key for r in read_metrics(tmp_path / "final") for key in r)  # no gates
     # The final student (still gate-free) goes through prune's sibling path: our upstream in s3prl's runner.
     final_ckpt = tmp_path / "final" / "states-3.ckpt"
     weights = featurizer_weights_after_training("dphubert_local", final_ckpt, emotion_setup, tmp_path)

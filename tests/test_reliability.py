@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,7 @@ from s3prl_distill.checkpoint import (
 from s3prl_distill.locking import ExclusiveLock, LockedError, directory_lock
 from s3prl_distill.pretrain.config import load_config
 
-from conftest import run_python, write_s3prl_distiller_checkpoint
-from test_pretrain_runner import pretrain, setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
+from helpers import pretrain, run_python, write_s3prl_distiller_checkpoint
 
 
 class Payload:

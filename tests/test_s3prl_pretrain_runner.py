@@ -9,7 +9,6 @@ import yaml
 from s3prl_distill.checkpoint import load_checkpoint
 
 from conftest import random_waves, run_python
-from test_pretrain_runner import setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
 
 
 def make_checkout(folder: Path) -> Path:

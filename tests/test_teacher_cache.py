@@ -13,6 +13,7 @@ from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 from s3prl_distill.losses import combine
 from s3prl_distill.pretrain.config import load_config
 from s3prl_distill.audio_lists import AudioItem, read_length_csvs
+from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 from s3prl_distill.pretrain.teacher_cache import (
     CacheMismatchError,
     CachedWindowDataset,
@@ -21,7 +22,7 @@ from s3prl_distill.pretrain.teacher_cache import (
     compute_windows,
 )
 
-from test_pretrain_runner import pretrain, setup  # noqa: F401 (module fixture: tiny teacher, audio, CSVs, config)
+from helpers import pretrain
 
 
 def test_windows_tile_each_utterance_and_end_at_its_end():
@@ -36,13 +37,13 @@ def test_windows_tile_each_utterance_and_end_at_its_end():
 
 
 @pytest.fixture(scope="module")
-def cache(setup, tmp_path_factory):  # noqa: F811
+def cache(setup, tmp_path_factory):
     output = tmp_path_factory.mktemp("cache") / "targets"
     build_teacher_cache(load_config(setup["config"]), output, batch_size=4, progress=False)
     return output
 
 
-def test_cache_layout_and_targets_equal_the_teacher_on_each_window(setup, cache):  # noqa: F811
+def test_cache_layout_and_targets_equal_the_teacher_on_each_window(setup, cache):
     from s3prl_distill.pretrain.teacher import Teacher
 
     config = load_config(setup["config"])
@@ -67,7 +68,7 @@ def test_cache_layout_and_targets_equal_the_teacher_on_each_window(setup, cache)
             assert torch.allclose(cached[:, position], expected[layer][0], atol=2e-2, rtol=2e-3)
 
 
-def test_cached_and_online_losses_agree_on_aligned_windows(setup, cache):  # noqa: F811
+def test_cached_and_online_losses_agree_on_aligned_windows(setup, cache):
     from s3prl_distill.pretrain.runner import build_data
     from s3prl_distill.pretrain.task import DistillationTask
 
@@ -94,7 +95,7 @@ def test_cached_and_online_losses_agree_on_aligned_windows(setup, cache):  # noq
     assert compared > 0
 
 
-def test_a_cache_for_another_teacher_layers_or_data_is_refused(setup, cache, tmp_path):  # noqa: F811
+def test_a_cache_for_another_teacher_layers_or_data_is_refused(setup, cache, tmp_path):
     other_teacher = write_random_hubert(tmp_path / "other.ckpt", seed=5)
     base = yaml.safe_load(setup["config"].read_text())
     cases = {
@@ -123,11 +124,10 @@ def test_a_cache_for_another_teacher_layers_or_data_is_refused(setup, cache, tmp
         build_teacher_cache(load_config(setup["config"]), cache, progress=False)
 
 
-def test_training_from_the_cache(setup, cache, tmp_path):  # noqa: F811
+def test_training_from_the_cache(setup, cache, tmp_path):
     overrides = f"config.data.teacher_cache={cache},,config.runner.total_steps=12,,config.runner.save_step=12"
     result = pretrain(["-g", str(setup["config"]), "-n", "cached", "-p", str(tmp_path), "-o", overrides], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    log = (tmp_path / "cached" / "train.log").read_text()
-    assert "no teacher forward" in log
-    losses = [float(line.split("loss=")[1].split(",")[0]) for line in log.splitlines() if " loss=" in line]
+    assert "no teacher forward" in (tmp_path / "cached" / "train.log").read_text()
+    losses = metric_values(read_metrics(tmp_path / "cached"), "loss")
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])

@@ -1,4 +1,5 @@
-"""Training fidelity of the DistilHuBERT, FitHuBERT and Wang et al. (asr_distill) recipes (issue 16).
+"""Shared machinery of the recipe-fidelity tests (issue 16): ``test_distilhubert_fidelity.py``,
+``test_fithubert_fidelity.py``, ``test_asr_distill_fidelity.py``.
 
 Each test builds a tiny student through the production path (``DistillationTask`` with a teacher cache, so the real
 ``DistillationTask.losses`` runs on teacher hidden states given here), then rebuilds the official formulation
@@ -32,7 +33,6 @@ from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -46,8 +46,8 @@ from s3prl_distill.model import (
     with_fbank_front_end,
 )
 from s3prl_distill.pretrain.config import StudentInitConfig, TeacherConfig, load_config
-from s3prl_distill.pretrain.runner import Trainer
 from s3prl_distill.pretrain.methods import build_method
+from s3prl_distill.pretrain.runner import Trainer
 from s3prl_distill.pretrain.task import DistillationTask
 from s3prl_distill.pretrain.teacher_cache import FORMAT, TeacherCache, required_layers
 
@@ -58,15 +58,6 @@ CODEBOOK_DIM, CODEWORDS = 8, 12
 SAMPLES = 4320  # 13 CNN frames (odd: FitHuBERT's time reduction drops one), 25 fbank frames -> 13
 PADDED_LENGTHS = [SAMPLES, 3500]  # 13 and 10 CNN frames
 LOSS_RTOL, GRAD_RTOL, STEP_RTOL = 1e-5, 1e-5, 1e-6
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only cost time (much of it on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- tiny students (dropout off, so train mode differs from eval only where the official code does too) -------------
@@ -217,154 +208,10 @@ def official_regression(pred: torch.Tensor, target: torch.Tensor, loss_type: str
     return rec_weight * rec + cosine_weight * sim
 
 
-def official_expand_last(head, last: torch.Tensor) -> torch.Tensor:
-    """DistillerModel.output_layer: Linear(D -> N * I) -> GELU -> SplitLinear (N blocks of I -> O, weight (N, I, O),
-    bias (1, 1, N, O)), the B x T x N*O output read as B x N x T x O."""
-    n = head.num_targets
-    inner = F.gelu(F.linear(last, head.expand.weight, head.expand.bias))
-    b, t, _ = inner.shape
-    split_weight = torch.stack([linear.weight.t() for linear in head.projections])  # (N, I, O)
-    split_bias = torch.stack([linear.bias for linear in head.projections])[None, None]  # (1, 1, N, O)
-    blocks = torch.einsum("btni,nio->btno", inner.reshape(b, t, n, -1), split_weight) + split_bias
-    return blocks.reshape(b, t, -1).reshape(b, t, n, -1).permute(0, 2, 1, 3)
 
 
 def teacher_targets(hidden: List[torch.Tensor], layers: List[int]) -> torch.Tensor:
     return torch.stack([hidden[layer] for layer in layers], dim=1)  # B x N x T x D
-
-
-# --- DistilHuBERT ----------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("padded", [False, True], ids=["equal_length", "padded"])
-def test_distilhubert_loss_and_gradients_match_s3prl(tmp_path, padded):
-    method = shipped("distilhubert").method
-    assert not method.mask_padding  # s3prl's distiller averages over padded frames too
-    task, layers = build(tmp_path, tiny_distilhubert(), method)
-    waveforms, lengths, hidden = batch(padded, frames=13)
-
-    def reference(student):
-        out = student(waveforms, student_lengths(lengths), predict=False)
-        pred = official_expand_last(student.prediction_head, out.last_hidden)
-        return official_regression(pred, teacher_targets(hidden, [1, 2, 3]), method.loss_type, method.cosine_weight)
-
-    ours_and_reference(task, waveforms, lengths, hidden, layers, reference)
-
-
-# --- FitHuBERT -------------------------------------------------------------------------------------------------------
-
-def official_fithubert_loss(student, layer_outputs: List[torch.Tensor], hidden: List[torch.Tensor],
-                            hint_layers: List[int], hint_weight: float) -> torch.Tensor:
-    """FitHuBERT's calculate_loss (rec_loss_type mse, distil_random_layer = the hint layers, random_layer_weight):
-    LayerWiseProjHead per layer (ConvTranspose1d k = s = 2, then Linear), target cut to the prediction's length,
-    hint rows x weight, then the per-layer means over (B, T, D) summed."""
-    chosen = [layer - 1 for layer in hint_layers] + [len(layer_outputs) - 1]
-    predictions = []
-    for index in chosen:
-        head = student.prediction_head.heads[index]
-        up = F.conv_transpose1d(layer_outputs[index].transpose(1, 2), head.upsampler.weight, head.upsampler.bias,
-                                stride=2).transpose(1, 2)
-        predictions.append(F.linear(up, head.projection.weight, head.projection.bias))
-    pred = torch.stack(predictions, dim=1)
-    target = teacher_targets(hidden, [index + 1 for index in chosen]).narrow(2, 0, pred.shape[2])
-    rec = F.mse_loss(pred, target, reduction="none")
-    weights = torch.ones(len(chosen), 1, 1)
-    weights[:-1] = hint_weight
-    return (rec * weights).mean((0, 2, 3)).sum()
-
-
-@pytest.mark.parametrize("padded", [False, True], ids=["equal_length", "padded"])
-def test_fithubert_loss_and_gradients_match_the_official_code(tmp_path, padded):
-    method = shipped("fithubert").method.model_copy(update={"hint_layers": [1, 2]})
-    assert method.loss_type == "mse" and method.final_weight == 1.0 and not method.mask_padding
-    task, layers = build(tmp_path, tiny_fithubert(), method)
-    waveforms, lengths, hidden = batch(padded, frames=13)  # 13 teacher frames, 12 predicted after 2x reduction
-
-    def reference(student):
-        out = student(waveforms, student_lengths(lengths), predict=False)
-        return official_fithubert_loss(student, out.layer_outputs, hidden, method.hint_layers, method.hint_weight)
-
-    ours_and_reference(task, waveforms, lengths, hidden, layers, reference)
-
-
-# --- Wang et al.: deep-thin regression + discriminative KL ----------------------------------------------------------
-
-def official_teacher_logits(hidden_last: torch.Tensor, codebook: dict, temperature: float) -> torch.Tensor:
-    """(B*T, C): cos(final_proj(h_T^last), label_embs_concat) / temperature, as the authors' compute_loss."""
-    embedded = F.linear(hidden_last, codebook["projection_weight"], codebook["projection_bias"])
-    rows = embedded.reshape(-1, 1, embedded.shape[-1])
-    return F.cosine_similarity(rows, codebook["embeddings"][None], dim=-1) / temperature
-
-
-def official_asr_distill_loss(student, out, hidden, codebook, method, projection_type: str, use_temperature: bool):
-    """The authors' compute_loss: rec + cos (layer-wise heads: one Linear per layer) + embedding_loss x KL, KL =
-    F.kl_div(log_softmax(student), log_softmax(teacher), log_target, batchmean) over the B*T rows."""
-    pred = torch.stack([F.linear(x, head.projection.weight, head.projection.bias)
-                        for x, head in zip(out.layer_outputs, student.prediction_head.heads)], dim=1)
-    loss = official_regression(pred, teacher_targets(hidden, [1, 2, 3]), method.loss_type, method.cosine_weight)
-    teacher = official_teacher_logits(hidden[-1], codebook, method.temperature)
-    embedded = F.linear(out.last_hidden, student.codeword_head.weight, student.codeword_head.bias)
-    if projection_type == "type1":  # Linear(D -> 256), scored by cosine against the teacher's label embeddings
-        rows = embedded.reshape(-1, 1, embedded.shape[-1])
-        logits = F.cosine_similarity(rows, codebook["embeddings"][None], dim=-1)
-    else:  # type2: Linear(D -> 504) logits
-        logits = embedded.reshape(-1, embedded.shape[-1])
-    if use_temperature:
-        logits = logits / method.temperature
-    kl = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(teacher, dim=-1), log_target=True,
-                  reduction="batchmean")
-    return loss + method.discriminative_weight * kl
-
-
-@pytest.mark.parametrize("head, use_temperature, padded", [
-    ("logits", None, False),  # type2 without tau: the released models
-    ("logits", True, True),  # type2 with tau
-    ("cosine", None, True),  # type1 with tau (our cosine head's default)
-    ("cosine", False, False),  # type1 without tau (the authors' use_temperature: False)
-])
-def test_asr_distill_loss_and_gradients_match_the_authors_code(tmp_path, head, use_temperature, padded):
-    method = shipped("asr_distill").method.model_copy(update={"use_temperature": use_temperature})
-    assert method.discriminative_weight > 0 and not method.mask_padding
-    codebook = random_codebook()
-    task, layers = build(tmp_path, tiny_deepthin(head), method, codebook)
-    waveforms, lengths, hidden = batch(padded, frames=13)
-    projection_type = "type1" if head == "cosine" else "type2"
-    divide = use_temperature if use_temperature is not None else head == "cosine"
-
-    def reference(student):
-        out = student(waveforms, student_lengths(lengths), predict=False)
-        return official_asr_distill_loss(student, out, hidden, codebook, method, projection_type, divide)
-
-    ours_and_reference(task, waveforms, lengths, hidden, layers, reference)
-
-
-# --- Wang et al.: the fbank front end's stage ------------------------------------------------------------------------
-
-@pytest.mark.parametrize("loss_type, padded", [("l1", False), ("l2", True)])
-def test_fbank_front_end_stage_matches_the_authors_code(tmp_path, loss_type, padded):
-    """Stage 1 (the first ``front_end_steps`` steps): nn.L1Loss / nn.MSELoss (mean over every element, padded frames
-    included) between the teacher's hidden_states[0] (s3prl: the first layer's input) and frontend_proj(front end);
-    nothing else gets a gradient. Then the normal loss."""
-    method = shipped("asr_distill", "config_fbank.yaml").method.model_copy(
-        update={"front_end_steps": 2, "loss_type": loss_type})
-    task, layers = build(tmp_path, tiny_deepthin(fbank=True), method, random_codebook())
-    assert 0 in layers
-    assert [task.in_front_end_stage(step) for step in range(4)] == [True, True, False, False]
-    waveforms, lengths, hidden = batch(padded, frames=13)
-
-    def reference(student):
-        # (Our front end's output is zero on padded frames before the head; the authors' is not: a forward
-        # difference outside this loss, so both sides here use our front end's output.)
-        out = student(waveforms, student_lengths(lengths), front_end_only=True)
-        head = student.front_end_head
-        prediction = F.linear(out.features, head.weight, head.bias)
-        loss = F.l1_loss if loss_type == "l1" else F.mse_loss
-        return loss(hidden[0], prediction, reduction="mean")
-
-    ours_and_reference(task, waveforms, lengths, hidden, layers, reference, step=1)
-    # Only the front end and its head train in this stage.
-    combine(task.losses(task.student, waveforms, lengths, 1, cached(hidden, layers))).backward()
-    trained = sorted({name.split(".")[0] for name, p in task.student.named_parameters() if p.grad is not None})
-    assert trained == ["fbank", "front_end_head"]
 
 
 # --- one optimizer step, as the runner builds it ---------------------------------------------------------------------
@@ -454,38 +301,3 @@ def runner_config(recipe: str, name: str = "config.yaml", total_steps: int = 20,
     runner = {"total_steps": total_steps, **({} if clip is None else {"gradient_clipping": clip})}
     return SimpleNamespace(optimizer=config.optimizer, scheduler=config.scheduler,
                            runner=config.runner.model_copy(update=runner))
-
-
-def test_distilhubert_optimizer_steps_match_s3prl(tmp_path):
-    # s3prl's runner clips at runner.gradient_clipping (5.0); a smaller value here makes clipping act on this batch.
-    config = runner_config("distilhubert", clip=0.05)
-    task, layers = build(tmp_path, tiny_distilhubert(), shipped("distilhubert").method)
-    waves, lengths, hidden = batch(False, frames=13)
-    waves2, lengths2, hidden2 = batch(True, frames=13, seed=2)
-    steps = [(waves, lengths, cached(hidden, layers), 0), (waves2, lengths2, cached(hidden2, layers), 1)]
-    assert_steps_match_s3prl(task, config, steps, max_norm=0.05, our_clip=0.05)
-
-
-def test_fithubert_optimizer_steps_match_the_official_run(tmp_path):
-    config = runner_config("fithubert")
-    method = shipped("fithubert").method.model_copy(update={"hint_layers": [1, 2]})
-    task, layers = build(tmp_path, tiny_fithubert(), method)
-    waves, lengths, hidden = batch(False, frames=13)
-    waves2, lengths2, hidden2 = batch(True, frames=13, seed=2)
-    steps = [(waves, lengths, cached(hidden, layers), 0), (waves2, lengths2, cached(hidden2, layers), 1)]
-    # The official Lightning run does not clip, and neither does the shipped config (gradient_clipping: null).
-    assert config.runner.gradient_clipping is None
-    assert_steps_match_s3prl(task, config, steps, max_norm=None, our_clip=config.runner.gradient_clipping)
-
-
-def test_fbank_two_stage_optimizer_steps_match_the_authors_code(tmp_path):
-    """Step 1 trains the front end only: the encoder and heads have no gradient, so s3prl's optimizer leaves them
-    alone and their step counters at 0. Step 2 (the second stage) is their first update: t = 1, their own warm-up,
-    while the front end's parameters are at t = 2."""
-    config = runner_config("asr_distill", "config_fbank.yaml", clip=0.05)
-    method = shipped("asr_distill", "config_fbank.yaml").method.model_copy(update={"front_end_steps": 1})
-    task, layers = build(tmp_path, tiny_deepthin(fbank=True), method, random_codebook())
-    waves, lengths, hidden = batch(False, frames=13)
-    waves2, lengths2, hidden2 = batch(True, frames=13, seed=2)
-    steps = [(waves, lengths, cached(hidden, layers), 0), (waves2, lengths2, cached(hidden2, layers), 1)]
-    assert_steps_match_s3prl(task, config, steps, max_norm=0.05, our_clip=0.05)
