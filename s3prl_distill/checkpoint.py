@@ -34,7 +34,6 @@ from typing import IO, Any, Callable, Iterator, List, Optional, Set, Tuple, Unio
 
 import torch
 
-from .compat import S3PRL_SCHEDULES
 from .errors import UserError
 from .pickle_scan import pickle_globals
 
@@ -79,6 +78,18 @@ def _s3prl_schedule_class(module_name: str, name: str) -> Optional[type]:
         return None
     cls = getattr(module, name, None)
     return cls if isinstance(cls, type) else None
+
+
+# Schedule classes s3prl's BertAdam/Lamb optimizers keep in their param groups, pickled under the module name
+# "optimizers" (old checkpoints, scripts run in a checkout) or "s3prl.optimizers".
+S3PRL_SCHEDULES = (
+    "ConstantLR",
+    "WarmupConstantSchedule",
+    "WarmupCosineSchedule",
+    "WarmupCosineWithHardRestartsSchedule",
+    "WarmupCosineWithWarmupRestartsSchedule",
+    "WarmupLinearSchedule",
+)
 
 
 def _allowed_globals() -> list:

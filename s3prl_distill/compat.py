@@ -254,23 +254,13 @@ def patch_torch_load_namespace(torch_module: types.ModuleType) -> bool:
     return True
 
 
-# Schedule classes s3prl's BertAdam/Lamb optimizers keep in their param groups, pickled under the module name
-# "optimizers" (old checkpoints, scripts run in a checkout) or "s3prl.optimizers".
-S3PRL_SCHEDULES = (
-    "ConstantLR",
-    "WarmupConstantSchedule",
-    "WarmupCosineSchedule",
-    "WarmupCosineWithHardRestartsSchedule",
-    "WarmupCosineWithWarmupRestartsSchedule",
-    "WarmupLinearSchedule",
-)
-
-
 def allow_s3prl_schedules(optimizers_module: types.ModuleType) -> List[str]:
     """s3prl's pretrain checkpoints pickle LR-schedule objects (plain data: warm-up and total steps) inside the
     optimizer state, under the module name ``optimizers`` (run from a checkout) or ``s3prl.optimizers``; torch >= 2.6
     refuses them, so ``run_pretrain.py -e`` cannot resume. Allow-list those classes, and only those."""
     import torch
+
+    from .checkpoint import S3PRL_SCHEDULES
 
     serialization = torch.serialization
     if not hasattr(serialization, "add_safe_globals") or not hasattr(optimizers_module, "get_optimizer"):
@@ -285,7 +275,7 @@ def allow_s3prl_schedules(optimizers_module: types.ModuleType) -> List[str]:
 
 
 def _guard_s3prl_loads() -> bool:
-    from .checkpoint import guard_s3prl_loads  # checkpoint imports this module: import at call time
+    from .checkpoint import guard_s3prl_loads  # at call time: checkpoint imports torch
 
     return guard_s3prl_loads()
 

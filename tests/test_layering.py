@@ -1,6 +1,7 @@
 """The package's layering, read from the source (every ``import`` / ``from`` statement, those inside functions too):
 the core ``s3prl_distill/`` imports nothing above it, ``upstream`` imports no training code, and our modules import
-each other without cycles, except the documented lazy one of the start-up hook. (Imports by computed name, such as
+each other without cycles, except the documented lazy one of the start-up hook. Imports under ``if TYPE_CHECKING:``
+only name types and never run; they are left out. (Imports by computed name, such as
 the registry's ``importlib.import_module(f"...{family}.hubconf")``, are not statements and are not seen.)"""
 
 from __future__ import annotations
@@ -69,12 +70,25 @@ def _known(name: str, modules) -> str:
     return name
 
 
+def _type_checking_only(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): its imports never run, they only name types."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING"
+
+
 def _statements(tree: ast.AST):
-    """(import node, inside a function) for every import statement of a module."""
+    """(import node, inside a function) for every import statement of a module that can run (not the type-only
+    imports under ``if TYPE_CHECKING:``)."""
     def visit(node, lazy):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 yield child, lazy
+            elif _type_checking_only(child):
+                for branch in child.orelse:
+                    yield from visit(ast.Module(body=[branch], type_ignores=[]), lazy)
+                continue
             yield from visit(child, lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
     yield from visit(tree, False)
@@ -127,6 +141,9 @@ def test_the_parser_sees_the_packages_and_their_imports():
     assert ("s3prl_distill.pretrain.runner", "s3prl_distill.pretrain.trainer") in edges
     assert ("s3prl_distill.pretrain.__main__", "s3prl_distill.pretrain.runner") in edges
     assert any(entry.lazy for entry in found if (entry.source, entry.target) in LAZY_EDGES)
+    # head_config names EncoderConfig under `if TYPE_CHECKING:` only: no runtime edge back to model.config.
+    assert ("s3prl_distill.model.config", "s3prl_distill.model.head_config") in edges
+    assert ("s3prl_distill.model.head_config", "s3prl_distill.model.config") not in edges
 
 
 def test_the_core_imports_nothing_above_it():
