@@ -12,7 +12,7 @@ from pydantic import Field, PlainValidator, SerializeAsAny, field_validator, mod
 from s3prl_distill.errors import validated
 from s3prl_distill.model.config import StrictModel, StudentConfig
 
-from .config_files import apply_overrides, config_paths, parse_overrides, read_configs  # noqa: F401 (re-exported)
+from .config_files import apply_overrides, config_paths, read_configs
 from .methods import check_compatible, validate_method_section
 from .optim import SCHEDULES as S3PRL_SCHEDULES
 

@@ -18,7 +18,7 @@ from s3prl_distill.errors import validated
 from s3prl_distill.losses import combine
 from s3prl_distill.pretrain.config import DataConfig, ModelSections, PretrainConfig
 from s3prl_distill.pretrain.config_files import read_config
-from s3prl_distill.pretrain.runner import build_data
+from s3prl_distill.pretrain.loader import build_data
 from s3prl_distill.pretrain.task import DistillationTask
 from s3prl_distill.pretrain.teacher_cache import TeacherCache
 

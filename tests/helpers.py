@@ -232,6 +232,26 @@ def s3prl_checkout(folder: Path) -> Path:
     return target
 
 
+def linked_checkout(folder: Path) -> Path:
+    """A copy of s3prl shaped like its git checkout, with our recipes linked in by ``s3prl-distill link-pretrain``
+    (in-process: the command's own code, without a second interpreter start)."""
+    from s3prl_distill.cli import main
+
+    workdir = s3prl_checkout(folder)
+    main(["link-pretrain", str(workdir.parent)])
+    for recipe in ("distilhubert", "fithubert", "asr_distill", "dphubert"):
+        for name in ("pretrain_expert.py", "config_model.yaml", "config_runner.yaml"):  # the last two generated
+            assert (workdir / "pretrain" / recipe / name).is_file(), (recipe, name)
+    return workdir
+
+
+def s3prl_run_pretrain(workdir: Path, *arguments: str) -> None:
+    """s3prl's own ``run_pretrain.py`` in the checkout ``workdir`` (CPU), which must succeed."""
+    result = run_python(["run_pretrain.py", *arguments, "--device", "cpu"], cwd=workdir,
+                        extra_env={"PYTHONPATH": str(workdir.parent)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
 def launch(way: str, arguments: List[str], tmp_path: Path) -> Tuple[Path, subprocess.CompletedProcess]:
     """s3prl's downstream runner started ``way``: from a checkout, as ``-m s3prl.run_downstream``, or by our CLI."""
     tmp_path.mkdir(parents=True, exist_ok=True)

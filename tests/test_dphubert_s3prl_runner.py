@@ -13,7 +13,7 @@ from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
 from s3prl_distill.model import pruning_student_config
 from s3prl_distill.pretrain.config import validate_config
 
-from test_s3prl_pretrain_runner import linked_checkout, s3prl_run_pretrain
+from helpers import linked_checkout, s3prl_run_pretrain
 
 STEPS = 3
 

@@ -165,7 +165,6 @@ student:
   prediction_head:
     type: layerwise
     target_layers: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-    inner_dim: null
     out_dim: 768
 student_init: {feature_extractor: false, feature_projection: false, pos_conv: false, layers: 0}
 method:

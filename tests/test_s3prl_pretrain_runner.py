@@ -1,42 +1,13 @@
 """Our recipe under s3prl's own run_pretrain.py, in a folder shaped like an s3prl git checkout."""
 
-import shutil
-from pathlib import Path
 
 import torch
 import yaml
 
 from s3prl_distill.checkpoint import load_checkpoint
 
-from conftest import random_waves, run_python
-
-
-def make_checkout(folder: Path) -> Path:
-    import s3prl
-
-    target = folder / "s3prl-checkout" / "s3prl"
-    shutil.copytree(Path(s3prl.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__"))
-    return target
-
-
-def linked_checkout(folder: Path) -> Path:
-    """A copy of s3prl shaped like its git checkout, with our recipes linked in by ``s3prl-distill link-pretrain``
-    (in-process: the command's own code, without a second interpreter start)."""
-    from s3prl_distill.cli import main
-
-    workdir = make_checkout(folder)
-    main(["link-pretrain", str(workdir.parent)])
-    for recipe in ("distilhubert", "fithubert", "asr_distill", "dphubert"):
-        for name in ("pretrain_expert.py", "config_model.yaml", "config_runner.yaml"):  # the last two generated
-            assert (workdir / "pretrain" / recipe / name).is_file(), (recipe, name)
-    return workdir
-
-
-def s3prl_run_pretrain(workdir: Path, *arguments: str) -> None:
-    """s3prl's own ``run_pretrain.py`` in the checkout ``workdir`` (CPU), which must succeed."""
-    result = run_python(["run_pretrain.py", *arguments, "--device", "cpu"], cwd=workdir,
-                        extra_env={"PYTHONPATH": str(workdir.parent)})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+from conftest import random_waves
+from helpers import linked_checkout, s3prl_run_pretrain
 
 
 def test_link_pretrain_then_s3prl_run_pretrain_trains_and_resumes(setup, tmp_path):  # noqa: F811

@@ -19,7 +19,7 @@ from s3prl_distill.upstream.interfaces import pad_waveforms
 from s3prl_distill.upstream.student.hubconf import student_local
 
 from conftest import random_waves
-from test_fithubert import tiny_fithubert
+from helpers import tiny_fithubert
 
 
 def random_student(config) -> StudentModel:
