@@ -59,8 +59,9 @@ def link_pretrain(args: argparse.Namespace) -> None:
     for folder in folders:
         print(f"{folder}: run_pretrain.py -u {folder.name} (config_model.yaml, config_runner.yaml generated from "
               f"{(folder / 'config.yaml').resolve()})")
-    print(f"now, in {folders[0].parent.parent if folders else args.checkout}: python3 run_pretrain.py -u <method> "
-          f"-n NAME [-g pretrain/<method>/config_<variant>.yaml]")
+    print(f"now, in {folders[0].parent.parent if folders else args.checkout}: python3 run_pretrain.py -u <folder> "
+          f"-n NAME [-g pretrain/<folder>/config_<variant>.yaml] (a method without a folder of its own runs in its "
+          f"recipe's: skill as -u dphubert -g pretrain/dphubert/config_skill.yaml)")
 
 
 def layer_similarity(args: argparse.Namespace) -> None:

@@ -54,31 +54,37 @@ def _read_yaml(path: Path, missing: str) -> Dict[str, Any]:
     return loaded
 
 
-def _remove(data: Dict[str, Any], keys: Any, path: Path) -> Dict[str, Any]:
-    """``data`` without the dotted ``keys``; each must exist, so a stale ``remove`` entry is noticed."""
+def _check_removals(keys: Any, path: Path) -> List[str]:
     if not isinstance(keys, list) or not all(isinstance(key, str) and key for key in keys):
         raise ConfigError(f"pretrain config {path}: {REMOVE} must be a list of dotted keys, e.g. "
                           f"[student.feature_extractor]")
+    return keys
+
+
+def _remove(data: Dict[str, Any], keys: Sequence[str], path: Optional[Path] = None) -> Dict[str, Any]:
+    """``data`` without the dotted ``keys``. Against an overlay's own base (``path`` given) each key must exist, so a
+    stale ``remove`` entry is noticed; against files merged before it (``-g a.yaml -g overlay.yaml``), absent keys
+    are fine."""
     data = copy.deepcopy(data)
     for key in keys:
         *sections, last = key.split(".")
         target = data
         for section in sections:
             target = target.get(section) if isinstance(target, dict) else None
-        if not isinstance(target, dict) or last not in target:
+        if isinstance(target, dict) and last in target:
+            del target[last]
+        elif path is not None:
             raise ConfigError(f"pretrain config {path}: {REMOVE} names {key}, which its base does not have")
-        del target[last]
     return data
 
 
-def read_config(path: PathLike, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
-    """One config file as a mapping, its ``extends`` chain resolved (without the reserved keys)."""
-    path = Path(path)
+def _resolve(path: Path, seen: Tuple[Path, ...]) -> Tuple[Dict[str, Any], List[str]]:
+    """A file's mapping with its ``extends`` chain resolved, and every key its chain removes."""
     real = path.resolve()
-    if real in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, real))
+    if real in seen:
+        chain = " -> ".join(str(p) for p in (*seen, real))
         raise ConfigError(f"pretrain config {path}: {EXTENDS} forms a cycle ({chain})")
-    missing = f"pretrain config {_seen[-1]}: its {EXTENDS} base {path} does not exist" if _seen \
+    missing = f"pretrain config {seen[-1]}: its {EXTENDS} base {path} does not exist" if seen \
         else f"pretrain config {path} does not exist"
     data = _read_yaml(path, missing)
     base_name = data.pop(EXTENDS, None)
@@ -86,20 +92,29 @@ def read_config(path: PathLike, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     if base_name is None:
         if removed is not None:
             raise ConfigError(f"pretrain config {path}: {REMOVE} needs an {EXTENDS} base to remove keys from")
-        return data
+        return data, []
     if not isinstance(base_name, str) or not base_name:
         raise ConfigError(f"pretrain config {path}: {EXTENDS} must be a file name (relative to {real.parent})")
-    base = read_config(real.parent / base_name, (*_seen, real))
+    base, removals = _resolve(real.parent / base_name, (*seen, real))
     if removed is not None:
-        base = _remove(base, removed, path)
-    return merge(base, data)
+        base = _remove(base, _check_removals(removed, path), path)
+        removals = [*removals, *removed]
+    return merge(base, data), removals
+
+
+def read_config(path: PathLike) -> Dict[str, Any]:
+    """One config file as a mapping, its ``extends`` chain resolved (without the reserved keys)."""
+    return _resolve(Path(path), ())[0]
 
 
 def read_configs(paths: Sequence[PathLike]) -> Dict[str, Any]:
-    """Several config files deep-merged in order, each with its ``extends`` chain resolved."""
+    """Several config files deep-merged in order, each with its ``extends`` chain resolved; what an overlay removes
+    from its base is removed from the files before it too (``-g config.yaml -g config_fbank.yaml`` reads as
+    ``-g config_fbank.yaml``)."""
     data: Dict[str, Any] = {}
     for path in paths:
-        data = merge(data, read_config(path))
+        loaded, removals = _resolve(Path(path), ())
+        data = merge(_remove(data, removals), loaded)
     return data
 
 

@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Tuple, Type
+from typing import Any, Dict, Iterator, Mapping, Tuple, Type, get_args
 
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
@@ -45,6 +45,10 @@ def register_method(name: str, config: Type[StrictModel], recipe: Type[Method], 
     """Add a method (``name`` must be new); returns its spec."""
     if name in METHODS:
         raise ValueError(f"a method named {name!r} is already registered ({METHODS[name].recipe.__qualname__})")
+    field = config.model_fields.get("name")
+    if field is None or name not in get_args(field.annotation):
+        raise ValueError(f"register_method({name!r}): {config.__qualname__} needs a field `name: Literal[...]` that "
+                         f"accepts {name!r}, so that `method: {{name: {name}}}` validates with it")
     spec = MethodSpec(name, config, recipe, family)
     METHODS[name] = spec
     return spec

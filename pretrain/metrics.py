@@ -16,7 +16,14 @@ import os
 from pathlib import Path
 from typing import Dict, List, Union
 
+from s3prl_distill.errors import UserError
+
 METRICS_NAME = "metrics.jsonl"
+
+
+class MetricsError(UserError, ValueError):
+    """A ``metrics.jsonl`` line that is not a record (edited by hand, or another file under that name): named with
+    its line, and the file is left as it is (a resume stops instead of rewriting it)."""
 
 
 def _complete_records(path: Path) -> List[dict]:
@@ -32,9 +39,9 @@ def _complete_records(path: Path) -> List[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not a JSON record ({error.msg})") from None
+            raise MetricsError(f"{path}, line {number}: not a JSON record ({error.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise ValueError(f"{path}, line {number}: a metrics record is an object with an integer 'step'")
+            raise MetricsError(f"{path}, line {number}: a metrics record is an object with an integer 'step'")
         records.append(record)
     return records
 
@@ -43,7 +50,7 @@ def read_metrics(expdir: Union[str, Path]) -> List[Dict[str, float]]:
     """The records of a run directory's ``metrics.jsonl`` (or of that file itself), in step order.
 
     Raises ``FileNotFoundError`` naming the file when the run has none (a run of s3prl's ``run_pretrain.py`` logs to
-    TensorBoard only), and ``ValueError`` naming the line for a malformed record.
+    TensorBoard only), and :class:`MetricsError` naming the line for a malformed record.
     """
     path = Path(expdir)
     if path.is_dir():

@@ -8,11 +8,12 @@ traceback.
 from __future__ import annotations
 
 import re
-from typing import Any, Type, TypeVar
+from typing import TYPE_CHECKING, Any, Type, TypeVar
 
-from pydantic import BaseModel, ValidationError
+if TYPE_CHECKING:  # pydantic is imported where a config is validated: the command line's --help does without it
+    from pydantic import BaseModel, ValidationError
 
-Model = TypeVar("Model", bound=BaseModel)
+Model = TypeVar("Model", bound="BaseModel")
 
 
 class UserError(Exception):
@@ -30,13 +31,15 @@ class UnknownUpstreamError(UserError, ValueError):
 def validated(model: Type[Model], data: Any, what: str) -> Model:
     """``model.model_validate(data)``, or a :class:`ConfigError` that starts with ``what`` (e.g. ``invalid pretrain
     config run.yaml``) and names every offending key (``section.key: unknown key`` / the validator's message)."""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(f"{what}:{format_validation_error(error)}") from None
 
 
-def format_validation_error(error: ValidationError) -> str:
+def format_validation_error(error: "ValidationError") -> str:
     """One problem: `` key: message``; several: one indented line each."""
     problems = []
     for item in error.errors():

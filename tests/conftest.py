@@ -18,16 +18,7 @@ from s3prl_distill.audio_lists import write_length_csvs
 from s3prl_distill.downstream_recipes.toy_emotion import write_emotion_config, write_emotion_corpus
 from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 
-# Importable from conftest as before helpers.py existed (test modules import them from here or from helpers).
-from helpers import (  # noqa: F401
-    TINY_DISTILLER_CONFIG,
-    python_env,
-    random_waves,
-    run_python,
-    s3prl_distiller_model,
-    write_s3prl_distiller_checkpoint,
-)
-from helpers import TINY_STUDENT, write_audio_tree
+from helpers import TINY_STUDENT, write_audio_tree, write_s3prl_distiller_checkpoint
 
 
 @pytest.fixture

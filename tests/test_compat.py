@@ -11,7 +11,7 @@ import torch
 
 from s3prl_distill import compat
 
-from conftest import run_python
+from helpers import run_python
 
 # Run in a fresh process with the automatic hook off: install the torchaudio guard, apply every patch except
 # SKIP, then run SCENARIO. Prints "OK" or "FAIL <exception>".

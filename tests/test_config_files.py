@@ -90,3 +90,12 @@ def test_a_variant_takes_a_snippet_and_overrides_like_any_config(tmp_path):
     config = load_config([PRETRAIN / "dphubert" / "config_skill.yaml", snippet], "config.runner.total_steps=7")
     assert config.student.prediction_head.target_groups == [[0, 1], [2, 3, 4]]
     assert (config.runner.total_steps, config.teacher.name, config.method.name) == (7, "wavlm_local", "skill")
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_base_then_variant_as_two_files_reads_as_the_variant(name):
+    """``-g config.yaml -g config_fbank.yaml``: what the variant removes from its base goes from the earlier file
+    too, so the pair gives the variant (the fbank front end without the CNN sections) rather than a mix."""
+    path = PRETRAIN / name
+    assert read_configs([path.parent / "config.yaml", path]) == read_config(path)
+    assert load_config([path.parent / "config.yaml", path]) == load_config(path)

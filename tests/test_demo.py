@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_python
+from helpers import run_python
 
 COMMAND = str(Path(sys.executable).parent / "s3prl-distill")
 

@@ -13,7 +13,7 @@ from s3prl_distill.formats.s3prl_distiller import (
 )
 from s3prl_distill.model import StudentModel
 
-from conftest import TINY_DISTILLER_CONFIG, random_waves, write_s3prl_distiller_checkpoint
+from helpers import TINY_DISTILLER_CONFIG, random_waves, write_s3prl_distiller_checkpoint
 
 TOLERANCE = 1e-4
 

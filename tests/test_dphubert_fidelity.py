@@ -30,7 +30,7 @@ from s3prl_distill.pretrain.task import DistillationTask
 from s3prl_distill.pretrain.teacher import Teacher
 from s3prl_distill.pretrain.teacher_cache import cache_key
 
-from conftest import random_waves
+from helpers import random_waves
 
 # Hard-concrete constants of DPHuBERT's HardConcrete (temperature, stretch limits).
 BETA, LOW, HIGH = 2.0 / 3.0, -0.1, 1.1

@@ -3,6 +3,8 @@ encoder's output; hidden state 0 under both conventions."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ from s3prl_distill.model import (
     hidden_state_zero,
 )
 
-from conftest import random_waves
+from helpers import random_waves
 
 TINY = {
     "feature_extractor": {"conv_layers": "[(16,10,5)] + [(16,3,2)]*4 + [(16,2,2)]*2"},
@@ -67,15 +69,27 @@ def test_the_type_defaults_to_expand_last():
 
 @pytest.mark.parametrize("head, key", [
     ({"type": "expand_last", "target_groups": [[1, 2]]}, "prediction_head.expand_last.target_groups"),
-    ({"type": "expand_last", "group_target": "mean"}, "prediction_head.expand_last.group_target"),
     ({"type": "layerwise", "target_layers": [1, 2, 3], "layer_zero": "transformer_input"},
      "prediction_head.layerwise.layer_zero"),
-    ({"type": "layerwise", "target_layers": [1, 2, 3], "inner_dim": 64}, "prediction_head.layerwise.inner_dim"),
-    ({"type": "projection", "target_groups": [[0], [1]], "inner_dim": 64}, "prediction_head.projection.inner_dim"),
+    ({"type": "layerwise", "target_layers": [1, 2, 3], "out_dim": 24, "kernel": 3}, "prediction_head.layerwise.kernel"),
 ])
 def test_a_field_of_another_head_type_is_an_unknown_key(head, key):
     with pytest.raises(ConfigError, match=f"saved.yaml: {key}: unknown key"):
         student_config(head)
+
+
+@pytest.mark.parametrize("head, key", [
+    ({"type": "expand_last", "target_layers": [1, 2], "out_dim": 24, "group_target": "mean"}, "group_target"),
+    ({"type": "layerwise", "target_layers": [1, 2, 3], "out_dim": 24, "inner_dim": 64}, "inner_dim"),
+    ({"type": "projection", "target_groups": [[0], [1]], "out_dim": 32, "inner_dim": 64}, "inner_dim"),
+])
+def test_a_value_older_versions_ignored_on_this_head_type_is_dropped_with_a_warning(head, key, caplog):
+    """The single head class of older versions accepted these keys on every head type and ignored them where they
+    did nothing, and saved configs carry them: they still load, as the head without them, and the user hears."""
+    with caplog.at_level(logging.WARNING, logger="s3prl_distill.model.head_config"):
+        loaded = student_config(head).prediction_head
+    assert loaded == student_config({k: v for k, v in head.items() if k != key}).prediction_head
+    assert f"{key}={head[key]!r} ignored" in caplog.text
 
 
 def test_bad_head_types_and_projection_layers_are_named():

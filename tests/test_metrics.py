@@ -7,7 +7,8 @@ import math
 import pytest
 
 from s3prl_distill.checkpoint import load_checkpoint
-from s3prl_distill.pretrain.metrics import METRICS_NAME, MetricsWriter, metric_values, read_metrics
+from s3prl_distill.errors import UserError
+from s3prl_distill.pretrain.metrics import METRICS_NAME, MetricsError, MetricsWriter, metric_values, read_metrics
 from s3prl_distill.pretrain.runner import Trainer
 
 from helpers import make_trainer
@@ -64,3 +65,13 @@ def test_reading_a_bad_or_missing_file_names_it(tmp_path):
     path.write_text(json.dumps({"loss": 1.0}) + "\n")
     with pytest.raises(ValueError, match="line 1: a metrics record is an object with an integer 'step'"):
         read_metrics(tmp_path)
+
+
+def test_a_resume_over_a_malformed_file_stops_with_its_line_and_leaves_it_as_it_is(tmp_path):
+    path = tmp_path / METRICS_NAME
+    text = json.dumps({"step": 1, "loss": 1.0}) + "\n{half a record\n" + json.dumps({"step": 3, "loss": 0.5}) + "\n"
+    path.write_text(text)
+    with pytest.raises(MetricsError, match=f"{path}, line 2: not a JSON record") as error:
+        MetricsWriter(tmp_path, resumed_step=3)
+    assert isinstance(error.value, UserError)  # the command line prints the message, without a traceback
+    assert path.read_text() == text

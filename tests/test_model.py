@@ -3,7 +3,7 @@ import torch
 
 from s3prl_distill.model import StudentConfig, StudentModel, distilhubert_config
 
-from conftest import random_waves
+from helpers import random_waves
 
 
 def tiny_config(**overrides) -> StudentConfig:

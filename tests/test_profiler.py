@@ -23,7 +23,7 @@ from s3prl_distill.profiler import (
     specs_from_lists,
 )
 
-from conftest import run_python
+from helpers import run_python
 
 
 class ToyUpstream(torch.nn.Module):

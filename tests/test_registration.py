@@ -8,7 +8,7 @@ from pathlib import Path
 import s3prl_distill
 from s3prl_distill import registry
 
-from conftest import run_python
+from helpers import run_python
 
 OURS = ["deepthin_fbank_local", "deepthin_fbank_url", "deepthin_local", "deepthin_url", "distilhubert_local",
         "distilhubert_ls960", "distilhubert_url", "dphubert_local", "dphubert_url", "fithubert", "fithubert_local", "fithubert_url",

@@ -6,8 +6,7 @@ import yaml
 
 from s3prl_distill.checkpoint import load_checkpoint
 
-from conftest import random_waves
-from helpers import linked_checkout, s3prl_run_pretrain
+from helpers import linked_checkout, random_waves, s3prl_run_pretrain
 
 
 def test_link_pretrain_then_s3prl_run_pretrain_trains_and_resumes(setup, tmp_path):  # noqa: F811

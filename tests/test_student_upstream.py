@@ -18,8 +18,7 @@ from s3prl_distill.model import StudentModel, pruning_student_config
 from s3prl_distill.upstream.interfaces import pad_waveforms
 from s3prl_distill.upstream.student.hubconf import student_local
 
-from conftest import random_waves
-from helpers import tiny_fithubert
+from helpers import random_waves, tiny_fithubert
 
 
 def random_student(config) -> StudentModel:

@@ -13,7 +13,7 @@ import soundfile
 from s3prl_distill.downstream_recipes.superb import prepare
 from s3prl_distill.downstream_recipes.superb.tasks import TASKS, data_values, parse_settings, render_config
 
-from conftest import run_python
+from helpers import run_python
 
 COMMAND = str(Path(sys.executable).parent / "s3prl-distill")
 # SUPERB's ASR head (2 x BLSTM 1024) takes minutes per step on a CPU; the smoke runs use a small one.

@@ -3,7 +3,6 @@ runner and the exported checkpoint accept it with no edit anywhere else. Then th
 ``method`` section and the method's check of the student runs when the config loads, before any teacher."""
 
 import importlib.util
-import logging
 import math
 import sys
 import textwrap
@@ -21,10 +20,11 @@ from s3prl_distill.formats.native import NATIVE_FORMAT
 from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 from s3prl_distill.pretrain import runner
 from s3prl_distill.pretrain.config import load_config, validate_config
-from s3prl_distill.pretrain.methods import METHODS, registered_method
+from s3prl_distill.pretrain.methods import METHODS, register_method, registered_method
+from s3prl_distill.pretrain.metrics import read_metrics
 from s3prl_distill.registry import build_upstream
 
-from conftest import random_waves
+from helpers import random_waves
 
 # The whole recipe of a new method, as a user would write it in pretrain/toy/recipe.py.
 TOY_RECIPE = '''
@@ -150,15 +150,14 @@ def test_the_methods_check_of_the_student_runs_before_any_teacher(toy, run_confi
         load_config(write_yaml(tmp_path / "distil.yaml", distil))
 
 
-def test_the_toy_method_trains_through_the_runner_and_loads_as_an_upstream(toy, run_config, tmp_path, caplog):
-    caplog.set_level(logging.INFO)  # in-process, pytest owns the root logger: let the runner's INFO lines through
+def test_the_toy_method_trains_through_the_runner_and_loads_as_an_upstream(toy, run_config, tmp_path):
     expdir = runner.run([str(write_yaml(tmp_path / "run.yaml", run_config))], "toy", exproot=str(tmp_path))
-    log = [line for line in (expdir / "train.log").read_text().splitlines() if " loss=" in line]
-    losses = [float(line.split("loss=")[1].split(",")[0]) for line in log]
-    assert len(losses) == 2 and all(math.isfinite(loss) and loss > 0 for loss in losses)
-    for line, loss in zip(log, losses):  # each head's L1 logged; the loss is their mean times method.weight
-        per_layer = [float(line.split(f"toy_l1/layer{layer}=")[1].split(",")[0]) for layer in (2, 3)]
-        assert loss == pytest.approx(0.5 * sum(per_layer) / 2, rel=2e-3)
+    records = read_metrics(expdir)
+    assert [record["step"] for record in records] == [1, 2]
+    for record in records:  # each head's L1 logged; the loss is their mean times method.weight
+        assert math.isfinite(record["loss"]) and record["loss"] > 0
+        per_layer = [record[f"toy_l1/layer{layer}"] for layer in (2, 3)]
+        assert record["loss"] == pytest.approx(0.5 * sum(per_layer) / 2, rel=1e-5)
 
     path = expdir / "states-2.ckpt"
     checkpoint = load_checkpoint(path)
@@ -172,6 +171,13 @@ def test_the_toy_method_trains_through_the_runner_and_loads_as_an_upstream(toy, 
     assert len(outputs["hidden_states"]) == STUDENT["encoder"]["num_layers"] + 1
     assert outputs["last_hidden_state"].shape == (2, 49, 48)
     assert all(torch.isfinite(state).all() for state in outputs["hidden_states"])
+
+
+def test_a_method_registers_only_under_a_name_its_config_accepts(toy):
+    with pytest.raises(ValueError, match=r"register_method\('toy2'\): ToyMethodConfig needs a field `name: "
+                                         r"Literal\[\.\.\.\]` that accepts 'toy2'"):
+        register_method("toy2", toy.config, toy.recipe, family="student")
+    assert "toy2" not in METHODS
 
 
 def test_an_unregistered_method_is_refused_with_the_registered_names(run_config, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from s3prl_distill.checkpoint import CheckpointError, UnpickledPlaceholder, load_checkpoint, save_checkpoint
 
-from conftest import random_waves
+from helpers import random_waves
 
 
 def distilhubert_local(**kwargs):

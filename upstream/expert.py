@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
-from s3prl_distill.formats import ANY_STUDENT, StudentCheckpoint, read_student
+from s3prl_distill.formats import StudentCheckpoint, read_student
 from s3prl_distill.model import StudentModel
 
 from .interfaces import (
@@ -56,7 +56,8 @@ class OutputAdapter:
     @property
     def wanted(self) -> str:
         """The end of the refusal of a checkpoint of another family or format."""
-        return f"{self.name} expects {ANY_STUDENT}"
+        return (f"{self.name} expects a student checkpoint: ours (s3prl-distill pretrain / prune), s3prl's distiller "
+                "format or DPHuBERT's official {config, state_dict} (FitHuBERT's release: fithubert_local)")
 
     def read_options(self, model_config: ModelConfig, **kwargs: Any) -> Tuple[UpstreamOptions, Optional[Mapping]]:
         """The options given with ``-g``, and an official training YAML for ``read_student`` (none here)."""

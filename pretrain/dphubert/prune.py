@@ -26,8 +26,10 @@ from .recipe import DPHuBERT
 
 logger = logging.getLogger(__name__)
 
-# The families of the methods that train gated students (dphubert, skill), as registered.
-PRUNABLE_FAMILIES = tuple(spec.family for spec in METHODS.values() if issubclass(spec.recipe, DPHuBERT))
+def prunable_families() -> tuple:
+    """The families of the registered methods that train gated students (dphubert, skill, and any method registered
+    later on DPHuBERT's recipe)."""
+    return tuple(spec.family for spec in METHODS.values() if issubclass(spec.recipe, DPHuBERT))
 
 
 def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None) -> dict:
@@ -35,9 +37,10 @@ def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None
     (parameter counts, target, files)."""
     path = find_latest_checkpoint(Path(path))
     checkpoint = load_checkpoint(path, what="checkpoint to prune")
-    if not is_native_student(checkpoint) or checkpoint.get("Family") not in PRUNABLE_FAMILIES:
+    families = prunable_families()
+    if not is_native_student(checkpoint) or checkpoint.get("Family") not in families:
         raise CheckpointError(f"{path} is {describe_checkpoint(checkpoint)}; prune expects a checkpoint of the "
-                              f"{' or '.join(PRUNABLE_FAMILIES)} method (s3prl-distill pretrain)")
+                              f"{' or '.join(families)} method (s3prl-distill pretrain)")
     config = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)")
     if config.pruning is None:
         raise CheckpointError(f"{path} holds a student without pruning gates (already pruned?)")

@@ -7,6 +7,7 @@ own fields and building its own module; and the codeword head.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Annotated, Any, List, Literal, Optional, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
@@ -18,11 +19,16 @@ from .hidden_states import LayerZero
 if TYPE_CHECKING:
     from .config import EncoderConfig
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_HEAD_TYPE = "expand_last"
 
-# Older versions kept every head type's fields in one class and saved them all, at these values where they did
-# nothing; a saved config (or a YAML copied from one) carrying them so still loads. Any other value is an error.
-_LEGACY_NEUTRAL = {"inner_dim": None, "target_groups": None, "group_target": "each", "group_student": "mean"}
+# Older versions kept every head type's fields in one class, saved them all and ignored those of other head types:
+# these keys, with any value they accepted (``target_groups`` was refused unless null), so a config saved then (in a
+# checkpoint's StudentConfig or RunConfig, or a YAML copied from one) still loads. A value that did something on
+# another head type is dropped with a warning; any other key of another head type is an unknown key.
+_LEGACY_IGNORED = {"inner_dim": None, "group_target": "each", "group_student": "mean"}
+_LEGACY_NULL_ONLY = ("target_groups",)
 
 
 class PredictionHeadBase(StrictModel):
@@ -39,8 +45,13 @@ class PredictionHeadBase(StrictModel):
     def _drop_legacy_keys(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        stale = {key for key, neutral in _LEGACY_NEUTRAL.items()
-                 if key in data and key not in cls.model_fields and data[key] == neutral}
+        foreign = [key for key in (*_LEGACY_IGNORED, *_LEGACY_NULL_ONLY) if key in data and key not in cls.model_fields]
+        stale = [key for key in foreign if key in _LEGACY_IGNORED or data[key] is None]
+        ignored = [key for key in stale if key in _LEGACY_IGNORED and data[key] != _LEGACY_IGNORED[key]]
+        if ignored:
+            logger.warning("prediction_head of type %s: %s ignored (%s applies to other head types; older versions "
+                           "ignored it too)", data.get("type", DEFAULT_HEAD_TYPE),
+                           ", ".join(f"{key}={data[key]!r}" for key in ignored), "it" if len(ignored) == 1 else "each")
         return {key: value for key, value in data.items() if key not in stale} if stale else data
 
     def check_encoder(self, encoder: "EncoderConfig") -> None:
