@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from s3prl_distill.audio_lists import AudioItem
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
 from s3prl_distill.formats.native import describe_checkpoint, is_native_student
 from s3prl_distill.losses import LossTerm
@@ -19,7 +20,6 @@ from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.fbank import fbank_statistics
 
 from .config import DataConfig, StudentInitConfig, TeacherConfig
-from s3prl_distill.audio_lists import AudioItem
 from .method import DistillationBatch
 from .methods import build_method
 from .teacher import Teacher, initialise_student

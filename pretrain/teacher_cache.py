@@ -35,12 +35,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from s3prl_distill.audio_lists import SAMPLE_RATE, AudioItem, check_audio_files, read_length_csvs
 from s3prl_distill.errors import UserError
 from s3prl_distill.locking import ExclusiveLock
 
 from .config import DataConfig, PretrainConfig, TeacherConfig
-from s3prl_distill.audio_lists import SAMPLE_RATE, AudioItem, check_audio_files, read_length_csvs
-
 from .data import CroppedAudioDataset, collate_waveforms
 
 logger = logging.getLogger(__name__)

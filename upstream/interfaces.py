@@ -15,8 +15,8 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from s3prl_distill.errors import validated
 from s3prl_distill.checkpoint import CheckpointError
+from s3prl_distill.errors import validated
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.config import StrictModel
 from s3prl_distill.model.student import HEAD_PREFIXES

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..checkpoint import CheckpointError, latest_step_checkpoint, load_checkpoint, save_checkpoint
-from .native import describe_checkpoint, is_native_student
 from ..model.config import StudentConfig
+from .native import describe_checkpoint, is_native_student
 
 logger = logging.getLogger(__name__)
 
