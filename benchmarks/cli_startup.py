@@ -1,0 +1,95 @@
+"""Start-up time of the ``s3prl-distill`` command line: ``--help`` and an argument error, each in a fresh
+interpreter, as a user meets them.
+
+    python benchmarks/cli_startup.py [--repeats 10] [--output benchmarks/results/cli_startup.json]
+
+The commands are run round-robin (one of each per round), so a load that comes and goes on a shared machine falls on
+every command alike; the median and the spread (min, max) of each are reported, with the modules each one imported
+(``torch``, ``pydantic``, ``s3prl``: none should be, for these).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+# What a user types, and what it must not import on the way to its answer.
+COMMANDS = {
+    "--help": ["--help"],
+    "export --help": ["export", "--help"],
+    "superb --help": ["superb", "--help"],
+    "argument error": ["layer-similarity", "--measure", "nonsense"],
+}
+HEAVY = ("torch", "pydantic", "s3prl")
+PROBE = ("import sys, runpy; sys.argv = ['s3prl-distill', *sys.argv[1:]]\n"
+         "try:\n    runpy.run_module('s3prl_distill.cli', run_name='__main__')\n"
+         "except SystemExit:\n    pass\n"
+         "sys.stderr.write('IMPORTED ' + ' '.join(m for m in {heavy!r} if m in sys.modules) + '\\n')\n")
+
+
+def time_once(arguments: List[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "s3prl_distill.cli", *arguments], capture_output=True, check=False)
+    return time.perf_counter() - start
+
+
+def imported(arguments: List[str]) -> List[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *arguments], capture_output=True,
+                            text=True, check=False)
+    line = next(line for line in result.stderr.splitlines() if line.startswith("IMPORTED"))
+    return line.split()[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "cli_startup.json")
+    args = parser.parse_args()
+    times: Dict[str, List[float]] = {name: [] for name in COMMANDS}
+    python_alone: List[float] = []
+    for _ in range(args.repeats):
+        python_alone.append(_bare_python())  # the interpreter's own start, in the same rounds
+        for name, arguments in COMMANDS.items():
+            times[name].append(time_once(arguments))
+    results = {
+        name: {"median_s": round(statistics.median(values), 3), "min_s": round(min(values), 3),
+               "max_s": round(max(values), 3), "imports": imported(COMMANDS[name])}
+        for name, values in times.items()
+    }
+    report = {
+        "what": "s3prl-distill start-up, fresh interpreter per run, commands round-robin",
+        "repeats": args.repeats,
+        "machine": f"{platform.processor() or platform.machine()}, {_cpu_model()}",
+        "python_alone_median_s": round(statistics.median(python_alone), 3),
+        "commands": results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+def _bare_python() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], capture_output=True, check=False)
+    return time.perf_counter() - start
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
