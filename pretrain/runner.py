@@ -96,7 +96,7 @@ def run(
     checked, and a resumed run that already reached ``total_steps`` returns without loading its teacher or data.
     """
     trust_from_environment()  # a malformed S3PRL_DISTILL_TRUST_CHECKPOINTS fails now, not when the teacher loads
-    checkpoint, source_dir = None, None
+    checkpoint, source_dir, path = None, None, None
     if resume is not None:
         path = find_latest_checkpoint(Path(resume))
         checkpoint = load_checkpoint(path, what="checkpoint to resume")
@@ -119,7 +119,7 @@ def run(
     is_main = int(os.environ.get("RANK", "0")) == 0
     if not is_main:  # rank 0 owns the directory; the others only read it
         _configure_logging(expdir, is_main)
-        return _train(config, expdir, checkpoint)
+        return expdir if _finished(checkpoint, config, path) else _train(config, expdir, checkpoint, path)
     with directory_lock(expdir, "experiment directory",
                         hint="wait for that run to finish, or choose another -n"):
         leftovers = remove_temporary_files(expdir)
@@ -131,12 +131,23 @@ def run(
             logger.warning("--overwrite: the previous run's files are now in %s", moved_to)
         for leftover in leftovers:
             logger.info("removed %s, left by an interrupted checkpoint write", leftover)
-        if checkpoint is not None and checkpoint["TrainingState"]["step"] >= config.runner.total_steps:
-            logger.info("this run already finished at step %d (total_steps %d): nothing to do",
-                        checkpoint["TrainingState"]["step"], config.runner.total_steps)
+        if _finished(checkpoint, config, path):
             return expdir
         (expdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        return _train(config, expdir, checkpoint)
+        return _train(config, expdir, checkpoint, path)
+
+
+def _finished(checkpoint: Optional[dict], config: PretrainConfig, path: Optional[Path]) -> bool:
+    """Whether the resumed checkpoint already reached ``total_steps`` (then said so): decided from the checkpoint
+    alone, before the teacher, the student or the audio files are touched."""
+    if checkpoint is None:
+        return False
+    step = checkpoint["TrainingState"]["step"]
+    if step < config.runner.total_steps:
+        return False
+    logger.info("%s: this run already finished at step %d (runner.total_steps %d): nothing to do; to train on, "
+                "resume with -o config.runner.total_steps=<more>", path, step, config.runner.total_steps)
+    return True
 
 
 def _keep_layer_zero(run_config: dict, path: Path) -> dict:
@@ -151,8 +162,8 @@ def _keep_layer_zero(run_config: dict, path: Path) -> dict:
     return {**run_config, "student": student}
 
 
-def _train(config: PretrainConfig, expdir: Path, checkpoint: Optional[dict]) -> Path:
-    trainer = Trainer(config, expdir, checkpoint)
+def _train(config: PretrainConfig, expdir: Path, checkpoint: Optional[dict], source: Optional[Path]) -> Path:
+    trainer = Trainer(config, expdir, checkpoint, source)
     try:
         trainer.train()
     finally:

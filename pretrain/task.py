@@ -41,18 +41,20 @@ class DistillationTask:
         method,
         device: torch.device,
         cache: Optional[TeacherCache] = None,
+        initialise: bool = True,
     ) -> None:
         """With a ``cache``, targets come from it: the teacher is loaded only when the student copies weights from
-        it, and released after that."""
+        it, and released after that. ``initialise=False`` (a resume: every student weight comes from the checkpoint
+        loaded right after) skips ``student_init``, whose copies would only be overwritten."""
         self.cache = cache
-        needs_teacher = cache is None or any(value for key, value in student_init.model_dump().items()
-                                             if key != "checkpoint")
-        self.teacher = Teacher(teacher).to(device) if needs_teacher else None
+        copies_teacher = initialise and any(value for key, value in student_init.model_dump().items()
+                                            if key != "checkpoint")
+        self.teacher = Teacher(teacher).to(device) if cache is None or copies_teacher else None
         self.student_config = student
         self.student = StudentModel(student)
-        if self.teacher is not None:
+        if copies_teacher:
             initialise_student(self.student, self.teacher, student_init)
-        if student_init.checkpoint is not None:
+        if initialise and student_init.checkpoint is not None:
             load_student_checkpoint(self.student, student_init.checkpoint)
         self.student.to(device)
         self.method = build_method(method, student)

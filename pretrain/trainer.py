@@ -70,11 +70,15 @@ def linear_warmup_decay(total_steps: int, warmup_proportion: float) -> Callable[
 
 class Trainer:
     """One run's training state and loop; on rank 0 it also writes the checkpoints, ``metrics.jsonl`` and
-    TensorBoard events into ``expdir``. ``resume``: a checkpoint of this runner, restored exactly."""
+    TensorBoard events into ``expdir``. ``resume``: a checkpoint of this runner, restored exactly (the student is then
+    not initialised from the teacher: the checkpoint holds every weight); ``resume_source``: where it was read from,
+    for the log."""
 
-    def __init__(self, config: PretrainConfig, expdir: Path, resume: Optional[dict] = None) -> None:
+    def __init__(self, config: PretrainConfig, expdir: Path, resume: Optional[dict] = None,
+                 resume_source: Optional[Path] = None) -> None:
         self.config = config
         self.expdir = expdir
+        self.resume_source = resume_source
         self.dist = setup_distributed()
         if torch.cuda.is_available():
             torch.cuda.set_device(self.dist.local_rank)
@@ -90,7 +94,7 @@ class Trainer:
         torch.manual_seed(runner.seed)
         cache = TeacherCache(Path(config.data.teacher_cache)) if config.data.teacher_cache else None
         self.task = DistillationTask(config.teacher, config.student, config.student_init, config.method, self.device,
-                                     cache)
+                                     cache, initialise=resume is None)
         self.student = self.task.student
         if runner.compile:
             self.student.compile()  # in place: parameter names and checkpoints stay those of the eager module
@@ -220,7 +224,8 @@ class Trainer:
                 "resuming with %d processes instead of %d: dropout RNG is re-seeded, the run is no longer "
                 "bit-identical to an uninterrupted one", self.dist.world_size, len(rng),
             )
-        logger.info("resumed at step %d (epoch %d, batch %d)", self.step, self.epoch, self.batch_index)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", self.resume_source or "a checkpoint", self.step,
+                    self.epoch, self.batch_index)
 
     # --- training -------------------------------------------------------------------------------------------------
 

@@ -272,6 +272,7 @@ def test_two_stage_fbank_run_and_resume_across_the_stage_boundary(setup, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     again = load_checkpoint(resumed / "states-6.ckpt")["Student"]
     assert all(torch.equal(again[key], last[key]) for key in last), "resumed run differs"
+    assert "fbank normalisation statistics" not in result.stderr  # the checkpoint's, not recomputed
 
     import s3prl.hub as hub
 

@@ -80,6 +80,11 @@ def test_kill_and_resume_is_bit_identical(setup, tmp_path):
     assert not (killed_dir / "states-40.ckpt").exists()  # it really died mid-run
     resumed = pretrain(["-e", str(killed_dir / "states-4.ckpt")], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The checkpoint holds every student weight: nothing is copied from the teacher first, and the log says where
+    # the run resumed from before its first step line.
+    assert "initialised from" not in resumed.stderr
+    said = resumed.stderr.index(f"resumed from {killed_dir / 'states-4.ckpt'} at step 4")
+    assert said < resumed.stderr.index("step 5:")
 
     full_ckpt, resumed_ckpt = load_checkpoint(tmp_path / "full" / "states-40.ckpt"), load_checkpoint(killed_dir / "states-40.ckpt")
     expected, actual = full_ckpt["Distiller"], resumed_ckpt["Distiller"]
@@ -98,6 +103,7 @@ def test_kill_and_resume_is_bit_identical(setup, tmp_path):
 
     finished = pretrain(["-e", str(killed_dir)], cwd=tmp_path)
     assert finished.returncode == 0 and "already finished at step 40" in finished.stderr
+    assert f"{killed_dir / 'states-40.ckpt'}: this run already finished" in finished.stderr
 
 
 def test_two_process_ddp_equals_one_process(setup, tmp_path):
