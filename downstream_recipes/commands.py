@@ -49,6 +49,20 @@ def prepare_superb(args: argparse.Namespace) -> None:
     print("ready:", json.dumps(values, indent=2))
 
 
+def superb_config(args: argparse.Namespace) -> None:
+    from .superb.config_file import write_superb_config
+
+    written = write_superb_config(
+        args.task, Path(args.data_root), Path(args.output) if args.output else None, args.fold, args.num_workers,
+        args.steps, args.set, args.force, args.upstream, args.ckpt, args.device or default_device(),
+    )
+    print(f"{written.task.title} config written to {written.path}; train and evaluate with s3prl's runner:")
+    for command in written.commands:
+        print(f"  {command}")
+    for note in written.notes:
+        print(f"note: {note}")
+
+
 def mini_superb(args: argparse.Namespace) -> None:
     from .minisuperb import generate_minisuperb
     from .superb.tasks import parse_tasks
@@ -123,6 +137,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prep.add_argument("--tasks", default=TASKS)
     prep.add_argument("--voxceleb-split", help="VoxCeleb1's iden_split.txt (copied to VoxCeleb1/veri_test_class.txt)")
     prep.set_defaults(handler=prepare_superb)
+
+    single = commands.add_parser(
+        "superb-config", help="write one task's config with its paths filled from a data root, for s3prl's own -c")
+    single.add_argument("task", choices=TASKS.split(","), help="the SUPERB task")
+    single.add_argument("--data-root", required=True, help="folder holding the corpora (see the README's layout)")
+    single.add_argument("--fold", help="ER's test fold, 1..5 (default 1; SUPERB reports the mean of all five)")
+    single.add_argument("-o", "--output", help="the config to write (default: superb_TASK[_foldN].yaml here)")
+    single.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    single.add_argument("--num-workers", type=int, default=4, help="data loader workers (the config's num_workers)")
+    single.add_argument("--steps", type=int, help="train for this many steps (default: SUPERB's)")
+    single.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. optimizer.lr=1e-2 (unknown keys are errors)")
+    single.add_argument("-u", "--upstream", help="upstream name for the printed s3prl command (default: UPSTREAM)")
+    single.add_argument("-k", "--ckpt", help="upstream checkpoint for the printed s3prl command")
+    single.add_argument("--device", help="device for the printed s3prl command (default: cuda if available)")
+    single.set_defaults(handler=superb_config)
 
     mini = commands.add_parser(
         "mini-superb", help="generate the mini-SUPERB corpora (espeak-ng speech in the five tasks' exact layouts)"

@@ -11,7 +11,7 @@ import pytest
 import soundfile
 
 from s3prl_distill.downstream_recipes.superb import prepare
-from s3prl_distill.downstream_recipes.superb.tasks import TASKS, data_values, parse_settings, render_config
+from s3prl_distill.downstream_recipes.superb.tasks import CONFIG_DIR, TASKS, data_values, parse_settings, render_config
 
 from helpers import run_python
 
@@ -199,3 +199,122 @@ def test_voxceleb1_and_speech_commands_checks(data_root, tmp_path):
             prepare.check_speech_commands(data_root / "speech_commands")
     finally:
         (data_root / "speech_commands" / "test" / "maybe").rmdir()
+
+
+def superb_config(args, capsys):
+    """``s3prl-distill superb-config ARGS`` in this process: (exit status, stdout, stderr)."""
+    from s3prl_distill.cli import main
+
+    try:
+        main(["superb-config", *args])
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def filled_slots(template, config):
+    """``(placeholder name, value)`` for each ``${name}`` of ``template``, read from the same place in ``config``."""
+    if isinstance(template, dict):
+        return [slot for key in template for slot in filled_slots(template[key], config[key])]
+    if isinstance(template, list):
+        return [slot for item, value in zip(template, config) for slot in filled_slots(item, value)]
+    return [(template[2:-1], config)] if isinstance(template, str) and template.startswith("${") else []
+
+
+@pytest.mark.parametrize("key", list(TASKS))
+def test_superb_config_writes_what_a_sweep_runs_and_s3prl_reads_it(key, data_root, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    import yaml
+
+    import s3prl_distill
+
+    output = tmp_path / "configs" / f"{key}.yaml"
+    small = [item.partition(":")[2] for item in SMALL_HEADS] if key == "asr" else []
+    fold = ["--fold", "4"] if key == "er" else []
+    status, out, err = superb_config([key, "--data-root", str(data_root), "-o", str(output), "--num-workers", "0",
+                                      "--device", "cpu", "-u", "fbank", *fold, "--set", *small], capsys)
+    assert status == 0, err
+    text = output.read_text()
+    assert "${" not in text
+    config = yaml.safe_load(text)
+    # The sweep's own rendering of the same experiment, value for value.
+    expected = render_config(TASKS[key], data_values(data_root, [key], 0), "fold4" if key == "er" else None,
+                             settings=parse_settings([f"{key}:{item}" for item in small]).get(key))
+    assert config == expected
+    # Every placeholder became a value; those that name files name existing ones.
+    template = yaml.safe_load((CONFIG_DIR / f"{key}.yaml").read_text())
+    slots = dict(filled_slots(template, config))
+    assert slots["num_workers"] == 0 and slots.get("fold", "fold4") == "fold4"
+    paths = [path for name, value in slots.items() if name not in ("num_workers", "fold")
+             for path in (value if isinstance(value, list) else [value])]
+    assert paths and all(Path(path).is_absolute() and Path(path).exists() for path in paths), paths
+    downstream = TASKS[key].downstream
+    assert f"-u fbank -d {downstream} -c {output} -p " in out and f"-t {TASKS[key].evaluate_split} " in out
+    assert ("mean of 5 folds" in out) == (key == "er")
+
+    # s3prl's runner builds the task's expert from exactly this config: its datasets must find every file.
+    s3prl_distill.register()  # PR's corpus module (PyPI s3prl lacks it)
+    import s3prl.downstream.voxceleb1.dataset as voxceleb1
+
+    monkeypatch.setattr(voxceleb1, "CACHE_PATH", str(tmp_path / "sid-cache") + "/")
+    expert = importlib.import_module(f"s3prl.downstream.{downstream}.expert").DownstreamExpert
+    model = expert(upstream_dim=8, upstream_rate=320, **config, expdir=str(tmp_path / "exp"), downstream=downstream)
+    for split in ("train", TASKS[key].evaluate_split):
+        if key == "pr":  # s3prl's PR loader pops num_workers from the config on first use (then uses 12)
+            model.corpus["num_workers"] = 0
+        loader = model.get_dataloader(split)
+        assert len(loader.dataset) > 0 and next(iter(loader)) is not None
+
+
+def test_superb_config_refuses_bad_input_naming_it(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for key, missing in [("er", "IEMOCAP"), ("ks", "speech_commands/train"), ("sid", "VoxCeleb1"),
+                         ("pr", "LibriSpeech"), ("asr", "LibriSpeech")]:
+        status, _, err = superb_config([key, "--data-root", str(tmp_path)], capsys)
+        assert status == 2 and f"{tmp_path / missing} does not exist" in err, err
+    assert not list(tmp_path.glob("*.yaml"))
+    # A data root with LibriSpeech but no lexicon: a user error naming the folder, not a traceback.
+    (tmp_path / "pr").mkdir()
+    for split in ("train-clean-100", "dev-clean", "test-clean"):
+        (tmp_path / "LibriSpeech" / split).mkdir(parents=True)
+    status, _, err = superb_config(["pr", "--data-root", str(tmp_path)], capsys)
+    assert status == 2 and f"no lexicon*.txt in {tmp_path / 'pr'}" in err
+    good = ["--data-root", str(data_root), "--device", "cpu"]
+    for args, message in [(["ks", "--fold", "2"], "--fold 2: ks has no folds"),
+                          (["er", "--fold", "6"], "--fold 6: er has folds fold1..fold5"),
+                          (["ks", "--set", "runner.totl_steps=1"], "no such key in the ks config"),
+                          (["ks", "--set", "runner.total_steps"], "expected dotted.key=VALUE")]:
+        status, _, err = superb_config([*args, *good], capsys)
+        assert status == 2 and message in err, err
+    assert not list(tmp_path.glob("*.yaml"))
+    status, out, _ = superb_config(["er", *good, "--steps", "7"], capsys)
+    written = tmp_path / "superb_er_fold1.yaml"  # the default name, in the current folder
+    assert status == 0 and f"-c {written} " in out
+    assert "test_fold: fold1" in written.read_text() and "total_steps: 7" in written.read_text()
+    written.write_text("mine")
+    status, _, err = superb_config(["er", *good], capsys)
+    assert status == 2 and "superb_er_fold1.yaml exists; pass --force" in err and written.read_text() == "mine"
+    assert superb_config(["er", *good, "--force"], capsys)[0] == 0 and "test_fold: fold1" in written.read_text()
+
+
+def test_superb_config_writes_the_file_a_sweep_gives_s3prl(data_root, tmp_path, capsys, monkeypatch):
+    from s3prl_distill.downstream_recipes.superb import runner
+
+    def stop(arguments, log, environment=None):
+        raise InterruptedError(arguments)
+
+    monkeypatch.setattr(runner, "_s3prl", stop)  # the sweep stops where s3prl's runner would start
+    spec = runner.SweepSpec(upstream="fbank", data_root=str(data_root), name="one", tasks=["er"], steps=3,
+                            num_workers=0, settings=["er:optimizer.lr=0.01"])
+    with pytest.raises(InterruptedError) as started:
+        runner.run_unit(spec, TASKS["er"], "fold2", data_values(data_root, ["er"], 0), tmp_path / "sweep")
+    assert str(tmp_path / "sweep" / "config.yaml") in started.value.args[0]
+    mine = tmp_path / "mine.yaml"
+    status, _, err = superb_config(["er", "--data-root", str(data_root), "--fold", "2", "--steps", "3", "-o",
+                                    str(mine), "--num-workers", "0", "--set", "optimizer.lr=0.01", "--device", "cpu"],
+                                   capsys)
+    assert status == 0, err
+    assert mine.read_text() == (tmp_path / "sweep" / "config.yaml").read_text()

@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import yaml
 from tqdm import tqdm
 
 from s3prl_distill.checkpoint import latest_step_checkpoint
@@ -36,7 +35,7 @@ from s3prl_distill.locking import ExclusiveLock, directory_lock
 
 from .metrics import task_metric
 from .report import write_report
-from .tasks import TASKS, Task, data_values, parse_settings, render_config
+from .tasks import TASKS, Task, data_values, parse_settings, write_config
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +128,9 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     if done.is_file():
         return json.loads(done.read_text())
     expdir.mkdir(parents=True, exist_ok=True)
-    config = render_config(task, values, fold, spec.task_steps.get(task.key, spec.steps),
-                           spec.learning_rates.get(task.key), parse_settings(spec.settings).get(task.key))
     config_path = expdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_config(config_path, task, values, fold, spec.task_steps.get(task.key, spec.steps),
+                 spec.learning_rates.get(task.key), parse_settings(spec.settings).get(task.key))
     if task.key == "sid":
         clear_voxceleb1_cache()
     record = {"task": task.key, "fold": fold}

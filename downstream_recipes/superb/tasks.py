@@ -81,14 +81,14 @@ def data_values(data_root: Path, tasks: List[str], num_workers: int) -> Dict[str
     if "pr" in tasks:
         lexicons = sorted(str(p) for p in need("pr", "PR lexicon folder").glob("lexicon*.txt"))
         if not lexicons:
-            raise FileNotFoundError(f"PR lexicon: no lexicon*.txt in {root / 'pr'}.\n{LAYOUT}")
+            raise LayoutError(f"PR lexicon: no lexicon*.txt in {root / 'pr'}.\n{LAYOUT}")
         values["lexicon"] = lexicons
         values["phoneme_vocab"] = str(_local_or(root / "pr" / "phoneme.txt", SHIPPED_PHONEME_VOCAB))
     if "asr" in tasks:
         bucket = need("len_for_bucket", "ASR length CSVs")
         for split in ("train-clean-100", "dev-clean", "test-clean"):
             if not (bucket / f"{split}.csv").is_file():
-                raise FileNotFoundError(f"ASR length CSV {bucket / split}.csv does not exist "
+                raise LayoutError(f"ASR length CSV {bucket / split}.csv does not exist "
                                         f"(s3prl-distill prepare-data {root / 'LibriSpeech'} -o {bucket}).\n{LAYOUT}")
         values["bucket_file"] = str(bucket)
         values["char_dict"] = str(_local_or(root / "asr" / "char.dict", SHIPPED_CHAR_DICT))
@@ -121,12 +121,16 @@ def _fill(node: Any, values: Mapping[str, Any]) -> Any:
         return [_fill(value, values) for value in node]
     if isinstance(node, str):
         whole = _PLACEHOLDER.fullmatch(node)
-        if whole:
-            if whole.group(1) not in values:
-                raise KeyError(f"config placeholder ${{{whole.group(1)}}} has no value")
-            return values[whole.group(1)]
-        return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), node)
+        if whole:  # the whole value: keep the value's type (a list of lexicons, an int)
+            return _value(values, whole.group(1))
+        return _PLACEHOLDER.sub(lambda m: str(_value(values, m.group(1))), node)
     return node
+
+
+def _value(values: Mapping[str, Any], name: str) -> Any:
+    if name not in values:
+        raise KeyError(f"config placeholder ${{{name}}} has no value")
+    return values[name]
 
 
 def parse_settings(items: Optional[List[str]]) -> Dict[str, List[Tuple[List[str], Any]]]:
@@ -163,4 +167,15 @@ def render_config(
         if path[-1] not in node:
             raise KeyError(f"--set {task.key}:{'.'.join(path)}: no such key in the {task.key} config")
         node[path[-1]] = value
+    return config
+
+
+def write_config(
+    path: Path, task: Task, values: Mapping[str, Any], fold: Optional[str] = None, steps: Optional[int] = None,
+    learning_rate: Optional[float] = None, settings: Optional[List[Tuple[List[str], Any]]] = None,
+) -> Dict[str, Any]:
+    """:func:`render_config` written as YAML to ``path``, in the template's key order: the file s3prl's ``-c``
+    reads, both in a sweep (one per experiment) and from ``superb-config`` (for a user's own s3prl run)."""
+    config = render_config(task, values, fold, steps, learning_rate, settings)
+    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
     return config
