@@ -12,11 +12,13 @@ TORCH ?= torch==2.13.0
 
 setup: system-packages $(VENV)/.installed
 
-# espeak-ng synthesises the mini-SUPERB speech (tests, demo). Installed with apt when missing and we are root.
+# espeak-ng synthesises the mini-SUPERB speech (tests, demo). Installed with apt when missing and we are root, waiting
+# up to 10 minutes for another apt/dpkg (e.g. unattended-upgrades on a fresh machine) to release its lock.
 system-packages:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	    apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get \
+	      -o DPkg::Lock::Timeout=600 install -y -qq espeak-ng >/dev/null; \
 	  else echo "espeak-ng is missing: install it (e.g. sudo apt-get install espeak-ng)"; exit 1; fi; }
 
 $(VENV)/.installed: setup.py pyproject.toml

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from s3prl_distill.commands import default_device, print_json
+from s3prl_distill.options import MAX_DEFAULT_WORKERS, default_num_workers
 
 TASKS = "pr,asr,ks,sid,er"  # every SUPERB task the recipes run, the default of --tasks
 
@@ -25,6 +26,15 @@ def learning_rates(items: Optional[List[str]]) -> Dict[str, float]:
     return rates
 
 
+def sweep_workers(num_workers: Optional[int], jobs: int) -> int:
+    """``--num-workers``, or by default what one of ``jobs`` experiments running at once gets: its share of the usable
+    cores less one (the experiment's own process), so a sweep never starts more loader processes than there are
+    cores."""
+    if num_workers is not None:
+        return num_workers
+    return default_num_workers(share=jobs)
+
+
 def run_superb(args: argparse.Namespace) -> None:
     from .superb.runner import SweepSpec, run_superb as sweep
     from .superb.tasks import parse_tasks
@@ -33,7 +43,7 @@ def run_superb(args: argparse.Namespace) -> None:
         upstream=args.upstream, ckpt=args.ckpt, model_config=args.model_config, feature=args.feature,
         tasks=parse_tasks(args.tasks), data_root=args.data_root, name=args.name, exproot=args.exproot,
         device=args.device or default_device(), steps=args.steps, learning_rates=learning_rates(args.lr),
-        num_workers=args.num_workers, label=args.label, settings=args.set, folds=args.folds,
+        num_workers=sweep_workers(args.num_workers, args.jobs), label=args.label, settings=args.set, folds=args.folds,
     )
     run_dir = sweep(spec, jobs=args.jobs)
     print((run_dir / "results.md").read_text())
@@ -116,11 +126,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     superb.add_argument("--tasks", default=TASKS, help="comma-separated subset of pr,asr,ks,sid,er")
     superb.add_argument("--data-root", required=True, help="folder holding the corpora (see the README's layout)")
     superb.add_argument("-n", "--name", required=True, help="sweep name: results go to EXPROOT/NAME")
-    superb.add_argument("-p", "--exproot", default="result/superb")
-    superb.add_argument("--device")
+    superb.add_argument("-p", "--exproot", default="result/superb",
+                        help="folder of the sweeps: results go to EXPROOT/NAME (default: result/superb)")
+    superb.add_argument("--device", help="where s3prl trains: cpu, cuda, cuda:1, ... (default: cuda where torch sees "
+                        "a GPU, else cpu)")
     superb.add_argument("--steps", type=int, help="train every task for this many steps (default: SUPERB's)")
     superb.add_argument("--lr", nargs="*", metavar="TASK=LR", help="per-task learning rate, e.g. sid=1e-2")
-    superb.add_argument("--num-workers", type=int, default=4, help="data loader workers of each task")
+    superb.add_argument("--num-workers", type=int,
+                        help="data-loader workers of each experiment (default: its share of the usable CPU cores "
+                             f"less one, at most {MAX_DEFAULT_WORKERS}: {default_num_workers()} here with --jobs 1)")
     superb.add_argument("--set", nargs="*", default=[], metavar="TASK:KEY=VALUE",
                         help="override one config value, e.g. asr:downstream_expert.modelrc.project_dim=128")
     superb.add_argument("--folds", nargs="+", metavar="FOLD",
@@ -133,8 +147,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prep = commands.add_parser(
         "superb-prepare", help="derive and check what the SUPERB tasks read under a data root of real corpora"
     )
-    prep.add_argument("--data-root", required=True)
-    prep.add_argument("--tasks", default=TASKS)
+    prep.add_argument("--data-root", required=True, help="folder holding the corpora (see the README's layout)")
+    prep.add_argument("--tasks", default=TASKS, help="comma-separated subset of pr,asr,ks,sid,er (default: all)")
     prep.add_argument("--voxceleb-split", help="VoxCeleb1's iden_split.txt (copied to VoxCeleb1/veri_test_class.txt)")
     prep.set_defaults(handler=prepare_superb)
 
@@ -159,8 +173,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     mini.add_argument("output", help="the data root to write (use it as superb --data-root)")
     mini.add_argument("--size", default="small", help="tiny | small (default) | medium")
-    mini.add_argument("--seed", type=int, default=0)
-    mini.add_argument("--tasks", default=TASKS)
+    mini.add_argument("--seed", type=int, default=0, help="the same seed writes the same corpora (default: 0)")
+    mini.add_argument("--tasks", default=TASKS, help="comma-separated subset of pr,asr,ks,sid,er (default: all)")
     mini.add_argument("--jobs", type=int, default=2, help="parallel espeak-ng processes")
     mini.set_defaults(handler=mini_superb)
 
@@ -180,10 +194,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     offline = commands.add_parser(
         "demo", help="offline end to end: mini-SUPERB, a small HuBERT teacher, two distilled students, SUPERB table"
     )
-    offline.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
+    offline.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"],
+                         help="how long it trains: tiny (a smoke run), quick (default), full")
     offline.add_argument("--workdir", default="result/demo", help="stages are cached here; re-running resumes")
-    offline.add_argument("--seed", type=int, default=0)
-    offline.add_argument("--device")
+    offline.add_argument("--seed", type=int, default=0, help="seeds data, teacher and students (default: 0)")
+    offline.add_argument("--device", help="where the teacher, students and SUPERB runs train (default: cuda where "
+                         "torch sees a GPU, else cpu)")
     offline.set_defaults(handler=demo)
 
     quick = commands.add_parser(

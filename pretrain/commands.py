@@ -9,8 +9,11 @@ import argparse
 from pathlib import Path
 from typing import List
 
-from s3prl_distill.commands import LazyChoices, default_device, print_json
+from s3prl_distill.commands import default_device, print_json
 from s3prl_distill.errors import UserError
+from s3prl_distill.options import LAYER_ZERO_CHOICES
+
+from .dphubert.options import LINKAGES, MEASURES
 
 SIMILARITY_OUTPUTS = ("skill_groups.yaml", "groups.json", "similarity.npy", "similarity.csv", "layer_similarity.png")
 
@@ -102,7 +105,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     cache.add_argument("--output", required=True, help="cache directory to write; train with "
                        "-o config.data.teacher_cache=DIR")
     cache.add_argument("--batch-size", type=int, default=8, help="windows per teacher forward")
-    cache.add_argument("--device")
+    cache.add_argument("--device", help="where the teacher runs: cpu, cuda, cuda:1, ... (default: cuda where torch "
+                       "sees a GPU, else cpu)")
     cache.set_defaults(handler=cache_teacher)
 
     pruning = commands.add_parser(
@@ -120,9 +124,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     teacher.add_argument("--data-root", required=True, help="audio root the CSV paths are relative to")
     teacher.add_argument("--csv", required=True, nargs="+", help="len_for_bucket CSV(s) listing the training audio")
     teacher.add_argument("-o", "--output", required=True, help="checkpoint to write (hubert_local format)")
-    teacher.add_argument("--steps", type=int, default=600)
-    teacher.add_argument("--clusters", type=int, default=50)
-    teacher.add_argument("--seed", type=int, default=0)
+    teacher.add_argument("--steps", type=int, default=600, help="training steps (default: 600)")
+    teacher.add_argument("--clusters", type=int, default=50, help="k-means clusters of the MFCC targets (default: 50)")
+    teacher.add_argument("--seed", type=int, default=0, help="seeds k-means, the weights and the batches (default: 0)")
     teacher.set_defaults(handler=hubert_teacher)
 
     link = commands.add_parser(
@@ -141,32 +145,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                          help="calibration audio: a folder (searched for .wav/.flac) or a file listing audio paths")
     similar.add_argument("--output", required=True, help="folder for the similarity matrix, groups, plot and snippet")
     similar.add_argument("--utterances", type=int, default=200, help="utterances, evenly spaced over the sorted files")
-    similar.add_argument("--measure", default="linear_cka").choices = LazyChoices(lambda: _clustering().MEASURES)
-    similar.add_argument("--linkage", default="average").choices = LazyChoices(lambda: _clustering().LINKAGES)
+    similar.add_argument("--measure", default="linear_cka", choices=MEASURES,
+                         help="similarity of two layers' hidden states (default: linear_cka)")
+    similar.add_argument("--linkage", default="average", choices=LINKAGES,
+                         help="how the distance of two groups is taken when merging (default: average)")
     how_many = similar.add_mutually_exclusive_group(required=True)
     how_many.add_argument("--groups", type=int, help="number of layer groups")
     how_many.add_argument("--distance-threshold", type=float,
                           help="merge while the linkage distance (1 - similarity) is at most this")
     similar.add_argument("--exclude-layer0", action="store_true", help="leave hidden state 0 out")
-    layer_zero = similar.add_argument(
-        "--layer-zero", default="feature_projection",
+    similar.add_argument(
+        "--layer-zero", default="feature_projection", choices=LAYER_ZERO_CHOICES,
         help="hidden state 0: DPHuBERT's (the feature projection, before the positional conv; what SKILL's targets "
              "use) or s3prl's (the first layer's input)")
-    layer_zero.choices = LazyChoices(_layer_zero_choices)
     similar.add_argument("--contiguous", action="store_true", help="every group is a run of adjacent layers")
     similar.add_argument("--max-seconds", type=float, default=10.0, help="use the first N seconds of each file")
     similar.add_argument("--max-frames", type=int, default=20000, help="frames kept in all (a fixed stride)")
-    similar.add_argument("--device", default="cpu")
+    similar.add_argument("--device", default="cpu", help="where the teacher runs: cpu (default), cuda, cuda:1, ...")
     similar.set_defaults(handler=layer_similarity)
-
-
-def _clustering():
-    from .dphubert import layer_clustering
-
-    return layer_clustering
-
-
-def _layer_zero_choices():
-    from s3prl_distill.model import LAYER_ZERO_CHOICES
-
-    return LAYER_ZERO_CHOICES

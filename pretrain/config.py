@@ -11,6 +11,7 @@ from pydantic import Field, PlainValidator, SerializeAsAny, field_validator, mod
 
 from s3prl_distill.errors import validated
 from s3prl_distill.model.config import StrictModel, StudentConfig
+from s3prl_distill.options import default_num_workers
 
 from .config_files import apply_overrides, config_paths, read_configs
 from .methods import check_compatible, validate_method_section
@@ -126,7 +127,9 @@ class DataConfig(StrictModel):
     # Global batch: all ranks and one accumulation micro-batch together (s3prl's name for it).
     train_batch_size: int = 24
     max_length: Optional[int] = 250000  # random crop, in samples
-    num_workers: int = 4
+    # Unset: derived from this machine's usable cores (see default_num_workers), so that a config written on a large
+    # machine does not start more loader processes than a small one has cores.
+    num_workers: int = Field(default_factory=default_num_workers)
     check_files: bool = True  # read every file's header before training starts
     on_bad_file: Literal["stop", "skip"] = "stop"
     # A teacher-target cache (s3prl-distill cache-teacher): targets are read from it instead of running the teacher,

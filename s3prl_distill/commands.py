@@ -4,7 +4,8 @@ package's ``commands.py`` shares.
 A package contributes subcommands with ``add_commands(subparsers)``: each registers its parser and its handler with
 ``set_defaults(handler=...)``; ``passthrough=True`` hands the handler every argument after the command's name
 unparsed (s3prl's runner and ours parse their own), and ``own_logging=True`` leaves logging to it. Heavy imports
-(torch, s3prl) happen inside handlers, so ``s3prl-distill --help`` stays fast.
+(torch, pydantic, s3prl) happen inside handlers, and an option's ``choices`` come from a module that imports none of
+them (:mod:`s3prl_distill.options`), so ``--help`` of every command and every argument error stay fast.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Sequence
+from typing import Any, List
+
+from .options import EXPORT_FORMATS
 
 
 def default_device() -> str:
@@ -24,20 +27,6 @@ def default_device() -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
-
-
-class LazyChoices:
-    """The choices of an option, computed on first use (parsing or ``-h`` of that command): the module that knows them
-    may import torch. Set on the action after ``add_argument``, which would read them at once."""
-
-    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
-        self._load = load
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._load())
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._load()
 
 
 def print_json(value: Any) -> None:
@@ -91,12 +80,6 @@ def run_export(args: argparse.Namespace) -> None:
     print_json(export_checkpoint(Path(args.checkpoint), args.to, Path(args.output)))
 
 
-def _export_formats() -> Sequence[str]:
-    from .formats.export import EXPORT_FORMATS
-
-    return EXPORT_FORMATS
-
-
 def prepare_data(args: argparse.Namespace) -> None:
     from .audio_lists import write_length_csvs
 
@@ -120,7 +103,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("checkpoint", help="our checkpoint: pruned.ckpt from prune, or a final-distillation "
                         "states-<step>.ckpt (or its run directory)")
     export.add_argument("output", help="the file to write")
-    export.add_argument("--to", required=True, help="the layout to write").choices = LazyChoices(_export_formats)
+    export.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="the layout to write")
     export.set_defaults(handler=run_export)
 
     prepare = commands.add_parser(

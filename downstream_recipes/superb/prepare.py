@@ -109,10 +109,12 @@ def check_speech_commands(root: Path) -> None:
 
 
 def prepare_data_root(data_root: Path, tasks: List[str], voxceleb_split: Optional[Path] = None,
-                      num_workers: int = 4) -> Dict[str, object]:
+                      num_workers: Optional[int] = None) -> Dict[str, object]:
     """Create what can be derived (ASR length CSVs, IEMOCAP meta data, the VoxCeleb1 split file) and check the rest;
-    returns the config values :func:`.tasks.data_values` resolves, so a later ``superb`` run starts cleanly."""
+    returns the config values :func:`.tasks.data_values` resolves, so a later ``superb`` run starts cleanly
+    (``num_workers`` None: :func:`s3prl_distill.options.default_num_workers`)."""
     from s3prl_distill.audio_lists import write_length_csvs
+    from s3prl_distill.options import default_num_workers
 
     from .tasks import data_values
 
@@ -130,4 +132,4 @@ def prepare_data_root(data_root: Path, tasks: List[str], voxceleb_split: Optiona
         check_voxceleb1(root / "VoxCeleb1", voxceleb_split)
     if "ks" in tasks:
         check_speech_commands(root / "speech_commands")
-    return data_values(root, tasks, num_workers)
+    return data_values(root, tasks, default_num_workers() if num_workers is None else num_workers)

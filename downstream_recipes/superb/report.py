@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from .tasks import TASKS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def load_results(run_dir: Path) -> dict:
@@ -39,33 +42,54 @@ def markdown_table(results: Sequence[dict], extra_columns: Optional[Dict[str, Li
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(results: Sequence[dict], path: Path, title: str = "SUPERB") -> Path:
-    """Grouped bars per task, one bar per upstream (error rates and accuracies in %)."""
+def chart_figure(results: Sequence[dict], title: str = "SUPERB") -> "Figure":
+    """Grouped bars per task, one bar per upstream (error rates and accuracies in %), as a matplotlib figure.
+
+    The upstreams are named once, in a legend under the panels (the bars' colours), not under every panel's bars
+    where long names crowd; each value stands upright above its bar, so equal bars (``100.0`` five times) cannot run
+    into each other; and the panels widen with the number of bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = [key for key in TASKS if any(key in r["tasks"] for r in results)]
-    figure, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks) + 1, 3.4), squeeze=False)
+    labels = [r.get("label") or r["upstream"] for r in results]
+    colours = [f"C{i % 10}" for i in range(len(results))]
+    panel_width = max(2.2, 0.32 * len(results) + 1.0)
+    width = panel_width * len(tasks) + 0.6
+    # The legend's columns: as many of the longest name as fit across the figure (about 0.07 in a character at 7 pt).
+    columns = max(1, min(len(labels), int(width // (0.07 * max(len(label) for label in labels) + 0.5))))
+    legend_height = 0.22 * math.ceil(len(labels) / columns) + 0.15
+    height = 3.0 + legend_height
+    figure, axes = plt.subplots(1, len(tasks), figsize=(width, height), squeeze=False)
     for axis, task in zip(axes[0], tasks):
-        labels = [r.get("label") or r["upstream"] for r in results]
         values = [100 * r["tasks"].get(task, {}).get("value", float("nan")) for r in results]
-        bars = axis.bar(range(len(results)), values, color=[f"C{i}" for i in range(len(results))])
+        bars = axis.bar(range(len(results)), values, color=colours, label=labels)
+        finite = [v for v in values if math.isfinite(v)]
+        top = max(finite) if finite and max(finite) > 0 else 1.0
         for bar, value in zip(bars, values):
             if math.isfinite(value):
-                axis.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
-                              fontsize=7)
+                axis.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 2),
+                              textcoords="offset points", ha="center", va="bottom", rotation=90, fontsize=7)
         spec = TASKS[task]
         axis.set_title(f"{spec.title} ({spec.metric}, {'higher' if spec.higher_is_better else 'lower'} is better)",
                        fontsize=8)
-        axis.set_xticks(range(len(results)))
-        axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+        axis.set_xticks([])
         axis.set_ylabel("%", fontsize=8)
-        finite = [v for v in values if math.isfinite(v)]
-        axis.set_ylim(0, 1.15 * max(finite) if finite and max(finite) > 0 else 1.0)  # rates are never negative
+        axis.tick_params(axis="y", labelsize=7)
+        axis.set_ylim(0, 1.3 * top)  # rates are never negative; the headroom holds the upright values
+    figure.legend(axes[0][0].containers[0], labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, legend_height / height, 1, 1))
+    return figure
+
+
+def bar_chart(results: Sequence[dict], path: Path, title: str = "SUPERB") -> Path:
+    """:func:`chart_figure` written to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    figure = chart_figure(results, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from s3prl_distill.checkpoint import latest_step_checkpoint
 from s3prl_distill.errors import UserError
 from s3prl_distill.locking import ExclusiveLock, directory_lock
+from s3prl_distill.options import default_num_workers, usable_cpus
 
 from .metrics import task_metric
 from .report import write_report
@@ -54,7 +55,7 @@ class SweepSpec:
     task_steps: Dict[str, int] = field(default_factory=dict)  # per-task step counts, overriding ``steps``
     learning_rates: Dict[str, float] = field(default_factory=dict)
     settings: List[str] = field(default_factory=list)  # TASK:dotted.key=VALUE config overrides
-    num_workers: int = 4
+    num_workers: int = field(default_factory=default_num_workers)  # data-loader workers of each experiment
     label: Optional[str] = None  # row name in tables
     folds: Optional[List[str]] = None  # ER folds to run (None = all five, SUPERB's protocol)
 
@@ -214,7 +215,7 @@ def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> L
 def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
     environment = None
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        environment = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+        environment = {**os.environ, "OMP_NUM_THREADS": str(max(1, usable_cpus() // jobs))}
     # s3prl keeps VoxCeleb1 file lists in one cache inside its package: SID experiments must not overlap, in this
     # sweep (threads) or in another one (processes).
     sid_lock = threading.Lock()

@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .options import LINKAGES, MEASURES
+
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-
-MEASURES = ("linear_cka", "cosine")
-LINKAGES = ("average", "complete", "single", "ward")
 
 ArrayLike = Union[np.ndarray, "torch.Tensor"]
 

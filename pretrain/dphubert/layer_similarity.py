@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .layer_clustering import LINKAGES, MEASURES, cluster_with_tree, similarity_matrix
+from .layer_clustering import cluster_with_tree, similarity_matrix
+from .options import LINKAGES, MEASURES
 
 if TYPE_CHECKING:
     import torch

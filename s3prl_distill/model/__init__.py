@@ -1,5 +1,6 @@
 """The shared student backbone: config, building blocks, heads and the model."""
 
+from ..options import LAYER_ZERO_CHOICES, LayerZero
 from .config import (
     CodewordHeadConfig,
     EncoderConfig,
@@ -25,7 +26,7 @@ from .factory import (
     with_codeword_head,
     with_fbank_front_end,
 )
-from .hidden_states import LAYER_ZERO_CHOICES, EncoderOutput, LayerZero, hidden_state_zero
+from .hidden_states import EncoderOutput, hidden_state_zero
 from .student import StudentModel, StudentOutput
 
 __all__ = [

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any, List, Literal, Optional, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from ..options import LayerZero
 from .config_base import StrictModel
 from .heads import ExpandLastHead, GroupProjectionHeads, LayerwiseHeads, PredictionHead
-from .hidden_states import LayerZero
 
 if TYPE_CHECKING:
     from .config import EncoderConfig

@@ -3,18 +3,17 @@
 s3prl indexes a HuBERT-like model's hidden states as [transformer input, output of layer 1, ..., layer L], where
 the transformer input is taken after the positional convolution (and, post-LN, the encoder's LayerNorm). DPHuBERT
 and SKILL call layer 0 something else: the feature projection's output, before the positional convolution. Both
-conventions are named here, once, for the student and the teacher alike.
+conventions are handled here, once, for the student and the teacher alike (their names, ``LayerZero``, live in the
+torch-free :mod:`s3prl_distill.options`, which the command line reads for ``--layer-zero``).
 """
 
 from __future__ import annotations
 
-from typing import List, Literal, NamedTuple, Optional, Tuple, get_args
+from typing import List, NamedTuple, Optional
 
 from torch import Tensor
 
-# ``transformer_input``: s3prl's hidden state 0; ``feature_projection``: DPHuBERT's layer 0.
-LayerZero = Literal["feature_projection", "transformer_input"]
-LAYER_ZERO_CHOICES: Tuple[str, ...] = get_args(LayerZero)
+from ..options import LAYER_ZERO_CHOICES
 
 
 def hidden_state_zero(layer_zero: str, features: Tensor, transformer_input: Tensor) -> Tensor:
