@@ -63,7 +63,8 @@ def superb_config(args: argparse.Namespace) -> None:
     from .superb.config_file import write_superb_config
 
     written = write_superb_config(
-        args.task, Path(args.data_root), Path(args.output) if args.output else None, args.fold, args.num_workers,
+        args.task, Path(args.data_root), Path(args.output) if args.output else None, args.fold,
+        sweep_workers(args.num_workers, 1),
         args.steps, args.set, args.force, args.upstream, args.ckpt, args.device or default_device(),
     )
     print(f"{written.task.title} config written to {written.path}; train and evaluate with s3prl's runner:")
@@ -159,7 +160,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     single.add_argument("--fold", help="ER's test fold, 1..5 (default 1; SUPERB reports the mean of all five)")
     single.add_argument("-o", "--output", help="the config to write (default: superb_TASK[_foldN].yaml here)")
     single.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    single.add_argument("--num-workers", type=int, default=4, help="data loader workers (the config's num_workers)")
+    single.add_argument("--num-workers", type=int,
+                        help="data loader workers (the config's num_workers; default: the usable cores less one, at "
+                             "most 8)")
     single.add_argument("--steps", type=int, help="train for this many steps (default: SUPERB's)")
     single.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. optimizer.lr=1e-2 (unknown keys are errors)")
