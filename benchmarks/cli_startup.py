@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from s3prl_distill.profiler import cpu_name
+
 # What a user types (with every subcommand's --help, see commands()), and what it must not import on the way to its
 # answer.
 FIXED = {
@@ -76,7 +78,7 @@ def main() -> None:
     report = {
         "what": "s3prl-distill start-up, fresh interpreter per run, commands round-robin",
         "repeats": args.repeats,
-        "machine": f"{platform.processor() or platform.machine()}, {_cpu_model()}",
+        "machine": f"{platform.machine()}, {cpu_name() or 'unknown CPU'}",
         "python_alone_median_s": round(statistics.median(python_alone), 3),
         "slowest_subcommand_help": max((name for name in results if name.endswith(" --help") and name != "--help"),
                                        key=lambda name: results[name]["median_s"]),
@@ -91,16 +93,6 @@ def _bare_python() -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], capture_output=True, check=False)
     return time.perf_counter() - start
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def length_key(seconds: float) -> str:
 def machine_info(device: torch.device, threads: int) -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-        "torch": torch.__version__, "cpu_count": os.cpu_count(), "cpu": _cpu_name(), "device": str(device),
+        "torch": torch.__version__, "cpu_count": os.cpu_count(), "cpu": cpu_name(), "device": str(device),
         "threads": threads, "interop_threads": torch.get_num_interop_threads(),
     }
     if device.type == "cuda":
@@ -160,7 +160,8 @@ def machine_info(device: torch.device, threads: int) -> Dict[str, Any]:
     return info
 
 
-def _cpu_name() -> Optional[str]:
+def cpu_name() -> Optional[str]:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows, else None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
