@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import yaml
@@ -25,6 +25,7 @@ import yaml
 from s3prl_distill.formats.s3prl_hubert import build_hubert, save_hubert_checkpoint
 from s3prl_distill.model.config import format_conv_layers, parse_conv_layers
 from s3prl_distill.pretrain.config import validate_config
+from s3prl_distill.pretrain.follow_teacher import layer_scale
 from s3prl_distill.audio_lists import read_length_csvs
 from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig, train_hubert_teacher
 from s3prl_distill.checkpoint import latest_step_checkpoint
@@ -83,11 +84,6 @@ def _finish(stage: Path, record: dict) -> None:
     (stage / "done.json").write_text(json.dumps(record, indent=2))
 
 
-def _targets(layers: int) -> List[int]:
-    """DistilHuBERT's 4/8/12 of a 12-layer teacher, scaled to ``layers``."""
-    return sorted({max(1, round(layers * k / 3)) for k in (1, 2, 3)})
-
-
 def student_configs(teacher_model: Dict) -> Dict[str, Dict]:
     """DistilHuBERT- and FitHuBERT-shaped students (and their recipes) scaled to the teacher's size."""
     layers, width = int(teacher_model["encoder_layers"]), int(teacher_model["encoder_embed_dim"])
@@ -100,7 +96,9 @@ def student_configs(teacher_model: Dict) -> Dict[str, Dict]:
             "encoder": {"num_layers": 2, "embed_dim": width, "ffn_dim": ffn, "num_heads": heads,
                         "pos_conv_kernel": int(teacher_model["conv_pos"]),
                         "pos_conv_groups": int(teacher_model["conv_pos_groups"])},
-            "prediction_head": {"type": "expand_last", "target_layers": _targets(layers), "out_dim": width},
+            # DistilHuBERT's 4/8/12 of 12 layers, rescaled as follow_teacher.layers_of rescales them
+            "prediction_head": {"type": "expand_last", "target_layers": layer_scale(12, layers)([4, 8, 12]),
+                                "out_dim": width},
         },
         "student_init": {"feature_extractor": True, "feature_projection": True, "pos_conv": True, "layers": 2},
         "method": {"name": "distilhubert"},

@@ -6,6 +6,7 @@ handlers."""
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import List
 
@@ -14,6 +15,8 @@ from s3prl_distill.errors import UserError
 from s3prl_distill.options import LAYER_ZERO_CHOICES
 
 from .dphubert.options import LINKAGES, MEASURES
+
+logger = logging.getLogger(__name__)
 
 SIMILARITY_OUTPUTS = ("skill_groups.yaml", "groups.json", "similarity.npy", "similarity.csv", "layer_similarity.png")
 
@@ -27,9 +30,14 @@ def run_pretrain(arguments: List[str]) -> None:
 
 def cache_teacher(args: argparse.Namespace) -> None:
     from .config import load_config
+    from .follow_teacher import fit_to_teacher, following_summary
     from .teacher_cache import build_teacher_cache
 
-    output = build_teacher_cache(load_config(args.config, args.override), Path(args.output), args.batch_size,
+    written = load_config(args.config, args.override)
+    config = fit_to_teacher(written)  # the target layers the run will read
+    if config is not written:
+        logger.info("%s", following_summary(written, config))
+    output = build_teacher_cache(config, Path(args.output), args.batch_size,
                                  args.device or default_device())
     print(f"teacher cache written to {output}; train from it with -o config.data.teacher_cache={output}")
 

@@ -118,6 +118,23 @@ class StudentInitConfig(StrictModel):
     checkpoint: Optional[str] = None
 
 
+class FollowTeacherConfig(StrictModel):
+    """What the student's shape takes from the run's teacher, whichever it is (its architecture read from
+    ``teacher.ckpt``; see :mod:`.follow_teacher`). The student section's values are then those for the teacher the
+    recipe was written for (HuBERT Base in the shipped configs), replaced when the run starts. The heads' output
+    widths (``prediction_head.out_dim``, ``codeword_head.out_dim``) always follow the teacher."""
+
+    cnn: bool = False  # student.feature_extractor: conv_layers, norm, bias
+    # student.encoder: embed_dim, ffn_dim, num_heads, head_dim, layer_norm_first, activation, the positional
+    # convolution and relative_position; prediction_head.inner_dim
+    width: bool = False
+    depth: bool = False  # student.encoder.num_layers: as many layers as the teacher
+    # The target layers (prediction_head.target_layers / target_groups, and the method's own layer lists) are
+    # written for a teacher of this many layers: layer l of them becomes ceil(l * L / layers_of) for the teacher's
+    # L layers (0 stays 0); null: they are used as written.
+    layers_of: Optional[int] = Field(None, ge=1)
+
+
 class DataConfig(StrictModel):
     """s3prl ``len_for_bucket`` CSVs (``<bucket_dir>/<set>.csv``: ``file_path`` relative to ``root``, ``length``)."""
 
@@ -165,6 +182,7 @@ class ModelSections(_MethodChecksStudent):
     teacher: TeacherConfig
     student: StudentConfig
     student_init: StudentInitConfig = Field(default_factory=StudentInitConfig)
+    follow_teacher: Optional[FollowTeacherConfig] = None
     method: MethodConfig
 
 
@@ -175,6 +193,7 @@ class PretrainConfig(_MethodChecksStudent):
     teacher: TeacherConfig
     student: StudentConfig
     student_init: StudentInitConfig = Field(default_factory=StudentInitConfig)
+    follow_teacher: Optional[FollowTeacherConfig] = None
     method: MethodConfig
     data: DataConfig
 

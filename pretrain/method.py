@@ -11,7 +11,7 @@ own parameters and the method's trainable state (``regularisers``, ``parameter_g
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +49,15 @@ class Method:
     def check_student(cls, config: StrictModel, student: StudentConfig) -> None:
         """Refuse (``ValueError`` naming the setting) a student this method cannot train. The config runs it when it
         loads, before any teacher is built; recipes call it in their constructor too."""
+
+    @classmethod
+    def scale_layers(cls, config: StrictModel, scale: Callable[[List[int]], List[int]],
+                     student: StudentConfig) -> StrictModel:
+        """The method config with its own layer lists (if any) rescaled for a teacher of another depth
+        (``follow_teacher.layers_of``): ``scale`` maps layers of the teacher the recipe was written for to this
+        teacher's; ``student`` is the student as it follows the teacher. The student's target layers are already
+        rescaled."""
+        return config
 
     def bind(self, student: nn.Module) -> None:
         """Called once with the built (and initialised) student, before training."""

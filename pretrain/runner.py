@@ -42,6 +42,7 @@ from s3prl_distill.errors import ConfigError, UserError, user_message
 from s3prl_distill.locking import LOCK_NAME, directory_lock
 
 from .config import PretrainConfig, apply_overrides, load_config, validate_config
+from .follow_teacher import fit_to_teacher, following_summary
 from .loader import build_data
 from .trainer import Distributed, Trainer, linear_warmup_decay, setup_distributed
 
@@ -96,7 +97,7 @@ def run(
     checked, and a resumed run that already reached ``total_steps`` returns without loading its teacher or data.
     """
     trust_from_environment()  # a malformed S3PRL_DISTILL_TRUST_CHECKPOINTS fails now, not when the teacher loads
-    checkpoint, source_dir, path = None, None, None
+    checkpoint, source_dir, path, written = None, None, None, None
     if resume is not None:
         path = find_latest_checkpoint(Path(resume))
         checkpoint = load_checkpoint(path, what="checkpoint to resume")
@@ -114,9 +115,11 @@ def run(
     else:
         if config_path is None or name is None:
             raise ConfigError("a new run needs -g CONFIG and -n NAME (or -e CHECKPOINT to resume)")
-        config = load_config(config_path, overrides)
+        written = load_config(config_path, overrides)
+        config = fit_to_teacher(written)  # before anything is made or locked: a student that does not fit stops here
         expdir = Path(exproot) / name
     is_main = int(os.environ.get("RANK", "0")) == 0
+    followed = resume is None and config is not written
     if not is_main:  # rank 0 owns the directory; the others only read it
         _configure_logging(expdir, is_main)
         return expdir if _finished(checkpoint, config, path) else _train(config, expdir, checkpoint, path)
@@ -131,6 +134,8 @@ def run(
             logger.warning("--overwrite: the previous run's files are now in %s", moved_to)
         for leftover in leftovers:
             logger.info("removed %s, left by an interrupted checkpoint write", leftover)
+        if followed:
+            logger.info("%s", following_summary(written, config))
         if _finished(checkpoint, config, path):
             return expdir
         (expdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

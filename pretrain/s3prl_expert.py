@@ -18,6 +18,7 @@ from s3prl_distill.errors import validated
 from s3prl_distill.losses import combine
 from s3prl_distill.pretrain.config import DataConfig, ModelSections, PretrainConfig
 from s3prl_distill.pretrain.config_files import read_config
+from s3prl_distill.pretrain.follow_teacher import fit_to_teacher, following_summary
 from s3prl_distill.pretrain.loader import build_data
 from s3prl_distill.pretrain.task import DistillationTask
 from s3prl_distill.pretrain.teacher_cache import TeacherCache
@@ -56,7 +57,12 @@ class S3prlPretrainExpert(nn.Module):
         else:  # a resumed s3prl run hands back the dict saved as Upstream_Config
             self.upstream_config = dict(upstream_config)
             source = "Upstream_Config"
-        sections = _model_sections(self.upstream_config, source)
+        written = _model_sections(self.upstream_config, source)
+        sections = fit_to_teacher(written)
+        if sections is not written:  # saved as Upstream_Config (s3prl's -e reads it): the student as it was trained
+            logger.info("%s", following_summary(written, sections))
+            self.upstream_config.update(sections.model_dump(include={"follow_teacher", "method"}),
+                                        student=sections.student.to_dict())
         self.datarc = validated(DataConfig, dict(datarc), "invalid pretrain_expert.datarc")
         self.device = torch.device(device)
         cache = TeacherCache(Path(self.datarc.teacher_cache)) if self.datarc.teacher_cache else None

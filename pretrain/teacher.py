@@ -182,19 +182,25 @@ def initialise_student(student: StudentModel, teacher: Teacher, init: StudentIni
         return []
     theirs = fairseq_keys(student.config).to_ours(teacher.fairseq_model().state_dict(), skip_unmatched=True)
     ours = student.state_dict()
-    update = {}
+    update, problems = {}, []
     for prefix, part in wanted:
         # Training heads, pruning gates and the pruning scale buffer are the student's own.
         keys = [key for key in ours if key.startswith(prefix) and not key.startswith(HEAD_PREFIXES)
                 and not key.endswith(GATE_SUFFIX) and key != "feature_extractor.output_scale"]
         missing = [key for key in keys if key not in theirs]
         mismatched = [key for key in keys if key in theirs and theirs[key].shape != ours[key].shape]
-        if not keys or missing or mismatched:
-            detail = (f"missing in the teacher: {missing[:3]}" if missing else
-                      f"shape {tuple(theirs[mismatched[0]].shape)} vs {tuple(ours[mismatched[0]].shape)} "
-                      f"for {mismatched[0]}" if mismatched else "the student has no such part")
-            raise ValueError(f"student_init: cannot copy {part} from teacher {teacher.name!r} ({detail})")
-        update.update({key: theirs[key] for key in keys})
+        if not keys:
+            problems.append(f"{part}: the student has no such part")
+        if missing:
+            problems.append(f"{part}: missing in the teacher: {', '.join(missing[:3])}"
+                            + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+        problems += [f"{part}: {key} is {tuple(theirs[key].shape)} in the teacher, {tuple(ours[key].shape)} in the "
+                     "student" for key in mismatched]
+        update.update({key: theirs[key] for key in keys if key in theirs})
+    if problems:
+        # Reached only for teachers whose architecture the config check could not read from their checkpoint.
+        raise ValueError(f"student_init: cannot copy from teacher {teacher.name!r}:\n  " + "\n  ".join(problems)
+                         + "\nmake the student's shape the teacher's (or follow_teacher), or copy less (student_init)")
     student.load_state_dict(update, strict=False)
     copied = [part for _, part in wanted]
     logger.info("student initialised from the teacher: %s", ", ".join(copied))

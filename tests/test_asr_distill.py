@@ -300,7 +300,7 @@ def test_shipped_asr_distill_configs():
     full = yaml.safe_load((root / "config.yaml").read_text())
     generated = generate_configs(root / "config.yaml")
     model, runner = (yaml.safe_load(generated[name]) for name in ("config_model.yaml", "config_runner.yaml"))
-    assert model == {k: full[k] for k in ("teacher", "student", "student_init", "method")}
+    assert model == {k: full[k] for k in ("teacher", "student", "student_init", "follow_teacher", "method")}
     assert runner["pretrain_expert"]["datarc"] == full["data"]
     assert runner["runner"]["total_steps"] == full["runner"]["total_steps"]
 

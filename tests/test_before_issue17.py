@@ -46,4 +46,7 @@ def test_a_saved_run_config_validates_to_what_the_shipped_file_gives_now(path):
     an overlay, with the new head classes) still gives every value it gave then."""
     then = validate_config(RUN_CONFIGS[path], f"RunConfig of {path}")
     now = load_config(ROOT / path)
-    assert now.model_dump() == then.model_dump()
+    # follow_teacher is new (issue 18): with HuBERT Base, the teacher these files are written for, following it
+    # changes no value (tests/test_follow_teacher.py); the saved RunConfig has none, as a followed run saves it.
+    assert then.follow_teacher is None
+    assert now.model_dump(exclude={"follow_teacher"}) == then.model_dump(exclude={"follow_teacher"})

@@ -30,6 +30,8 @@ def test_each_variant_reads_as_the_whole_file_it_replaced(name):
     assert raw["extends"] == "config.yaml" and len(raw) < 8  # an overlay: only what differs
     expected = yaml.safe_load((BEFORE / name).read_text())
     merged = read_config(path)
+    follows = merged.pop("follow_teacher")  # new since (issue 18): what the variant takes from its teacher
+    assert follows["depth"] is (name != "asr_distill/config_shallowwide.yaml")
     assert merged == expected
     assert list(merged) == list(expected)  # the sections in the same order, as the runner writes them back
     assert load_config(path).teacher.name == expected["teacher"]["name"]  # and it validates

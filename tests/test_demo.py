@@ -2,21 +2,32 @@
 
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
+import yaml
 
 from helpers import run_python
 
 COMMAND = str(Path(sys.executable).parent / "s3prl-distill")
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("tiny") / "demo"
+    first = run_python([COMMAND, "demo", "--preset", "tiny", "--workdir", str(workdir)], timeout=2400)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    return workdir
 
 
 @pytest.mark.slow
-def test_demo_pipeline_end_to_end_and_cached(tmp_path):
-    workdir = tmp_path / "demo"
-    first = run_python([COMMAND, "demo", "--preset", "tiny", "--workdir", str(workdir)], timeout=2400)
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+def test_demo_pipeline_end_to_end_and_cached(tiny_demo):
+    workdir = tiny_demo
     lines = (workdir / "results.md").read_text().splitlines()
     header, rows = lines[2], lines[4:]
     assert header.split("|")[1:-1] == [" upstream ", " params (M) ", " PR PER % ↓ ", " ASR WER % ↓ ", " KS acc % ↑ ",
@@ -39,3 +50,47 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path):
     assert teacher.stat().st_mtime_ns == stamp
     assert "HuBERT teacher" not in second.stderr and "distill:" not in second.stderr
     assert (workdir / "results.md").read_text().splitlines()[4].split("|")[1:8] == rows[0].split("|")[1:8]
+
+
+def readme_block(after: str) -> List[str]:
+    """The command lines of the README's first ``bash`` block after the line starting with ``after``."""
+    text = README.read_text()
+    start = text.index(after)
+    block = text[text.index("```bash\n", start) + len("```bash\n"):]
+    return [line for line in block[:block.index("```")].splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_readme_distils_from_the_demo_teacher_as_written(tiny_demo, tmp_path):
+    """README "Distilling a student", "On the demo's teacher": each line run as written, from a directory laid out as
+    a fresh clone after ``make demo`` (the recipe configs, and the tiny preset's outputs as ``result/demo``), only
+    with fewer steps: the shipped DistilHuBERT config trains a student of the small teacher's shape, resumes, and
+    evaluates on KS."""
+    lines = readme_block("**On the demo's teacher**")
+    assert [line.split()[:2] for line in lines] == [["s3prl-distill", "pretrain"], ["s3prl-distill", "pretrain"],
+                                                    ["s3prl-distill", "superb"]]
+    shorter = {"total_steps=250": "total_steps=3", "states-250.ckpt": "states-3.ckpt", "--steps 100": "--steps 2"}
+    (tmp_path / "result").mkdir()
+    (tmp_path / "result" / "demo").symlink_to(tiny_demo)
+    (tmp_path / "pretrain").symlink_to(ROOT / "pretrain")
+    outputs = []
+    for line in lines:
+        for written, fewer in shorter.items():
+            line = line.replace(written, fewer)
+        arguments = shlex.split(line.split("#")[0])
+        result = run_python([COMMAND, *arguments[1:]], cwd=tmp_path, timeout=1200)
+        assert result.returncode == 0, line + "\n" + result.stdout[-2000:] + result.stderr[-3000:]
+        outputs.append(result.stdout + result.stderr)
+
+    run = tmp_path / "result" / "pretrain" / "demo-distilhubert"
+    assert "the student follows teacher 'hubert_local'" in outputs[0]
+    assert "student.encoder.embed_dim 768 -> 192" in outputs[0]
+    assert "the student follows teacher" in (run / "train.log").read_text()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["follow_teacher"] is None
+    assert saved["student"]["encoder"]["embed_dim"] == 192 and saved["student"]["encoder"]["num_layers"] == 2
+    assert saved["student"]["prediction_head"]["target_layers"] == [2, 3, 4]
+    assert (run / "states-3.ckpt").is_file()
+    assert "already finished at step 3" in outputs[1]
+    results = json.loads((tmp_path / "result" / "superb" / "demo-distilhubert" / "results.json").read_text())
+    assert math.isfinite(results["tasks"]["ks"]["value"]), results

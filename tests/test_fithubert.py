@@ -207,7 +207,7 @@ def test_shipped_fithubert_configs():
     assert fit.data.train_batch_size * fit.runner.gradient_accumulate_steps == 24
     full = yaml.safe_load((root / "config.yaml").read_text())
     model = yaml.safe_load(generate_configs(root / "config.yaml")["config_model.yaml"])
-    assert model == {k: full[k] for k in ("teacher", "student", "student_init", "method")}
+    assert model == {k: full[k] for k in ("teacher", "student", "student_init", "follow_teacher", "method")}
 
 
 def test_heads_run_only_for_the_key_that_is_read(tiny_checkpoints):

@@ -9,7 +9,7 @@ FitW2V2 is the same with a wav2vec 2.0 teacher.
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal
+from typing import Callable, Dict, List, Literal
 
 from pydantic import Field
 
@@ -37,6 +37,14 @@ class FitHuBERT(Method):
         bad = [layer for layer in config.hint_layers if not 1 <= layer < last]
         if bad:
             raise ValueError(f"method.hint_layers {bad}: hint layers are student layers 1..{last - 1}")
+
+    @classmethod
+    def scale_layers(cls, config: FitHuBERTMethodConfig, scale: Callable[[List[int]], List[int]],
+                     student: StudentConfig) -> FitHuBERTMethodConfig:
+        # Hint layers are student layers, one per teacher layer as the student follows the teacher's depth; the
+        # last one takes the final loss instead.
+        last = student.encoder.num_layers
+        return config.model_copy(update={"hint_layers": [layer for layer in scale(config.hint_layers) if layer < last]})
 
     def __init__(self, config: FitHuBERTMethodConfig, student: StudentConfig) -> None:
         self.check_student(config, student)

@@ -94,6 +94,12 @@ def teacher_copy_config(cfg: Mapping[str, Any]) -> StudentConfig:
     if cfg.get("normalize", False):
         raise ValueError("the teacher normalises its waveform input (normalize: true); the student backbone "
                          "has no waveform normalisation, so it cannot be an exact copy")
+    return fairseq_backbone_config(cfg)
+
+
+def fairseq_backbone_config(cfg: Mapping[str, Any]) -> StudentConfig:
+    """The backbone of a fairseq-style model as our config (its shape: what a student following it takes), whether
+    or not it normalises its input."""
     relative_position = None
     if cfg.get("relative_position_embedding", False):
         relative_position = RelativePositionConfig(
