@@ -166,7 +166,7 @@ def test_shipped_configs_agree():
     full = yaml.safe_load((root / "config.yaml").read_text())
     generated = generate_configs(root / "config.yaml")
     model, runner = (yaml.safe_load(generated[name]) for name in ("config_model.yaml", "config_runner.yaml"))
-    assert model == {k: full[k] for k in ("teacher", "student", "student_init", "method")}
+    assert model == {k: full[k] for k in ("teacher", "student", "student_init", "follow_teacher", "method")}
     assert runner["pretrain_expert"]["datarc"] == full["data"]
     for ours, theirs in (("total_steps", "total_steps"), ("gradient_clipping", "gradient_clipping"),
                          ("save_step", "save_step"), ("log_step", "log_step")):
