@@ -215,7 +215,7 @@ def run_demo(workdir: Path, preset: str = "quick", seed: int = 0, device: str = 
     spreads = timing.ratio_spreads()
     # The teacher's own cell is 1 by definition, so it carries no spread.
     cells = ["1.00" if label == timing.reference else spreads[label].format() for label, _, _ in upstreams]
-    batch = f"{len(upstreams)} upstreams on 4 x {settings.timing_seconds:g} s of audio"
+    batch = f"{len(upstreams)} upstreams on 4 × {settings.timing_seconds:g} s of audio"
     logger.info("time / teacher: %s", ", ".join(f"{label} {cell}" for (label, _, _), cell in zip(upstreams, cells)))
     paths = write_report(results, workdir, title=f"s3prl-distill demo ({preset})",
                          extra_columns={"time / teacher": cells},

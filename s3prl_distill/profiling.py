@@ -153,8 +153,9 @@ class InterleavedTiming:
 
     def method(self) -> str:
         """The measurement in words, for a report."""
-        return (f"{self.threads} torch thread{'s' if self.threads != 1 else ''}, {self.warmup} warm-up forward(s) per "
-                f"model, then {self.rounds} rounds, each timing every model once in an order rotated per round; "
+        return (f"{self.threads} torch thread{'s' if self.threads != 1 else ''}, {self.warmup} warm-up "
+                f"forward{'s' if self.warmup != 1 else ''} per model, then {self.rounds} rounds, each timing every "
+                f"model once in an order rotated per round; "
                 f"median of the per-round ratios to {self.reference!r}, interquartile range in brackets")
 
     def conditions(self) -> str:
