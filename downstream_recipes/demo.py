@@ -29,6 +29,7 @@ from s3prl_distill.pretrain.follow_teacher import layer_scale
 from s3prl_distill.audio_lists import read_length_csvs
 from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig, train_hubert_teacher
 from s3prl_distill.checkpoint import latest_step_checkpoint
+from s3prl_distill.profiling import InterleavedTiming
 from s3prl_distill.pretrain.runner import run as run_pretrain
 
 from .minisuperb import generate_minisuperb
@@ -207,16 +208,27 @@ def run_demo(workdir: Path, preset: str = "quick", seed: int = 0, device: str = 
     timings["superb"] = time.perf_counter() - start
 
     # 5. report, with inference time relative to the teacher
-    ratios = inference_ratios(upstreams, settings.timing_seconds)
+    timing = inference_ratios(upstreams, settings.timing_seconds)
+    (workdir / "timing.json").write_text(json.dumps(timing.to_json(), indent=2))
+    spreads = timing.ratio_spreads()
+    # The teacher's own cell is 1 by definition, so it carries no spread.
+    cells = ["1.00" if label == timing.reference else spreads[label].format() for label, _, _ in upstreams]
+    batch = f"{len(upstreams)} upstreams on 4 × {settings.timing_seconds:g} s of audio"
+    logger.info("time / teacher: %s", ", ".join(f"{label} {cell}" for (label, _, _), cell in zip(upstreams, cells)))
     paths = write_report(results, workdir, title=f"s3prl-distill demo ({preset})",
-                         extra_columns={"time / teacher": [f"{ratios[label]:.2f}" for label, _, _ in upstreams]})
+                         extra_columns={"time / teacher": cells},
+                         notes=[f"`time / teacher`: forward + hidden states, {batch}; {timing.method()}. "
+                                f"Measured on {timing.conditions()}. Raw per-round times: `timing.json`."])
     (workdir / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     return paths
 
 
-def inference_ratios(upstreams, seconds: float) -> Dict[str, float]:
+def inference_ratios(upstreams, seconds: float) -> InterleavedTiming:
+    """Each upstream's forward time relative to the first (the teacher), as s3prl's runner would load it: 4
+    utterances of ``seconds``, rounds interleaved on one thread. At least 15 rounds, and rounds for about five
+    times the utterance length in seconds (20 s at the quick preset's 4 s), so the tiny preset stays fast."""
     from s3prl_distill import register
-    from s3prl_distill.profiling import forward_times
+    from s3prl_distill.profiling import interleaved_times
 
     register()
     import s3prl.hub as hub
@@ -225,6 +237,5 @@ def inference_ratios(upstreams, seconds: float) -> Dict[str, float]:
               for label, name, ckpt in upstreams}
     generator = torch.Generator().manual_seed(0)
     wavs = [0.1 * torch.randn(int(16000 * seconds), generator=generator) for _ in range(4)]
-    times = forward_times(models, wavs, repeats=3)
-    reference = times[upstreams[0][0]]
-    return {label: value / reference for label, value in times.items()}
+    return interleaved_times(models, wavs, reference=upstreams[0][0], threads=1, min_rounds=15,
+                             budget_s=5.0 * seconds)

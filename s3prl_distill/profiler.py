@@ -38,13 +38,13 @@ import torch
 
 from .errors import UnknownUpstreamError
 from .profile_report import format_table, ratios
-from .profiling import DEFAULT_FEATURE, forward_time_samples, upstream_features
+from .profiling import DEFAULT_FEATURE, cpu_name, forward_time_samples, upstream_features
 from .registry import build_upstream, check_upstream_names
 
 # UnknownUpstreamError (raised through check_upstream_names) and the report's functions are importable from here.
 __all__ = [
     "DEFAULT_SECONDS", "MEMORY_METHOD", "SAMPLE_RATE", "UnknownUpstreamError", "UpstreamSpec", "count_macs",
-    "format_table", "length_key", "load_upstream", "machine_info", "measure_memory", "parameter_counts",
+    "cpu_name", "format_table", "length_key", "load_upstream", "machine_info", "measure_memory", "parameter_counts",
     "profile_upstreams", "profile_waves", "ratios", "specs_from_lists",
 ]
 
@@ -158,17 +158,6 @@ def machine_info(device: torch.device, threads: int) -> Dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
-
-
-def cpu_name() -> Optional[str]:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows, else None."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _labels(specs: Sequence[UpstreamSpec]) -> List[str]:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -28,17 +29,27 @@ def tiny_demo(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end_and_cached(tiny_demo):
     workdir = tiny_demo
-    lines = (workdir / "results.md").read_text().splitlines()
-    header, rows = lines[2], lines[4:]
+    report = (workdir / "results.md").read_text()
+    lines = report.splitlines()
+    header = lines[2]
+    rows = [line for line in lines[4:] if line.startswith("|")]
     assert header.split("|")[1:-1] == [" upstream ", " params (M) ", " PR PER % ↓ ", " ASR WER % ↓ ", " KS acc % ↑ ",
                                        " SID acc % ↑ ", " ER acc % ↑ ", " time / teacher "]
     labels = [row.split("|")[1].strip() for row in rows]
     assert labels == ["teacher (HuBERT, pretrained)", "teacher, random weights", "DistilHuBERT-shaped student",
                       "FitHuBERT-shaped student", "fbank (s3prl)"]
     for row in rows:
-        for cell in row.split("|")[2:-1]:
+        for cell in row.split("|")[2:-2]:
             assert math.isfinite(float(cell)), row
     assert rows[0].split("|")[-2].strip() == "1.00"  # time relative to the teacher itself
+    for row in rows[1:]:  # "median (first quartile–third quartile)" of the per-round ratios
+        median, low, high = map(float, re.fullmatch(r"\s*(\S+) \((\S+)–(\S+)\)\s*", row.split("|")[-2]).groups())
+        assert 0 < low <= median <= high, row
+    # The report says how and where the times were measured; the raw rounds are kept.
+    assert "1 torch thread" in report and "rounds" in report and "Measured on" in report
+    timing = json.loads((workdir / "timing.json").read_text())
+    assert timing["threads"] == 1 and timing["rounds"] >= 15
+    assert all(len(values) == timing["rounds"] for values in timing["times_s"].values())
     assert (workdir / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert set(json.loads((workdir / "timings.json").read_text())) == {"data", "teacher", "students", "superb"}
 

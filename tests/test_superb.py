@@ -318,3 +318,17 @@ def test_superb_config_writes_the_file_a_sweep_gives_s3prl(data_root, tmp_path, 
                                    capsys)
     assert status == 0, err
     assert mine.read_text() == (tmp_path / "sweep" / "config.yaml").read_text()
+
+
+def test_report_notes_follow_the_table(tmp_path):
+    from s3prl_distill.downstream_recipes.superb.report import write_report
+
+    results = [{"label": "a", "upstream": "a", "parameters": 2_000_000, "tasks": {"ks": {"value": 0.5}}},
+               {"label": "b", "upstream": "b", "parameters": None, "tasks": {"ks": {"value": 0.25}}}]
+    paths = write_report(results, tmp_path, title="t", extra_columns={"time / a": ["1.00", "0.50 (0.40–0.60)"]},
+                         notes=["How the time was measured.", "Where.\n"])
+    lines = paths["markdown"].read_text().splitlines()
+    assert lines[:2] == ["# t", ""]
+    assert lines[4].split("|")[1:-1] == [" a ", " 2.00 ", " 50.00 ", " 1.00 "]
+    assert lines[5].split("|")[-2] == " 0.50 (0.40–0.60) "
+    assert lines[6:] == ["", "How the time was measured.", "", "Where."]

@@ -97,9 +97,12 @@ def bar_chart(results: Sequence[dict], path: Path, title: str = "SUPERB") -> Pat
 
 
 def write_report(results: Sequence[dict], out_dir: Path, title: str = "SUPERB",
-                 extra_columns: Optional[Dict[str, List[str]]] = None) -> Dict[str, Path]:
+                 extra_columns: Optional[Dict[str, List[str]]] = None, notes: Sequence[str] = ()) -> Dict[str, Path]:
+    """``results.md`` (the table, then each of ``notes`` as a paragraph: how a column was measured, say) and
+    ``results.png`` in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / "results.md"
-    table.write_text(f"# {title}\n\n" + markdown_table(results, extra_columns))
+    table.write_text(f"# {title}\n\n" + markdown_table(results, extra_columns)
+                     + "".join(f"\n{note.strip()}\n" for note in notes))
     return {"markdown": table, "chart": bar_chart(results, out_dir / "results.png", title)}
