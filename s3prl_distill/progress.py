@@ -173,7 +173,7 @@ class LogProgress:
             rate = done / elapsed
             details.append(f"{rate:.3g} {self.unit}/s" if rate >= 1 else f"{1 / rate:.3g} s/{self.unit}")
         details.append(f"elapsed {format_duration(elapsed)}")
-        if self.show_eta and self.total and done > 0 and elapsed > 0:
+        if self.show_eta and self.total and self.n < self.total and done > 0 and elapsed > 0:
             details.append(f"ETA {format_duration((self.total - self.n) * elapsed / done)}")
         text = ", ".join([parts[0], *details])
         return f"{text} | {self.postfix}" if self.postfix else text
