@@ -274,15 +274,17 @@ def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
             expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
             if task.key == "sid":
                 with sid_lock, _voxceleb1_cache_lock():
-                    return run_unit(spec, task, fold, values, expdir, environment, progress, names[index])
-            return run_unit(spec, task, fold, values, expdir, environment, progress, names[index])
+                    record = run_unit(spec, task, fold, values, expdir, environment, progress, names[index])
+            else:
+                record = run_unit(spec, task, fold, values, expdir, environment, progress, names[index])
+            progress.done(names[index])  # here, not when the main thread collects it: the next run starts now
+            return record
 
         futures = {pool.submit(execute, index, *item): index for index, item in enumerate(work)}
         try:
             for future in as_completed(futures):
                 index = futures[future]
                 records[index] = future.result()
-                progress.done(names[index])
                 bar.update()
         except BaseException:
             for future in futures:
