@@ -123,6 +123,9 @@ def test_sweep_progress_shows_each_running_run_and_the_sweep_eta():
     sweep.step("ks", 10, 50)  # resumed at 10: no rate yet
     # 20 steps trained in the sweep's 10 s, 120 left over both runs
     assert postfixes[-1] == "pr step 20/100 ETA 0:40 | ks step 10/50 | sweep ETA 1:00"
+    clock.now += 40.0
+    sweep.step("pr", 100, 100)
+    assert postfixes[-1].startswith("pr step 100/100 | ks step 10/50 | sweep ETA")  # no ETA for a finished run
     sweep.evaluating("pr")
     assert postfixes[-1].startswith("pr evaluating | ks step 10/50")
     sweep.done("pr")

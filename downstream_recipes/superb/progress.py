@@ -75,7 +75,7 @@ class RunState:
         if self.first_seen is None or self.latest_seen is None:
             return None
         (start, first), (now, latest) = self.first_seen, self.latest_seen
-        if latest <= first or now <= start:
+        if latest <= first or now <= start or latest >= self.total_steps:  # no rate yet, or nothing left
             return None
         return (self.total_steps - latest) * (now - start) / (latest - first)
 
