@@ -130,6 +130,8 @@ def test_sweep_progress_shows_each_running_run_and_the_sweep_eta():
     assert postfixes[-1].startswith("pr evaluating | ks step 10/50")
     sweep.done("pr")
     assert "pr" not in postfixes[-1]
+    sweep.step("ks", 50, 50)
+    assert postfixes[-1] == "ks step 50/50"  # nothing left to train: no sweep ETA (evaluations are not counted)
 
 
 @pytest.mark.slow

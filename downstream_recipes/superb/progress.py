@@ -131,9 +131,10 @@ class SweepProgress:
 
     def _sweep_eta(self) -> Optional[float]:
         elapsed = self._clock() - self._start
-        if self._trained == 0 or elapsed <= 0:
+        left = sum(run.steps_left() for run in self.runs.values())
+        if self._trained == 0 or elapsed <= 0 or left == 0:  # no rate yet, or only evaluations left
             return None
-        return sum(run.steps_left() for run in self.runs.values()) * elapsed / self._trained
+        return left * elapsed / self._trained
 
     def _postfix(self) -> str:
         parts = []
