@@ -12,6 +12,7 @@ its finished experiments would otherwise be reported as this upstream's.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -131,7 +132,7 @@ def _s3prl(arguments: List[str], log: Path, environment: Optional[Dict[str, str]
                 if reader is not None:
                     reader.feed(chunk.decode("utf-8", errors="replace"))
             returncode = process.wait()
-        except BaseException:  # interrupted: s3prl must not train on unattended
+        except BaseException:  # our side failed (e.g. the log's disk is full): s3prl must not train on unattended
             process.kill()
             process.wait()
             raise
@@ -153,12 +154,10 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     done = expdir / "done.json"
     if done.is_file():
         return json.loads(done.read_text())
-    on_step = None
+    on_step: Optional[Callable[[int, int], None]] = None
     if progress is not None and run_name is not None:
         progress.starting(run_name)
-
-        def on_step(step: int, total: int) -> None:
-            progress.step(run_name, step, total)
+        on_step = functools.partial(progress.step, run_name)
     expdir.mkdir(parents=True, exist_ok=True)
     config_path = expdir / "config.yaml"
     write_config(config_path, task, values, fold, spec.task_steps.get(task.key, spec.steps),
