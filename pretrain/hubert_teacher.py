@@ -18,12 +18,12 @@ import soundfile
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from tqdm import tqdm
 
 from s3prl_distill.formats.s3prl_hubert import build_hubert, save_hubert_checkpoint
 from s3prl_distill.model.config import StrictModel
 
 from s3prl_distill.audio_lists import AudioItem
+from s3prl_distill.progress import progress as show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def train_hubert_teacher(items: List[AudioItem], output: Path, config: Optional[
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)  # fairseq's mask sampling uses numpy's global generator
     waves = [soundfile.read(str(item.path), dtype="float32")[0] for item in
-             tqdm(items, desc="reading audio", disable=not progress)]
-    features = [mfcc_features(w) for w in tqdm(waves, desc="MFCC", disable=not progress)]
+             show_progress(items, desc="reading audio", disable=not progress)]
+    features = [mfcc_features(w) for w in show_progress(waves, desc="MFCC", disable=not progress)]
     mean = torch.cat(features).mean(0)
     std = torch.cat(features).std(0).clamp(min=1e-5)
     features = [(f - mean) / std for f in features]
@@ -109,7 +109,7 @@ def train_hubert_teacher(items: List[AudioItem], output: Path, config: Optional[
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (config.steps - s) / max(1, config.steps - warmup))))
     generator = np.random.default_rng(config.seed)
     order: List[int] = []
-    bar = tqdm(range(config.steps), desc="HuBERT teacher", disable=not progress)
+    bar = show_progress(range(config.steps), desc="HuBERT teacher", unit="step", disable=not progress)
     for step in bar:
         if len(order) < config.batch_size:
             order += list(generator.permutation(len(waves)))

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+import torch
 import torch.distributed as dist
 import yaml
 
@@ -139,7 +140,15 @@ def run(
         if _finished(checkpoint, config, path):
             return expdir
         (expdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        _warn_precision_fallback(config)
         return _train(config, expdir, checkpoint, path)
+
+
+def _warn_precision_fallback(config: PretrainConfig) -> None:
+    """Said once per run, by rank 0, where the config is settled (the trainer falls back silently)."""
+    if config.runner.precision == "fp16" and not torch.cuda.is_available():
+        logger.warning("runner.precision=fp16 needs CUDA; this run trains in fp32 on the CPU (set "
+                       "runner.precision=fp32 or bf16 to choose)")
 
 
 def _finished(checkpoint: Optional[dict], config: PretrainConfig, path: Optional[Path]) -> bool:

@@ -10,7 +10,6 @@ import soundfile
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from s3prl_distill.audio_lists import AudioItem
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
@@ -18,6 +17,7 @@ from s3prl_distill.formats.native import describe_checkpoint, is_native_student
 from s3prl_distill.losses import LossTerm
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.fbank import fbank_statistics
+from s3prl_distill.progress import progress as show_progress
 
 from .config import DataConfig, StudentInitConfig, TeacherConfig
 from .method import DistillationBatch
@@ -135,7 +135,7 @@ class DistillationTask:
             return
         chosen = items[:: max(1, len(items) // STATISTICS_UTTERANCES)][:STATISTICS_UTTERANCES]
         waveforms = (torch.from_numpy(soundfile.read(str(item.path), dtype="float32")[0]) for item in
-                     tqdm(chosen, desc="fbank statistics", leave=False))
+                     show_progress(chosen, desc="fbank statistics", leave=False))
         mean, std, frames = fbank_statistics(waveforms, fbank.num_mel_bins)
         fbank.set_statistics(mean.to(fbank.mean.device), std.to(fbank.std.device), frames)
         logger.info("fbank normalisation statistics from %d frames", frames)

@@ -33,11 +33,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from s3prl_distill.audio_lists import SAMPLE_RATE, AudioItem, check_audio_files, read_length_csvs
 from s3prl_distill.errors import UserError
 from s3prl_distill.locking import ExclusiveLock
+from s3prl_distill.progress import progress as show_progress
 
 from .config import DataConfig, PretrainConfig, TeacherConfig
 from .data import CroppedAudioDataset, collate_waveforms
@@ -248,7 +248,7 @@ def _build(config: PretrainConfig, output: Path, batch_size: int, device: str, p
     index = np.zeros((len(windows), len(INDEX_COLUMNS)), dtype=np.int64)
     shards: List[Dict[str, Any]] = []
     handle, layers, width, hidden_count, frame_rate = None, None, None, None, None
-    bar = tqdm(total=len(windows), desc="teacher cache", unit="window", disable=not progress)
+    bar = show_progress(total=len(windows), desc="teacher cache", unit="window", disable=not progress)
     try:
         for chosen in batches:
             waves = torch.stack([dataset.read(*windows[w]) for w in chosen]).to(device)

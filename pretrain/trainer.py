@@ -16,11 +16,11 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from s3prl_distill import __version__
 from s3prl_distill.checkpoint import save_checkpoint, step_checkpoints
 from s3prl_distill.losses import combine
+from s3prl_distill.progress import progress as show_progress
 
 from .config import PretrainConfig
 from .loader import build_data
@@ -87,8 +87,8 @@ class Trainer:
             self.device = torch.device("cpu")
         runner = config.runner
         self.precision = "fp32" if runner.precision == "fp16" and self.device.type != "cuda" else runner.precision
-        if self.precision != runner.precision:
-            logger.warning("precision %s needs CUDA; training in fp32 on %s", runner.precision, self.device)
+        if self.precision != runner.precision:  # the run's start already warned (runner.run), once
+            logger.debug("precision %s needs CUDA; training in fp32 on %s", runner.precision, self.device)
 
         # Same seed on every rank: identical initial weights (DDP also broadcasts them).
         torch.manual_seed(runner.seed)
@@ -269,8 +269,8 @@ class Trainer:
         accumulate = runner.gradient_accumulate_steps
         window: Dict[str, List[torch.Tensor]] = {}
         window_utterances, window_start = 0, time.perf_counter()
-        progress = tqdm(total=runner.total_steps, initial=self.step, desc="distill", dynamic_ncols=True,
-                        disable=not self.dist.is_main)
+        progress = show_progress(total=runner.total_steps, initial=self.step, desc="distill", unit="step",
+                                 dynamic_ncols=True, disable=not self.dist.is_main)
         while self.step < runner.total_steps:
             for micro in range(accumulate):
                 # Lengths stay on the host: the teacher (an s3prl upstream) takes a list of waveforms, so reading them

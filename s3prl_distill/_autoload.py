@@ -8,6 +8,8 @@ are first imported:
 * ``s3prl.hub``: register our upstream entries in it, so ``run_downstream.py -u <ours>``, ``S3PRLUpstream`` and
   ``hub.options()`` find them with no change to s3prl and no import in the user's code;
 * ``s3prl.optimizers`` (or ``optimizers`` in a checkout): allow-list its LR-schedule classes for ``torch.load``;
+* in a process started by our command line (``S3PRL_DISTILL_QUIET=1``): hide the known-harmless third-party
+  warnings, as the command line does (:mod:`s3prl_distill.quiet`);
 * modules s3prl's tasks import but PyPI s3prl lacks (:data:`FALLBACKS`): served from :mod:`s3prl_distill.s3prl_ext`
   under s3prl's name, only when no s3prl file exists (an s3prl git checkout keeps its own).
 
@@ -159,6 +161,12 @@ def install():
     if os.environ.get(DISABLE_ENV, "") not in ("", "0") or _installed() is not None:
         return
     sys.meta_path.insert(0, ImportHook(dict(_ALL_HOOKS), FALLBACKS))
+    try:
+        from .quiet import install_if_asked
+
+        install_if_asked()  # a process our command line started: the same known warnings hidden as there
+    except Exception:  # a bug of ours must not break start-up
+        logger.warning("s3prl_distill could not install its warning filters", exc_info=True)
 
 
 def install_torchaudio_guard():

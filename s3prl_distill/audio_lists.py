@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import soundfile
-from tqdm import tqdm
 
 from .errors import UserError
+from .progress import progress as show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def check_audio_files(
     check_on_bad_file(on_bad_file)
     good: List[AudioItem] = []
     bad: List[Tuple[Path, str]] = []
-    for item in tqdm(items, desc="Checking audio files", unit="file", disable=not progress):
+    for item in show_progress(items, desc="Checking audio files", unit="file", disable=not progress):
         frames, reason = _probe(item.path)
         if reason is None and frames != item.length:
             reason = f"{frames} samples in the file, {item.length} in the CSV"
@@ -292,7 +292,7 @@ def write_length_csvs(
         on_bad_file: ``"stop"`` raises DataError for unreadable, non-16 kHz-mono or too short (under
             :data:`MIN_SAMPLES` samples) files, ``"skip"`` leaves them out with a warning, but raises DataError for a
             set whose files are all bad.
-        progress: show a tqdm progress bar while reading headers.
+        progress: show progress while reading headers (a bar on a terminal, log lines otherwise).
 
     Returns:
         ``{set name: CSV path}``. Rows are ``index,file_path,length,label`` (label = file stem), sorted by length
@@ -327,7 +327,7 @@ def write_length_csvs(
     for name, files in files_by_set.items():
         rows: List[Tuple[str, int, str]] = []
         bad: List[Tuple[Path, str]] = []
-        for path in tqdm(files, desc=f"Reading headers of {name}", unit="file", disable=not progress):
+        for path in show_progress(files, desc=f"Reading headers of {name}", unit="file", disable=not progress):
             frames, reason = _probe(path)
             if reason is not None:
                 bad.append((path, reason))

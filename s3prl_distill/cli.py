@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -17,6 +18,9 @@ from . import commands as core_commands
 from .downstream_recipes import commands as downstream_commands
 from .errors import UserError, user_message
 from .pretrain import commands as pretrain_commands
+from .quiet import SHOW_ENV, hide_known_noise
+
+SHOW_WARNINGS_FLAG = "--show-third-party-warnings"
 
 # The packages contributing subcommands, in the order --help lists them.
 PACKAGES = (core_commands, pretrain_commands, downstream_commands)
@@ -30,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 def assemble() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser]]:
     """The parser and its subcommands' parsers by name."""
     parser = argparse.ArgumentParser(prog="s3prl-distill", description=__doc__.splitlines()[0])
+    parser.add_argument(SHOW_WARNINGS_FLAG, action="store_true",
+                        help="show the known-harmless third-party warnings this command hides (README: "
+                             f"'Console output'); the same as {SHOW_ENV}=1. Give it before the command name")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for package in PACKAGES:
         package.add_commands(subparsers)
@@ -38,6 +45,10 @@ def assemble() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentPars
 
 def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [SHOW_WARNINGS_FLAG]:  # a global flag: the commands after it never see it
+        argv = argv[1:]
+        os.environ[SHOW_ENV] = "1"  # also for the processes this command starts
+    hide_known_noise()
     try:
         _dispatch(argv)
     except UserError as error:  # bad input: its message names it; a traceback would only hide it

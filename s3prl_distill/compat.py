@@ -27,6 +27,8 @@ import sys
 import types
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from .quiet import showing_third_party_warnings
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,7 +53,9 @@ def guard_native_library_loader(utils_module: types.ModuleType) -> bool:
             return original(lib)
         except OSError as error:
             skipped_native_libraries.append(lib)
-            logger.info(
+            # Said at every start of every command otherwise; the flag that shows third-party warnings shows it.
+            logger.log(
+                logging.INFO if showing_third_party_warnings() else logging.DEBUG,
                 "torchaudio native library %r cannot be loaded (%s); continuing without it: the pure-Python "
                 "parts of torchaudio work, forced_align / rnnt_loss / CTC decoders do not",
                 lib,

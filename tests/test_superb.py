@@ -303,7 +303,7 @@ def test_superb_config_refuses_bad_input_naming_it(data_root, tmp_path, capsys, 
 def test_superb_config_writes_the_file_a_sweep_gives_s3prl(data_root, tmp_path, capsys, monkeypatch):
     from s3prl_distill.downstream_recipes.superb import runner
 
-    def stop(arguments, log, environment=None):
+    def stop(arguments, log, environment=None, on_step=None):
         raise InterruptedError(arguments)
 
     monkeypatch.setattr(runner, "_s3prl", stop)  # the sweep stops where s3prl's runner would start

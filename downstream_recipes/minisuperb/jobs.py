@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm import tqdm
+
+from s3prl_distill.progress import progress as show_progress
 
 from .audio import OUTPUT_GAIN, write_audio
 from .espeak import Prosody, synthesize
@@ -62,7 +63,7 @@ def run_jobs(
 ) -> Dict[Path, int]:
     """Run every job (threads: the heavy part is the espeak-ng subprocess); returns each output path's length."""
     lengths: Dict[Path, int] = {}
-    bar = tqdm(total=len(jobs), desc=description, unit="file", disable=not progress, dynamic_ncols=True)
+    bar = show_progress(total=len(jobs), desc=description, unit="file", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1:
             for job in jobs:

@@ -12,6 +12,7 @@ its finished experiments would otherwise be reported as this upstream's.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -25,18 +26,18 @@ from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
-
-from tqdm import tqdm
+from typing import Callable, Dict, List, Optional, Tuple
 
 from s3prl_distill.checkpoint import latest_step_checkpoint
 from s3prl_distill.errors import UserError
 from s3prl_distill.locking import ExclusiveLock, directory_lock
 from s3prl_distill.options import default_num_workers, usable_cpus
+from s3prl_distill.progress import progress as show_progress
 
 from .metrics import task_metric
+from .progress import StepReader, SweepProgress
 from .report import write_report
-from .tasks import TASKS, Task, data_values, parse_settings, write_config
+from .tasks import TASKS, Task, data_values, parse_settings, render_config, write_config
 
 logger = logging.getLogger(__name__)
 
@@ -110,24 +111,53 @@ def _voxceleb1_cache_lock() -> ExclusiveLock:
                          "s3prl's VoxCeleb1 file-list cache", wait=True)
 
 
-def _s3prl(arguments: List[str], log: Path, environment: Optional[Dict[str, str]] = None) -> float:
+def _s3prl(arguments: List[str], log: Path, environment: Optional[Dict[str, str]] = None,
+           on_step: Optional[Callable[[int, int], None]] = None) -> float:
+    """Run s3prl's downstream runner, its stdout and stderr appended to ``log`` as they come; ``on_step(step,
+    total)`` follows its ``overall`` bar (see :mod:`.progress`)."""
     command = [sys.executable, "-m", "s3prl.run_downstream", *arguments]
     start = time.perf_counter()
-    with log.open("a") as handle:
-        handle.write("$ " + " ".join(command) + "\n")
+    reader = StepReader(on_step) if on_step is not None else None
+    with log.open("ab") as handle:
+        handle.write(("$ " + " ".join(command) + "\n").encode())
         handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
-    if result.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-25:])
-        raise RuntimeError(f"s3prl's runner failed (exit {result.returncode}); end of {log}:\n{tail}")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
+        try:
+            while True:
+                chunk = process.stdout.read1(65536)
+                if not chunk:
+                    break
+                handle.write(chunk)
+                handle.flush()  # the log is complete at every moment, as when s3prl wrote it directly
+                if reader is not None:
+                    reader.feed(chunk.decode("utf-8", errors="replace"))
+            returncode = process.wait()
+        except BaseException:  # our side failed (e.g. the log's disk is full): s3prl must not train on unattended
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            process.stdout.close()
+    if reader is not None:
+        reader.close()
+    if returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"s3prl's runner failed (exit {returncode}); end of {log}:\n{tail}")
     return time.perf_counter() - start
 
 
 def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, expdir: Path,
-             environment: Optional[Dict[str, str]] = None) -> dict:
+             environment: Optional[Dict[str, str]] = None, progress: Optional[SweepProgress] = None,
+             run_name: Optional[str] = None) -> dict:
+    """Train and evaluate one experiment (or return its ``done.json``); ``progress`` hears of its phases and of
+    s3prl's steps under ``run_name``."""
     done = expdir / "done.json"
     if done.is_file():
         return json.loads(done.read_text())
+    on_step: Optional[Callable[[int, int], None]] = None
+    if progress is not None and run_name is not None:
+        progress.starting(run_name)
+        on_step = functools.partial(progress.step, run_name)
     expdir.mkdir(parents=True, exist_ok=True)
     config_path = expdir / "config.yaml"
     write_config(config_path, task, values, fold, spec.task_steps.get(task.key, spec.steps),
@@ -146,13 +176,15 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
             arguments += ["-k", spec.ckpt] if spec.ckpt else []
             arguments += ["-g", spec.model_config] if spec.model_config else []
             arguments += ["-s", spec.feature] if spec.feature else []
-        record["train_s"] = round(_s3prl(arguments, expdir / "train.log", environment), 1)
+        record["train_s"] = round(_s3prl(arguments, expdir / "train.log", environment, on_step), 1)
         trained.write_text("")
     best = expdir / task.best_checkpoint
     checkpoint = best if best.is_file() else latest_step_checkpoint(expdir)
     if checkpoint is None:
         raise RuntimeError(f"{expdir}: training left no checkpoint to evaluate")
     record["evaluated_checkpoint"] = checkpoint.name
+    if on_step is not None:
+        progress.evaluating(run_name)
     record["evaluate_s"] = round(_s3prl(["-m", "evaluate", "-e", str(checkpoint), "-t", task.evaluate_split,
                                          "--device", spec.device], expdir / "evaluate.log", environment), 1)
     record["value"] = task_metric(task, expdir, fold)
@@ -220,20 +252,38 @@ def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
     # sweep (threads) or in another one (processes).
     sid_lock = threading.Lock()
 
-    def execute(spec: SweepSpec, values: dict, run_dir: Path, task: Task, fold: Optional[str]) -> dict:
-        expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
-        if task.key == "sid":
-            with sid_lock, _voxceleb1_cache_lock():
-                return run_unit(spec, task, fold, values, expdir, environment)
-        return run_unit(spec, task, fold, values, expdir, environment)
-
     work = [(spec, values, run_dir, task, fold) for spec, values, run_dir, units in plans for task, fold in units]
+    names = _run_names(work, several_sweeps=len(plans) > 1)
     records: Dict[int, dict] = {}
-    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(work), desc=desc, unit="run") as bar:
-        futures = {pool.submit(execute, *item): index for index, item in enumerate(work)}
+    with ThreadPoolExecutor(max_workers=jobs) as pool, \
+            show_progress(total=len(work), desc=desc, unit="runs", show_eta=False, dynamic_ncols=True) as bar:
+        last_refresh = [0.0]
+
+        def show(postfix: str) -> None:  # from the runs' threads, at every s3prl step: redraw twice a second at most
+            now = time.monotonic()
+            refresh = now - last_refresh[0] >= 0.5
+            if refresh:
+                last_refresh[0] = now
+            bar.set_postfix_str(postfix, refresh=refresh)
+
+        progress = SweepProgress({name: _steps_to_train(*item) for name, item in zip(names, work)}, show)
+
+        def execute(index: int, spec: SweepSpec, values: dict, run_dir: Path, task: Task,
+                    fold: Optional[str]) -> dict:
+            expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
+            if task.key == "sid":
+                with sid_lock, _voxceleb1_cache_lock():
+                    record = run_unit(spec, task, fold, values, expdir, environment, progress, names[index])
+            else:
+                record = run_unit(spec, task, fold, values, expdir, environment, progress, names[index])
+            progress.done(names[index])  # here, not when the main thread collects it: the next run starts now
+            return record
+
+        futures = {pool.submit(execute, index, *item): index for index, item in enumerate(work)}
         try:
             for future in as_completed(futures):
-                records[futures[future]] = future.result()
+                index = futures[future]
+                records[index] = future.result()
                 bar.update()
         except BaseException:
             for future in futures:
@@ -244,6 +294,30 @@ def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
         run_dirs.append(_collect(spec, [(task, fold, records[index + i]) for i, (task, fold) in enumerate(units)]))
         index += len(units)
     return run_dirs
+
+
+def _run_names(work: list, several_sweeps: bool) -> List[str]:
+    """Each experiment's name in the progress line: its task (and fold), and its upstream's label when the bar
+    covers several sweeps; unique."""
+    names: List[str] = []
+    for spec, _, _, task, fold in work:
+        name = task.key if fold is None else f"{task.key}_{fold}"
+        if several_sweeps:
+            name += f" {spec.label or spec.upstream}"
+        while name in names:
+            name += "'"
+        names.append(name)
+    return names
+
+
+def _steps_to_train(spec: SweepSpec, values: dict, run_dir: Path, task: Task, fold: Optional[str]) -> int:
+    """The training steps an experiment has ahead of it, for the sweep's ETA: none once trained, else its config's."""
+    expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
+    if (expdir / "done.json").is_file() or (expdir / "train.done").is_file():
+        return 0
+    config = render_config(task, values, fold, spec.task_steps.get(task.key, spec.steps),
+                           spec.learning_rates.get(task.key), parse_settings(spec.settings).get(task.key))
+    return int(config["runner"]["total_steps"])
 
 
 def run_superb(spec: SweepSpec, jobs: int = 1) -> Path:

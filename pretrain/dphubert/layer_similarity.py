@@ -145,7 +145,7 @@ def collect_hidden_states(
     time; frames are kept at a fixed stride over the whole set (from the expected frame count), so the sample is
     spread evenly over all utterances and is the same on every run."""
     import torch
-    from tqdm import tqdm
+    from s3prl_distill.progress import progress as show_progress
 
     if max_frames < 2:
         raise ValueError(f"--max-frames {max_frames}: must be at least 2")
@@ -159,7 +159,7 @@ def collect_hidden_states(
     seen = 0
     stride = 0
     warned_lengths = False
-    for path, count in zip(tqdm(files, desc="layer-similarity", unit="utt"), samples):
+    for path, count in zip(show_progress(files, desc="layer-similarity", unit="utt"), samples):
         wave = torch.from_numpy(read_audio(Path(path), max_seconds)).unsqueeze(0).to(device)
         lengths = torch.tensor([wave.shape[1]], dtype=torch.long, device=device)
         try:
