@@ -85,6 +85,9 @@ def test_the_choices_offered_are_the_ones_the_code_implements():
     for linkage in choices[("layer-similarity", "linkage")]:
         assert sorted(sum(cluster_layers(similarity, [0, 1, 2, 3], k=2, linkage=linkage), [])) == [0, 1, 2, 3]
 
+    from s3prl_distill.downstream_recipes.demo import PRESETS  # the parser names them without importing the demo
+    assert choices[("demo", "preset")] == tuple(PRESETS)
+
 
 def test_an_unknown_choice_is_an_argument_error_naming_the_choices(capsys):
     from s3prl_distill.cli import main

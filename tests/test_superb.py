@@ -11,6 +11,7 @@ import pytest
 import soundfile
 
 from s3prl_distill.downstream_recipes.superb import prepare
+from s3prl_distill.errors import ConfigError
 from s3prl_distill.downstream_recipes.superb.tasks import CONFIG_DIR, TASKS, data_values, parse_settings, render_config
 
 from helpers import run_python
@@ -154,10 +155,22 @@ def test_render_config_fills_paths_and_settings(data_root):
     assert config["runner"]["total_steps"] == config["runner"]["eval_step"] == 5 and config["optimizer"]["lr"] == 1e-3
     assert config["downstream_expert"]["modelrc"]["projector_dim"] == 32
     assert render_config(TASKS["pr"], values)["downstream_expert"]["corpus"]["lexicon"] == values["lexicon"]
-    with pytest.raises(KeyError, match="no such key"):
+    with pytest.raises(ConfigError, match="no such key"):
         render_config(TASKS["ks"], values, settings=[(["runner", "totl_steps"], 1)])
-    with pytest.raises(ValueError, match="TASK:dotted.key=VALUE"):
+    with pytest.raises(ConfigError, match="TASK:dotted.key=VALUE"):
         parse_settings(["nope:runner.total_steps=1"])
+    with pytest.raises(ConfigError, match=r"--set 'ks:optimizer.lr=\[1': the value is not YAML"):
+        parse_settings(["ks:optimizer.lr=[1"])
+
+
+@pytest.mark.parametrize("item, message", [("ks:runner.totl_steps=1", "ks:runner.totl_steps: no such key"),
+                                           ("ks:optimizer.lr=[1", "the value is not YAML"),
+                                           ("runner.total_steps=1", "expected TASK:dotted.key=VALUE")])
+def test_a_bad_set_stops_the_sweep_before_any_run_with_its_message(item, message, data_root, tmp_path):
+    result = run_python([COMMAND, "superb", "-u", "fbank", "--data-root", str(data_root), "-p", str(tmp_path),
+                         "-n", "bad", "--tasks", "pr,ks", "--set", item], timeout=300)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not any(path.name.startswith(("pr", "ks")) for path in (tmp_path / "bad").glob("*"))
 
 
 def test_iemocap_meta_data_from_label_files(tmp_path):

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import yaml
 
 from s3prl_distill.errors import ConfigError, UserError
 
@@ -82,19 +81,13 @@ def write_superb_config(
         key, separator, _ = item.partition("=")
         if not key or not separator:
             raise ConfigError(f"--set {item!r}: expected dotted.key=VALUE, e.g. optimizer.lr=1e-2")
-    try:
-        overrides = parse_settings([f"{task.key}:{item}" for item in settings]).get(task.key)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set: a value is not YAML ({error})") from None
+    overrides = parse_settings([f"{task.key}:{item}" for item in settings]).get(task.key)
     values = data_values(Path(data_root), [task.key], num_workers)
     path = Path(output) if output is not None else default_output(task, fold)
     if path.exists() and not force:
         raise OutputExistsError(f"{path} exists; pass --force to overwrite it, or choose another --output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # the config is rendered (and a --set key checked) before anything is written
-        write_config(path, task, values, fold, steps, settings=overrides)
-    except KeyError as error:
-        raise ConfigError(error.args[0]) from None
+    write_config(path, task, values, fold, steps, settings=overrides)  # a --set key is checked before writing
     path = path.resolve()
     expdir = Path("result") / "downstream" / path.stem
     notes = []

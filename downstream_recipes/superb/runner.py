@@ -237,8 +237,9 @@ def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> L
             locks.enter_context(directory_lock(run_dir, "SUPERB run directory",
                                                hint="wait for that sweep to finish, or choose another -n"))
             check_same_sweep(spec, run_dir)
-            parse_settings(spec.settings)  # malformed overrides fail before any training
             values = data_values(Path(spec.data_root), spec.tasks, spec.num_workers)
+            for task, fold in _units(spec):  # a malformed or unknown --set fails before any training
+                render_config(task, values, fold, settings=parse_settings(spec.settings).get(task.key))
             (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
             plans.append((spec, values, run_dir, _units(spec)))
         return _run_plans(plans, jobs, desc)

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from s3prl_distill.errors import UserError
+from s3prl_distill.errors import ConfigError, UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Vocabularies used when the data root has none: s3prl's 71 phones (SIL, SPN, 69 stressed ARPAbet) and its 28
@@ -134,14 +134,19 @@ def _value(values: Mapping[str, Any], name: str) -> Any:
 
 
 def parse_settings(items: Optional[List[str]]) -> Dict[str, List[Tuple[List[str], Any]]]:
-    """``TASK:dotted.key=VALUE`` (VALUE parsed as YAML) -> {task: [(path, value), ...]}."""
+    """``TASK:dotted.key=VALUE`` (VALUE parsed as YAML) -> {task: [(path, value), ...]}; a malformed item is a
+    :class:`ConfigError` naming it."""
     settings: Dict[str, List[Tuple[List[str], Any]]] = {}
     for item in items or []:
         target, _, assignment = item.partition(":")
         key, separator, value = assignment.partition("=")
         if target not in TASKS or not separator or not key:
-            raise ValueError(f"--set {item!r}: expected TASK:dotted.key=VALUE with TASK in {','.join(TASKS)}")
-        settings.setdefault(target, []).append((key.split("."), yaml.safe_load(value)))
+            raise ConfigError(f"--set {item!r}: expected TASK:dotted.key=VALUE with TASK in {','.join(TASKS)}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item!r}: the value is not YAML ({error})") from None
+        settings.setdefault(target, []).append((key.split("."), parsed))
     return settings
 
 
@@ -162,10 +167,11 @@ def render_config(
         node = config
         for part in path[:-1]:
             if not isinstance(node.get(part), dict):
-                raise KeyError(f"--set {task.key}:{'.'.join(path)}: {part!r} is not a section of the {task.key} config")
+                raise ConfigError(f"--set {task.key}:{'.'.join(path)}: {part!r} is not a section of the {task.key} "
+                                  "config")
             node = node[part]
         if path[-1] not in node:
-            raise KeyError(f"--set {task.key}:{'.'.join(path)}: no such key in the {task.key} config")
+            raise ConfigError(f"--set {task.key}:{'.'.join(path)}: no such key in the {task.key} config")
         node[path[-1]] = value
     return config
 
