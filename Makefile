@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python 3.9+ with venv and pip):
-#   make demo         builds .venv and runs the main job: the offline demo, quick preset (< 20 min on 2 CPU cores)
+#   make demo         builds .venv and runs the main job: the offline demo, quick preset (15-30 min on 2 CPU cores, machine-dependent)
 #   make test         builds .venv and runs the test suite
 # (make quickstart: a 15-second smoke job through s3prl's downstream runner.)
 VENV ?= .venv

@@ -63,7 +63,7 @@ class DemoPreset:
     timing_seconds: float  # utterance length of the inference-time measurement
 
 
-# quick: sized to finish in under 20 minutes on 2 CPU cores (see the README for the measured stage times).
+# quick: sized for 2 CPU cores: 15.5 and 29 min measured on two sessions' machines (README: stage times).
 PRESETS: Dict[str, DemoPreset] = {
     "tiny": DemoPreset("tiny", teacher_steps=4, teacher_batch=4, student_steps=3, student_batch=4, superb_steps=2,
                        superb_task_steps={}, small_batches=True, er_folds=("fold1",), timing_seconds=1.0),
