@@ -52,19 +52,30 @@ def forward_time_samples(
     sync = synchronize if synchronize is not None else (lambda: None)
     times: Dict[str, List[float]] = {name: [] for name in models}
     with torch.no_grad():
-        for model in models.values():
-            model.eval()
-            for _ in range(warmup):
-                upstream_features(model, wavs, feature)
+        _warm_up(models, wavs, warmup, feature)
         for repeat in range(repeats):
             for name in rotated(list(models), repeat):
-                model = models[name]
-                sync()
-                start = time.perf_counter()
-                upstream_features(model, wavs, feature)
-                sync()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(_timed_forward(models[name], wavs, feature, sync))
     return times
+
+
+def _warm_up(models: Mapping[str, torch.nn.Module], wavs: List[torch.Tensor], warmup: int,
+             feature: Optional[str]) -> None:
+    """Eval mode, then ``warmup`` untimed forwards per model (first-call allocations and lazy set-up)."""
+    for model in models.values():
+        model.eval()
+        for _ in range(warmup):
+            upstream_features(model, wavs, feature)
+
+
+def _timed_forward(model: torch.nn.Module, wavs: List[torch.Tensor], feature: Optional[str],
+                   sync: Callable[[], None]) -> float:
+    """Seconds of one :func:`upstream_features` call, the device synchronised before each clock read."""
+    sync()
+    start = time.perf_counter()
+    upstream_features(model, wavs, feature)
+    sync()
+    return time.perf_counter() - start
 
 
 def forward_times(
@@ -208,19 +219,12 @@ def interleaved_times(
         times: Dict[str, List[float]] = {name: [] for name in names}
         order: List[List[str]] = []
         with torch.no_grad():
-            for name in names:
-                models[name].eval()
-                for _ in range(warmup):
-                    upstream_features(models[name], wavs, feature)
+            _warm_up(models, wavs, warmup, feature)
             spent = 0.0
             while len(order) < min_rounds or (spent < budget_s and len(order) < max_rounds):
                 round_order = rotated(names, len(order))
                 for name in round_order:
-                    sync()
-                    start = time.perf_counter()
-                    upstream_features(models[name], wavs, feature)
-                    sync()
-                    elapsed = time.perf_counter() - start
+                    elapsed = _timed_forward(models[name], wavs, feature, sync)
                     times[name].append(elapsed)
                     spent += elapsed
                 order.append(round_order)
