@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from s3prl_distill.downstream_recipes.demo import inference_ratios
+from s3prl_distill.checkpoint import latest_step_checkpoint
+from s3prl_distill.downstream_recipes.demo import demo_upstreams, inference_ratios
 
 
 def main() -> None:
@@ -25,16 +26,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "demo_timing.json")
     args = parser.parse_args()
     teacher_stage, student_stage = args.workdir / "stage_teacher", args.workdir / "stage_students"
-    students = {family: max((student_stage / family).glob("states-*.ckpt"),
-                            key=lambda path: int(path.stem.split("-")[1])) for family in ("distilhubert", "fithubert")}
-    # The demo's rows, in its order (the first is the reference).
-    upstreams = [
-        ("teacher (HuBERT, pretrained)", "hubert_local", teacher_stage / "teacher.ckpt"),
-        ("teacher, random weights", "hubert_local", teacher_stage / "random_teacher.ckpt"),
-        ("DistilHuBERT-shaped student", "distilhubert_local", students["distilhubert"]),
-        ("FitHuBERT-shaped student", "fithubert_local", students["fithubert"]),
-        ("fbank (s3prl)", "fbank", None),
-    ]
+    students = {family: latest_step_checkpoint(student_stage / family) for family in ("distilhubert", "fithubert")}
+    missing = [family for family, path in students.items() if path is None]
+    if missing:
+        parser.error(f"{args.workdir} holds no student checkpoint of {', '.join(missing)} (states-*.ckpt under "
+                     f"{student_stage}): is it a finished demo work directory?")
+    upstreams = demo_upstreams(teacher_stage / "teacher.ckpt", teacher_stage / "random_teacher.ckpt", students)
     timing = inference_ratios(upstreams, args.seconds)
     result = {"benchmark": "demo_timing", "workdir": str(args.workdir), "batch": f"4 x {args.seconds:g} s",
               "conditions": timing.conditions(), **timing.to_json()}
@@ -42,9 +39,9 @@ def main() -> None:
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(timing.method())
     print(f"measured on {timing.conditions()}")
+    time_spreads = timing.time_spreads()
     for label, spread in timing.ratio_spreads().items():
-        time_spread = timing.time_spreads()[label]
-        print(f"{label:32s} {spread.format()}   {time_spread.median:.3f} s")
+        print(f"{label:32s} {spread.format()}   {time_spreads[label].median:.3f} s")
 
 
 if __name__ == "__main__":

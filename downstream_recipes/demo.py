@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import yaml
@@ -123,6 +123,19 @@ def student_configs(teacher_model: Dict) -> Dict[str, Dict]:
     return {"distilhubert": distil, "fithubert": fit}
 
 
+def demo_upstreams(teacher: Path, random_teacher: Path,
+                   students: Dict[str, Path]) -> List[Tuple[str, str, Optional[Path]]]:
+    """The demo's rows, in its order, as (label, s3prl upstream, checkpoint); the first is the reference of the
+    time column. ``students``: the final checkpoint of each family (``distilhubert``, ``fithubert``)."""
+    return [
+        ("teacher (HuBERT, pretrained)", "hubert_local", teacher),
+        ("teacher, random weights", "hubert_local", random_teacher),
+        ("DistilHuBERT-shaped student", "distilhubert_local", students["distilhubert"]),
+        ("FitHuBERT-shaped student", "fithubert_local", students["fithubert"]),
+        ("fbank (s3prl)", "fbank", None),
+    ]
+
+
 def run_demo(workdir: Path, preset: str = "quick", seed: int = 0, device: str = "cpu") -> Dict[str, Path]:
     settings = PRESETS[preset]
     workdir = Path(workdir).resolve()
@@ -185,13 +198,7 @@ def run_demo(workdir: Path, preset: str = "quick", seed: int = 0, device: str = 
     timings["students"] = time.perf_counter() - start
 
     # 4. SUPERB for every upstream
-    upstreams = [
-        ("teacher (HuBERT, pretrained)", "hubert_local", teacher),
-        ("teacher, random weights", "hubert_local", random_teacher),
-        ("DistilHuBERT-shaped student", "distilhubert_local", checkpoints["distilhubert"]),
-        ("FitHuBERT-shaped student", "fithubert_local", checkpoints["fithubert"]),
-        ("fbank (s3prl)", "fbank", None),
-    ]
+    upstreams = demo_upstreams(teacher, random_teacher, checkpoints)
     specs = [SweepSpec(upstream=upstream, data_root=str(data), name=f"upstream{index}", label=label,
                        tasks=["pr", "asr", "ks", "sid", "er"], folds=list(settings.er_folds or []) or None,
                        ckpt=str(ckpt) if ckpt else None, exproot=str(workdir / "stage_superb"), device=device,
