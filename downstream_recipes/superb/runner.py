@@ -37,7 +37,7 @@ from s3prl_distill.progress import progress as show_progress
 from .metrics import task_metric
 from .progress import StepReader, SweepProgress
 from .report import write_report
-from .tasks import TASKS, Task, data_values, parse_settings, render_config, write_config
+from .tasks import TASKS, Task, data_values, experiment_name, parse_settings, render_config, write_config
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +160,7 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
         on_step = functools.partial(progress.step, run_name)
     expdir.mkdir(parents=True, exist_ok=True)
     config_path = expdir / "config.yaml"
-    write_config(config_path, task, values, fold, spec.task_steps.get(task.key, spec.steps),
-                 spec.learning_rates.get(task.key), parse_settings(spec.settings).get(task.key))
+    write_config(config_path, task, values, fold, *_unit_options(spec, task))
     if task.key == "sid":
         clear_voxceleb1_cache()
     record = {"task": task.key, "fold": fold}
@@ -239,7 +238,7 @@ def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> L
             check_same_sweep(spec, run_dir)
             values = data_values(Path(spec.data_root), spec.tasks, spec.num_workers)
             for task, fold in _units(spec):  # a malformed or unknown --set fails before any training
-                render_config(task, values, fold, settings=parse_settings(spec.settings).get(task.key))
+                render_config(task, values, fold, *_unit_options(spec, task))
             (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
             plans.append((spec, values, run_dir, _units(spec)))
         return _run_plans(plans, jobs, desc)
@@ -271,7 +270,7 @@ def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
 
         def execute(index: int, spec: SweepSpec, values: dict, run_dir: Path, task: Task,
                     fold: Optional[str]) -> dict:
-            expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
+            expdir = run_dir / experiment_name(task, fold)
             if task.key == "sid":
                 with sid_lock, _voxceleb1_cache_lock():
                     record = run_unit(spec, task, fold, values, expdir, environment, progress, names[index])
@@ -302,7 +301,7 @@ def _run_names(work: list, several_sweeps: bool) -> List[str]:
     covers several sweeps; unique."""
     names: List[str] = []
     for spec, _, _, task, fold in work:
-        name = task.key if fold is None else f"{task.key}_{fold}"
+        name = experiment_name(task, fold)
         if several_sweeps:
             name += f" {spec.label or spec.upstream}"
         while name in names:
@@ -313,12 +312,17 @@ def _run_names(work: list, several_sweeps: bool) -> List[str]:
 
 def _steps_to_train(spec: SweepSpec, values: dict, run_dir: Path, task: Task, fold: Optional[str]) -> int:
     """The training steps an experiment has ahead of it, for the sweep's ETA: none once trained, else its config's."""
-    expdir = run_dir / (task.key if fold is None else f"{task.key}_{fold}")
+    expdir = run_dir / experiment_name(task, fold)
     if (expdir / "done.json").is_file() or (expdir / "train.done").is_file():
         return 0
-    config = render_config(task, values, fold, spec.task_steps.get(task.key, spec.steps),
-                           spec.learning_rates.get(task.key), parse_settings(spec.settings).get(task.key))
-    return int(config["runner"]["total_steps"])
+    return int(render_config(task, values, fold, *_unit_options(spec, task))["runner"]["total_steps"])
+
+
+def _unit_options(spec: SweepSpec, task: Task) -> Tuple[Optional[int], Optional[float], Optional[list]]:
+    """What the sweep changes in ``task``'s config: (steps, learning rate, --set settings), as render_config takes
+    them."""
+    return (spec.task_steps.get(task.key, spec.steps), spec.learning_rates.get(task.key),
+            parse_settings(spec.settings).get(task.key))
 
 
 def run_superb(spec: SweepSpec, jobs: int = 1) -> Path:

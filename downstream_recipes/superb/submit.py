@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from .metrics import prediction_file
-from .tasks import TASKS
+from .tasks import TASKS, experiment_name
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ def collect_predictions(run_dir: Path, out_dir: Path) -> List[str]:
         shutil.rmtree(predict)
     written = []
     for key, task in TASKS.items():
-        units = [(f"{key}_{fold}", fold, f"er_{fold}_public/predict.txt") for fold in task.folds] if task.folds \
-            else [(key, None, LEADERBOARD_NAMES[key])]
+        units = [(experiment_name(task, fold), fold, f"er_{fold}_public/predict.txt") for fold in task.folds] \
+            if task.folds else [(experiment_name(task), None, LEADERBOARD_NAMES[key])]
         present = [(name, fold, target) for name, fold, target in units if (run_dir / name / "done.json").is_file()]
         if not present:
             continue

@@ -133,6 +133,11 @@ def _value(values: Mapping[str, Any], name: str) -> Any:
     return values[name]
 
 
+def experiment_name(task: Task, fold: Optional[str] = None) -> str:
+    """One experiment's directory in a sweep (and its name in the progress line): ``pr``, ``er_fold1``."""
+    return task.key if fold is None else f"{task.key}_{fold}"
+
+
 def parse_settings(items: Optional[List[str]]) -> Dict[str, List[Tuple[List[str], Any]]]:
     """``TASK:dotted.key=VALUE`` (VALUE parsed as YAML) -> {task: [(path, value), ...]}; a malformed item is a
     :class:`ConfigError` naming it."""
