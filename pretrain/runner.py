@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-import torch
 import torch.distributed as dist
 import yaml
 
@@ -45,7 +44,8 @@ from s3prl_distill.locking import LOCK_NAME, directory_lock
 from .config import PretrainConfig, apply_overrides, load_config, validate_config
 from .follow_teacher import fit_to_teacher, following_summary
 from .loader import build_data
-from .trainer import Distributed, Trainer, linear_warmup_decay, setup_distributed
+from .trainer import (Distributed, Trainer, linear_warmup_decay, setup_distributed, training_device,
+                      training_precision)
 
 # Importable from here, where they lived before the training loop moved to .trainer and .loader.
 __all__ = ["Distributed", "RunExistsError", "Trainer", "build_data", "build_parser", "find_latest_checkpoint",
@@ -146,7 +146,7 @@ def run(
 
 def _warn_precision_fallback(config: PretrainConfig) -> None:
     """Said once per run, by rank 0, where the config is settled (the trainer falls back silently)."""
-    if config.runner.precision == "fp16" and not torch.cuda.is_available():
+    if training_precision(config.runner.precision, training_device()) != config.runner.precision:
         logger.warning("runner.precision=fp16 needs CUDA; this run trains in fp32 on the CPU (set "
                        "runner.precision=fp32 or bf16 to choose)")
 

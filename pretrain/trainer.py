@@ -68,6 +68,17 @@ def linear_warmup_decay(total_steps: int, warmup_proportion: float) -> Callable[
     return factor
 
 
+def training_device(local_rank: int = 0) -> torch.device:
+    """Where a run's process trains: its local GPU where CUDA is available, else the CPU."""
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def training_precision(requested: str, device: torch.device) -> str:
+    """The precision a run trains in on ``device``: fp16 (autocast with loss scaling) needs CUDA, so it becomes
+    fp32 elsewhere; fp32 and bf16 stay."""
+    return "fp32" if requested == "fp16" and device.type != "cuda" else requested
+
+
 class Trainer:
     """One run's training state and loop; on rank 0 it also writes the checkpoints, ``metrics.jsonl`` and
     TensorBoard events into ``expdir``. ``resume``: a checkpoint of this runner, restored exactly (the student is then
@@ -80,13 +91,11 @@ class Trainer:
         self.expdir = expdir
         self.resume_source = resume_source
         self.dist = setup_distributed()
-        if torch.cuda.is_available():
-            torch.cuda.set_device(self.dist.local_rank)
-            self.device = torch.device("cuda", self.dist.local_rank)
-        else:
-            self.device = torch.device("cpu")
+        self.device = training_device(self.dist.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         runner = config.runner
-        self.precision = "fp32" if runner.precision == "fp16" and self.device.type != "cuda" else runner.precision
+        self.precision = training_precision(runner.precision, self.device)
         if self.precision != runner.precision:  # the run's start already warned (runner.run), once
             logger.debug("precision %s needs CUDA; training in fp32 on %s", runner.precision, self.device)
 
