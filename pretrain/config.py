@@ -103,6 +103,10 @@ class TeacherConfig(StrictModel):
     upstream_config: Optional[str] = None  # passed as the upstream's model_config (what -g gives it in s3prl)
     refresh: bool = False
 
+    def describe(self) -> str:
+        """``teacher 'NAME' (CKPT)``, as messages name it."""
+        return f"teacher {self.name!r}" + (f" ({self.ckpt})" if self.ckpt else "")
+
 
 class StudentInitConfig(StrictModel):
     """What the student copies from the teacher before training (shapes must match). DistilHuBERT: all of it.

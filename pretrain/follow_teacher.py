@@ -34,10 +34,6 @@ WIDTH_FIELDS = ("embed_dim", "ffn_dim", "num_heads", "head_dim", "layer_norm_fir
                 "pos_conv_groups", "pos_conv_weight_norm", "relative_position")
 
 
-def _describe(teacher: TeacherConfig) -> str:
-    return f"teacher {teacher.name!r}" + (f" ({teacher.ckpt})" if teacher.ckpt else "")
-
-
 def teacher_architecture(teacher: TeacherConfig, required: bool = False) -> Optional[Architecture]:
     """The teacher's architecture read from ``teacher.ckpt``; None when it cannot be read there (no local file: a hub
     entry that fetches its own weights; or a format we do not read), unless ``required``: then an error saying
@@ -45,7 +41,7 @@ def teacher_architecture(teacher: TeacherConfig, required: bool = False) -> Opti
     path = Path(teacher.ckpt) if teacher.ckpt else None
     try:
         if path is None or not path.is_file():
-            raise CheckpointError(f"{_describe(teacher)} has no local checkpoint file to read its architecture from")
+            raise CheckpointError(f"{teacher.describe()} has no local checkpoint file to read its architecture from")
         return read_architecture(path, what=f"teacher {teacher.name!r} checkpoint")
     except CheckpointError as error:
         if required:
@@ -70,7 +66,8 @@ def layer_scale(written_for: int, teacher_layers: int) -> Callable[[List[int]], 
     return scale
 
 
-def _followed_student(config: Sections, follow: FollowTeacherConfig, teacher: Architecture) -> Dict[str, Any]:
+def _followed_student(config: Sections, follow: FollowTeacherConfig, teacher: Architecture,
+                      scale: Optional[Callable[[List[int]], List[int]]]) -> Dict[str, Any]:
     student = config.student.to_dict()
     theirs = teacher.backbone.to_dict()
     if follow.cnn:
@@ -78,7 +75,7 @@ def _followed_student(config: Sections, follow: FollowTeacherConfig, teacher: Ar
             raise ConfigError("follow_teacher.cnn: the student has the fbank front end, not a CNN; set "
                               "follow_teacher.cnn: false")
         if "feature_extractor" not in theirs:
-            raise ConfigError(f"follow_teacher.cnn: {_describe(config.teacher)} has no CNN to follow")
+            raise ConfigError(f"follow_teacher.cnn: {config.teacher.describe()} has no CNN to follow")
         for key in CNN_FIELDS:
             student["feature_extractor"][key] = theirs["feature_extractor"][key]
     if follow.width:
@@ -93,8 +90,7 @@ def _followed_student(config: Sections, follow: FollowTeacherConfig, teacher: Ar
     head = student.get("prediction_head")
     if head is not None:
         head["out_dim"] = teacher.width
-        if follow.layers_of is not None:
-            scale = layer_scale(follow.layers_of, teacher.num_layers)
+        if scale is not None:
             if head["type"] == "projection":
                 head["target_groups"] = _scaled_groups(head["target_groups"], scale, follow.layers_of, teacher)
             else:
@@ -129,14 +125,14 @@ def _flatten(data: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def _follow(config: Sections, follow: FollowTeacherConfig, teacher: Architecture) -> Sections:
-    student = _followed_student(config, follow, teacher)
+    scale = layer_scale(follow.layers_of, teacher.num_layers) if follow.layers_of is not None else None
+    student = _followed_student(config, follow, teacher, scale)
     method = config.method
-    if follow.layers_of is not None:
+    if scale is not None:
         resolved = StudentConfig.from_dict(student, "student as it follows the teacher")
-        method = method_spec(method.name).recipe.scale_layers(
-            method, layer_scale(follow.layers_of, teacher.num_layers), resolved)
+        method = method_spec(method.name).recipe.scale_layers(method, scale, resolved)
     data = {**config.model_dump(), "student": student, "method": method.model_dump(), "follow_teacher": None}
-    return validated(type(config), data, f"the student as it follows {_describe(config.teacher)}")
+    return validated(type(config), data, f"the student as it follows {config.teacher.describe()}")
 
 
 def following_summary(written: Sections, followed: Sections) -> str:
@@ -144,7 +140,7 @@ def following_summary(written: Sections, followed: Sections) -> str:
     before = {**_flatten(written.student.to_dict(), "student"), **_flatten(written.method.model_dump(), "method")}
     after = {**_flatten(followed.student.to_dict(), "student"), **_flatten(followed.method.model_dump(), "method")}
     changes = [f"{key} {before.get(key)!r} -> {value!r}" for key, value in after.items() if before.get(key) != value]
-    return (f"the student follows {_describe(written.teacher)}: "
+    return (f"the student follows {written.teacher.describe()}: "
             + ("; ".join(changes) if changes else "nothing to change (the config is written for this teacher)"))
 
 
@@ -230,7 +226,7 @@ def fit_to_teacher(config: Sections) -> Sections:
     if problems:
         lines = "\n".join(f"  {key}: {_shown(ours)} here; the teacher: {_shown(theirs)}" for key, ours, theirs in problems)
         raise ConfigError(
-            f"the student does not fit {_describe(config.teacher)} ({teacher.num_layers} layers, width "
+            f"the student does not fit {config.teacher.describe()} ({teacher.num_layers} layers, width "
             f"{teacher.width}):\n{lines}\nset these keys to the teacher's values (-o config.KEY=VALUE), or let the "
             "student follow its teacher: follow_teacher: {cnn: true, width: true, depth: ..., layers_of: 12} (see "
             "pretrain/distilhubert/config.yaml and the README's 'Distilling a student')")

@@ -78,6 +78,7 @@ class Teacher(nn.Module):
 
         self.name = config.name
         self.ckpt = config.ckpt
+        self.description = config.describe()
         self.upstream = build_upstream(config.name, config.ckpt, config.upstream_config, config.refresh,
                                        what="teacher")
         disabled = 0
@@ -151,7 +152,7 @@ class Teacher(nn.Module):
             return read_hubert_codebook(path)
         model = getattr(self.upstream, "model", None)
         state = model.state_dict() if isinstance(model, nn.Module) else {}
-        return codebook_from_state(state, f"teacher {self.name!r}" + (f" ({self.ckpt})" if self.ckpt else ""))
+        return codebook_from_state(state, self.description)
 
     def fairseq_model(self) -> nn.Module:
         """The fairseq-layout model inside an s3prl HuBERT / wav2vec 2.0 expert (for initialising students)."""
