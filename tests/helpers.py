@@ -18,7 +18,8 @@ from s3prl_distill.audio_lists import SAMPLE_RATE
 from s3prl_distill.formats.fairseq import teacher_copy_config
 from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
 from s3prl_distill.formats.s3prl_wavlm import TINY_WAVLM
-from s3prl_distill.model import PruningConfig, StudentConfig, StudentModel, fithubert_config, pruning_student_config
+from s3prl_distill.model import (PruningConfig, StudentConfig, StudentModel, deepthin_config, fithubert_config,
+                                 pruning_student_config, shallowwide_config, with_codeword_head, with_fbank_front_end)
 from s3prl_distill.pretrain.config import load_config
 from s3prl_distill.pretrain.runner import Trainer
 
@@ -154,6 +155,31 @@ def tiny_fithubert(layers: int = 3, out_dim: int = 48) -> StudentConfig:
                            pos_conv_groups=4)
     data["prediction_head"] = {"type": "layerwise", "target_layers": list(range(1, layers + 1)), "out_dim": out_dim}
     return StudentConfig.from_dict(data)
+
+
+TINY_ASR_CNN = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
+
+
+def tiny_deepthin(codeword=("logits", 504), fbank: bool = False) -> StudentConfig:
+    """A tiny Wang et al. deep-thin student (3 layers of 40), optionally with the fbank front end and a codeword head."""
+    data = deepthin_config(teacher_dim=48).to_dict()
+    data["feature_extractor"]["conv_layers"] = TINY_ASR_CNN
+    data["encoder"].update(num_layers=3, embed_dim=40, ffn_dim=40, num_heads=4, pos_conv_kernel=16,
+                           pos_conv_groups=4)
+    data["prediction_head"]["target_layers"] = [1, 2, 3]
+    config = StudentConfig.from_dict(data)
+    config = with_fbank_front_end(config) if fbank else config
+    return with_codeword_head(config, *codeword) if codeword else config
+
+
+def tiny_shallowwide(codeword=("cosine", 16)) -> StudentConfig:
+    """A tiny Wang et al. shallow-wide student (2 layers of 48), optionally with a codeword head."""
+    data = shallowwide_config(teacher_dim=48).to_dict()
+    data["feature_extractor"]["conv_layers"] = TINY_ASR_CNN
+    data["encoder"].update(num_layers=2, embed_dim=48, ffn_dim=96, num_heads=4, pos_conv_kernel=16, pos_conv_groups=4)
+    data["prediction_head"].update(target_layers=[1, 3], inner_dim=48)
+    config = StudentConfig.from_dict(data)
+    return with_codeword_head(config, *codeword) if codeword else config
 
 
 ALL_GATES = PruningConfig(attention_layers=True, ffn_layers=True)

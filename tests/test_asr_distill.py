@@ -24,29 +24,7 @@ from s3prl_distill.model.fbank import fbank_statistics, log_mel_fbank
 from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 from s3prl_distill.pretrain.teacher import HubertCodebook, codebook_from_state, read_hubert_codebook
 
-from helpers import featurizer_weights_after_training, pretrain, random_waves
-
-TINY_CNN = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
-
-
-def tiny_deepthin(codeword=("logits", 504), fbank: bool = False) -> StudentConfig:
-    data = deepthin_config(teacher_dim=48).to_dict()
-    data["feature_extractor"]["conv_layers"] = TINY_CNN
-    data["encoder"].update(num_layers=3, embed_dim=40, ffn_dim=40, num_heads=4, pos_conv_kernel=16,
-                           pos_conv_groups=4)
-    data["prediction_head"]["target_layers"] = [1, 2, 3]
-    config = StudentConfig.from_dict(data)
-    config = with_fbank_front_end(config) if fbank else config
-    return with_codeword_head(config, *codeword) if codeword else config
-
-
-def tiny_shallowwide(codeword=("cosine", 16)) -> StudentConfig:
-    data = shallowwide_config(teacher_dim=48).to_dict()
-    data["feature_extractor"]["conv_layers"] = TINY_CNN
-    data["encoder"].update(num_layers=2, embed_dim=48, ffn_dim=96, num_heads=4, pos_conv_kernel=16, pos_conv_groups=4)
-    data["prediction_head"].update(target_layers=[1, 3], inner_dim=48)
-    return with_codeword_head(StudentConfig.from_dict(data), *codeword)
-
+from helpers import featurizer_weights_after_training, pretrain, random_waves, tiny_deepthin, tiny_shallowwide
 
 # --- losses on hand-computed tensors --------------------------------------------------------------------------------
 
