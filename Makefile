@@ -37,9 +37,12 @@ quickstart: setup
 # Two pytest workers (pytest-xdist), each test file on one worker so module fixtures are built once: most of the
 # suite is s3prl subprocesses that leave a core idle: 31 -> 19 min of pytest on 2 cores, measured (PYTEST_WORKERS=0: one
 # process). pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
+# The device_check tests (tests/test_on_device.py) run once, inside tests/test_gpu_check.py, which runs them through
+# `benchmarks/gpu_check.sh --device cpu --quick` as a GPU machine does; collecting them here too would run them twice.
 PYTEST_WORKERS ?= 2
+PYTEST_MARKERS ?= not device_check
 test: setup
-	@$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); status=$$?; \
+	@$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile -m "$(PYTEST_MARKERS)" $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status
 
 clean:
