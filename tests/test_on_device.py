@@ -171,7 +171,9 @@ def test_mixed_precision_training_steps(setup, one_batch, tmp_path, recipe, prec
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_no_host_device_sync_between_logs(setup, one_batch, tmp_path, recipe, precision):
     """Between two logs a step never waits for the GPU. Outside the check: the log and checkpoint, and the teacher
-    forward, an s3prl upstream taking a list of waveforms (host-side by design; a teacher cache avoids it)."""
+    forward, an s3prl upstream taking a list of waveforms (host-side by design; a teacher cache avoids it). The runs
+    use the fused AdamW: AdamW_with_schedule (the shipped DistilHuBERT, FitHuBERT and ASR configs) has no AMP hooks,
+    so GradScaler reads its skip decision once a step (see Trainer.__init__)."""
     trainer = trainer_for(setup, tmp_path, recipe, precision, "config.runner.total_steps=4,,config.runner.log_step=4,,"
                                                               "config.runner.save_step=4", one_batch)
 
