@@ -25,8 +25,9 @@ after the timed run of the same recipe and teacher mode: the student's forward a
 forward when it runs online (none from the cache). Counted: matrix products, convolutions (forward and backward) and
 attention (2 FLOPs per multiply-accumulate); not counted: element-wise ops, norms, softmax outside fused attention,
 the fbank, the optimizer. The same count serves the compiled and bf16 cases of that recipe and mode.
-**MFU** = model FLOPs per step / median step time / measured GEMM peak of the case's precision (``mfu``); against the
-bf16 peak too (``mfu_vs_bf16_peak``).
+**MFU** = model FLOPs per step / median step time / a measured GEMM peak (``mfu``): fp32 cases over the fp32 peak,
+bf16 (autocast) cases over the higher of the bf16 and fp32 peaks (:func:`peak_for`); over the bf16 peak as well
+(``mfu_vs_bf16_peak``).
 
 **Upstreams** (b): every upstream family from a random checkpoint of the right shape (full size; toy with
 ``--quick``) written by our own code, loaded through its s3prl entry (``build_upstream``), plus s3prl's own
