@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import soundfile
@@ -43,14 +44,19 @@ VARIANTS = {
 
 
 class StepTimer(logging.Handler):
-    """Collects the wall time between the runner's per-step log lines."""
+    """Collects the wall time between the runner's per-step log lines. ``synchronize`` (e.g.
+    ``torch.cuda.synchronize``) runs before each clock read, so that queued device work is in the step it belongs
+    to."""
 
-    def __init__(self) -> None:
+    def __init__(self, synchronize: Optional[Callable[[], None]] = None) -> None:
         super().__init__()
         self.stamps = []
+        self.synchronize = synchronize
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().startswith("step "):
+            if self.synchronize is not None:
+                self.synchronize()
             self.stamps.append(time.perf_counter())
 
 
@@ -83,8 +89,9 @@ def main() -> None:
             f",,config.runner.save_step={10 * args.steps}",
         )
         timer = StepTimer()
-        logging.getLogger("s3prl_distill.pretrain.runner").addHandler(timer)
-        logging.getLogger("s3prl_distill.pretrain.runner").setLevel(logging.INFO)
+        step_log = logging.getLogger(Trainer.__module__)  # where the per-step lines are logged
+        step_log.addHandler(timer)
+        step_log.setLevel(logging.INFO)
         variants = {}
         for variant in args.variants:
             overrides, warmup = VARIANTS[variant]

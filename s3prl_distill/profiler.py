@@ -44,8 +44,9 @@ from .registry import build_upstream, check_upstream_names
 # UnknownUpstreamError (raised through check_upstream_names) and the report's functions are importable from here.
 __all__ = [
     "DEFAULT_SECONDS", "MEMORY_METHOD", "SAMPLE_RATE", "UnknownUpstreamError", "UpstreamSpec", "count_macs",
-    "cpu_name", "format_table", "length_key", "load_upstream", "machine_info", "measure_memory", "parameter_counts",
-    "profile_upstreams", "profile_waves", "ratios", "specs_from_lists",
+    "cpu_name", "extra_flop_formulas", "format_table", "length_key", "load_upstream", "machine_info",
+    "measure_memory", "parameter_counts", "process_memory_bytes", "profile_upstreams", "profile_waves", "ratios",
+    "reset_peak_rss", "specs_from_lists",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,15 +114,28 @@ def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
     return 2 * rows * queries * keys * head_dim + 2 * rows * queries * keys * value_dim
 
 
-def _extra_flop_formulas() -> Dict[Any, Any]:
-    """Formulas for ops torch's counter skips. On CPU, scaled_dot_product_attention lowers to a kernel with no
-    formula, so attention would count as free; added only where this torch lacks it."""
+def _attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                              **kwargs) -> int:
+    # What torch counts for its CUDA attention backward: the scores recomputed (q k^T), then the gradients of the
+    # scores (dO v^T), of v (P^T dO), of q (dS k) and of k (dS^T q); 2 FLOPs per multiply-accumulate.
+    *batch, queries, head_dim = query_shape
+    keys, value_dim = key_shape[-2], value_shape[-1]
+    products = queries * keys * (head_dim + value_dim + value_dim + head_dim + head_dim)
+    return 2 * math.prod(batch) * products
+
+
+def extra_flop_formulas() -> Dict[Any, Any]:
+    """Formulas for ops torch's counter skips, for ``FlopCounterMode(custom_mapping=...)``. On CPU,
+    scaled_dot_product_attention lowers to a kernel (and, in training, a backward kernel) with no formula, so
+    attention would count as free; each is added only where this torch lacks it."""
     from torch.utils.flop_counter import flop_registry
 
     extra = {}
-    packet = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if packet is not None and packet not in flop_registry:
-        extra[packet] = _attention_flops
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _attention_flops),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _attention_backward_flops)):
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is not None and packet not in flop_registry:
+            extra[packet] = formula
     return extra
 
 
@@ -131,7 +145,7 @@ def count_macs(upstream: torch.nn.Module, wavs: List[torch.Tensor],
     total and per op."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
         upstream_features(upstream, wavs, feature)
     by_op = {str(op): flops // 2 for op, flops in counter.get_flop_counts().get("Global", {}).items()}
     return counter.get_total_flops() // 2, by_op
@@ -307,7 +321,8 @@ def measure_memory(spec: UpstreamSpec, seconds: Sequence[float], batch: int, thr
     return json.loads(lines[-1])
 
 
-def _proc_status_bytes(field: str) -> Optional[int]:
+def process_memory_bytes(field: str) -> Optional[int]:
+    """A size field of Linux ``/proc/self/status`` in bytes (e.g. ``VmRSS``, ``VmHWM``); None where unavailable."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -317,7 +332,8 @@ def _proc_status_bytes(field: str) -> Optional[int]:
     return None
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
+    """Reset the peak resident set size (``VmHWM``) to the current one; False where the system cannot."""
     # Writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0).
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -359,10 +375,10 @@ def _memory_worker(payload: Dict[str, Any]) -> Dict[str, Any]:
                 peak[key] = torch.cuda.max_memory_allocated(device)
             else:
                 _trim_heap()
-                if _reset_peak_rss() and _proc_status_bytes("VmRSS") is not None:
-                    baseline[key] = _proc_status_bytes("VmRSS")
+                if reset_peak_rss() and process_memory_bytes("VmRSS") is not None:
+                    baseline[key] = process_memory_bytes("VmRSS")
                     run(wavs)
-                    peak[key] = _proc_status_bytes("VmHWM")
+                    peak[key] = process_memory_bytes("VmHWM")
                 else:
                     # No resettable peak (not Linux): ru_maxrss only rises, so this is a lower bound.
                     method = "ru_maxrss_lower_bound"

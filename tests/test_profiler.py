@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT, write_random_hubert
 from s3prl_distill.profiler import (
     count_macs,
+    extra_flop_formulas,
     UnknownUpstreamError,
     UpstreamSpec,
     format_table,
@@ -204,3 +205,21 @@ def test_reading_the_selected_feature_is_part_of_what_is_measured():
     assert count_macs(model, wavs, None)[0] == 100 * 4 * 4
     with pytest.raises(KeyError, match="no output 'missing'; it has hidden_states, head"):
         count_macs(model, wavs, "missing")
+
+
+def test_cpu_attention_is_counted_forward_and_backward():
+    """torch counts its CUDA attention kernels (forward: q k^T and P v; backward: 5 products, the scores recomputed);
+    the CPU kernels get the same formulas, so a training step's attention is not free on CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch, heads, frames, dim = 2, 3, 10, 8
+    query = torch.randn(batch, heads, frames, dim, requires_grad=True)
+    key, value = torch.randn(batch, heads, frames, dim), torch.randn(batch, heads, frames, dim)
+    with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
+        F.scaled_dot_product_attention(query, key, value).sum().backward()
+    by_op = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+    products = batch * heads * frames * frames * dim  # multiply-accumulates of one of the products
+    forward = [v for op, v in by_op.items() if "attention" in op and "backward" not in op]
+    backward = [v for op, v in by_op.items() if "attention" in op and "backward" in op]
+    assert forward == [2 * 2 * products]
+    assert backward == [2 * 5 * products]

@@ -1,0 +1,111 @@
+"""benchmarks/gpu_speed.py at toy sizes on the CPU (``--device cpu --quick``): every case runs through the production
+paths and the JSON holds a sane figure for each. No timing assertions: the figures are only checked to be finite,
+positive and, for MFU, at most 1."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import run_python
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "gpu_speed.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_speed():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import gpu_speed
+
+        yield gpu_speed
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_speed") / "quick.json"
+    # No time budget: on a busy machine a skipped case would fail the test for a reason that is not the code's.
+    result = run_python([str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out), "--budget-s", "100000"],
+                        timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return json.loads(out.read_text()), result.stdout
+
+
+def test_quick_run_has_every_case_without_errors(quick_run, gpu_speed):
+    data, stdout = quick_run
+    assert data["status"] == "complete" and data["errors"] == [] and data["skipped"] == []
+    assert data["environment"]["device"] == "cpu" and data["environment"]["torch"]
+    assert all(positive(data["peaks"][name]["flops_per_s"]) for name in ("bf16", "fp32"))
+
+    expected = [case.name for case in gpu_speed.training_cases("fp32", "bf16", quick=True)]
+    assert [row["case"] for row in data["training"]] == expected
+    recipes = {row["recipe"] for row in data["training"]}
+    assert recipes == set(gpu_speed.RECIPES) == {"distilhubert", "fithubert", "deepthin", "dphubert"}
+    assert {(row["teacher"], row["precision"]) for row in data["training"]} >= {
+        ("online", "fp32"), ("cache", "fp32"), ("online", "bf16")}
+    for row in data["training"]:
+        assert "error" not in row, row["case"]
+        assert len(row["step_s"]) == row["warmup_steps"] + data["settings"]["timed_steps"]
+        for key in ("median_step_s", "utterances_per_s", "audio_seconds_per_s", "model_flops_per_step",
+                    "achieved_flops_per_s"):
+            assert positive(row[key]), (row["case"], key, row[key])
+        assert 0 < row["mfu"] <= 1, (row["case"], row["mfu"])
+        assert row["memory"]["peak_bytes"] is None and row["memory"]["growth_bytes"] >= 0  # CPU: RSS growth only
+        if row["teacher"] == "cache":
+            assert positive(row["cache_build_s"]) and positive(row["cache_bytes"])
+    # The teacher's forward is in an online step's FLOPs and not in a cached one's; the student's work is the same.
+    flops = {(row["recipe"], row["teacher"]): row["model_flops_per_step"] for row in data["training"]}
+    for recipe in gpu_speed.RECIPES:
+        assert flops[(recipe, "online")] > flops[(recipe, "cache")], recipe
+
+    entries = [*gpu_speed.upstream_plan(quick=True), *gpu_speed.SAME_WEIGHTS]
+    assert "distiller_local" in entries
+    assert data["uncovered_upstream_families"] == []
+    assert [row["case"] for row in data["upstreams"]] == [f"{e}/{p}" for e in entries for p in ("fp32", "bf16")]
+    for row in data["upstreams"]:
+        assert "error" not in row, row["case"]
+        assert positive(row["audio_seconds_per_s"]) and positive(row["model_flops_per_forward"]), row["case"]
+        assert 0 < row["mfu"] <= 1, (row["case"], row["mfu"])
+    # s3prl's distiller_local ran on the very checkpoint our distilhubert_local read.
+    ckpt = {row["upstream"]: row["ckpt"] for row in data["upstreams"]}
+    assert ckpt["distiller_local"] == ckpt["distilhubert_local"]
+    assert "status complete" in stdout
+
+
+def test_an_exhausted_budget_skips_cases_with_a_reason(tmp_path, monkeypatch, gpu_speed):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the script sets it for --device cpu; restored afterwards
+    out = tmp_path / "skipped.json"
+    assert gpu_speed.main(["--device", "cpu", "--quick", "--out", str(out), "--budget-s", "0.001"]) == 1  # none ran
+    data = json.loads(out.read_text())
+    assert data["status"] == "budget_exhausted" and data["cases_ran"] == 0
+    assert data["training"] == [] and data["upstreams"] == []
+    skipped = [row["case"] for row in data["skipped"]]
+    assert skipped[:len(gpu_speed.training_cases("fp32", "bf16", quick=True))] == [
+        case.name for case in gpu_speed.training_cases("fp32", "bf16", quick=True)]
+    assert "distiller_local/bf16" in skipped
+    assert all("time budget" in row["reason"] for row in data["skipped"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "tpu", "--out", "x.json"], "--device"),
+    (["--device", "cpu"], "--out"),
+    (["--device", "cpu", "--out", "x.json", "--budget-s", "0"], "--budget-s must be positive"),
+    (["--device", "cpu", "--out", "x.json", "--threads", "0"], "--threads must be >= 1"),
+])
+def test_argument_errors_exit_2_naming_the_argument(argv, message, gpu_speed, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(SystemExit) as raised:
+        gpu_speed.main(argv)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
