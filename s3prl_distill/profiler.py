@@ -30,9 +30,10 @@ import resource
 import statistics
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -139,13 +140,48 @@ def extra_flop_formulas() -> Dict[Any, Any]:
     return extra
 
 
+def _tensors_needing_grad(upstream: torch.nn.Module) -> List[torch.Tensor]:
+    """Leaf tensors of ``upstream`` that require grad: parameters, buffers and plain tensor attributes of its
+    modules (each once)."""
+    found: Dict[int, torch.Tensor] = {}
+    for module in upstream.modules():
+        stored = [*module._parameters.values(), *module._buffers.values(),
+                  *(value for value in vars(module).values() if isinstance(value, torch.Tensor))]
+        for tensor in stored:
+            if tensor is not None and tensor.requires_grad and tensor.is_leaf:
+                found.setdefault(id(tensor), tensor)
+    return list(found.values())
+
+
+@contextmanager
+def _nothing_needs_grad(upstream: torch.nn.Module) -> Iterator[None]:
+    """``requires_grad`` off on every tensor ``upstream`` holds for the duration, then restored.
+
+    ``FlopCounterMode``'s module tracker registers a backward hook on every module input / output that requires
+    grad. Under ``no_grad`` a view of a tensor that requires grad (a parameter slice or transpose handed to a
+    submodule) still requires grad but has neither a grad_fn nor a gradient accumulator, and torch's
+    ``register_multi_grad_hook`` fails on it (``AssertionError: Expected gradient function to be set``). With no
+    tensor requiring grad the tracker hooks nothing; the ops run, and so the counts, are the same."""
+    frozen = _tensors_needing_grad(upstream)
+    try:
+        for tensor in frozen:
+            tensor.requires_grad_(False)
+        yield
+    finally:
+        for tensor in frozen:
+            tensor.requires_grad_(True)
+
+
 def count_macs(upstream: torch.nn.Module, wavs: List[torch.Tensor],
                feature: Optional[str] = DEFAULT_FEATURE) -> Tuple[int, Dict[str, int]]:
     """Multiply-accumulates of one forward on ``wavs`` and reading ``feature`` (FLOPs / 2 from ``FlopCounterMode``),
-    total and per op."""
+    total and per op. Counted under ``no_grad`` with no tensor of the upstream (nor the input) requiring grad, so
+    that torch's module tracker never needs a backward hook (see :func:`_nothing_needs_grad`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
+    wavs = [wav.detach() for wav in wavs]
+    with _nothing_needs_grad(upstream), torch.no_grad(), \
+            FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
         upstream_features(upstream, wavs, feature)
     by_op = {str(op): flops // 2 for op, flops in counter.get_flop_counts().get("Global", {}).items()}
     return counter.get_total_flops() // 2, by_op
