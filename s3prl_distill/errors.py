@@ -28,6 +28,14 @@ class UnknownUpstreamError(UserError, ValueError):
     """An upstream name that ``s3prl.hub`` does not have."""
 
 
+class MissingFeatureError(UserError, KeyError):
+    """A feature (``-s`` / ``--feature``) that the upstream's output does not have. A ``KeyError``, as a missing
+    dict key is to s3prl, with its message printed as written (``KeyError`` would quote it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def validated(model: Type[Model], data: Any, what: str) -> Model:
     """``model.model_validate(data)``, or a :class:`ConfigError` that starts with ``what`` (e.g. ``invalid pretrain
     config run.yaml``) and names every offending key (``section.key: unknown key`` / the validator's message)."""

@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .errors import MissingFeatureError
+
 logger = logging.getLogger(__name__)
 
 # The feature s3prl's downstream runner reads by default (``-s hidden_states``).
@@ -27,7 +29,7 @@ def upstream_features(model: torch.nn.Module, wavs: List[torch.Tensor], feature:
     if feature is None:
         return outputs
     if feature not in outputs:
-        raise KeyError(f"{type(model).__name__} has no output {feature!r}; it has {', '.join(outputs)}")
+        raise MissingFeatureError(f"{type(model).__name__} has no output {feature!r}; it has {', '.join(outputs)}")
     return outputs[feature]
 
 

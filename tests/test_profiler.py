@@ -185,6 +185,14 @@ def test_cli_end_to_end(session_distiller_ckpt, hubert_ckpt, tmp_path):
     assert bad.returncode != 0
     assert "'distilhubert_locl'" in bad.stderr and "distilhubert_local" in bad.stderr
 
+    # A feature the upstream does not give: its message names the feature and what there is, with no traceback.
+    missing = run_python(["-m", "s3prl_distill.cli", "profile", "-u", "distilhubert_local", "-k",
+                          str(session_distiller_ckpt), "--feature", "head_outputs", "--no-memory", "--seconds", "1",
+                          "--repeats", "1", "--warmup", "0"])
+    assert missing.returncode != 0
+    assert "no output 'head_outputs'" in missing.stderr and "hidden_states" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
 
 def test_reading_the_selected_feature_is_part_of_what_is_measured():
     """Upstreams may compute an output only when it is read (LazyOutputs): MACs follow the feature s3prl selects."""

@@ -16,7 +16,7 @@ import yaml
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError
-from s3prl_distill.errors import validated
+from s3prl_distill.errors import MissingFeatureError, validated
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.config import StrictModel
 from s3prl_distill.model.student import HEAD_PREFIXES
@@ -136,7 +136,7 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], path: str) -> No
 
 def check_feature_key(key: str, keys: Sequence[str], name: str) -> None:
     if key not in keys:
-        raise KeyError(f"{name} has no feature {key!r}; available: {', '.join(keys)}")
+        raise MissingFeatureError(f"{name} has no feature {key!r}; available: {', '.join(keys)}")
 
 
 def stackable(states: List[Tensor]) -> bool:
