@@ -102,7 +102,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "state_dict} of a pruned dphubert/skill student)")
     export.add_argument("checkpoint", help="our checkpoint: pruned.ckpt from prune, or a final-distillation "
                         "states-<step>.ckpt (or its run directory)")
-    export.add_argument("output", help="the file to write")
+    export.add_argument("output", help="the file to write (--to hf: the directory)")
     export.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="the layout to write")
     export.set_defaults(handler=run_export)
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from s3prl_distill.checkpoint import CheckpointError
 from s3prl_distill.formats import StudentCheckpoint
+from s3prl_distill.formats.huggingface import asr_upstream_name
 from s3prl_distill.model import StudentConfig, StudentModel
 
 from .expert import OutputAdapter
@@ -56,17 +57,6 @@ class DistilHuBERTOutputs(OutputAdapter):
         }
 
 
-# Wang et al.'s student shape by its prediction heads: one per layer (deep-thin) or DistilHuBERT's expand-last.
-SHAPES = {"layerwise": "deepthin", "expand_last": "shallowwide"}
-
-
-def asr_upstream_name(config: StudentConfig) -> str:
-    """The registered name (without _local/_url) that fits an asr_distill student config."""
-    head = config.prediction_head
-    shape = SHAPES.get(head.type if head is not None else "", "deepthin")
-    return f"{shape}_fbank" if config.fbank_front_end is not None else shape
-
-
 class AsrStudentOutputs(OutputAdapter):
     """Wang et al.'s ASR students (``pretrain/asr_distill``; families ``deepthin`` and ``shallowwide``). Each entry
     name states the student's shape and front end and refuses a checkpoint holding another, naming the entry that
@@ -83,7 +73,7 @@ class AsrStudentOutputs(OutputAdapter):
 
     def check(self, student: StudentCheckpoint, source: str) -> None:
         config = student.config
-        found = asr_upstream_name(config)
+        found = student.upstream or asr_upstream_name(config)
         if found != self.name:
             raise CheckpointError(f"{source} holds a {found} student ({config.encoder.num_layers} layers of "
                                   f"{config.encoder.embed_dim}, {'fbank' if config.fbank_front_end else 'CNN'} "

@@ -10,12 +10,14 @@ students (gates refused, DPHuBERT's official format).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
 from s3prl_distill.formats import StudentCheckpoint, read_student
+from s3prl_distill.formats.huggingface import is_huggingface_directory, read_huggingface_student
 from s3prl_distill.model import StudentModel
 
 from .interfaces import (
@@ -107,10 +109,13 @@ class StudentExpert(nn.Module):
         self.name = expected
         self.adapter = adapter(expected)
         options, training_yaml = self.adapter.read_options(model_config, **kwargs)
-        checkpoint = load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint,
-                                     what=self.adapter.label)
-        student = read_student(checkpoint, ckpt, training_yaml, families=self.adapter.families,
-                               wanted=self.adapter.wanted)
+        if is_huggingface_directory(Path(ckpt)):  # a transformers HuBERT directory (config.json + weights)
+            student = read_huggingface_student(Path(ckpt), self.adapter.families, self.adapter.wanted)
+        else:
+            checkpoint = load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint,
+                                         what=self.adapter.label)
+            student = read_student(checkpoint, ckpt, training_yaml, families=self.adapter.families,
+                                   wanted=self.adapter.wanted)
         self.adapter.check(student, ckpt)
         self.model = self.adapter.build(student, ckpt)
         self.family = student.family

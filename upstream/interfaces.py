@@ -16,6 +16,7 @@ import yaml
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError
+from s3prl_distill.formats.huggingface import is_huggingface_directory
 from s3prl_distill.errors import MissingFeatureError, validated
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.config import StrictModel
@@ -91,8 +92,11 @@ def resolve_local_checkpoint(ckpt: Optional[Union[str, Path]], name: str) -> str
     if ckpt is None or str(ckpt) == "":
         raise ValueError(f"{name} needs a checkpoint path: pass it with -k (run_downstream.py) or ckpt=")
     path = Path(ckpt).expanduser()
+    if is_huggingface_directory(path):  # a transformers HuBERT directory: the expert reads it
+        return str(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{name}: checkpoint {path} does not exist" + ("" if not path.exists() else " as a file"))
+        raise FileNotFoundError(f"{name}: checkpoint {path} does not exist" + ("" if not path.exists() else
+                                " as a file (a directory must be a transformers one, with config.json)"))
     return str(path)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Dict
 from ..checkpoint import CheckpointError, latest_step_checkpoint, load_checkpoint, save_checkpoint
 from ..model.config import StudentConfig
 from ..options import EXPORT_FORMATS
+from .huggingface import export_huggingface
 from .native import describe_checkpoint, is_native_student
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
 # One exporter per name of EXPORT_FORMATS (the choices of --to, kept in the torch-free options module for the command
 # line; tests/test_cli.py holds the two to the same names).
 EXPORTERS = {"dphubert": export_dphubert}
+EXPORTERS["hf"] = export_huggingface  # a directory: transformers' HuBERT (formats/huggingface.py)
 
 
 def export_checkpoint(path: Path, to: str, output: Path) -> Dict[str, Any]:

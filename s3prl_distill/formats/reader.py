@@ -8,6 +8,9 @@ family it came from:
 - FitHuBERT's official Lightning release plus its training YAML (``formats.fithubert``): ``fithubert``;
 - DPHuBERT / DPWavLM's official ``{config, state_dict}`` (``formats.dphubert``): ``dphubert``.
 
+A transformers HuBERT directory is not a loaded checkpoint: ``formats.huggingface.read_huggingface_student`` reads
+it into the same :class:`StudentCheckpoint`.
+
 Callers say which families they take, so a checkpoint of another family is refused in the same words as one of no
 known format: what the file is, and what was wanted instead.
 """
@@ -38,8 +41,10 @@ class StudentCheckpoint:
     config: StudentConfig
     state: Dict[str, Tensor]
     family: str  # the method family: a native checkpoint's Family, else the family of the official format
-    format: str  # "native", "s3prl_distiller", "fithubert_lightning" or "dphubert"
+    format: str  # "native", "s3prl_distiller", "fithubert_lightning", "dphubert" or "transformers"
     description: str  # describe_checkpoint's words for the file, for the caller's own refusals
+    # The upstream entry (without _local) recorded by our transformers export; None for every other format.
+    upstream: Optional[str] = None
 
 
 def _native(checkpoint: Mapping[str, Any], source: str, training_yaml: Any) -> Tuple[StudentConfig, Dict]:

@@ -1,0 +1,416 @@
+"""Hugging Face transformers' HuBERT layout <-> our :class:`StudentModel`, for the students a stock
+``HubertConfig`` expresses.
+
+A transformers directory is ``config.json`` (``model_type: hubert``) plus ``model.safetensors`` (or the older
+``pytorch_model.bin``). ``export_huggingface`` writes one from a student checkpoint of ours (or s3prl's distiller
+format); ``transformers.AutoModel.from_pretrained(DIR)`` then builds the stock ``HubertModel`` with no code of ours.
+``read_huggingface_directory`` reads such a directory (ours or anyone's, e.g. ``ntu-spml/distilhubert``) back into our
+config and weights. Nothing here imports transformers: the config is plain JSON, the weights go through the
+``safetensors`` library (no pickle), and a ``pytorch_model.bin`` through our safe checkpoint reader.
+
+What a stock ``HubertModel`` computes, next to our model (the mapping this module relies on):
+
+- CNN: ``feat_extract_norm: group`` is our ``group_norm`` mode (a GroupNorm on the first layer only), ``layer`` our
+  ``layer_norm`` mode; ``conv_bias`` is one flag for every layer, as ours; GELU after each layer.
+- ``feat_proj_layer_norm`` is our ``feature_layer_norm`` (DistilHuBERT: false); transformers always has the
+  projection, so a student whose CNN already has the encoder's width gets an identity projection.
+- Positional convolution: weight-normed (dim 2), ``num_conv_pos_embeddings`` / ``_groups``, an even kernel drops its
+  last frame, GELU; written under the legacy ``weight_g`` / ``weight_v`` names, which every transformers version
+  reads (newer ones rename them to ``parametrizations.weight.original0/1`` on load, which we also read).
+- ``do_stable_layer_norm: false`` is post-LN (HuBERT Base, DistilHuBERT): the encoder LayerNorm follows the
+  positional convolution; ``true`` is our ``layer_norm_first`` (the LayerNorm after the last layer).
+- Hidden states: transformers' ``hidden_states[0]`` is the first layer's input (after the positional convolution and,
+  post-LN, its LayerNorm): s3prl's HuBERT hidden state 0, our ``encoder_input``; ``hidden_states[i]`` is layer ``i``'s
+  raw output, our ``layer_outputs[i - 1]``. (s3prl's distiller upstream, and ours for DistilHuBERT, call the
+  projection output before the positional convolution hidden state 0 instead; it has no transformers counterpart.)
+- SpecAugment masking (``mask_time_prob``) and ``layerdrop`` are written as 0: our students have neither a learnt
+  mask embedding nor layer drop. Pass e.g. ``mask_time_prob=0.05`` to ``from_pretrained`` to fine-tune with masking
+  (its mask embedding is then newly initialised). Both act only in training mode anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Collection, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..model.config import EncoderConfig, FeatureExtractorConfig, StudentConfig
+from .keymap import KeyMap
+
+if TYPE_CHECKING:
+    from .reader import StudentCheckpoint
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+PYTORCH_FILE = "pytorch_model.bin"
+MODEL_TYPE = "hubert"
+# Our own record in config.json (transformers keeps unknown config fields as attributes and ignores them).
+RECORD_KEY = "s3prl_distill"
+# Weights a transformers HuBERT file may hold that are not part of the backbone: the mask embedding, and the heads
+# of HubertForCTC / HubertForSequenceClassification (a fine-tuned directory).
+_NOT_BACKBONE = ("masked_spec_embed", "lm_head.", "projector.", "classifier.", "layer_weights")
+# The base-model prefix of a task model's (HubertForCTC ...) weights.
+_BASE_PREFIX = "hubert."
+
+# (transformers' name, ours); see KeyMap. Order matters where one prefix starts another.
+_KEYS = KeyMap([
+    ("feature_extractor.conv_layers.{n}.conv.", "feature_extractor.conv_layers.{n}.conv."),
+    ("feature_extractor.conv_layers.{n}.layer_norm.", "feature_extractor.conv_layers.{n}.norm."),
+    ("feature_projection.layer_norm.", "feature_norm."),
+    ("feature_projection.projection.", "feature_projection."),
+    ("encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv.conv.parametrizations.weight.original0"),
+    ("encoder.pos_conv_embed.conv.weight_v", "encoder.pos_conv.conv.parametrizations.weight.original1"),
+    ("encoder.pos_conv_embed.conv.", "encoder.pos_conv.conv."),
+    ("encoder.layer_norm.", "encoder.layer_norm."),
+    ("encoder.layers.{n}.attention.", "encoder.layers.{n}.attention."),
+    ("encoder.layers.{n}.layer_norm.", "encoder.layers.{n}.attention_norm."),
+    ("encoder.layers.{n}.feed_forward.intermediate_dense.", "encoder.layers.{n}.feed_forward.fc1."),
+    ("encoder.layers.{n}.feed_forward.output_dense.", "encoder.layers.{n}.feed_forward.fc2."),
+    ("encoder.layers.{n}.final_layer_norm.", "encoder.layers.{n}.feed_forward_norm."),
+])
+
+LATER = ("this export is not available for it yet (a model class of ours for transformers is a later step); "
+         "its own upstream loads the checkpoint as it is")
+
+
+def inexpressible(config: StudentConfig) -> List[str]:
+    """Why a stock ``HubertConfig`` cannot express ``config`` (empty: it can)."""
+    problems = []
+    encoder = config.encoder
+    if config.fbank_front_end is not None:
+        problems.append("the fbank front end (transformers' HuBERT has only the CNN)")
+    if config.pruning is not None:
+        problems.append("hard-concrete pruning gates (prune the student first)")
+    if encoder.time_reduction is not None:
+        problems.append("a time reduction inside the encoder (FitHuBERT's layers run at 40 ms)")
+    if isinstance(encoder.ffn_dim, list) or isinstance(encoder.num_heads, list):
+        problems.append("per-layer head counts / FFN widths (a pruned student; HubertConfig has one of each)")
+    elif encoder.num_heads < 1 or encoder.ffn_dim < 1:
+        problems.append("layers without an attention or feed-forward block")
+    elif encoder.head_dim is not None and encoder.head_dim * encoder.num_heads != encoder.embed_dim:
+        problems.append(f"head_dim {encoder.head_dim} x {encoder.num_heads} heads != width {encoder.embed_dim}")
+    if encoder.relative_position is not None:
+        problems.append("WavLM's relative position bias (a HuBERT config has none)")
+    if not encoder.pos_conv_weight_norm:
+        problems.append("a positional convolution without weight norm")
+    if config.fbank_front_end is None:
+        if config.feature_extractor.output_scale:
+            problems.append("a per-channel CNN output scale (DPHuBERT's dummy_weight)")
+        if config.feature_layer_norm_pruned:
+            problems.append("pruned CNN channels counted by the feature LayerNorm")
+    return problems
+
+
+def hf_config(config: StudentConfig, record: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """transformers' ``config.json`` for ``config`` (which :func:`inexpressible` must accept); ``record``: our
+    description (method, teacher, upstream entry), kept under :data:`RECORD_KEY`."""
+    extractor, encoder = config.feature_extractor, config.encoder
+    data: Dict[str, Any] = {
+        "architectures": ["HubertModel"],
+        "model_type": MODEL_TYPE,
+        "conv_dim": [channels for channels, _, _ in extractor.conv_layers],
+        "conv_kernel": [kernel for _, kernel, _ in extractor.conv_layers],
+        "conv_stride": [stride for _, _, stride in extractor.conv_layers],
+        "num_feat_extract_layers": len(extractor.conv_layers),
+        "conv_bias": extractor.bias,
+        "feat_extract_norm": "layer" if extractor.norm == "layer_norm" else "group",
+        "feat_extract_activation": "gelu",
+        "feat_proj_layer_norm": config.feature_layer_norm,
+        "feat_proj_dropout": config.feature_dropout,
+        "hidden_size": encoder.embed_dim,
+        "num_hidden_layers": encoder.num_layers,
+        "num_attention_heads": encoder.num_heads,
+        "intermediate_size": encoder.ffn_dim,
+        "hidden_act": encoder.activation,
+        "hidden_dropout": encoder.dropout,
+        "attention_dropout": encoder.attention_dropout,
+        "activation_dropout": encoder.activation_dropout,
+        "final_dropout": encoder.dropout,
+        "layerdrop": 0.0,
+        "layer_norm_eps": 1e-5,
+        "num_conv_pos_embeddings": encoder.pos_conv_kernel,
+        "num_conv_pos_embedding_groups": encoder.pos_conv_groups,
+        "conv_pos_batch_norm": False,
+        "do_stable_layer_norm": encoder.layer_norm_first,
+        "apply_spec_augment": True,
+        "mask_time_prob": 0.0,
+        "mask_feature_prob": 0.0,
+    }
+    if record:
+        data[RECORD_KEY] = dict(record)
+    return data
+
+
+def _need(cfg: Mapping[str, Any], key: str, source: str) -> Any:
+    if key not in cfg:
+        raise CheckpointError(f"{source}: config.json has no {key!r}")
+    return cfg[key]
+
+
+def student_config_from_hf(cfg: Mapping[str, Any], source: str) -> StudentConfig:
+    """Our config from a transformers HuBERT ``config.json`` (transformers' defaults for fields it leaves out)."""
+    model_type = cfg.get("model_type")
+    if model_type != MODEL_TYPE:
+        raise CheckpointError(f"{source} is a transformers {model_type!r} model; only {MODEL_TYPE!r} directories "
+                              "(a stock HubertConfig) are read")
+    problems = []
+    if cfg.get("conv_pos_batch_norm", False):
+        problems.append("conv_pos_batch_norm")
+    if cfg.get("feat_extract_activation", "gelu") != "gelu":
+        problems.append(f"feat_extract_activation {cfg.get('feat_extract_activation')!r}")
+    if cfg.get("hidden_act", "gelu") not in ("gelu", "relu"):
+        problems.append(f"hidden_act {cfg.get('hidden_act')!r}")
+    if float(cfg.get("layer_norm_eps", 1e-5)) != 1e-5:
+        problems.append(f"layer_norm_eps {cfg.get('layer_norm_eps')}")
+    if cfg.get("adapter_attn_dim") is not None:
+        problems.append("adapter_attn_dim")
+    if problems:
+        raise CheckpointError(f"{source}: our student backbone cannot express {', '.join(problems)}")
+    dims, kernels, strides = (list(_need(cfg, key, source)) for key in ("conv_dim", "conv_kernel", "conv_stride"))
+    if not len(dims) == len(kernels) == len(strides):
+        raise CheckpointError(f"{source}: conv_dim, conv_kernel and conv_stride differ in length")
+    try:
+        return StudentConfig(
+            feature_extractor=FeatureExtractorConfig(
+                conv_layers=[(int(c), int(k), int(s)) for c, k, s in zip(dims, kernels, strides)],
+                norm="layer_norm" if cfg.get("feat_extract_norm", "group") == "layer" else "group_norm",
+                bias=bool(cfg.get("conv_bias", False)),
+            ),
+            feature_layer_norm=bool(cfg.get("feat_proj_layer_norm", True)),
+            feature_dropout=float(cfg.get("feat_proj_dropout", 0.0)),
+            encoder=EncoderConfig(
+                num_layers=int(_need(cfg, "num_hidden_layers", source)),
+                embed_dim=int(_need(cfg, "hidden_size", source)),
+                ffn_dim=int(_need(cfg, "intermediate_size", source)),
+                num_heads=int(_need(cfg, "num_attention_heads", source)),
+                layer_norm_first=bool(cfg.get("do_stable_layer_norm", False)),
+                activation=str(cfg.get("hidden_act", "gelu")),
+                dropout=float(cfg.get("hidden_dropout", 0.1)),
+                attention_dropout=float(cfg.get("attention_dropout", 0.1)),
+                activation_dropout=float(cfg.get("activation_dropout", 0.1)),
+                pos_conv_kernel=int(cfg.get("num_conv_pos_embeddings", 128)),
+                pos_conv_groups=int(cfg.get("num_conv_pos_embedding_groups", 16)),
+            ),
+        )
+    except ValueError as error:
+        raise CheckpointError(f"{source}: config.json does not make a valid student: {error}") from None
+
+
+def state_dict_to_hf(state: Mapping[str, Tensor], config: StudentConfig) -> Dict[str, Tensor]:
+    """transformers' weights from our backbone's (heads already dropped); an identity projection where ours has
+    none (a CNN as wide as the encoder)."""
+    theirs = _KEYS.to_theirs(state)
+    if "feature_projection.projection.weight" not in theirs:
+        width = config.encoder.embed_dim
+        theirs["feature_projection.projection.weight"] = torch.eye(width)
+        theirs["feature_projection.projection.bias"] = torch.zeros(width)
+    return {key: value.detach().contiguous() for key, value in theirs.items()}
+
+
+def state_dict_from_hf(state: Mapping[str, Tensor], config: StudentConfig, source: str) -> Dict[str, Tensor]:
+    """Our backbone's weights from a transformers HuBERT state dict (a task model's ``hubert.`` prefix stripped,
+    its heads and the mask embedding left out and named in the log)."""
+    backbone, dropped = {}, []
+    for key, value in state.items():
+        name = key[len(_BASE_PREFIX):] if key.startswith(_BASE_PREFIX) else key
+        if name.startswith(_NOT_BACKBONE):
+            dropped.append(key)
+        else:
+            backbone[name] = value
+    if dropped:
+        logger.info("%s: left out weights that are not the backbone's: %s", source, ", ".join(sorted(dropped)))
+    try:
+        ours = _KEYS.to_ours(backbone)
+    except ValueError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+    extractor = config.feature_extractor
+    if extractor.conv_layers[-1][0] == config.encoder.embed_dim:
+        # Our model has no projection when the CNN is as wide as the encoder: only an identity one maps onto it.
+        weight, bias = ours.pop("feature_projection.weight", None), ours.pop("feature_projection.bias", None)
+        if weight is None or not torch.equal(weight, torch.eye(weight.shape[0], dtype=weight.dtype)) or \
+                bias is None or bool(bias.any()):
+            raise CheckpointError(f"{source}: the CNN is as wide as the encoder ({config.encoder.embed_dim}) and the "
+                                  "feature projection is not the identity, which our student backbone cannot hold")
+    return ours
+
+
+def is_huggingface_directory(path: Path) -> bool:
+    """A directory with transformers' ``config.json``."""
+    return path.is_dir() and (path / CONFIG_FILE).is_file()
+
+
+def read_huggingface_directory(path: Path) -> Tuple[StudentConfig, Dict[str, Tensor], Dict[str, Any]]:
+    """(our config, our backbone weights, our record from config.json or {}) from a transformers HuBERT directory:
+    ``model.safetensors`` read with the safetensors library, else ``pytorch_model.bin`` with our safe reader."""
+    source = str(path)
+    try:
+        cfg = json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path / CONFIG_FILE}: not a readable JSON config ({error})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path / CONFIG_FILE}: not a JSON object")
+    config = student_config_from_hf(cfg, source)
+    if (path / SAFETENSORS_FILE).is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path / SAFETENSORS_FILE))
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path / SAFETENSORS_FILE}: not a readable safetensors file ({error})") from None
+    elif (path / PYTORCH_FILE).is_file():
+        state = load_checkpoint(path / PYTORCH_FILE, what="transformers weights")
+    else:
+        raise CheckpointError(f"{source} holds {CONFIG_FILE} but no weights ({SAFETENSORS_FILE} or {PYTORCH_FILE}); "
+                              "sharded weights are not read")
+    record = cfg.get(RECORD_KEY)
+    return config, state_dict_from_hf(state, config, source), record if isinstance(record, dict) else {}
+
+
+def _model_card(record: Mapping[str, Any], config: StudentConfig, parameters: int) -> str:
+    encoder = config.encoder
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [audio, speech, hubert, knowledge-distillation, s3prl]",
+        "---",
+        "",
+        f"# {record.get('method') or record.get('family') or 'distilled'} student (s3prl-distill)",
+        "",
+        f"A distilled speech SSL student exported by `s3prl-distill export --to hf` from `{record.get('source')}`.",
+        "",
+        f"- Method: {record.get('method') or record.get('family')}",
+        f"- Teacher: {record.get('teacher') or 'not recorded in the checkpoint'}",
+        f"- Parameters: {parameters:,} (backbone; the training heads are not exported)",
+        f"- Shape: CNN front end ({len(config.feature_extractor.conv_layers)} layers, stride "
+        f"{_stride(config)} samples = {_stride(config) / 16:.0f} ms at 16 kHz), {encoder.num_layers} transformer "
+        f"layers x {encoder.embed_dim} (FFN {encoder.ffn_dim}, {encoder.num_heads} heads), "
+        f"{'pre' if encoder.layer_norm_first else 'post'}-LN",
+        f"- s3prl upstream for the original checkpoint: `{record.get('upstream')}_local`; this directory also loads "
+        f"there (`-k DIR`).",
+        "",
+        "```python",
+        "from transformers import AutoModel",
+        "model = AutoModel.from_pretrained(DIR).eval()  # a stock HubertModel",
+        "out = model(wavs, output_hidden_states=True)   # wavs: (batch, samples), 16 kHz, not normalised",
+        "```",
+        "",
+        "Hidden states: `hidden_states[0]` is the first transformer layer's input (after the positional convolution"
+        + ("" if encoder.layer_norm_first else " and its LayerNorm") + "), s3prl's HuBERT hidden state 0; "
+        "`hidden_states[i]` is the output of transformer layer i. The CNN uses "
+        + ("a GroupNorm over the whole input (`feat_extract_norm: group`): give it no attention_mask and run "
+           "utterances unpadded (one at a time) for outputs that do not depend on padding."
+           if config.feature_extractor.norm == "group_norm" else
+           "per-frame LayerNorms (`feat_extract_norm: layer`): pass an attention_mask with padded batches."),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _stride(config: StudentConfig) -> int:
+    stride = 1
+    for _, _, step in config.feature_extractor.conv_layers:
+        stride *= step
+    return stride
+
+
+def _record(checkpoint: Mapping[str, Any], family: str, upstream: str, source: str) -> Dict[str, Any]:
+    """What the checkpoint says about how the student was made (method, teacher), as far as it is recorded."""
+    run = checkpoint.get("RunConfig") if isinstance(checkpoint.get("RunConfig"), Mapping) else {}
+    method = run.get("method", {}).get("name") if isinstance(run.get("method"), Mapping) else None
+    teacher = run.get("teacher")
+    if teacher is None and isinstance(checkpoint.get("Config"), Mapping):
+        teacher = checkpoint["Config"].get("teacher")
+    if isinstance(teacher, Mapping):
+        teacher = teacher.get("name") or teacher.get("model") or teacher.get("upstream") or dict(teacher)
+    return {"family": family, "method": method or family, "teacher": None if teacher is None else str(teacher),
+            "upstream": upstream, "source": source}
+
+
+def export_huggingface(path: Path, output: Path) -> Dict[str, Any]:
+    """Write the student of ``path`` (ours, a run directory's latest step, or s3prl's distiller format) to the
+    directory ``output`` as transformers' HuBERT: ``config.json``, ``model.safetensors`` and a ``README.md`` card."""
+    from safetensors.torch import save_file
+
+    from ..model.student import HEAD_PREFIXES, StudentModel
+    from .export import _checkpoint_file
+    from .reader import read_student
+
+    path = _checkpoint_file(Path(path))
+    checkpoint = load_checkpoint(path, what="checkpoint to export")
+    student = read_student(checkpoint, str(path))
+    problems = inexpressible(student.config)
+    if problems:
+        raise CheckpointError(f"{path}: a stock transformers HubertConfig cannot express this {student.family} "
+                              f"student ({'; '.join(problems)}): {LATER}")
+    config = student.config.model_copy(update={"prediction_head": None, "codeword_head": None})
+    model = StudentModel(config)
+    backbone = {key: value for key, value in student.state.items() if not key.startswith(HEAD_PREFIXES)}
+    try:
+        model.load_state_dict(backbone, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not match its StudentConfig: {error}") from None
+    record = _record(checkpoint, student.family, upstream_of(student.config, student.family), str(path))
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise CheckpointError(f"--to hf writes a directory; {output} is a file")
+    output.mkdir(parents=True, exist_ok=True)
+    weights = state_dict_to_hf(model.state_dict(), config)
+    save_file(weights, str(output / SAFETENSORS_FILE), metadata={"format": "pt"})
+    (output / CONFIG_FILE).write_text(json.dumps(hf_config(config, record), indent=2) + "\n")
+    parameters = model.num_parameters()
+    (output / "README.md").write_text(_model_card(record, config, parameters))
+    logger.info("exported %s -> %s (transformers HubertModel; load with AutoModel.from_pretrained or -u %s_local "
+                "-k %s)", path, output, record["upstream"], output)
+    return {"source": str(path), "output": str(output), "format": "hf", "family": student.family,
+            "params": parameters, "upstream": record["upstream"]}
+
+
+# Wang et al.'s student shape by its prediction heads: one per layer (deep-thin) or DistilHuBERT's expand-last.
+SHAPES = {"layerwise": "deepthin", "expand_last": "shallowwide"}
+
+
+def asr_upstream_name(config: StudentConfig) -> str:
+    """The registered name (without _local/_url) that fits an asr_distill student config."""
+    head = config.prediction_head
+    shape = SHAPES.get(head.type if head is not None else "", "deepthin")
+    return f"{shape}_fbank" if config.fbank_front_end is not None else shape
+
+
+def upstream_of(config: StudentConfig, family: str) -> str:
+    """The registered upstream (without ``_local``) of a student of ``family``."""
+    if family == "asr_distill":
+        return asr_upstream_name(config)
+    if family in ("distilhubert", "fithubert", "dphubert", "skill"):
+        return family
+    return "student"
+
+
+# The family a transformers directory without our record is read as: a plain HuBERT-shaped student, like
+# ntu-spml/distilhubert (distilhubert_local and student_local take it).
+FOREIGN_FAMILY = "distilhubert"
+
+
+def read_huggingface_student(path: Path, families: Optional[Collection[str]] = None,
+                             wanted: Optional[str] = None) -> "StudentCheckpoint":
+    """:func:`~.reader.read_student` for a transformers directory: the family is the one our export recorded, else
+    :data:`FOREIGN_FAMILY`; a family outside ``families`` is refused with ``wanted``."""
+    from .reader import StudentCheckpoint
+
+    config, state, record = read_huggingface_directory(Path(path))
+    family = record.get("family")
+    found = str(family) if family else FOREIGN_FAMILY
+    description = (f"a transformers HuBERT directory exported from an s3prl-distill {found} student" if family else
+                   "a transformers HuBERT directory (no s3prl-distill record: read as a plain HuBERT-shaped student)")
+    if families is not None and found not in families:
+        raise CheckpointError(f"{path} is {description}; {wanted or 'expected another family'}")
+    upstream = record.get("upstream")
+    return StudentCheckpoint(config, state, found, "transformers", description,
+                             str(upstream) if upstream else None)
