@@ -306,6 +306,17 @@ def latest_step_checkpoint(folder: Union[str, Path]) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
+def checkpoint_or_latest(path: Union[str, Path]) -> Path:
+    """``path``, or the latest ``states-<step>.ckpt`` of the run directory ``path`` (what ``export`` reads)."""
+    path = Path(path)
+    if path.is_dir():
+        latest = latest_step_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"{path} is a directory without states-<step>.ckpt; give the checkpoint file")
+        return latest
+    return path
+
+
 TEMPORARY_SUFFIX = ".tmp"  # save_checkpoint writes ".<name>.<random>.tmp" beside its target
 
 

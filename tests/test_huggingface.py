@@ -199,7 +199,7 @@ def test_students_a_hubert_config_cannot_express_are_refused(tmp_path):
         assert not (tmp_path / f"{family}-hf").exists()
 
 
-def test_hubert_for_ctc_fine_tunes_an_exported_distilhubert(exported):
+def test_hubert_for_ctc_fine_tunes_an_exported_distilhubert(exported, tmp_path):
     _, directory, _, _ = exported["distilhubert"]
     torch.manual_seed(0)
     model = transformers.HubertForCTC.from_pretrained(str(directory), vocab_size=6, ctc_loss_reduction="mean")
@@ -218,6 +218,14 @@ def test_hubert_for_ctc_fine_tunes_an_exported_distilhubert(exported):
     for name in ("lm_head.weight", "hubert.encoder.layers.1.feed_forward.output_dense.weight",
                  "hubert.feature_projection.projection.weight"):
         assert not torch.equal(before[name], dict(model.named_parameters())[name]), name
+    # The fine-tuned directory (transformers' own save: "hubert." prefix, CTC head) loads back as a student.
+    model.save_pretrained(str(tmp_path / "ctc"))
+    model.eval()
+    wave = random_waves([9000], seed=11)
+    with torch.no_grad():
+        theirs = model.hubert(wave[0][None], output_hidden_states=True).hidden_states
+        ours = student_local(ckpt=str(tmp_path / "ctc")).eval()(wave)["hidden_states"]
+    torch.testing.assert_close(ours, list(theirs), atol=1e-4, rtol=0)
 
 
 def test_transformers_alone_imports_in_a_fresh_interpreter():

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict
 
-from ..checkpoint import CheckpointError, latest_step_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, checkpoint_or_latest, load_checkpoint, save_checkpoint
 from ..model.config import StudentConfig
 from ..options import EXPORT_FORMATS
 from .huggingface import export_huggingface
@@ -25,14 +25,8 @@ logger = logging.getLogger(__name__)
 DPHUBERT_FAMILIES = ("dphubert", "skill")
 
 
-def _checkpoint_file(path: Path) -> Path:
-    """``path``, or the latest ``states-<step>.ckpt`` of the run directory ``path``."""
-    if path.is_dir():
-        latest = latest_step_checkpoint(path)
-        if latest is None:
-            raise CheckpointError(f"{path} is a directory without states-<step>.ckpt; give the checkpoint file")
-        return latest
-    return path
+# ``path``, or the latest ``states-<step>.ckpt`` of the run directory ``path``.
+_checkpoint_file = checkpoint_or_latest
 
 
 def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:

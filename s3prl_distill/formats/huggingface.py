@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Collection, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, checkpoint_or_latest, load_checkpoint
 from ..model.config import EncoderConfig, FeatureExtractorConfig, StudentConfig
 from .keymap import KeyMap
 
@@ -340,10 +340,9 @@ def export_huggingface(path: Path, output: Path) -> Dict[str, Any]:
     from safetensors.torch import save_file
 
     from ..model.student import HEAD_PREFIXES, StudentModel
-    from .export import _checkpoint_file
     from .reader import read_student
 
-    path = _checkpoint_file(Path(path))
+    path = checkpoint_or_latest(path)
     checkpoint = load_checkpoint(path, what="checkpoint to export")
     student = read_student(checkpoint, str(path))
     problems = inexpressible(student.config)
