@@ -10,7 +10,7 @@ from torch import Tensor
 from s3prl_distill.checkpoint import CheckpointError
 from s3prl_distill.formats import StudentCheckpoint
 from s3prl_distill.formats.huggingface import asr_upstream_name
-from s3prl_distill.model import StudentConfig, StudentModel
+from s3prl_distill.model import StudentModel
 
 from .expert import OutputAdapter
 from .interfaces import as_pad_mask, run_student, stackable, student_outputs
