@@ -46,7 +46,8 @@ from .registry import build_upstream, check_upstream_names
 __all__ = [
     "DEFAULT_SECONDS", "MEMORY_METHOD", "PEAK_GEMM_SIZE", "SAMPLE_RATE", "UnknownUpstreamError", "UpstreamSpec",
     "bf16_gemm_supported", "count_macs", "cpu_name", "format_table", "fraction_of_peak", "gemm_peak", "length_key",
-    "load_upstream", "machine_info", "measure_memory", "parameter_counts", "peak_rates", "profile_upstreams", "profile_waves", "ratios", "specs_from_lists",
+    "load_upstream", "machine_info", "measure_memory", "parameter_counts", "peak_rates", "profile_upstreams",
+    "profile_waves", "ratios", "specs_from_lists",
 ]
 
 logger = logging.getLogger(__name__)
@@ -274,6 +275,8 @@ def profile_upstreams(
     if not seconds or any(s <= 0 for s in seconds) or batch < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"need positive seconds, batch >= 1, repeats >= 1, warmup >= 0 (got seconds={list(seconds)}, "
                          f"batch={batch}, repeats={repeats}, warmup={warmup})")
+    if peak and peak_seconds <= 0:
+        raise ValueError(f"--peak-seconds must be positive (got {peak_seconds})")
     target = torch.device(device)
     if target.type not in MEMORY_METHOD:
         raise ValueError(f"--device {device}: only cpu and cuda are supported")

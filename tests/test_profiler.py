@@ -241,6 +241,8 @@ def test_peak_gives_each_row_its_fraction_from_the_same_run(toy_hub):
     without = profile_upstreams([UpstreamSpec(toy_hub)], seconds=[1.0], threads=1, repeats=1, warmup=0, memory=False)
     assert "peak" not in without and "fraction_of_peak" not in without["upstreams"][0]
     assert "% peak" not in format_table(without)
+    with pytest.raises(ValueError, match="peak-seconds"):  # refused before any model is loaded
+        profile_upstreams([UpstreamSpec(toy_hub)], peak=True, peak_seconds=0)
 
 
 def test_cli_peak_records_the_peak_and_the_fraction(session_distiller_ckpt, tmp_path):
