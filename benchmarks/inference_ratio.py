@@ -15,14 +15,17 @@ import json
 import platform
 import tempfile
 from pathlib import Path
+from typing import Dict, Tuple
 
 import torch
 
 from s3prl_distill.checkpoint import save_checkpoint
+from s3prl_distill.formats.fairseq import teacher_copy_config
 from s3prl_distill.formats.native import export_student
 from s3prl_distill.formats.s3prl_distiller import export_distiller
 from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE, write_random_hubert
 from s3prl_distill.model import (
+    StudentConfig,
     StudentModel,
     deepthin_config,
     distilhubert_config,
@@ -31,6 +34,66 @@ from s3prl_distill.model import (
     with_fbank_front_end,
 )
 from s3prl_distill.profiling import forward_times
+
+
+def write_paper_checkpoints(folder: Path, pruned: bool = False) -> Dict[str, Tuple[str, Path]]:
+    """Randomly initialised checkpoints at the papers' sizes, written by our code into ``folder``: label -> (s3prl
+    entry, checkpoint). The HuBERT-Base-sized teacher (s3prl's ``hubert_local``) first, then DistilHuBERT (ours and
+    s3prl's ``distiller_local`` on the same file), FitHuBERT, and Wang et al.'s students with and without the fbank
+    front end; ``pruned`` adds DPHuBERT- and SKILL-sized pruned students (see :func:`pruned_config`) and a 4-layer
+    student through the generic ``student_local``."""
+    torch.manual_seed(0)
+    checkpoints = {"HuBERT Base (teacher, s3prl hubert_local)": (
+        "hubert_local", write_random_hubert(folder / "hubert.ckpt", HUBERT_BASE))}
+    config = distilhubert_config()
+    path = save_checkpoint(export_distiller(config, StudentModel(config).state_dict()), folder / "distilhubert.ckpt")
+    checkpoints["DistilHuBERT (distilhubert_local)"] = ("distilhubert_local", path)
+    checkpoints["s3prl's DistilHuBERT (distiller_local), same weights"] = ("distiller_local", path)
+    config = fithubert_config()
+    checkpoints["FitHuBERT (fithubert_local)"] = ("fithubert_local", save_checkpoint(
+        export_student("fithubert", config, StudentModel(config).state_dict()), folder / "fit.ckpt"))
+    for shape, base in (("deepthin", deepthin_config()), ("shallowwide", shallowwide_config())):
+        for suffix, config in (("", base), ("_fbank", with_fbank_front_end(base))):
+            model = StudentModel(config)
+            if model.fbank is not None:  # statistics would come from training data; any will do for timing
+                model.fbank.set_statistics(torch.zeros(80), torch.ones(80), 1)
+            path = save_checkpoint(export_student("asr_distill", config, model.state_dict()),
+                                   folder / f"{shape}{suffix}.ckpt")
+            checkpoints[f"Wang et al. {shape}{suffix.replace('_', ' ')} ({shape}{suffix}_local)"] = (
+                f"{shape}{suffix}_local", path)
+    if pruned:
+        for family in ("dphubert", "skill"):
+            config = pruned_config(family)
+            checkpoints[f"{PRUNED_NAMES[family]} ({family}_local)"] = (f"{family}_local", save_checkpoint(
+                export_student(family, config, StudentModel(config).state_dict()), folder / f"{family}.ckpt"))
+        config = distilhubert_config()
+        config = config.model_copy(update={"encoder": config.encoder.model_copy(update={"num_layers": 4})})
+        checkpoints["4-layer student (student_local)"] = ("student_local", save_checkpoint(
+            export_student("distilhubert", config, StudentModel(config).state_dict()), folder / "student.ckpt"))
+    return checkpoints
+
+
+PRUNED_NAMES = {"dphubert": "DPHuBERT-sized pruned student", "skill": "SKILL-sized pruned student"}
+
+# Per-layer widths after pruning HuBERT Base (head width 64), shaped like the published students (~24 M parameters,
+# widths falling with depth; DPHuBERT's removes the last layer's attention block entirely: 0 heads).
+PRUNED_SHAPES = {
+    "dphubert": {"conv": "[(320,10,5),(352,3,2),(384,3,2),(400,3,2),(400,3,2),(384,2,2),(320,2,2)]",
+                 "heads": [8, 8, 7, 6, 5, 4, 4, 3, 2, 2, 1, 0],
+                 "ffn": [800, 700, 600, 500, 450, 400, 350, 300, 250, 200, 150, 100]},
+    "skill": {"conv": "[(288,10,5),(320,3,2),(352,3,2),(384,3,2),(384,3,2),(352,2,2),(288,2,2)]",
+              "heads": [7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 1],
+              "ffn": [900, 800, 700, 600, 500, 450, 400, 350, 300, 250, 200, 150]},
+}
+
+
+def pruned_config(family: str) -> StudentConfig:
+    """A pruned HuBERT Base copy (the shape ``s3prl-distill prune`` leaves) with :data:`PRUNED_SHAPES`' widths."""
+    shape = PRUNED_SHAPES[family]
+    data = teacher_copy_config(HUBERT_BASE).to_dict()
+    data["feature_extractor"]["conv_layers"] = shape["conv"]
+    data["encoder"].update(num_heads=shape["heads"], ffn_dim=shape["ffn"], head_dim=64)
+    return StudentConfig.from_dict(data)
 
 
 def main() -> None:
@@ -47,27 +110,8 @@ def main() -> None:
     wavs = [0.1 * torch.randn(int(16000 * args.seconds), generator=generator) for _ in range(args.batch)]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        torch.manual_seed(0)
-        models = {"HuBERT Base (teacher, s3prl hubert_local)": hub.hubert_local(
-            ckpt=str(write_random_hubert(folder / "hubert.ckpt", HUBERT_BASE)))}
-        config = distilhubert_config()
-        save_checkpoint(export_distiller(config, StudentModel(config).state_dict()), folder / "distilhubert.ckpt")
-        models["DistilHuBERT (distilhubert_local)"] = hub.distilhubert_local(ckpt=str(folder / "distilhubert.ckpt"))
-        models["s3prl's DistilHuBERT (distiller_local), same weights"] = hub.distiller_local(
-            ckpt=str(folder / "distilhubert.ckpt"))
-        config = fithubert_config()
-        save_checkpoint(export_student("fithubert", config, StudentModel(config).state_dict()), folder / "fit.ckpt")
-        models["FitHuBERT (fithubert_local)"] = hub.fithubert_local(ckpt=str(folder / "fit.ckpt"))
-        for shape, base in (("deepthin", deepthin_config()), ("shallowwide", shallowwide_config())):
-            for suffix, config in (("", base), ("_fbank", with_fbank_front_end(base))):
-                model = StudentModel(config)
-                if model.fbank is not None:  # statistics would come from training data; any will do for timing
-                    model.fbank.set_statistics(torch.zeros(80), torch.ones(80), 1)
-                path = folder / f"{shape}{suffix}.ckpt"
-                save_checkpoint(export_student("asr_distill", config, model.state_dict()), path)
-                models[f"Wang et al. {shape}{suffix.replace('_', ' ')} ({shape}{suffix}_local)"] = getattr(
-                    hub, f"{shape}{suffix}_local")(ckpt=str(path))
+        models = {label: getattr(hub, entry)(ckpt=str(path))
+                  for label, (entry, path) in write_paper_checkpoints(Path(folder)).items()}
         for threads in args.threads:
             torch.set_num_threads(threads)
             medians = forward_times(models, wavs, args.repeats)

@@ -64,7 +64,8 @@ def run_profile(args: argparse.Namespace) -> None:
         specs = specs_from_lists(args.upstream, args.ckpt, args.model_config)
         reference = UpstreamSpec(args.vs, args.vs_ckpt, args.vs_config) if args.vs else None
         result = profile_upstreams(specs, args.seconds, args.batch, args.threads, args.repeats, args.warmup,
-                                   args.device, reference, memory=not args.no_memory, feature=args.feature or None)
+                                   args.device, reference, memory=not args.no_memory, feature=args.feature or None,
+                                   peak=args.peak, peak_seconds=args.peak_seconds)
     except ValueError as error:  # unknown upstream name, mismatched -k/-g lists, bad settings, unreadable checkpoint
         raise SystemExit(f"profile: {error}")
     print(format_table(result))
@@ -135,6 +136,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     profile.add_argument("--warmup", type=int, default=2, help="untimed forwards before timing")
     profile.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     profile.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    profile.add_argument("--peak", action="store_true",
+                         help="also measure the fp32 GEMM rate (before and after the forwards) and give each "
+                              "upstream's fraction of it (achieved FLOP/s / GEMM FLOP/s)")
+    profile.add_argument("--peak-seconds", type=float, default=2.0,
+                         help="seconds of GEMMs for --peak, before and after the forwards each (default: 2)")
     profile.add_argument("--feature", default="hidden_states",
                          help="the output read after each forward, as s3prl's -s (default: hidden_states; '' for the "
                               "forward alone); an upstream may compute some outputs only when they are read")

@@ -44,7 +44,13 @@ def format_table(result: Dict[str, Any]) -> str:
     reference = result.get("reference")
     if reference:
         lines.append(f"ratios (x) are to {reference}, measured in this run")
+    peak = result.get("peak")
+    if peak:
+        lines.append(f"peak: {peak['dtype']} GEMM {peak['size']}^3 at {peak['gflops']:.1f} GFLOP/s on {peak['threads']} "
+                     f"thread(s), this run; '% peak' = 2 x MACs x batch / latency / that rate")
     header = ["upstream", "backbone M", "w/ heads M", "audio", "GMACs", "GMACs/s", "latency ms", "RTF", "peak MiB"]
+    if peak:
+        header.append("% peak")
     if reference:
         header += ["x backbone", "x MACs", "x latency", "x memory"]
     table = [header]
@@ -58,6 +64,9 @@ def format_table(result: Dict[str, Any]) -> str:
                      key, f"{row['macs'][key] / 1e9:.3f}", f"{row['gmacs_per_audio_second'][key]:.3f}",
                      f"{row['latency_s'][key] * 1e3:.1f}", f"{row['rtf'][key]:.4f}",
                      _cell(None if memory is None else memory / 2**20, ".1f")]
+            if peak:
+                fraction = row.get("fraction_of_peak", {}).get(key)
+                cells.append(_cell(None if fraction is None else 100 * fraction, ".1f"))
             if reference:
                 vs = row["vs_reference"]
                 cells += [_cell(vs["parameters_backbone"], ".3f") if index == 0 else "",

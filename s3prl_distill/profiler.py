@@ -30,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +40,15 @@ import torch
 
 from .errors import UnknownUpstreamError
 from .profile_report import format_table, ratios
-from .profiling import DEFAULT_FEATURE, cpu_name, forward_time_samples, upstream_features
+from .profiling import DEFAULT_FEATURE, cpu_name, forward_time_samples, load_average, upstream_features
 from .registry import build_upstream, check_upstream_names
 
 # UnknownUpstreamError (raised through check_upstream_names) and the report's functions are importable from here.
 __all__ = [
-    "DEFAULT_SECONDS", "MEMORY_METHOD", "SAMPLE_RATE", "UnknownUpstreamError", "UpstreamSpec", "count_macs",
-    "cpu_name", "extra_flop_formulas", "format_table", "length_key", "load_upstream", "machine_info",
-    "measure_memory", "parameter_counts", "process_memory_bytes", "profile_upstreams", "profile_waves", "ratios",
-    "reset_peak_rss", "specs_from_lists",
+    "DEFAULT_SECONDS", "MEMORY_METHOD", "PEAK_GEMM_SIZE", "SAMPLE_RATE", "UnknownUpstreamError", "UpstreamSpec",
+    "bf16_gemm_supported", "count_macs", "cpu_name", "extra_flop_formulas", "format_table", "fraction_of_peak",
+    "gemm_peak", "length_key", "load_upstream", "machine_info", "measure_memory", "parameter_counts", "peak_rates",
+    "process_memory_bytes", "profile_upstreams", "profile_waves", "ratios", "reset_peak_rss", "specs_from_lists",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,77 @@ def count_macs(upstream: torch.nn.Module, wavs: List[torch.Tensor],
     return counter.get_total_flops() // 2, by_op
 
 
+PEAK_GEMM_SIZE = 2048  # square fp32 operands of 16 MiB each: large enough for torch's GEMM to run at full rate
+
+
+def bf16_gemm_supported() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX) for oneDNN; elsewhere a bf16 GEMM
+    is emulated and its rate says nothing about the machine's peak."""
+    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(checker()) if checker is not None else False
+    except RuntimeError:
+        return False
+
+
+def gemm_peak(dtype: torch.dtype = torch.float32, threads: Optional[int] = None, seconds: float = 2.0,
+              size: int = PEAK_GEMM_SIZE, device: str = "cpu") -> Dict[str, Any]:
+    """The matrix-multiply rate torch reaches here: ``size`` x ``size`` GEMMs (``torch.mm`` into a preallocated
+    output) repeated for ``seconds`` after one warm-up call, each call timed on its own. FLOPs per call = 2 size^3.
+
+    ``gflops`` is the median of the per-call rates (a noisy moment moves it less than a mean; the forwards it is
+    compared with are medians too), ``gflops_max`` the fastest call. ``threads``: ``torch.set_num_threads`` while
+    measuring (restored after; None keeps the current setting)."""
+    if seconds <= 0 or size < 1:
+        raise ValueError(f"gemm_peak needs seconds > 0 and size >= 1 (got {seconds}, {size})")
+    target = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(target)) if target.type == "cuda" else (lambda: None)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        used_threads = torch.get_num_threads()
+        generator = torch.Generator().manual_seed(0)
+        left, right = (torch.randn(size, size, generator=generator).to(target, dtype) for _ in range(2))
+        out = torch.empty(size, size, device=target, dtype=dtype)
+        flops = 2 * size ** 3
+        rates: List[float] = []
+        with torch.no_grad():
+            torch.mm(left, right, out=out)
+            sync()
+            began = time.perf_counter()
+            while not rates or time.perf_counter() - began < seconds:
+                start = time.perf_counter()
+                torch.mm(left, right, out=out)
+                sync()
+                rates.append(flops / (time.perf_counter() - start) / 1e9)
+    finally:
+        torch.set_num_threads(previous_threads)
+    logger.info("%s GEMM %d^3 on %d thread(s): %.1f GFLOP/s median of %d calls", dtype, size, used_threads,
+                statistics.median(rates), len(rates))
+    return {"dtype": str(dtype).replace("torch.", ""), "size": size, "threads": used_threads, "device": str(target),
+            "seconds": seconds, "calls": len(rates), "gflops": statistics.median(rates), "gflops_max": max(rates),
+            "gflops_samples": rates, "load_average": load_average()}
+
+
+def fraction_of_peak(macs: int, latency_s: float, peak_gflops: float, batch: int = 1) -> float:
+    """Achieved FLOP/s of a forward (2 FLOPs per multiply-accumulate, ``batch`` utterances of ``macs`` each, in
+    ``latency_s``) over a GEMM rate in GFLOP/s."""
+    if latency_s <= 0 or peak_gflops <= 0:
+        raise ValueError(f"need a positive latency and peak (got {latency_s} s, {peak_gflops} GFLOP/s)")
+    return 2 * macs * batch / latency_s / (peak_gflops * 1e9)
+
+
+def peak_rates(before: Dict[str, Any], after: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """One GEMM peak from :func:`gemm_peak` measurements taken before and after the forwards of a run: the median
+    of all their per-call rates (``gflops``), with both measurements kept."""
+    samples = list(before["gflops_samples"]) + (list(after["gflops_samples"]) if after else [])
+    return {"dtype": before["dtype"], "size": before["size"], "threads": before["threads"],
+            "gflops": statistics.median(samples), "gflops_max": max(samples), "before": before, "after": after,
+            "method": f"median over {len(samples)} timed {before['size']}^3 torch.mm calls, measured before "
+                      + ("and after " if after else "") + "the forwards in the same process"}
+
+
 def profile_waves(seconds: float, batch: int, device: torch.device, seed: int = 0) -> List[torch.Tensor]:
     """``batch`` utterances of ``seconds`` of low-level noise: the same audio for every upstream."""
     generator = torch.Generator().manual_seed(seed)
@@ -236,18 +308,24 @@ def profile_upstreams(
     reference: Optional[UpstreamSpec] = None,
     memory: bool = True,
     feature: Optional[str] = DEFAULT_FEATURE,
+    peak: bool = False,
+    peak_seconds: float = 2.0,
 ) -> Dict[str, Any]:
     """Parameters, MACs (one utterance per length), latency and real-time factor (``batch`` utterances per length),
     and peak memory of each upstream, plus ratios to ``reference`` when given; everything from this one call.
 
     ``threads``: ``torch.set_num_threads`` for the whole run (default: torch's current setting), restored after.
     A reference equal to one of ``specs`` (same name, ckpt, config) is that very row, so its ratios are exactly 1.
-    Every measured call is the forward plus reading ``feature`` (s3prl's ``-s``), as the downstream runner does."""
+    Every measured call is the forward plus reading ``feature`` (s3prl's ``-s``), as the downstream runner does.
+    ``peak``: also measure the fp32 GEMM rate (:func:`gemm_peak`, ``peak_seconds`` before and after the forwards, same
+    threads) and give each row its fraction of it: 2 x MACs x batch / latency / GEMM FLOP/s."""
     if not specs:
         raise ValueError("no upstream to profile")
     if not seconds or any(s <= 0 for s in seconds) or batch < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"need positive seconds, batch >= 1, repeats >= 1, warmup >= 0 (got seconds={list(seconds)}, "
                          f"batch={batch}, repeats={repeats}, warmup={warmup})")
+    if peak and peak_seconds <= 0:
+        raise ValueError(f"--peak-seconds must be positive (got {peak_seconds})")
     target = torch.device(device)
     if target.type not in MEMORY_METHOD:
         raise ValueError(f"--device {device}: only cpu and cuda are supported")
@@ -287,6 +365,7 @@ def profile_upstreams(
                 row["gmacs_per_audio_second"][length_key(length)] = macs / length / 1e9
             rows.append(row)
         sync = (lambda: torch.cuda.synchronize(target)) if target.type == "cuda" else None
+        peak_before = gemm_peak(torch.float32, threads, peak_seconds, device=str(target)) if peak else None
         for length in seconds:
             logger.info("timing %d upstream(s) on %d x %g s, %d threads", len(models), batch, length, threads)
             samples = forward_time_samples(models, profile_waves(length, batch, target), repeats, warmup, sync,
@@ -296,6 +375,13 @@ def profile_upstreams(
                 row.setdefault("latency_s", {})[length_key(length)] = latency
                 row.setdefault("latency_samples_s", {})[length_key(length)] = samples[row["label"]]
                 row.setdefault("rtf", {})[length_key(length)] = latency / (batch * length)
+        peak_result = (peak_rates(peak_before, gemm_peak(torch.float32, threads, peak_seconds, device=str(target)))
+                       if peak_before is not None else None)
+        if peak_result is not None:
+            for row in rows:
+                row["fraction_of_peak"] = {key: fraction_of_peak(row["macs"][key], row["latency_s"][key],
+                                                                 peak_result["gflops"], batch)
+                                           for key in row["macs"]}
         if memory:
             del models  # the workers load their own copy; free this one first
             gc.collect()
@@ -318,6 +404,10 @@ def profile_upstreams(
         "reference": labels[reference_index] if reference_index is not None else None,
         "upstreams": rows,
     }
+    if peak_result is not None:
+        result["peak"] = peak_result
+        result["settings"]["fraction_of_peak"] = ("2 x MACs x batch / latency / fp32 GEMM FLOP/s (peak.gflops), "
+                                                  "all measured in this run")
     if reference_index is not None:
         for row in rows:
             row["vs_reference"] = ratios(row, rows[reference_index])

@@ -70,6 +70,30 @@ def test_time_reduction_halves_frames_and_handles_odd_counts_and_padding():
         assert (batch.predictions[index, :, : 2 * half] - alone.predictions[0]).abs().max() <= 1e-4
 
 
+
+@pytest.mark.parametrize("frames", [10, 11])
+def test_time_reduction_gemm_equals_the_strided_conv(frames):
+    """The time reduction runs as a GEMM on (B, T, C) frames: it must equal the Conv1d (kernel = stride = factor) it
+    replaces, on even and odd frame counts, outputs and gradients."""
+    from s3prl_distill.model.encoder import TimeReduction
+
+    torch.manual_seed(0)
+    for factor in (2, 3):
+        reduction = TimeReduction(12, factor)
+        x = torch.randn(3, frames, 12, requires_grad=True)
+        y, lengths = reduction(x, torch.tensor([frames, frames - 1, 4]))
+        reference = torch.nn.functional.conv1d(x.transpose(1, 2), reduction.conv.weight, reduction.conv.bias,
+                                               stride=factor).transpose(1, 2)
+        assert y.shape == reference.shape == (3, frames // factor, 12) and y.is_contiguous()
+        assert (y - reference).abs().max() <= 1e-5
+        assert lengths.tolist() == [frames // factor, (frames - 1) // factor, 4 // factor]
+        grad = torch.randn_like(y)
+        ours = torch.autograd.grad(y, (x, reduction.conv.weight), grad)
+        theirs = torch.autograd.grad(reference, (x, reduction.conv.weight), grad)
+        for a, b in zip(ours, theirs):
+            assert (a - b).abs().max() <= 1e-5
+
+
 def official_key_names(config: StudentConfig) -> set:
     """The official CustomStudentModel state-dict names, spelt out from its module structure."""
     names = set()

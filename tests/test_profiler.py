@@ -5,6 +5,7 @@ No timing assertions here: speed targets live in benchmarks/."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,58 @@ def test_cpu_attention_is_counted_forward_and_backward():
     backward = [v for op, v in by_op.items() if "attention" in op and "backward" in op]
     assert forward == [2 * 2 * products]
     assert backward == [2 * 5 * products]
+
+
+def test_gemm_peak_measures_a_positive_rate_and_restores_threads():
+    from s3prl_distill.profiler import fraction_of_peak, gemm_peak
+
+    before = torch.get_num_threads()
+    peak = gemm_peak(torch.float32, threads=1, seconds=0.05, size=64)
+    assert torch.get_num_threads() == before
+    assert peak["dtype"] == "float32" and peak["threads"] == 1 and peak["size"] == 64
+    assert peak["calls"] == len(peak["gflops_samples"]) >= 1
+    assert 0 < peak["gflops"] <= peak["gflops_max"] == max(peak["gflops_samples"])
+    # 1e9 MACs in 1 s on a 4 GFLOP/s peak: 2e9 FLOP/s = half of it; batch scales the FLOPs.
+    assert fraction_of_peak(10**9, 1.0, 4.0) == pytest.approx(0.5)
+    assert fraction_of_peak(10**9, 1.0, 4.0, batch=2) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        fraction_of_peak(10**9, 0.0, 4.0)
+    with pytest.raises(ValueError):
+        gemm_peak(seconds=0)
+
+
+def test_peak_gives_each_row_its_fraction_from_the_same_run(toy_hub):
+    result = profile_upstreams([UpstreamSpec(toy_hub)], seconds=[1.0], batch=2, threads=1, repeats=2, warmup=1,
+                               memory=False, feature="hidden_states", peak=True, peak_seconds=0.05)
+    peak = result["peak"]
+    assert peak["dtype"] == "float32" and peak["threads"] == 1
+    assert peak["before"]["calls"] >= 1 and peak["after"]["calls"] >= 1
+    samples = peak["before"]["gflops_samples"] + peak["after"]["gflops_samples"]
+    assert peak["gflops"] == pytest.approx(statistics.median(samples))  # one peak from both measurements
+    row = result["upstreams"][0]
+    fraction = row["fraction_of_peak"]["1s"]
+    assert 0 < fraction < float("inf")
+    assert fraction == pytest.approx(2 * row["macs"]["1s"] * 2 / row["latency_s"]["1s"] / (peak["gflops"] * 1e9))
+    assert "% peak" in format_table(result)
+    without = profile_upstreams([UpstreamSpec(toy_hub)], seconds=[1.0], threads=1, repeats=1, warmup=0, memory=False)
+    assert "peak" not in without and "fraction_of_peak" not in without["upstreams"][0]
+    assert "% peak" not in format_table(without)
+    with pytest.raises(ValueError, match="peak-seconds"):  # refused before any model is loaded
+        profile_upstreams([UpstreamSpec(toy_hub)], peak=True, peak_seconds=0)
+
+
+def test_cli_peak_records_the_peak_and_the_fraction(session_distiller_ckpt, tmp_path):
+    out = tmp_path / "peak.json"
+    done = run_python(["-m", "s3prl_distill.cli", "profile", "-u", "distilhubert_local", "-k",
+                       str(session_distiller_ckpt), "--seconds", "1", "--threads", "1", "--repeats", "2",
+                       "--warmup", "1", "--no-memory", "--peak", "--peak-seconds", "0.1", "--json", str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "% peak" in done.stdout and "GFLOP/s" in done.stdout
+    result = json.loads(out.read_text())
+    peak = result["peak"]
+    assert peak["gflops"] > 0 and peak["threads"] == 1 and peak["dtype"] == "float32"
+    row = result["upstreams"][0]
+    fraction = row["fraction_of_peak"]["1s"]
+    assert 0 < fraction < float("inf")
+    assert fraction == pytest.approx(2 * row["macs"]["1s"] * result["settings"]["batch"] / row["latency_s"]["1s"]
+                                     / (peak["gflops"] * 1e9))

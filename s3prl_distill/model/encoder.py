@@ -164,8 +164,18 @@ class TimeReduction(nn.Module):
         self.conv = nn.Conv1d(dim, dim, kernel_size=factor, stride=factor)
 
     def forward(self, x: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-        """(B, T, C) -> (B, T // factor, C); an output frame is valid when all its input frames were."""
-        y = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        """(B, T, C) -> (B, T // factor, C); an output frame is valid when all its input frames were.
+
+        Computed as one GEMM on the frames themselves: kernel = stride, so each output frame reads ``factor``
+        consecutive input frames, which in (B, T, C) memory are one row of ``factor * C`` values. The conv on
+        ``x.transpose(1, 2)`` needed a channels-first copy in and returned a transposed view out, which every
+        projection of the next layer copied again."""
+        batch, frames, channels = x.shape
+        kept = frames // self.factor
+        windows = x[:, : kept * self.factor].reshape(batch, kept, self.factor * channels)
+        # Conv1d weight (out, in, kernel) -> (out, kernel * in): the windows' order, frame by frame.
+        weight = self.conv.weight.transpose(1, 2).reshape(self.conv.out_channels, self.factor * channels)
+        y = F.linear(windows, weight, self.conv.bias)
         return y, (None if lengths is None else torch.div(lengths, self.factor, rounding_mode="floor"))
 class TransformerEncoder(nn.Module):
     """Positional convolution, LayerNorm, a stack of :class:`EncoderLayer` and an optional time reduction; with
