@@ -13,6 +13,7 @@ from s3prl_distill.checkpoint import save_checkpoint
 from s3prl_distill.formats.dphubert import dphubert_state_dict, dphubert_student_config
 from s3prl_distill.formats.native import export_student
 from s3prl_distill.model.attention import SelfAttention
+from s3prl_distill.model.encoder import TimeReduction
 from s3prl_distill.model.fbank import FbankFrontEnd, fbank_frames
 from s3prl_distill.model.feature_extractor import ConvLayerBlock
 from s3prl_distill.profiler import UpstreamSpec, count_macs, load_upstream, profile_upstreams, profile_waves
@@ -26,10 +27,10 @@ SAMPLES = int(SECONDS * 16000)
 
 def independent_macs(upstream: torch.nn.Module, wav: torch.Tensor) -> int:
     """MACs of one forward on ``wav`` from module shapes, without torch's counter: every conv layer of the CNN from
-    its config (our CNN runs some as a GEMM, not through its Conv1d), every other Conv1d / ConvTranspose1d / Linear
+    its config (our CNN runs some as a GEMM, not through its Conv1d; so does FitHuBERT's time reduction), every other Conv1d / ConvTranspose1d / Linear
     from its input and output, attention as q @ k^T plus scores @ v, and the fbank's mel filterbank product."""
     total = 0
-    inside_cnn: set = set()
+    counted_by_block: set = set()
     hooks = []
 
     def conv_layer(block: ConvLayerBlock, inputs, output) -> None:
@@ -38,9 +39,14 @@ def independent_macs(upstream: torch.nn.Module, wav: torch.Tensor) -> int:
         features = output[0]
         total += features.shape[0] * features.shape[-1] * conv.out_channels * conv.in_channels * conv.kernel_size[0]
 
+    def time_reduction(block: TimeReduction, inputs, output) -> None:
+        nonlocal total  # a strided conv run as one GEMM, so its Conv1d is never called: counted from its output
+        conv = block.conv
+        total += output[0].numel() * conv.in_channels * conv.kernel_size[0]
+
     def conv(module: torch.nn.Module, inputs, output) -> None:
         nonlocal total
-        if module in inside_cnn:
+        if module in counted_by_block:
             return
         if isinstance(module, torch.nn.ConvTranspose1d):  # every input frame times the whole kernel
             x = inputs[0]
@@ -64,8 +70,11 @@ def independent_macs(upstream: torch.nn.Module, wav: torch.Tensor) -> int:
 
     for module in upstream.modules():
         if isinstance(module, ConvLayerBlock):
-            inside_cnn.add(module.conv)
+            counted_by_block.add(module.conv)
             hooks.append(module.register_forward_hook(conv_layer))
+        elif isinstance(module, TimeReduction):
+            counted_by_block.add(module.conv)
+            hooks.append(module.register_forward_hook(time_reduction))
         elif isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
             hooks.append(module.register_forward_hook(conv))
         elif isinstance(module, torch.nn.Linear):
