@@ -6,9 +6,10 @@ on one device, with the device's own peak FLOP rate measured in the same run.
 Written for a short one-shot check on a lent GPU (``benchmarks/gpu_check.sh``); ``--device cpu --quick`` runs every
 code path at toy sizes in about a minute (CI), and its figures are not speed figures.
 
-**Peak.** A square GEMM (``--gemm``; 8192 on CUDA, 1024 on CPU, 256 with ``--quick``) in bf16 and in fp32 (TF32 as
-torch's current setting: off by default), timed after warm-up (CUDA events on CUDA, the wall clock on CPU), best of
-three timed batches: 2 n^3 FLOPs per product.
+**Peak.** A square GEMM (8192 on CUDA, 1024 on CPU, 256 with ``--quick``) in bf16 and in fp32 (TF32 as
+torch's current setting: off by default), measured by the profiler's ``gemm_peak`` (the one the CPU fraction-of-peak
+uses): products repeated for 1 s after a warm-up, each timed on its own (the device synchronised), the median rate;
+2 n^3 FLOPs per product.
 
 **Training** (a): the production path, as ``s3prl-distill pretrain`` runs it: each recipe's shipped config
 (``pretrain/<recipe>/config.yaml``; DPHuBERT with its pruning gates on), the student following a randomly initialised
@@ -50,7 +51,6 @@ import argparse
 import gc
 import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -176,43 +176,6 @@ class MemoryMeter:
         high = process_memory_bytes("VmHWM")
         growth = None if self.before is None or high is None else max(0, high - self.before)
         return {"peak_bytes": None, "growth_bytes": growth}
-
-
-def measure_peak_flops(device, dtype, n: int, batch_s: float = 0.2) -> Dict[str, Any]:
-    """FLOP/s of an n x n x n GEMM in ``dtype`` on ``device``: 2 warm-up products, one timed to size the batches
-    (about ``batch_s`` each, 1 to 200 products), then the best of 3 timed batches (CUDA events on CUDA, the wall
-    clock on CPU)."""
-    import torch
-
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    sync = synchronizer(device)
-    torch.matmul(a, b, out=out)
-    sync()
-    begin = time.perf_counter()
-    torch.matmul(a, b, out=out)
-    sync()
-    iterations = max(1, min(200, math.ceil(batch_s / max(time.perf_counter() - begin, 1e-9))))
-    seconds = []
-    for _ in range(3):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iterations):
-                torch.matmul(a, b, out=out)
-            end.record()
-            end.synchronize()
-            seconds.append(start.elapsed_time(end) / 1000)
-        else:
-            begin = time.perf_counter()
-            for _ in range(iterations):
-                torch.matmul(a, b, out=out)
-            seconds.append(time.perf_counter() - begin)
-    best = min(seconds)
-    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "iterations": iterations,
-            "batch_seconds": [round(s, 6) for s in seconds], "flops_per_s": 2 * n ** 3 * iterations / best}
 
 
 def environment(device) -> Dict[str, Any]:
@@ -584,6 +547,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     import torch
 
+    from s3prl_distill.profiler import gemm_peak
+
     if args.device == "cuda" and not torch.cuda.is_available():
         print(f"--device cuda: CUDA is not available in this torch ({torch.__version__})", file=sys.stderr)
         return 2
@@ -626,11 +591,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
             try:
-                data["peaks"][name] = measure_peak_flops(device, dtype, sizes.gemm)
+                # The profiler's GEMM peak: each product timed on its own (synchronised on CUDA), the median rate.
+                data["peaks"][name] = gemm_peak(dtype, seconds=1.0, size=sizes.gemm, device=str(device))
             except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
                 data["errors"].append({"case": f"peak/{name}", **_error(exc)})
             result.write()
-        peaks = {name: value["flops_per_s"] for name, value in data["peaks"].items()}
+        peaks = {name: value["gflops"] * 1e9 for name, value in data["peaks"].items()}
         if set(peaks) != {"bf16", "fp32"}:
             raise RuntimeError("the GEMM peaks could not be measured: no MFU can be computed")
 
@@ -718,7 +684,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def summary(data: Dict[str, Any]) -> None:
     """The table on stdout."""
     for name, peak in data["peaks"].items():
-        print(f"peak {name}: {peak['flops_per_s'] / 1e12:.2f} TFLOP/s (GEMM {peak['n']})")
+        print(f"peak {name}: {peak['gflops'] / 1e3:.2f} TFLOP/s (GEMM {peak['size']})")
     for row in data["training"]:
         if "error" in row:
             print(f"{row['case']:40s} ERROR {row['error']['type']}: {row['error']['message'][:120]}")

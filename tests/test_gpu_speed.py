@@ -46,7 +46,7 @@ def test_quick_run_has_every_case_without_errors(quick_run, gpu_speed):
     data, stdout = quick_run
     assert data["status"] == "complete" and data["errors"] == [] and data["skipped"] == []
     assert data["environment"]["device"] == "cpu" and data["environment"]["torch"]
-    assert all(positive(data["peaks"][name]["flops_per_s"]) for name in ("bf16", "fp32"))
+    assert all(positive(data["peaks"][name]["gflops"]) for name in ("bf16", "fp32"))
 
     expected = [case.name for case in gpu_speed.training_cases("fp32", "bf16", quick=True)]
     assert [row["case"] for row in data["training"]] == expected
