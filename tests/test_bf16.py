@@ -21,9 +21,10 @@ from helpers import TINY_STUDENT, random_waves, tiny_fithubert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# max |bf16 - fp32| / rms(fp32) per hidden state, on the tiny models below (measured: at most ~0.03; bf16 keeps 8
-# significant bits, so a few roundings per layer give a few percent of the signal's rms at worst).
-RELATIVE_TOLERANCE = 0.1
+# max |bf16 - fp32| / rms(fp32) per hidden state, on the tiny models below: measured at most 0.09 (FitHuBERT's
+# hidden_states; 0.08 for the HuBERT-shaped students). bf16 keeps 8 significant bits (relative rounding 2^-9), and the
+# largest elements of a state are several times its rms, so a few roundings per layer reach ~10% of the rms at worst.
+RELATIVE_TOLERANCE = 0.2
 
 
 def random_model(config: StudentConfig) -> StudentModel:
@@ -186,10 +187,13 @@ def test_s3prl_featurizer_takes_bf16_features(checkpoints):
     from s3prl.upstream.interfaces import Featurizer
 
     entry, ckpt = checkpoints["shallowwide_fbank"]
-    upstream = build(entry, ckpt, model_config={"precision": "bf16"})
-    featurizer = Featurizer(upstream, upstream_device="cpu")
     waves = random_waves([16000, 9000], seed=7)
-    with torch.no_grad():
-        features = featurizer(waves, upstream(waves))
-    assert [f.dtype for f in features] == [torch.float32] * 2
-    assert [f.shape[0] for f in features] == [50, 28]
+    features = {}
+    for precision in ("fp32", "bf16"):
+        upstream = build(entry, ckpt, model_config={"precision": precision})
+        featurizer = Featurizer(upstream, upstream_device="cpu")
+        with torch.no_grad():
+            features[precision] = featurizer(waves, upstream(waves))
+    assert [f.dtype for f in features["bf16"]] == [torch.float32] * 2
+    for a, b in zip(features["fp32"], features["bf16"]):
+        assert a.shape == b.shape and relative_deviation(a, b) < RELATIVE_TOLERANCE
