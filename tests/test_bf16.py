@@ -197,3 +197,20 @@ def test_s3prl_featurizer_takes_bf16_features(checkpoints):
     assert [f.dtype for f in features["bf16"]] == [torch.float32] * 2
     for a, b in zip(features["fp32"], features["bf16"]):
         assert a.shape == b.shape and relative_deviation(a, b) < RELATIVE_TOLERANCE
+
+
+def test_profile_takes_precision_through_g(session_distiller_ckpt, tmp_path):
+    """``s3prl-distill profile -u X X -k C C -g - bf16.yaml``: the same checkpoint at both precisions, side by side,
+    rows named by their -g file; MACs do not depend on the precision."""
+    from s3prl_distill.profiler import profile_upstreams, specs_from_lists
+
+    options = tmp_path / "bf16.yaml"
+    options.write_text("precision: bf16\n")
+    ckpt = str(session_distiller_ckpt)
+    specs = specs_from_lists(["distilhubert_local"] * 2, [ckpt, ckpt], ["-", str(options)])
+    result = profile_upstreams(specs, seconds=[1.0], threads=1, repeats=1, warmup=0, memory=False)
+    fp32, bf16 = result["upstreams"]
+    assert (fp32["label"], bf16["label"]) == (f"distilhubert_local:{Path(ckpt).name}",
+                                              f"distilhubert_local:{Path(ckpt).name} -g bf16.yaml")
+    assert bf16["model_config"] == str(options)
+    assert fp32["macs"] == bf16["macs"] and fp32["parameters"] == bf16["parameters"]
