@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min-rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed forwards per model before timing")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds of timed forwards (at least min-rounds)")
     parser.add_argument("--families", nargs="+", help="subset of the families (default: all)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "upstream_bf16.json")
@@ -125,7 +126,12 @@ def main() -> None:
             families[family] = {"entry": entry, "parameters": sum(p.numel() for p in models[f"{family} fp32"]
                                                                   .parameters()), "deviation": rows}
             logger.info("%s: max relative deviation %.4f", family, max(row["relative"] for row in rows))
-    timing = interleaved_times(models, wavs, threads=args.threads, min_rounds=args.min_rounds, budget_s=args.budget)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    # The deviations are kept even if the (long: bf16 can be far slower on a CPU without bf16 instructions) timing
+    # is interrupted.
+    args.output.write_text(json.dumps({**result, "families": families, "timing": "not finished"}, indent=2) + "\n")
+    timing = interleaved_times(models, wavs, threads=args.threads, min_rounds=args.min_rounds, budget_s=args.budget,
+                               warmup=args.warmup)
     for family, record in families.items():
         fp32, bf16 = timing.times[f"{family} fp32"], timing.times[f"{family} bf16"]
         speedup = Spread.of([a / b for a, b in zip(fp32, bf16)])
