@@ -96,20 +96,26 @@ def precision_context(precision: Precision, device_type: str) -> ContextManager[
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
-def as_float32(value: Any) -> Any:
-    """``value`` with every reduced-precision floating tensor (in lists, tuples and dicts too) cast to float32.
+def as_float32(value: Any, _cast: Optional[Dict[int, Tensor]] = None) -> Any:
+    """``value`` with every reduced-precision floating tensor (in lists, tuples and dicts too) cast to float32; a
+    tensor found twice (``last_hidden_state`` is ``hidden_states[-1]``) is cast once and stays one tensor.
 
     s3prl's featurizer and downstream models run outside the upstream's autocast with float32 weights: a bf16
     feature would meet float32 layer weights in its weighted sum or first Linear (a dtype error, or a silent
     bf16 downstream), so a bf16 upstream returns float32 like an fp32 one."""
+    cast: Dict[int, Tensor] = {} if _cast is None else _cast
     if isinstance(value, Tensor):
-        return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+        if not value.is_floating_point() or value.dtype == torch.float32:
+            return value
+        if id(value) not in cast:
+            cast[id(value)] = value.float()
+        return cast[id(value)]
     if isinstance(value, list):
-        return [as_float32(item) for item in value]
+        return [as_float32(item, cast) for item in value]
     if isinstance(value, tuple):
-        return tuple(as_float32(item) for item in value)
+        return tuple(as_float32(item, cast) for item in value)
     if isinstance(value, dict):
-        return {key: as_float32(item) for key, item in value.items()}
+        return {key: as_float32(item, cast) for key, item in value.items()}
     return value
 
 
