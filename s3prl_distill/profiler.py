@@ -283,13 +283,16 @@ def machine_info(device: torch.device, threads: int) -> Dict[str, Any]:
 
 
 def _labels(specs: Sequence[UpstreamSpec]) -> List[str]:
-    """Row names: the given label, else the upstream name, else name + checkpoint file where names repeat."""
+    """Row names: the given label, else the upstream name, else name + checkpoint file (+ ``-g`` file, e.g. a
+    ``precision: bf16`` options file) where names repeat."""
     names = [spec.name for spec in specs]
     labels = []
     for spec in specs:
         label = spec.label or spec.name
         if not spec.label and names.count(spec.name) > 1 and spec.ckpt:
             label = f"{spec.name}:{Path(spec.ckpt).name}"
+        if not spec.label and names.count(spec.name) > 1 and spec.model_config:
+            label += f" -g {Path(spec.model_config).name}"
         base, index = label, 2
         while label in labels:
             label, index = f"{base}#{index}", index + 1

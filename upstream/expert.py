@@ -10,22 +10,29 @@ students (gates refused, DPHuBERT's official format).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 
 from torch import Tensor, nn
 
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
+from s3prl_distill.errors import validated
 from s3prl_distill.formats import StudentCheckpoint, read_student
 from s3prl_distill.formats.huggingface import is_huggingface_directory, read_huggingface_student
 from s3prl_distill.model import StudentModel
 
 from .interfaces import (
     STUDENT_FEATURE_KEYS,
+    LazyOutputs,
+    Precision,
     UpstreamOptions,
+    as_float32,
     check_feature_key,
+    input_device_type,
     load_backbone,
     load_weights,
+    precision_context,
     read_options,
     resolve_checkpoint,
     resolve_local_checkpoint,
@@ -103,12 +110,17 @@ class StudentExpert(nn.Module):
         model_config: ModelConfig = None,
         trust_checkpoint: bool = False,
         adapter: Type[OutputAdapter] = OutputAdapter,
+        precision: Optional[Precision] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         self.name = expected
         self.adapter = adapter(expected)
         options, training_yaml = self.adapter.read_options(model_config, **kwargs)
+        if precision is not None:  # from Python (S3PRLUpstream's extra_conf): overrides -g, validated the same way
+            options = validated(type(options), {**options.model_dump(), "precision": precision},
+                                f"{expected}: invalid upstream option precision=")
+        self.precision: Precision = options.precision
         if is_huggingface_directory(Path(ckpt)):  # a transformers HuBERT directory (config.json + weights)
             student = read_huggingface_student(Path(ckpt), self.adapter.families, self.adapter.wanted)
         else:
@@ -126,8 +138,24 @@ class StudentExpert(nn.Module):
         return self.rates[key]
 
     def forward(self, wavs: List[Tensor]) -> Mapping[str, Any]:
-        """The adapter's outputs (a dict, or FitHuBERT's lazily computed mapping)."""
-        return self.adapter.outputs(self.model, wavs)
+        """The adapter's outputs (a dict, or FitHuBERT's lazily computed mapping).
+
+        ``precision: bf16`` runs the student under bf16 autocast on the input's device and returns every output as
+        float32 (see ``interfaces.as_float32``); a lazily computed output runs under the same autocast when read."""
+        if self.precision == "fp32":
+            return self.adapter.outputs(self.model, wavs)
+        device_type = input_device_type(wavs)
+        with precision_context(self.precision, device_type):
+            outputs = self.adapter.outputs(self.model, wavs)
+        if not isinstance(outputs, LazyOutputs):
+            return as_float32(dict(outputs))
+
+        def entry(key: str) -> Any:
+            with precision_context(self.precision, device_type):
+                value = outputs[key]
+            return as_float32(value)
+
+        return LazyOutputs({key: functools.partial(entry, key) for key in outputs})
 
 
 def local_entry(adapter: Type[OutputAdapter], expected: str, ckpt: Optional[str], model_config: Any,

@@ -7,9 +7,11 @@ tensors; ``get_downsample_rates(key)`` gives waveform samples per frame for each
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, \
+    Union
 
 import torch
 import yaml
@@ -67,11 +69,55 @@ def pad_waveforms(wavs: Sequence[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
     return padded, torch.tensor(lengths, device=padded.device)
 
 
+# How the student's forward runs (the ``precision`` upstream option).
+Precision = Literal["fp32", "bf16"]
+
+
 class UpstreamOptions(StrictModel):
     """Options an upstream reads from ``-g`` (``model_config``): a YAML file, or a dict from Python."""
 
     # Allow full unpickling of a checkpoint that holds Python objects beyond s3prl's known formats.
     trust_checkpoint: bool = False
+    # The student's forward in fp32 (default), or under bf16 autocast (outputs still float32); see ``precision_context``.
+    precision: Precision = "fp32"
+
+
+def input_device_type(wavs: Any) -> str:
+    """The device type of the first waveform (``cpu`` where there is none to ask: validation reports that input)."""
+    if isinstance(wavs, Sequence) and len(wavs) > 0 and isinstance(wavs[0], Tensor):
+        return wavs[0].device.type
+    return "cpu"
+
+
+def precision_context(precision: Precision, device_type: str) -> ContextManager[Any]:
+    """``bf16``: ``torch.autocast(device_type, dtype=torch.bfloat16)`` (CPU and CUDA); ``fp32``: nothing at all, so
+    the default forward is exactly what it was before the option existed."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def as_float32(value: Any, _cast: Optional[Dict[int, Tensor]] = None) -> Any:
+    """``value`` with every reduced-precision floating tensor (in lists, tuples and dicts too) cast to float32; a
+    tensor found twice (``last_hidden_state`` is ``hidden_states[-1]``) is cast once and stays one tensor.
+
+    s3prl's featurizer and downstream models run outside the upstream's autocast with float32 weights: a bf16
+    feature would meet float32 layer weights in its weighted sum or first Linear (a dtype error, or a silent
+    bf16 downstream), so a bf16 upstream returns float32 like an fp32 one."""
+    cast: Dict[int, Tensor] = {} if _cast is None else _cast
+    if isinstance(value, Tensor):
+        if not value.is_floating_point() or value.dtype == torch.float32:
+            return value
+        if id(value) not in cast:
+            cast[id(value)] = value.float()
+        return cast[id(value)]
+    if isinstance(value, list):
+        return [as_float32(item, cast) for item in value]
+    if isinstance(value, tuple):
+        return tuple(as_float32(item, cast) for item in value)
+    if isinstance(value, dict):
+        return {key: as_float32(item, cast) for key, item in value.items()}
+    return value
 
 
 def read_options(model_config: Union[None, str, Path, Mapping[str, Any]], name: str) -> UpstreamOptions:

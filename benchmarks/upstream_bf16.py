@@ -1,0 +1,153 @@
+"""``precision: bf16`` against fp32 for every upstream family: forward speed and output deviation, in one run.
+
+Every model is randomly initialised at its paper size and loaded through its s3prl entry twice, with ``-g``
+``{"precision": "fp32"}`` and ``{"precision": "bf16"}`` (the same weights), as ``benchmarks/inference_ratio.py``
+does. Speed: ``interleaved_times`` (every model once per round, order rotated), per family the median over rounds
+of fp32 time / bf16 time (> 1: bf16 is faster). Deviation: on a padded batch of unequal lengths (so the masked
+statistics run), per hidden state ``max |bf16 - fp32|``, that over the rms of the fp32 state, and the mean absolute
+difference over the same rms (the typical error rather than the worst element's).
+
+    python benchmarks/upstream_bf16.py [--seconds 10] [--batch 4] [--threads 2] [--families distilhubert ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+from s3prl_distill.checkpoint import save_checkpoint
+from s3prl_distill.formats.fairseq import teacher_copy_config
+from s3prl_distill.formats.native import export_student
+from s3prl_distill.formats.s3prl_distiller import export_distiller
+from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE
+from s3prl_distill.model import (
+    StudentConfig,
+    StudentModel,
+    deepthin_config,
+    distilhubert_config,
+    fithubert_config,
+    shallowwide_config,
+    with_fbank_front_end,
+)
+from s3prl_distill.profiling import Spread, interleaved_times
+
+logger = logging.getLogger("upstream_bf16")
+
+# A DPHuBERT-sized pruned HuBERT Base (DPHuBERT: 23.59 M parameters): per-layer heads and FFN units after pruning.
+DPHUBERT_HEADS = [6, 6, 5, 5, 4, 4, 4, 4, 3, 3, 2, 2]
+DPHUBERT_FFN = [1100, 1000, 900, 900, 800, 800, 700, 700, 600, 500, 400, 300]
+
+
+def dphubert_sized_config() -> StudentConfig:
+    config = teacher_copy_config(HUBERT_BASE)
+    encoder = config.encoder.model_copy(update={"num_heads": DPHUBERT_HEADS, "ffn_dim": DPHUBERT_FFN, "head_dim": 64})
+    return config.model_copy(update={"encoder": encoder})
+
+
+def write_checkpoints(folder: Path) -> Dict[str, Tuple[str, Path]]:
+    """family -> (entry, checkpoint) at paper sizes, random weights."""
+    torch.manual_seed(0)
+    found: Dict[str, Tuple[str, Path]] = {}
+    config = distilhubert_config()
+    found["distilhubert"] = ("distilhubert_local", save_checkpoint(
+        export_distiller(config, StudentModel(config).state_dict()), folder / "distilhubert.ckpt"))
+    config = fithubert_config()
+    found["fithubert"] = ("fithubert_local", save_checkpoint(
+        export_student("fithubert", config, StudentModel(config).state_dict()), folder / "fithubert.ckpt"))
+    for shape, base in (("deepthin", deepthin_config()), ("shallowwide", shallowwide_config())):
+        for suffix, config in (("", base), ("_fbank", with_fbank_front_end(base))):
+            model = StudentModel(config)
+            if model.fbank is not None:  # statistics of log-mel fbank of speech-like levels; any fixed ones do here
+                model.fbank.set_statistics(torch.full((80,), 5.0), torch.full((80,), 3.0), 1)
+            found[shape + suffix] = (f"{shape}{suffix}_local", save_checkpoint(
+                export_student("asr_distill", config, model.state_dict()), folder / f"{shape}{suffix}.ckpt"))
+    config = dphubert_sized_config()
+    found["dphubert"] = ("dphubert_local", save_checkpoint(
+        export_student("dphubert", config, StudentModel(config).state_dict()), folder / "dphubert.ckpt"))
+    return found
+
+
+def deviations(fp32: torch.nn.Module, bf16: torch.nn.Module, wavs: List[torch.Tensor]) -> List[Dict[str, float]]:
+    with torch.no_grad():
+        expected, got = fp32(wavs)["hidden_states"], bf16(wavs)["hidden_states"]
+    rows = []
+    for index, (a, b) in enumerate(zip(expected, got)):
+        if b.dtype != torch.float32:
+            raise RuntimeError(f"hidden state {index} is {b.dtype}, expected float32")
+        max_abs = float((b - a).abs().max())
+        rms = float(a.pow(2).mean().sqrt())
+        mean_abs = float((b - a).abs().mean())
+        rows.append({"state": index, "max_abs": max_abs, "rms_fp32": rms, "relative": max_abs / rms,
+                     "mean_abs_relative": mean_abs / rms})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="utterance length of the timed batch")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed forwards per model before timing")
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds of timed forwards (at least min-rounds)")
+    parser.add_argument("--families", nargs="+", help="subset of the families (default: all)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "upstream_bf16.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import s3prl.hub as hub
+
+    generator = torch.Generator().manual_seed(0)
+    wavs = [0.1 * torch.randn(int(16000 * args.seconds), generator=generator) for _ in range(args.batch)]
+    # Unequal lengths for the deviation: padding and the masked statistics are part of what bf16 changes.
+    uneven = [wav[: max(16000, int(len(wav) * (1.0 - 0.12 * index)))] for index, wav in enumerate(wavs)]
+    result: Dict[str, object] = {"benchmark": "upstream_bf16", "batch": f"{args.batch} x {args.seconds:g} s",
+                                 "deviation_batch_s": [round(len(w) / 16000, 2) for w in uneven],
+                                 "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    families: Dict[str, Dict[str, object]] = {}
+    models: Dict[str, torch.nn.Module] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoints = write_checkpoints(Path(folder))
+        for family in args.families or list(checkpoints):
+            if family not in checkpoints:
+                raise SystemExit(f"--families: unknown family {family!r}; known: {', '.join(checkpoints)}")
+            entry, ckpt = checkpoints[family]
+            make: Callable[[str], torch.nn.Module] = lambda precision: getattr(hub, entry)(
+                ckpt=str(ckpt), model_config={"precision": precision}).eval()
+            models[f"{family} fp32"], models[f"{family} bf16"] = make("fp32"), make("bf16")
+            torch.set_num_threads(args.threads)
+            rows = deviations(models[f"{family} fp32"], models[f"{family} bf16"], uneven)
+            families[family] = {"entry": entry, "parameters": sum(p.numel() for p in models[f"{family} fp32"]
+                                                                  .parameters()), "deviation": rows}
+            logger.info("%s: max relative deviation %.4f", family, max(row["relative"] for row in rows))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    # The deviations are kept even if the (long: bf16 can be far slower on a CPU without bf16 instructions) timing
+    # is interrupted.
+    args.output.write_text(json.dumps({**result, "families": families, "timing": "not finished"}, indent=2) + "\n")
+    timing = interleaved_times(models, wavs, threads=args.threads, min_rounds=args.min_rounds, budget_s=args.budget,
+                               warmup=args.warmup)
+    for family, record in families.items():
+        fp32, bf16 = timing.times[f"{family} fp32"], timing.times[f"{family} bf16"]
+        speedup = Spread.of([a / b for a, b in zip(fp32, bf16)])
+        record.update(fp32_s=statistics.median(fp32), bf16_s=statistics.median(bf16), speedup=vars(speedup))
+    result.update(method="speed-up = fp32 time / bf16 time within each round; " + timing.method(),
+                  conditions=timing.conditions(), families=families, timing=timing.to_json())
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'family':18s} {'params M':>8s} {'fp32 s':>7s} {'bf16 s':>7s}  speed-up (IQR)        max rel. dev.")
+    for family, record in families.items():
+        spread = Spread(**record["speedup"])
+        worst = max(row["relative"] for row in record["deviation"])
+        print(f"{family:18s} {record['parameters'] / 1e6:8.2f} {record['fp32_s']:7.3f} {record['bf16_s']:7.3f}  "
+              f"x{spread.format(2):20s} {worst:.4f}")
+    print(timing.conditions())
+
+
+if __name__ == "__main__":
+    main()
