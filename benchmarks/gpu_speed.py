@@ -33,7 +33,7 @@ bf16 (autocast) cases over the higher of the bf16 and fp32 peaks (:func:`peak_fo
 **Upstreams** (b): every upstream family from a random checkpoint of the right shape (full size; toy with
 ``--quick``) written by our own code, loaded through its s3prl entry (``build_upstream``), plus s3prl's own
 ``distiller_local`` on our DistilHuBERT's weights: seconds of audio per second over ``--upstream-batch`` utterances
-of ``--upstream-seconds``, fp32 and bf16 (autocast, :func:`in_precision`), median of repeats after warm-up.
+of ``--upstream-seconds``, fp32 and bf16 (the upstreams' own ``precision: bf16`` option, :func:`in_precision`), median of repeats after warm-up.
 
 **Memory** (c): CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (training: over the whole
 ``train()``, weights and optimizer state included; upstreams: one forward, over the memory allocated before it).
@@ -373,13 +373,22 @@ def run_training_case(case: TrainCase, space: Workspace, peaks: Dict[str, float]
 
 # --- upstream cases ----------------------------------------------------------------------------------------------------
 
-def in_precision(upstream, precision: str, device_type: str):
-    """The upstream to time in ``precision``: itself for fp32; for bf16 its forward under
-    ``torch.autocast(device_type, torch.bfloat16)`` (to be replaced by the upstreams' own ``precision`` option)."""
+def in_precision(entry: str, upstream, ckpt: Path, precision: str, device):
+    """The upstream to time in ``precision``: itself for fp32. For bf16, ours are built again with their own
+    ``precision: bf16`` option from a ``-g`` file (as a user sets it); any other (s3prl's ``distiller_local``) runs its forward
+    in the same autocast that option applies, its outputs cast to float32 as ours are."""
     import torch
+
+    from s3prl_distill.registry import build_upstream
+    from s3prl_distill.upstream.expert import StudentExpert
+    from s3prl_distill.upstream.interfaces import as_float32, precision_context
 
     if precision == "fp32":
         return upstream
+    if isinstance(upstream, StudentExpert):  # -g options.yaml, as s3prl's runner passes it
+        options = ckpt.parent / f"precision_{precision}.yaml"
+        options.write_text(f"precision: {precision}\n")
+        return build_upstream(entry, str(ckpt), str(options)).to(device).eval()
 
     class Autocast(torch.nn.Module):
         def __init__(self) -> None:
@@ -387,8 +396,8 @@ def in_precision(upstream, precision: str, device_type: str):
             self.upstream = upstream
 
         def forward(self, wavs):
-            with torch.autocast(device_type, dtype=torch.bfloat16):
-                return self.upstream(wavs)
+            with precision_context(precision, device.type):
+                return as_float32(self.upstream(wavs))
 
     return Autocast()
 
@@ -490,7 +499,7 @@ def run_upstream_case(entry: str, ckpt: Path, precision: str, sizes: Sizes, devi
         models[entry] = (upstream, 2 * count_macs(upstream, profile_waves(sizes.upstream_seconds, sizes.upstream_batch,
                                                                           device))[0])
     upstream, flops = models[entry]
-    model = in_precision(upstream, precision, device.type)
+    model = in_precision(entry, upstream, ckpt, precision, device)
     wavs = profile_waves(sizes.upstream_seconds, sizes.upstream_batch, device)
     sync = synchronizer(device)
     samples = forward_time_samples({entry: model}, wavs, sizes.upstream_repeats, sizes.upstream_warmup, sync)[entry]
