@@ -64,6 +64,22 @@ def test_features_do_not_depend_on_the_rest_of_the_batch(norm, layer_norm_first)
         assert (batch.predictions[index, :, :frames] - alone.predictions[0]).abs().max() <= 1e-4
 
 
+def test_masked_group_norm_statistics_stay_fp32_under_autocast():
+    """Under autocast (bf16 here; fp16 on CUDA, where a reduced-precision sum over ~50k frames overflows) the masked
+    statistics are still fp32: the same input gives what the fp32 computation gives, to fp32 rounding."""
+    from s3prl_distill.model.feature_extractor import _masked_instance_norm
+
+    torch.manual_seed(0)
+    x = 30.0 + 5.0 * torch.randn(2, 8, 4000)  # a large mean: reduced-precision sums lose the centred variance
+    lengths = torch.tensor([4000, 2500])
+    weight, bias = torch.rand(8) + 0.5, torch.randn(8)
+    reference = _masked_instance_norm(x, lengths, weight, bias, 1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = _masked_instance_norm(x, lengths, weight, bias, 1e-5)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, reference, rtol=0, atol=1e-5)
+
+
 def test_cnn_gradient_is_scaled_by_grad_mult():
     waves = torch.stack(random_waves([4000, 4000]))
 

@@ -19,8 +19,15 @@ def _masked_instance_norm(x: Tensor, lengths: Optional[Tensor], weight: Tensor, 
     """GroupNorm with one group per channel, whose statistics use only the valid frames of each utterance.
 
     fairseq's GroupNorm also averages over padding, so a waveform's features would depend on what else is in the
-    batch; masking the statistics removes that. Computed in fp32 like fairseq's ``Fp32GroupNorm``.
+    batch; masking the statistics removes that. Computed in fp32 like fairseq's ``Fp32GroupNorm``, autocast off
+    too: autocast runs ``bmm`` in bf16/fp16, and an fp16 sum over tens of thousands of frames overflows.
     """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _masked_instance_norm_fp32(x, lengths, weight, bias, eps)
+
+
+def _masked_instance_norm_fp32(x: Tensor, lengths: Optional[Tensor], weight: Tensor, bias: Tensor,
+                               eps: float) -> Tensor:
     dtype = x.dtype
     x = x.float()
     if lengths is None:
