@@ -66,6 +66,7 @@ setup(
         "PyYAML",
         "numpy",
         "scipy",  # k-means of the demo's HuBERT teacher
+        "safetensors",  # students shared with no pickle (export --to safetensors, read by every *_local)
         "tqdm",
         # s3prl's downstream runner needs these but does not declare them.
         "tensorboardX",

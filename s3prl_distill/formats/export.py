@@ -18,13 +18,14 @@ from ..checkpoint import CheckpointError, latest_step_checkpoint, load_checkpoin
 from ..model.config import StudentConfig
 from ..options import EXPORT_FORMATS
 from .native import describe_checkpoint, is_native_student
+from .safetensors_format import export_safetensors
 
 logger = logging.getLogger(__name__)
 
 DPHUBERT_FAMILIES = ("dphubert", "skill")
 
 
-def _checkpoint_file(path: Path) -> Path:
+def checkpoint_file(path: Path) -> Path:
     """``path``, or the latest ``states-<step>.ckpt`` of the run directory ``path``."""
     if path.is_dir():
         latest = latest_step_checkpoint(path)
@@ -39,7 +40,7 @@ def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
     from .dphubert import dphubert_checkpoint
     from ..model.student import HEAD_PREFIXES, StudentModel
 
-    path = _checkpoint_file(Path(path))
+    path = checkpoint_file(Path(path))
     checkpoint = load_checkpoint(path, what="checkpoint to export")
     if not is_native_student(checkpoint) or checkpoint.get("Family") not in DPHUBERT_FAMILIES:
         raise CheckpointError(f"{path} is {describe_checkpoint(checkpoint)}; --to dphubert exports a "
@@ -85,7 +86,10 @@ def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
 
 # One exporter per name of EXPORT_FORMATS (the choices of --to, kept in the torch-free options module for the command
 # line; tests/test_cli.py holds the two to the same names).
-EXPORTERS = {"dphubert": export_dphubert}
+EXPORTERS = {
+    "dphubert": export_dphubert,
+    "safetensors": export_safetensors,
+}
 
 
 def export_checkpoint(path: Path, to: str, output: Path) -> Dict[str, Any]:
