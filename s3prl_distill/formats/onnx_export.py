@@ -1,0 +1,70 @@
+"""``s3prl-distill export CKPT --to onnx FILE``: a student upstream as an ONNX graph for onnxruntime.
+
+The graph is the upstream's own forward on a padded batch (its adapter's ``batch_outputs``): inputs ``waveforms``
+(batch, samples, float32, 16 kHz) and ``lengths`` (batch, int64: valid samples per row); outputs ``hidden_state_<i>``
+(batch, frames, dim) — the ``hidden_states`` the s3prl upstream gives, in its order — and ``frame_lengths`` (batch,
+int64: valid frames per row; frames past it are padding). Batch and length are dynamic.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAMES = ("waveforms", "lengths")
+FRAME_LENGTHS = "frame_lengths"
+OPSET = 18
+# The trace's example batch: two rows of different lengths, so the padded path is the one traced.
+EXAMPLE_SAMPLES = (16000, 12000)
+
+
+class OnnxUpstream(nn.Module):
+    """An upstream expert's (``upstream.expert.StudentExpert``) hidden states and frame lengths for a padded batch."""
+
+    def __init__(self, expert: nn.Module) -> None:
+        super().__init__()
+        self.expert = expert
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> Tuple[Tensor, ...]:
+        outputs = self.expert.adapter.batch_outputs(self.expert.model, waveforms, lengths)
+        hidden_states: List[Tensor] = list(outputs["hidden_states"])
+        frames = hidden_states[0].shape[1]
+        # Valid frames per row, capped at the frames the upstream returns (FitHuBERT trims to its heads' frames).
+        frame_lengths = torch.clamp(self.expert.model.frame_lengths(lengths), max=frames)
+        return (*hidden_states, frame_lengths)
+
+
+def example_batch(samples: Sequence[int] = EXAMPLE_SAMPLES, seed: int = 0) -> Tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    waves = [0.1 * torch.randn(n, generator=generator) for n in samples]
+    return nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor(list(samples), dtype=torch.int64)
+
+
+def output_names(count: int) -> List[str]:
+    return [*(f"hidden_state_{i}" for i in range(count)), FRAME_LENGTHS]
+
+
+def export_onnx_model(expert: nn.Module, output: Path, opset: int = OPSET) -> List[str]:
+    """Write ``expert`` (a loaded student upstream) as ONNX to ``output``; returns the output names."""
+    wrapper = OnnxUpstream(expert).eval()
+    waveforms, lengths = example_batch()
+    with torch.no_grad():
+        count = len(wrapper(waveforms, lengths)) - 1
+    names = output_names(count)
+    batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("samples", min=800)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        program = torch.onnx.export(wrapper, (waveforms, lengths), dynamo=True, opset_version=opset,
+                                    input_names=list(INPUT_NAMES), output_names=names,
+                                    dynamic_shapes={"waveforms": {0: batch, 1: samples}, "lengths": {0: batch}},
+                                    optimize=True, verify=False)
+    program.save(str(output))
+    return names
