@@ -19,6 +19,7 @@ LAYER_ZERO_CHOICES: Tuple[str, ...] = get_args(LayerZero)
 EXPORT_FORMATS: Tuple[str, ...] = (
     "dphubert",
     "safetensors",
+    "onnx",
 )
 
 # Data-loader workers by default: enough to keep one training process fed, while leaving it a core of its own.

@@ -18,6 +18,7 @@ from ..checkpoint import CheckpointError, latest_step_checkpoint, load_checkpoin
 from ..model.config import StudentConfig
 from ..options import EXPORT_FORMATS
 from .native import describe_checkpoint, is_native_student
+from .onnx_export import export_onnx
 from .safetensors_format import export_safetensors
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
 EXPORTERS = {
     "dphubert": export_dphubert,
     "safetensors": export_safetensors,
+    "onnx": export_onnx,
 }
 
 

@@ -65,6 +65,76 @@ def export_onnx_model(expert: nn.Module, output: Path, opset: int = OPSET) -> Li
         program = torch.onnx.export(wrapper, (waveforms, lengths), dynamo=True, opset_version=opset,
                                     input_names=list(INPUT_NAMES), output_names=names,
                                     dynamic_shapes={"waveforms": {0: batch, 1: samples}, "lengths": {0: batch}},
-                                    optimize=True, verify=False)
+                                    optimize=True, verify=False, verbose=False)
     program.save(str(output))
     return names
+
+
+def upstream_entry(family: str, config: Any) -> str:
+    """The registered upstream (without ``_local``) that presents a student of ``family``."""
+    if family == "asr_distill":
+        from ..upstream.adapters import asr_upstream_name
+
+        return asr_upstream_name(config)
+    return family if family in ("distilhubert", "fithubert", "dphubert", "skill") else "student"
+
+
+def _require_onnx() -> None:
+    missing = [name for name in ("onnx", "onnxscript") if _absent(name)]
+    if missing:
+        raise CheckpointError(f"--to onnx needs {' and '.join(missing)}: pip install 's3prl-distill[onnx]' "
+                              "(onnx, onnxscript, and onnxruntime to run the result)")
+
+
+def _absent(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+def max_difference(expert: nn.Module, output: Path, samples: Sequence[int]) -> Optional[float]:
+    """Largest absolute difference over valid frames between onnxruntime (CPU) on ``output`` and PyTorch, on a
+    padded batch of ``samples``; None without onnxruntime."""
+    if _absent("onnxruntime"):
+        return None
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    waveforms, lengths = example_batch(samples, seed=1)
+    with torch.no_grad():
+        expected = OnnxUpstream(expert).eval()(waveforms, lengths)
+    found = session.run(None, {"waveforms": waveforms.numpy(), "lengths": lengths.numpy()})
+    if not torch.equal(torch.from_numpy(found[-1]), expected[-1]):
+        return float("inf")
+    worst = 0.0
+    for ours, theirs in zip(expected[:-1], found[:-1]):
+        for row, frames in enumerate(expected[-1].tolist()):
+            difference = (ours[row, :frames] - torch.from_numpy(theirs)[row, :frames]).abs().max()
+            worst = max(worst, float(difference))
+    return worst
+
+
+# A check batch longer than the trace's and with one more row: the graph must not have frozen either.
+CHECK_SAMPLES = (9000, 23000, 15000)
+
+
+def export_onnx(path: Path, output: Path) -> Dict[str, Any]:
+    """``s3prl-distill export CKPT --to onnx FILE``: the student of ``path`` (any format its upstream reads, or a
+    run directory: its latest step), through its family's upstream, as ONNX; checked against PyTorch with
+    onnxruntime when it is installed. Returns a summary."""
+    from ..checkpoint import load_checkpoint
+    from ..registry import build_upstream
+    from .export import checkpoint_file
+    from .reader import read_student
+
+    _require_onnx()
+    path = checkpoint_file(Path(path))
+    student = read_student(load_checkpoint(path, what="checkpoint to export"), str(path))
+    entry = upstream_entry(student.family, student.config)
+    expert = build_upstream(f"{entry}_local", str(path), what="the upstream to export").eval()
+    names = export_onnx_model(expert, Path(output))
+    difference = max_difference(expert, Path(output), CHECK_SAMPLES)
+    logger.info("exported %s -> %s (ONNX through %s_local; outputs %s)", path, output, entry, ", ".join(names))
+    return {"source": str(path), "output": str(output), "format": "onnx", "family": student.family,
+            "upstream": f"{entry}_local", "inputs": list(INPUT_NAMES), "outputs": names, "opset": OPSET,
+            "max_abs_difference_vs_pytorch": difference}
