@@ -92,9 +92,10 @@ def _absent(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-def max_difference(expert: nn.Module, output: Path, samples: Sequence[int]) -> Optional[float]:
-    """Largest absolute difference over valid frames between onnxruntime (CPU) on ``output`` and PyTorch, on a
-    padded batch of ``samples``; None without onnxruntime."""
+def max_difference(expert: nn.Module, output: Path, samples: Sequence[int]) -> Optional[Tuple[float, float]]:
+    """Largest absolute difference over valid frames between onnxruntime (CPU) on ``output`` and PyTorch on a
+    padded batch of ``samples``, and the largest absolute value PyTorch gives there (float32 rounding scales with
+    it); None without onnxruntime."""
     if _absent("onnxruntime"):
         return None
     import onnxruntime
@@ -105,13 +106,13 @@ def max_difference(expert: nn.Module, output: Path, samples: Sequence[int]) -> O
         expected = OnnxUpstream(expert).eval()(waveforms, lengths)
     found = session.run(None, {"waveforms": waveforms.numpy(), "lengths": lengths.numpy()})
     if not torch.equal(torch.from_numpy(found[-1]), expected[-1]):
-        return float("inf")
-    worst = 0.0
+        return float("inf"), 0.0
+    worst = largest = 0.0
     for ours, theirs in zip(expected[:-1], found[:-1]):
         for row, frames in enumerate(expected[-1].tolist()):
             difference = (ours[row, :frames] - torch.from_numpy(theirs)[row, :frames]).abs().max()
-            worst = max(worst, float(difference))
-    return worst
+            worst, largest = max(worst, float(difference)), max(largest, float(ours[row, :frames].abs().max()))
+    return worst, largest
 
 
 # A check batch longer than the trace's and with one more row: the graph must not have frozen either.
@@ -137,4 +138,5 @@ def export_onnx(path: Path, output: Path) -> Dict[str, Any]:
     logger.info("exported %s -> %s (ONNX through %s_local; outputs %s)", path, output, entry, ", ".join(names))
     return {"source": str(path), "output": str(output), "format": "onnx", "family": student.family,
             "upstream": f"{entry}_local", "inputs": list(INPUT_NAMES), "outputs": names, "opset": OPSET,
-            "max_abs_difference_vs_pytorch": difference}
+            "max_abs_difference_vs_pytorch": None if difference is None else difference[0],
+            "max_abs_value": None if difference is None else difference[1]}
