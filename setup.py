@@ -66,6 +66,7 @@ setup(
         "PyYAML",
         "numpy",
         "scipy",  # k-means of the demo's HuBERT teacher
+        "safetensors",  # students shared with no pickle (export --to safetensors, read by every *_local)
         "tqdm",
         # s3prl's downstream runner needs these but does not declare them.
         "tensorboardX",
@@ -74,7 +75,10 @@ setup(
     ],
     extras_require={
         "superb": ["editdistance", "pandas", "librosa", "catalyst==22.4", "joblib"],
-        "test": ["pytest>=7", "pytest-xdist>=3"],  # xdist: the suite on two workers (Makefile)
+        # export --to onnx: torch's exporter needs onnx + onnxscript; onnxruntime runs (and checks) the result.
+        "onnx": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+        # xdist: the suite on two workers (Makefile); the onnx packages for tests/test_onnx_export.py
+        "test": ["pytest>=7", "pytest-xdist>=3", "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
     },
     entry_points={"console_scripts": ["s3prl-distill = s3prl_distill.cli:main"]},
     cmdclass={"build_py": BuildWithAutoload},

@@ -103,9 +103,14 @@ def _allowed_globals() -> list:
 
 
 def load_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False, what: str = "checkpoint") -> Any:
-    """Load ``path`` on the CPU. Errors are :class:`CheckpointError` naming the file and the problem."""
+    """Load ``path`` on the CPU. Errors are :class:`CheckpointError` naming the file and the problem. A safetensors
+    student (see :mod:`s3prl_distill.formats.safetensors_format`) comes back as the native checkpoint dict it holds."""
     path = Path(path)
     _require_file(path, f"{what} {path}")
+    from .formats.safetensors_format import is_safetensors_file, read_safetensors_student
+
+    if is_safetensors_file(path):  # recognised by its header, whatever its name: read with no unpickling at all
+        return read_safetensors_student(path, f"{what} {path}")
     return _load(path, "cpu", trust_checkpoint or trust_from_environment(), f"{what} {path}")
 
 
@@ -320,17 +325,18 @@ def checkpoint_or_latest(path: Union[str, Path]) -> Path:
 TEMPORARY_SUFFIX = ".tmp"  # save_checkpoint writes ".<name>.<random>.tmp" beside its target
 
 
-def save_checkpoint(obj: Any, path: Union[str, Path]) -> Path:
+def save_checkpoint(obj: Any, path: Union[str, Path], write: Optional[Callable[[Any, IO[bytes]], None]] = None) -> Path:
     """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename), with the permissions the umask gives
-    any new file. A failed write (e.g. a full disk) leaves ``path`` as it was and raises :class:`CheckpointError`
-    naming the file and the free space."""
+    any new file. ``write(obj, file)`` serialises it (default ``torch.save``; the safetensors writer passes its own).
+    A failed write (e.g. a full disk) leaves ``path`` as it was and raises :class:`CheckpointError` naming the file
+    and the free space."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         os.fchmod(descriptor, 0o666 & ~_umask())  # mkstemp creates 0600
         with os.fdopen(descriptor, "wb") as file:
-            torch.save(obj, file)
+            (write or torch.save)(obj, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

@@ -16,8 +16,12 @@ LayerZero = Literal["feature_projection", "transformer_input"]
 LAYER_ZERO_CHOICES: Tuple[str, ...] = get_args(LayerZero)
 
 # The layouts ``s3prl-distill export --to`` writes (one exporter each in :mod:`s3prl_distill.formats.export`).
-EXPORT_FORMATS: Tuple[str, ...] = ("dphubert",)
-EXPORT_FORMATS += ("hf",)  # a transformers HuBERT directory (stock HubertModel)
+EXPORT_FORMATS: Tuple[str, ...] = (
+    "dphubert",
+    "safetensors",
+    "onnx",
+    "hf",  # a transformers HuBERT directory (stock HubertModel)
+)
 
 # Data-loader workers by default: enough to keep one training process fed, while leaving it a core of its own.
 MAX_DEFAULT_WORKERS = 8

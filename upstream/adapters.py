@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from torch import Tensor
 
@@ -42,8 +42,8 @@ class DistilHuBERTOutputs(OutputAdapter):
     def rates(self, model: StudentModel) -> Dict[str, int]:
         return {key: model.downsample_rate for key in self.feature_keys}
 
-    def outputs(self, model: StudentModel, wavs: List[Tensor]) -> Mapping[str, Any]:
-        out, hidden_states = run_student(model, wavs, self.name)
+    def batch_outputs(self, model: StudentModel, waveforms: Tensor, lengths: Optional[Tensor]) -> Mapping[str, Any]:
+        out, hidden_states = run_student(model, waveforms, lengths)
         if out.predictions is not None:
             heads = list(out.predictions.unbind(dim=1))
             # Heads are part of the weighted sum only when they have the backbone's width (they do in DistilHuBERT).
@@ -79,8 +79,8 @@ class AsrStudentOutputs(OutputAdapter):
                                   f"{config.encoder.embed_dim}, {'fbank' if config.fbank_front_end else 'CNN'} "
                                   f"front end); load it with {found}_local")
 
-    def outputs(self, model: StudentModel, wavs: List[Tensor]) -> Mapping[str, Any]:
-        out, hidden_states = run_student(model, wavs, self.name)
+    def batch_outputs(self, model: StudentModel, waveforms: Tensor, lengths: Optional[Tensor]) -> Mapping[str, Any]:
+        out, hidden_states = run_student(model, waveforms, lengths)
         return student_outputs(out, hidden_states)
 
 

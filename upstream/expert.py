@@ -32,12 +32,13 @@ from .interfaces import (
     input_device_type,
     load_backbone,
     load_weights,
+    pad_waveforms,
     precision_context,
     read_options,
     resolve_checkpoint,
     resolve_local_checkpoint,
-    run_student,
     student_outputs,
+    validate_waveforms,
 )
 
 ModelConfig = Union[None, str, Mapping[str, Any]]
@@ -96,7 +97,15 @@ class OutputAdapter:
         return {key: model.downsample_rate for key in STUDENT_FEATURE_KEYS}
 
     def outputs(self, model: StudentModel, wavs: List[Tensor]) -> Mapping[str, Any]:
-        out, _ = run_student(model, wavs, self.name)
+        """Validate and pad ``wavs``, then :meth:`batch_outputs`."""
+        validate_waveforms(wavs, model.receptive_field, self.name)
+        waveforms, lengths = pad_waveforms(wavs)
+        return self.batch_outputs(model, waveforms, lengths)
+
+    def batch_outputs(self, model: StudentModel, waveforms: Tensor, lengths: Optional[Tensor]) -> Mapping[str, Any]:
+        """The outputs for a padded batch ``waveforms`` (batch, samples) with ``lengths`` valid samples per row (None:
+        no padding); tensor operations only, so the ONNX export traces it with dynamic batch and length."""
+        out = model(waveforms, lengths)
         return student_outputs(out, out.hidden_states())
 
 

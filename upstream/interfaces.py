@@ -162,11 +162,9 @@ def resolve_checkpoint(ckpt: Union[str, Path], refresh: bool, name: str) -> str:
         ) from None
 
 
-def run_student(model: nn.Module, wavs: Any, name: str) -> Tuple[Any, List[Tensor]]:
-    """Validate and pad ``wavs``, run our ``StudentModel``; returns its output and the hidden states every student
-    upstream starts from: [front-end output (transformer input), each transformer layer]."""
-    validate_waveforms(wavs, model.receptive_field, name)
-    waveforms, lengths = pad_waveforms(wavs)
+def run_student(model: nn.Module, waveforms: Tensor, lengths: Optional[Tensor]) -> Tuple[Any, List[Tensor]]:
+    """Run our ``StudentModel`` on a padded batch; returns its output and the hidden states every student upstream
+    starts from: [front-end output (transformer input), each transformer layer]."""
     out = model(waveforms, lengths)
     return out, [out.features, *out.layer_outputs]
 

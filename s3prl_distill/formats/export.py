@@ -19,14 +19,12 @@ from ..model.config import StudentConfig
 from ..options import EXPORT_FORMATS
 from .huggingface import export_huggingface
 from .native import describe_checkpoint, is_native_student
+from .onnx_export import export_onnx
+from .safetensors_format import export_safetensors
 
 logger = logging.getLogger(__name__)
 
 DPHUBERT_FAMILIES = ("dphubert", "skill")
-
-
-# ``path``, or the latest ``states-<step>.ckpt`` of the run directory ``path``.
-_checkpoint_file = checkpoint_or_latest
 
 
 def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
@@ -34,7 +32,7 @@ def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
     from .dphubert import dphubert_checkpoint
     from ..model.student import HEAD_PREFIXES, StudentModel
 
-    path = _checkpoint_file(Path(path))
+    path = checkpoint_or_latest(path)
     checkpoint = load_checkpoint(path, what="checkpoint to export")
     if not is_native_student(checkpoint) or checkpoint.get("Family") not in DPHUBERT_FAMILIES:
         raise CheckpointError(f"{path} is {describe_checkpoint(checkpoint)}; --to dphubert exports a "
@@ -80,8 +78,12 @@ def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
 
 # One exporter per name of EXPORT_FORMATS (the choices of --to, kept in the torch-free options module for the command
 # line; tests/test_cli.py holds the two to the same names).
-EXPORTERS = {"dphubert": export_dphubert}
-EXPORTERS["hf"] = export_huggingface  # a directory: transformers' HuBERT (formats/huggingface.py)
+EXPORTERS = {
+    "dphubert": export_dphubert,
+    "safetensors": export_safetensors,
+    "onnx": export_onnx,
+    "hf": export_huggingface,  # a directory: transformers' HuBERT (formats/huggingface.py)
+}
 
 
 def export_checkpoint(path: Path, to: str, output: Path) -> Dict[str, Any]:

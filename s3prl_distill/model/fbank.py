@@ -31,10 +31,29 @@ def log_mel_fbank(waveform: Tensor, num_mel_bins: int) -> Tensor:
 
     torchaudio's ``compliance.kaldi`` module is plain PyTorch, so this works without torchaudio's native libraries.
     """
+    return _kaldi_fbank(waveform, num_mel_bins, frame_shift_ms=1000.0 * SHIFT_SAMPLES / 16000)
+
+
+def _kaldi_fbank(waveform: Tensor, num_mel_bins: int, frame_shift_ms: float) -> Tensor:
     import torchaudio.compliance.kaldi as kaldi
 
     return kaldi.fbank(waveform.float().unsqueeze(0) * 32768.0, num_mel_bins=num_mel_bins, sample_frequency=16000,
-                       frame_length=25.0, frame_shift=10.0, dither=0.0, energy_floor=0.0)
+                       frame_length=1000.0 * WINDOW_SAMPLES / 16000, frame_shift=frame_shift_ms, dither=0.0,
+                       energy_floor=0.0)
+
+
+def batch_log_mel_fbank(waveforms: Tensor, num_mel_bins: int) -> Tensor:
+    """(batch, samples) -> (batch, fbank_frames(samples), num_mel_bins): :func:`log_mel_fbank` of every row at once.
+
+    Every step of Kaldi's fbank (DC offset, pre-emphasis, window, FFT, mel, log) works within one frame, so the frames
+    of all rows are laid end to end and read with a shift of one whole window: the same frames, one call, no loop over
+    the batch (which is what lets the ONNX export keep the batch dynamic). Frame ``j`` of a row uses samples
+    ``[160 j, 160 j + 400)``, so the first ``fbank_frames(length)`` frames of a padded row are its own.
+    """
+    frames = waveforms.unfold(1, WINDOW_SAMPLES, SHIFT_SAMPLES)  # (batch, frames, window)
+    batch, count = frames.shape[0], frames.shape[1]
+    features = _kaldi_fbank(frames.reshape(-1), num_mel_bins, frame_shift_ms=1000.0 * WINDOW_SAMPLES / 16000)
+    return features.reshape(batch, count, num_mel_bins)
 
 
 class FbankFrontEnd(nn.Module):
@@ -75,11 +94,9 @@ class FbankFrontEnd(nn.Module):
 
     def features(self, waveforms: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """Normalised fbank, (batch, frames, mel) zero-padded, with fbank frame lengths."""
-        rows = [waveforms[i] if lengths is None else waveforms[i, : int(lengths[i])] for i in range(len(waveforms))]
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            features = [log_mel_fbank(row, self.num_mel_bins) for row in rows]
-        frames = None if lengths is None else torch.tensor([len(f) for f in features], device=waveforms.device)
-        padded = nn.utils.rnn.pad_sequence(features, batch_first=True)
+            padded = batch_log_mel_fbank(waveforms, self.num_mel_bins)
+        frames = None if lengths is None else fbank_frames(lengths)
         padded = (padded - self.mean) / self.std
         mask = lengths_to_padding_mask(frames, padded.shape[1])
         if mask is not None:
@@ -87,7 +104,7 @@ class FbankFrontEnd(nn.Module):
         return padded, frames
 
     def forward(self, waveforms: Tensor, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        if not self.has_statistics:
+        if not torch.compiler.is_compiling() and not self.has_statistics:  # (traced: the upstream checked it)
             raise RuntimeError("the fbank front end has no normalisation statistics: compute them from training "
                                "data first (s3prl_distill.model.fbank.fbank_statistics)")
         features, frames = self.features(waveforms, lengths)

@@ -19,7 +19,7 @@ from s3prl_distill.formats import StudentCheckpoint
 from s3prl_distill.model import StudentModel
 
 from ..expert import OutputAdapter
-from ..interfaces import LazyOutputs, UpstreamOptions, pad_waveforms, validate_waveforms
+from ..interfaces import LazyOutputs, UpstreamOptions
 
 
 class FitHuBERTOptions(UpstreamOptions):
@@ -121,11 +121,9 @@ class FitHuBERTOutputs(OutputAdapter):
             return model.prediction_head.heads[index].upsample(layer_output)
         return layer_output.repeat_interleave(model.config.encoder.time_reduction.factor, dim=1)
 
-    def outputs(self, model: StudentModel, wavs: List[Tensor]) -> LazyOutputs:
+    def batch_outputs(self, model: StudentModel, waveforms: Tensor, lengths: Optional[Tensor]) -> LazyOutputs:
         """Runs the backbone; the heads and the 20 ms states are computed only for the key s3prl reads (the
         official upstream, likewise, runs only its last head)."""
-        validate_waveforms(wavs, model.receptive_field, self.name)
-        waveforms, lengths = pad_waveforms(wavs)
         out = model(waveforms, lengths, predict=False)
         heads = model.prediction_head.heads
         tr = model.config.encoder.time_reduction
