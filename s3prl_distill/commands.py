@@ -99,10 +99,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     downstream.set_defaults(handler=run_downstream, passthrough=True)
 
     export = commands.add_parser(
-        "export", help="write a trained student in another layout (dphubert: the official DPHuBERT {config, "
-        "state_dict} of a pruned dphubert/skill student)")
-    export.add_argument("checkpoint", help="our checkpoint: pruned.ckpt from prune, or a final-distillation "
-                        "states-<step>.ckpt (or its run directory)")
+        "export", help="write a trained student in another layout: safetensors (no pickle; every *_local reads it), "
+        "hf (a transformers HubertModel directory), onnx (hidden states, dynamic batch and length), dphubert (the "
+        "official DPHuBERT {config, state_dict} of a pruned dphubert/skill student)")
+    export.add_argument("checkpoint", help="a student checkpoint of ours (e.g. pruned.ckpt from prune, a "
+                        "states-<step>.ckpt, or its run directory: the latest step) or s3prl's distiller format")
     export.add_argument("output", help="the file to write (--to hf: the directory)")
     export.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="the layout to write")
     export.set_defaults(handler=run_export)

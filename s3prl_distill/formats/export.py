@@ -6,6 +6,12 @@ Formats:
   (:func:`s3prl_distill.formats.dphubert.dphubert_checkpoint`), from a gate-free ``dphubert`` / ``skill`` student:
   ``pruned.ckpt`` from ``s3prl-distill prune``, or a ``states-<step>.ckpt`` of the final distillation (or its run
   directory: the latest step). DPHuBERT's ``wav2vec2_model(**config)`` and our ``dphubert`` upstream both load it.
+- ``safetensors``: any student we read, weights as tensors and config in the metadata
+  (:mod:`s3prl_distill.formats.safetensors_format`); read back by content, with no unpickling.
+- ``hf``: a transformers directory (``config.json`` + ``model.safetensors``) of a stock ``HubertModel``, for the
+  students a ``HubertConfig`` can express (:mod:`s3prl_distill.formats.huggingface`).
+- ``onnx``: the upstream's hidden states and frame lengths, dynamic batch and length
+  (:mod:`s3prl_distill.formats.onnx_export`).
 """
 
 from __future__ import annotations
