@@ -22,55 +22,19 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from s3prl_distill.checkpoint import save_checkpoint
-from s3prl_distill.formats.fairseq import teacher_copy_config
-from s3prl_distill.formats.native import export_student
-from s3prl_distill.formats.s3prl_distiller import export_distiller
-from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE
-from s3prl_distill.model import (
-    StudentConfig,
-    StudentModel,
-    deepthin_config,
-    distilhubert_config,
-    fithubert_config,
-    shallowwide_config,
-    with_fbank_front_end,
-)
+from inference_ratio import write_paper_checkpoints
 from s3prl_distill.profiling import Spread, interleaved_times
 
 logger = logging.getLogger("upstream_bf16")
 
-# A DPHuBERT-sized pruned HuBERT Base (DPHuBERT: 23.59 M parameters): per-layer heads and FFN units after pruning.
-DPHUBERT_HEADS = [6, 6, 5, 5, 4, 4, 4, 4, 3, 3, 2, 2]
-DPHUBERT_FFN = [1100, 1000, 900, 900, 800, 800, 700, 700, 600, 500, 400, 300]
-
-
-def dphubert_sized_config() -> StudentConfig:
-    config = teacher_copy_config(HUBERT_BASE)
-    encoder = config.encoder.model_copy(update={"num_heads": DPHUBERT_HEADS, "ffn_dim": DPHUBERT_FFN, "head_dim": 64})
-    return config.model_copy(update={"encoder": encoder})
-
-
 def write_checkpoints(folder: Path) -> Dict[str, Tuple[str, Path]]:
-    """family -> (entry, checkpoint) at paper sizes, random weights."""
-    torch.manual_seed(0)
+    """family -> (entry, checkpoint) at paper sizes, random weights: the students of the shared builder
+    (:func:`inference_ratio.write_paper_checkpoints`, pruned ones included), without s3prl's own upstreams, which
+    have no ``precision`` option."""
     found: Dict[str, Tuple[str, Path]] = {}
-    config = distilhubert_config()
-    found["distilhubert"] = ("distilhubert_local", save_checkpoint(
-        export_distiller(config, StudentModel(config).state_dict()), folder / "distilhubert.ckpt"))
-    config = fithubert_config()
-    found["fithubert"] = ("fithubert_local", save_checkpoint(
-        export_student("fithubert", config, StudentModel(config).state_dict()), folder / "fithubert.ckpt"))
-    for shape, base in (("deepthin", deepthin_config()), ("shallowwide", shallowwide_config())):
-        for suffix, config in (("", base), ("_fbank", with_fbank_front_end(base))):
-            model = StudentModel(config)
-            if model.fbank is not None:  # statistics of log-mel fbank of speech-like levels; any fixed ones do here
-                model.fbank.set_statistics(torch.full((80,), 5.0), torch.full((80,), 3.0), 1)
-            found[shape + suffix] = (f"{shape}{suffix}_local", save_checkpoint(
-                export_student("asr_distill", config, model.state_dict()), folder / f"{shape}{suffix}.ckpt"))
-    config = dphubert_sized_config()
-    found["dphubert"] = ("dphubert_local", save_checkpoint(
-        export_student("dphubert", config, StudentModel(config).state_dict()), folder / "dphubert.ckpt"))
+    for entry, path in write_paper_checkpoints(folder, pruned=True).values():
+        if entry not in ("hubert_local", "distiller_local"):
+            found[entry[: -len("_local")]] = (entry, path)
     return found
 
 
