@@ -21,16 +21,18 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import json
 import os
 import pickle
 import re
 import shutil
+import struct
 import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, List, Optional, Set, Tuple, Union
+from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
 
@@ -107,11 +109,81 @@ def load_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False, what
     student (see :mod:`s3prl_distill.formats.safetensors_format`) comes back as the native checkpoint dict it holds."""
     path = Path(path)
     _require_file(path, f"{what} {path}")
-    from .formats.safetensors_format import is_safetensors_file, read_safetensors_student
-
     if is_safetensors_file(path):  # recognised by its header, whatever its name: read with no unpickling at all
         return read_safetensors_student(path, f"{what} {path}")
     return _load(path, "cpu", trust_checkpoint or trust_from_environment(), f"{what} {path}")
+
+
+# Safetensors students (written by formats.safetensors_format): read here, with the other checkpoints, by content.
+SAFETENSORS_FORMAT = "s3prl_distill.student.safetensors/1"
+METADATA_KEY = "s3prl_distill"  # the JSON of the checkpoint's non-tensor entries
+# safetensors' layout: an 8-byte little-endian header size, then the JSON header (which starts with "{").
+_HEADER_SIZE = struct.Struct("<Q")
+_MAX_HEADER = 100 * 2 ** 20  # safetensors' own limit on the header
+
+
+def is_safetensors_file(path: Union[str, Path]) -> bool:
+    """Whether ``path`` starts like a safetensors file: a header size that fits the file, then a JSON object."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            start = file.read(_HEADER_SIZE.size + 1)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(start) < _HEADER_SIZE.size + 1:
+        return False
+    (header,) = _HEADER_SIZE.unpack(start[:_HEADER_SIZE.size])
+    return 2 <= header <= min(_MAX_HEADER, size - _HEADER_SIZE.size) and start[-1:] == b"{"
+
+
+def read_safetensors_student(path: Union[str, Path], name: str) -> Dict[str, Any]:
+    """The native checkpoint dict (``Format``, ``Family``, ``StudentConfig``, ``Student``) in the safetensors file
+    ``path``; ``name`` names it in every :class:`CheckpointError`."""
+    from safetensors import SafetensorError, safe_open
+
+    from .formats.native import NATIVE_FORMAT
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            metadata = file.metadata() or {}
+            fmt = metadata.get("format")
+            if fmt != SAFETENSORS_FORMAT:
+                found = "no 'format' entry" if fmt is None else f"format {fmt!r}"
+                raise CheckpointError(f"{name} is a safetensors file with {found} in its metadata, not an "
+                                      f"s3prl-distill student ({SAFETENSORS_FORMAT!r}, written by `s3prl-distill "
+                                      "export CKPT --to safetensors FILE`); a bare safetensors state dict has no "
+                                      "config to build the student from")
+            state = {key: file.get_tensor(key) for key in file.keys()}
+    except SafetensorError as error:
+        raise CheckpointError(f"{name} is not a readable safetensors file (truncated or corrupt): {error}") from None
+    header = _safetensors_header(metadata, name, NATIVE_FORMAT)
+    return {**header, "Student": state}
+
+
+def _safetensors_header(metadata: Mapping[str, str], name: str, native_format: str) -> Dict[str, Any]:
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise CheckpointError(f"{name}: its safetensors metadata has no {METADATA_KEY!r} entry (the student's "
+                              "family and config); the file is damaged or was not written by s3prl-distill")
+    try:
+        header = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{name}: the {METADATA_KEY!r} entry of its safetensors metadata is not valid JSON: "
+                              f"{error}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{name}: the {METADATA_KEY!r} entry of its safetensors metadata is a "
+                              f"{type(header).__name__}, not a JSON object")
+    missing = [key for key in ("Format", "Family", "StudentConfig") if key not in header]
+    if missing:
+        raise CheckpointError(f"{name}: the {METADATA_KEY!r} entry of its safetensors metadata lacks "
+                              f"{', '.join(missing)}")
+    if header["Format"] != native_format or not isinstance(header["Family"], str) \
+            or not isinstance(header["StudentConfig"], dict):
+        raise CheckpointError(f"{name}: the {METADATA_KEY!r} entry of its safetensors metadata is not an "
+                              f"s3prl-distill student header (Format {native_format!r}, a Family string, a "
+                              "StudentConfig object)")
+    return {key: header[key] for key in ("Format", "Family", "StudentConfig")}
 
 
 def _require_file(path: Path, name: str) -> None:

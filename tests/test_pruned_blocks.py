@@ -356,7 +356,7 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
         main(["export", str(gated), "--to", "dphubert", str(tmp_path / "out.pth")])
     assert "states-4.ckpt still has its pruning gates" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["export", str(gated), "--to", "onnx", str(tmp_path / "out.pth")])
+        main(["export", str(gated), "--to", "torchscript", str(tmp_path / "out.pth")])
     assert "invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "out.pth").exists()
     # CNN channels our prune keeps only in the feature LayerNorm's statistics come back as zero channels on export,

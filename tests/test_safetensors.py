@@ -14,8 +14,8 @@ import s3prl_distill.checkpoint as checkpoint_module
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint
 from s3prl_distill.formats import read_student
 from s3prl_distill.formats.export import export_checkpoint
-from s3prl_distill.formats.safetensors_format import (METADATA_KEY, SAFETENSORS_FORMAT, is_safetensors_file,
-                                                      save_safetensors_student)
+from s3prl_distill.checkpoint import METADATA_KEY, SAFETENSORS_FORMAT, is_safetensors_file
+from s3prl_distill.formats.safetensors_format import save_safetensors_student
 from s3prl_distill.profiler import UpstreamSpec, load_upstream
 
 from helpers import random_waves
