@@ -306,9 +306,21 @@ def own_student_config(cfg: Mapping[str, Any], path: Path) -> StudentConfig:
         raise CheckpointError(str(error)) from None
 
 
+# Weight-norm names transformers may write on save (its legacy renaming) -> our parametrization's.
+_WEIGHT_NORM = ((".weight_g", ".parametrizations.weight.original0"), (".weight_v", ".parametrizations.weight.original1"))
+
+
 def own_state_dict(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Our StudentModel's weights from our own type's file: as exported, or prefixed by a ``save_pretrained``."""
-    return {key[len(_OWN_PREFIX):] if key.startswith(_OWN_PREFIX) else key: value for key, value in state.items()}
+    """Our StudentModel's weights from our own type's file: as exported, or prefixed by a ``save_pretrained``
+    (which may also write weight norm's legacy ``weight_g`` / ``weight_v`` names)."""
+    ours = {}
+    for key, value in state.items():
+        name = key[len(_OWN_PREFIX):] if key.startswith(_OWN_PREFIX) else key
+        for legacy, current in _WEIGHT_NORM:
+            if name.endswith(legacy):
+                name = name[:-len(legacy)] + current
+        ours[name] = value
+    return ours
 
 
 def own_hf_config(config: StudentConfig, record: Mapping[str, Any]) -> Dict[str, Any]:
