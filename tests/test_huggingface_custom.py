@@ -199,13 +199,16 @@ def test_a_fresh_interpreter_finds_our_class(exported):
                                  "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
                                  f"from transformers import AutoModel; {load}"),
     }
+    offline = {"HF_HUB_OFFLINE": "1"}  # a local directory: nothing to fetch, and nothing may be
     for label, script in scripts.items():
-        result = run_python(["-c", script])
+        result = run_python(["-c", script], extra_env=offline)
         assert result.returncode == 0, f"{label}: {result.stderr[-3000:]}"
         assert result.stdout.strip().endswith(expected), label
     explicit = run_python(["-c", f"import s3prl_distill; s3prl_distill.register_transformers(); "
-                                 f"from transformers import AutoModel; {load}"], autoload=False)
+                                 f"from transformers import AutoModel; {load}"], autoload=False,
+                          extra_env=offline)
     assert explicit.returncode == 0, explicit.stderr[-3000:]
     assert explicit.stdout.strip().endswith(expected)
-    unregistered = run_python(["-c", f"from transformers import AutoModel; {load}"], autoload=False)
+    unregistered = run_python(["-c", f"from transformers import AutoModel; {load}"], autoload=False,
+                              extra_env=offline)
     assert unregistered.returncode != 0 and OWN_TYPE in unregistered.stderr
