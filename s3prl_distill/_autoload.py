@@ -69,7 +69,13 @@ def _register_hf_config(_module):
     register_config()
 
 
-def _register_hf_model(_module):
+def _register_hf_model(module):
+    # AutoModel's module and PreTrainedModel's must both be loaded (one may import the other half-way): whichever
+    # finishes last registers; a process that never imports AutoModel never pays for it.
+    for name in (TRANSFORMERS_MODEL_MODULE, TRANSFORMERS_MODELING_UTILS):
+        loaded = sys.modules.get(name)
+        if loaded is None or (loaded is not module and getattr(loaded.__spec__, "_initializing", False)):
+            return
     from .hf_model import register_model
 
     register_model()
@@ -158,6 +164,7 @@ class ImportHook(MetaPathFinder):
 
 TRANSFORMERS_CONFIG_MODULE = "transformers.models.auto.configuration_auto"
 TRANSFORMERS_MODEL_MODULE = "transformers.models.auto.modeling_auto"
+TRANSFORMERS_MODELING_UTILS = "transformers.modeling_utils"
 
 _TORCHAUDIO_HOOK = {"torchaudio._extension.utils": (None, _guard_torchaudio)}
 _ALL_HOOKS = dict(
@@ -171,6 +178,7 @@ _ALL_HOOKS = dict(
         # transformers' Auto classes: ours registered as they load (AutoConfig first: AutoModel's module imports it).
         TRANSFORMERS_CONFIG_MODULE: (None, _register_hf_config),
         TRANSFORMERS_MODEL_MODULE: (None, _register_hf_model),
+        TRANSFORMERS_MODELING_UTILS: (None, _register_hf_model),
     },
 )
 
