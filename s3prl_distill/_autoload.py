@@ -10,8 +10,8 @@ are first imported:
 * ``s3prl.optimizers`` (or ``optimizers`` in a checkout): allow-list its LR-schedule classes for ``torch.load``;
 * in a process started by our command line (``S3PRL_DISTILL_QUIET=1``): hide the known-harmless third-party
   warnings, as the command line does (:mod:`s3prl_distill.quiet`);
-* ``transformers.models.auto.configuration_auto`` / ``.modeling_auto``: register our own transformers config /
-  model class (:mod:`s3prl_distill.hf_config`, :mod:`s3prl_distill.hf_model`) with ``AutoConfig`` / ``AutoModel``,
+* ``transformers.models.auto.configuration_auto`` / ``.modeling_auto`` (and ``transformers.modeling_utils``):
+  register our own transformers config / model class (:mod:`s3prl_distill.hf_config`, :mod:`s3prl_distill.hf_model`) with ``AutoConfig`` / ``AutoModel``,
   so ``AutoModel.from_pretrained`` reads the directories ``s3prl-distill export --to hf`` writes for students a
   stock config cannot express (no remote code); torch and our model code load only when transformers' ``AutoModel``
   does;
