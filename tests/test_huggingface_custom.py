@@ -142,7 +142,7 @@ def test_automodel_builds_our_class_with_our_upstreams_hidden_states(exported, n
                                        atol=1e-4, rtol=0, msg=lambda m: f"layer {index + 1}, row {row}: {m}")
         torch.testing.assert_close(theirs.last_hidden_state[row, :valid_layer], direct.last_hidden[row, :valid_layer],
                                    atol=1e-4, rtol=0)
-    if time_reduction is None:
+    if name in ("dphubert", "wavlm"):  # their upstream's hidden state 0 is transformers' (Wang et al.'s is not)
         torch.testing.assert_close(hidden[0], ours["hidden_states"][0], atol=1e-4, rtol=0)
 
 
