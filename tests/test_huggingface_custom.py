@@ -89,7 +89,7 @@ def exported(tmp_path_factory) -> Dict[str, Tuple[Path, Path, Callable]]:
         model = _perturbed(config, seed)
         checkpoint = save_checkpoint(export_student(family, config, model.state_dict()), folder / "student.ckpt")
         summary = export_checkpoint(checkpoint, "hf", folder / "hf")
-        assert summary["model_type"] == OWN_TYPE and summary["upstream"] == name
+        assert summary["model_type"] == OWN_TYPE and f"{summary['upstream']}_local" == entry.__name__
         made[name] = (checkpoint, folder / "hf", entry)
     return made
 

@@ -444,7 +444,7 @@ def export_huggingface(path: Path, output: Path) -> Dict[str, Any]:
         update={"codeword_head": None} if keep_heads else {"prediction_head": None, "codeword_head": None})
     model = StudentModel(config)
     kept = {key: value for key, value in student.state.items()
-            if not key.startswith(HEAD_PREFIXES) or (keep_heads and key.startswith("prediction_head."))}
+            if not key.startswith(HEAD_PREFIXES) or (keep_heads and not key.startswith("codeword_head."))}
     try:
         model.load_state_dict(kept, strict=True)
     except RuntimeError as error:
