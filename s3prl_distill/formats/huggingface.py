@@ -384,7 +384,9 @@ def _model_card(record: Mapping[str, Any], config: StudentConfig, parameters: in
         "",
         f"- Method: {record.get('method') or record.get('family')}",
         f"- Teacher: {record.get('teacher') or 'not recorded in the checkpoint'}",
-        f"- Parameters: {parameters:,} (backbone; the training heads are not exported)",
+        f"- Parameters: {parameters:,} (backbone; " + ("its prediction heads are exported too, not counted here)"
+                                                      if config.prediction_head is not None else
+                                                      "the training heads are not exported)"),
         f"- Shape: {_shape(config)}",
         f"- s3prl upstream for the original checkpoint: `{record.get('upstream')}_local`; this directory also loads "
         f"there (`-k DIR`).",
