@@ -69,13 +69,19 @@ def _register_hf_config(_module):
     register_config()
 
 
+def _halfway(name, module):
+    """Whether ``name`` is being imported right now (and is not the module whose hook is running)."""
+    loaded = sys.modules.get(name)
+    return loaded is not None and loaded is not module and getattr(loaded.__spec__, "_initializing", False)
+
+
 def _register_hf_model(module):
-    # AutoModel's module and PreTrainedModel's must both be loaded (one may import the other half-way): whichever
-    # finishes last registers; a process that never imports AutoModel never pays for it.
-    for name in (TRANSFORMERS_MODEL_MODULE, TRANSFORMERS_MODELING_UTILS):
-        loaded = sys.modules.get(name)
-        if loaded is None or (loaded is not module and getattr(loaded.__spec__, "_initializing", False)):
-            return
+    # Runs when AutoModel's module or PreTrainedModel's has loaded. Nothing to register into before AutoModel's (a
+    # process that never imports it never pays for our model code); and while either is half-way through its import
+    # (one may import the other), that one's own hook registers once it is done.
+    if TRANSFORMERS_MODEL_MODULE not in sys.modules or any(
+            _halfway(name, module) for name in (TRANSFORMERS_MODEL_MODULE, TRANSFORMERS_MODELING_UTILS)):
+        return
     from .hf_model import register_model
 
     register_model()
