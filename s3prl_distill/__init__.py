@@ -19,6 +19,16 @@ def register() -> List[str]:
     return _register()
 
 
+def register_transformers() -> None:
+    """Register our own transformers classes (``AutoConfig`` / ``AutoModel`` for the model type
+    ``s3prl_distill_student``), so ``AutoModel.from_pretrained`` reads every directory ``s3prl-distill export --to hf``
+    writes. Happens automatically when transformers' Auto classes are first imported (unless
+    ``S3PRL_DISTILL_NO_AUTOLOAD=1``); this imports transformers and torch. Calling it again is harmless."""
+    from .hf_model import register_model
+
+    register_model()
+
+
 def upstream_names() -> List[str]:
     """The upstream names this package adds to s3prl."""
     from .registry import upstream_names as _names

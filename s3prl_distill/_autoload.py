@@ -10,6 +10,11 @@ are first imported:
 * ``s3prl.optimizers`` (or ``optimizers`` in a checkout): allow-list its LR-schedule classes for ``torch.load``;
 * in a process started by our command line (``S3PRL_DISTILL_QUIET=1``): hide the known-harmless third-party
   warnings, as the command line does (:mod:`s3prl_distill.quiet`);
+* ``transformers.models.auto.configuration_auto`` / ``.modeling_auto`` (and ``transformers.modeling_utils``):
+  register our own transformers config / model class (:mod:`s3prl_distill.hf_config`, :mod:`s3prl_distill.hf_model`) with ``AutoConfig`` / ``AutoModel``,
+  so ``AutoModel.from_pretrained`` reads the directories ``s3prl-distill export --to hf`` writes for students a
+  stock config cannot express (no remote code); torch and our model code load only when transformers' ``AutoModel``
+  does;
 * modules s3prl's tasks import but PyPI s3prl lacks (:data:`FALLBACKS`): served from :mod:`s3prl_distill.s3prl_ext`
   under s3prl's name, only when no s3prl file exists (an s3prl git checkout keeps its own).
 
@@ -56,6 +61,30 @@ def _register(module):
     from .registry import register
 
     register(module)
+
+
+def _register_hf_config(_module):
+    from .hf_config import register_config
+
+    register_config()
+
+
+def _halfway(name, module):
+    """Whether ``name`` is being imported right now (and is not the module whose hook is running)."""
+    loaded = sys.modules.get(name)
+    return loaded is not None and loaded is not module and getattr(loaded.__spec__, "_initializing", False)
+
+
+def _register_hf_model(module):
+    # Runs when AutoModel's module or PreTrainedModel's has loaded. Nothing to register into before AutoModel's (a
+    # process that never imports it never pays for our model code); and while either is half-way through its import
+    # (one may import the other), that one's own hook registers once it is done.
+    if TRANSFORMERS_MODEL_MODULE not in sys.modules or any(
+            _halfway(name, module) for name in (TRANSFORMERS_MODEL_MODULE, TRANSFORMERS_MODELING_UTILS)):
+        return
+    from .hf_model import register_model
+
+    register_model()
 
 
 class _HookedLoader(Loader):
@@ -139,6 +168,10 @@ class ImportHook(MetaPathFinder):
         return _fallback_spec(fullname)
 
 
+TRANSFORMERS_CONFIG_MODULE = "transformers.models.auto.configuration_auto"
+TRANSFORMERS_MODEL_MODULE = "transformers.models.auto.modeling_auto"
+TRANSFORMERS_MODELING_UTILS = "transformers.modeling_utils"
+
 _TORCHAUDIO_HOOK = {"torchaudio._extension.utils": (None, _guard_torchaudio)}
 _ALL_HOOKS = dict(
     _TORCHAUDIO_HOOK,
@@ -148,6 +181,10 @@ _ALL_HOOKS = dict(
         # s3prl's optimizers, as a package module or as the top-level module scripts in a checkout import.
         "s3prl.optimizers": (None, _allow_schedules),
         "optimizers": (None, _allow_schedules),
+        # transformers' Auto classes: ours registered as they load (AutoConfig first: AutoModel's module imports it).
+        TRANSFORMERS_CONFIG_MODULE: (None, _register_hf_config),
+        TRANSFORMERS_MODEL_MODULE: (None, _register_hf_model),
+        TRANSFORMERS_MODELING_UTILS: (None, _register_hf_model),
     },
 )
 

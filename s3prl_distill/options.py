@@ -20,8 +20,15 @@ EXPORT_FORMATS: Tuple[str, ...] = (
     "dphubert",
     "safetensors",
     "onnx",
-    "hf",  # a transformers HuBERT directory (stock HubertModel)
+    "hf",  # a transformers directory: a stock HubertModel, or our own registered class (s3prl_distill.hf_model)
 )
+
+# Our own transformers model type (config.json's "model_type") for the students a stock HubertConfig cannot express;
+# s3prl_distill.hf_config / hf_model register it with transformers' Auto classes.
+HF_MODEL_TYPE = "s3prl_distill_student"
+HF_ARCHITECTURE = "DistilledStudentModel"
+# config.json's key holding the whole StudentConfig (StudentConfig.to_dict()).
+HF_STUDENT_CONFIG_KEY = "student_config"
 
 # Data-loader workers by default: enough to keep one training process fed, while leaving it a core of its own.
 MAX_DEFAULT_WORKERS = 8

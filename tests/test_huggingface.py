@@ -1,6 +1,6 @@
 """``s3prl-distill export --to hf``: transformers' own HubertModel on the exported directory gives our upstream's
 hidden states, the directory loads back through the ``*_local`` entries, HubertForCTC fine-tunes it, and students
-a stock HubertConfig cannot express are refused."""
+a stock HubertConfig cannot express go to our own type."""
 
 from __future__ import annotations
 
@@ -181,22 +181,34 @@ def test_foreign_directory_without_our_record_reads_as_distilhubert(exported, tm
         shallowwide_local(ckpt=str(foreign))
 
 
-def test_students_a_hubert_config_cannot_express_are_refused(tmp_path):
+def test_students_a_hubert_config_cannot_express_go_to_our_own_type(tmp_path):
+    """The stock export is kept for the students above; the others are written as our own registered type
+    (tests/test_huggingface_custom.py checks those), and a student still holding its pruning gates is refused."""
     fbank = tiny_deepthin(codeword=None, fbank=True)
-    cases = {
-        "fithubert": (tiny_fithubert(), "time reduction"),
-        "asr_distill": (fbank, "fbank front end"),
-        "student": (StudentConfig.from_dict({**teacher_copy_config(TINY_HUBERT).to_dict(),
-                                             "encoder": {**teacher_copy_config(TINY_HUBERT).to_dict()["encoder"],
-                                                         "ffn_dim": [96, 40, 96], "num_heads": [4, 2, 4]}}),
-                    "per-layer head counts"),
-    }
-    for family, (config, why) in cases.items():
+    per_layer = StudentConfig.from_dict({**teacher_copy_config(TINY_HUBERT).to_dict(),
+                                         "encoder": {**teacher_copy_config(TINY_HUBERT).to_dict()["encoder"],
+                                                     "ffn_dim": [96, 40, 96], "num_heads": [4, 2, 4]}})
+    cases = {"fithubert": tiny_fithubert(), "student": per_layer}
+    for family, config in cases.items():
         state = StudentModel(config).state_dict()
         path = save_checkpoint(export_student(family, config, state), tmp_path / f"{family}.ckpt")
-        with pytest.raises(CheckpointError, match=f"cannot express.*{why}.*not available for it yet"):
-            export_checkpoint(path, "hf", tmp_path / f"{family}-hf")
-        assert not (tmp_path / f"{family}-hf").exists()
+        summary = export_checkpoint(path, "hf", tmp_path / f"{family}-hf")
+        assert summary["model_type"] == "s3prl_distill_student"
+        assert json.loads((tmp_path / f"{family}-hf" / "config.json").read_text())["model_type"] == \
+            "s3prl_distill_student"
+    # An fbank front end without its normalisation statistics is refused before anything is written.
+    path = save_checkpoint(export_student("asr_distill", fbank, StudentModel(fbank).state_dict()),
+                           tmp_path / "fbank.ckpt")
+    with pytest.raises(CheckpointError, match="no normalisation statistics"):
+        export_checkpoint(path, "hf", tmp_path / "fbank-hf")
+    assert not (tmp_path / "fbank-hf").exists()
+    from helpers import gated_student
+
+    gated = gated_student(wavlm=False)
+    path = save_checkpoint(export_student("dphubert", gated.config, gated.state_dict()), tmp_path / "gated.ckpt")
+    with pytest.raises(CheckpointError, match="still has its pruning gates"):
+        export_checkpoint(path, "hf", tmp_path / "gated-hf")
+    assert not (tmp_path / "gated-hf").exists()
 
 
 def test_hubert_for_ctc_fine_tunes_an_exported_distilhubert(exported, tmp_path):

@@ -130,7 +130,7 @@ class StudentExpert(nn.Module):
             options = validated(type(options), {**options.model_dump(), "precision": precision},
                                 f"{expected}: invalid upstream option precision=")
         self.precision: Precision = options.precision
-        if is_huggingface_directory(Path(ckpt)):  # a transformers HuBERT directory (config.json + weights)
+        if is_huggingface_directory(Path(ckpt)):  # a transformers directory (config.json + weights)
             student = read_huggingface_student(Path(ckpt), self.adapter.families, self.adapter.wanted)
         else:
             checkpoint = load_checkpoint(ckpt, trust_checkpoint=trust_checkpoint or options.trust_checkpoint,

@@ -138,7 +138,7 @@ def resolve_local_checkpoint(ckpt: Optional[Union[str, Path]], name: str) -> str
     if ckpt is None or str(ckpt) == "":
         raise ValueError(f"{name} needs a checkpoint path: pass it with -k (run_downstream.py) or ckpt=")
     path = Path(ckpt).expanduser()
-    if is_huggingface_directory(path):  # a transformers HuBERT directory: the expert reads it
+    if is_huggingface_directory(path):  # a transformers directory: the expert reads it
         return str(path)
     if not path.is_file():
         raise FileNotFoundError(f"{name}: checkpoint {path} does not exist" + ("" if not path.exists() else

@@ -1,12 +1,23 @@
-"""Hugging Face transformers' HuBERT layout <-> our :class:`StudentModel`, for the students a stock
-``HubertConfig`` expresses.
+"""Hugging Face transformers directories <-> our :class:`StudentModel`.
 
-A transformers directory is ``config.json`` (``model_type: hubert``) plus ``model.safetensors`` (or the older
-``pytorch_model.bin``). ``export_huggingface`` writes one from a student checkpoint of ours (or s3prl's distiller
-format); ``transformers.AutoModel.from_pretrained(DIR)`` then builds the stock ``HubertModel`` with no code of ours.
-``read_huggingface_directory`` reads such a directory (ours or anyone's, e.g. ``ntu-spml/distilhubert``) back into our
-config and weights. Nothing here imports transformers: the config is plain JSON, the weights go through the
+A transformers directory is ``config.json`` plus ``model.safetensors`` (or the older ``pytorch_model.bin``).
+``export_huggingface`` writes one from a student checkpoint of ours (or s3prl's distiller format):
+
+- a student a stock ``HubertConfig`` expresses (:func:`inexpressible` is empty) as transformers' HuBERT
+  (``model_type: hubert``): ``transformers.AutoModel.from_pretrained(DIR)`` builds the stock ``HubertModel`` with
+  no code of ours;
+- any other (pruned per-layer widths, FitHuBERT's time reduction, the fbank front end, WavLM's relative position
+  bias...) as our own model type :data:`~s3prl_distill.options.HF_MODEL_TYPE`: ``config.json`` holds the whole
+  ``StudentConfig``, ``model.safetensors`` our StudentModel's own key names; our classes
+  (:mod:`s3prl_distill.hf_config`, :mod:`s3prl_distill.hf_model`), registered with transformers' ``AutoConfig`` /
+  ``AutoModel`` when s3prl-distill is installed, build it (no ``trust_remote_code``).
+
+``read_huggingface_directory`` reads either kind (and anyone's HuBERT directory, e.g. ``ntu-spml/distilhubert``) back
+into our config and weights. Nothing here imports transformers: the config is plain JSON, the weights go through the
 ``safetensors`` library (no pickle), and a ``pytorch_model.bin`` through our safe checkpoint reader.
+
+WavLM-shaped students go to our type, the uniform ones included: their gated relative position bias is computed as
+transformers' ``WavLMModel`` does, but that mapping is not written or tested yet (a later step).
 
 What a stock ``HubertModel`` computes, next to our model (the mapping this module relies on):
 
@@ -40,6 +51,7 @@ from torch import Tensor
 
 from ..checkpoint import CheckpointError, checkpoint_or_latest, load_checkpoint
 from ..model.config import EncoderConfig, FeatureExtractorConfig, StudentConfig
+from ..options import HF_ARCHITECTURE, HF_MODEL_TYPE, HF_STUDENT_CONFIG_KEY
 from .keymap import KeyMap
 
 if TYPE_CHECKING:
@@ -76,8 +88,13 @@ _KEYS = KeyMap([
     ("encoder.layers.{n}.final_layer_norm.", "encoder.layers.{n}.feed_forward_norm."),
 ])
 
-LATER = ("this export is not available for it yet (a model class of ours for transformers is a later step); "
-         "its own upstream loads the checkpoint as it is")
+# The families whose upstream presents the prediction heads (FitHuBERT's hint heads: its last_hidden_state and
+# "trained" upsampling); their heads go into our own type's export, so the directory loads back there. Every other
+# student's heads serve training only and are left out, as the stock export does.
+KEEP_HEADS_FAMILIES = ("fithubert",)
+# The submodule of our transformers model holding the StudentModel (hf_model.BASE_MODEL_PREFIX): a save_pretrained
+# of that class prefixes the StudentModel's key names with it.
+_OWN_PREFIX = "student."
 
 
 def inexpressible(config: StudentConfig) -> List[str]:
@@ -159,7 +176,7 @@ def student_config_from_hf(cfg: Mapping[str, Any], source: str) -> StudentConfig
     model_type = cfg.get("model_type")
     if model_type != MODEL_TYPE:
         raise CheckpointError(f"{source} is a transformers {model_type!r} model; only {MODEL_TYPE!r} directories "
-                              "(a stock HubertConfig) are read")
+                              f"(a stock HubertConfig) and {HF_MODEL_TYPE!r} ones (s3prl-distill's own) are read")
     problems = []
     if cfg.get("conv_pos_batch_norm", False):
         problems.append("conv_pos_batch_norm")
@@ -247,7 +264,8 @@ def is_huggingface_directory(path: Path) -> bool:
 
 
 def read_huggingface_directory(path: Path) -> Tuple[StudentConfig, Dict[str, Tensor], Dict[str, Any]]:
-    """(our config, our backbone weights, our record from config.json or {}) from a transformers HuBERT directory:
+    """(our config, our weights, our record from config.json or {}) from a transformers directory (HuBERT or our own
+    type):
     ``model.safetensors`` read with the safetensors library, else ``pytorch_model.bin`` with our safe reader."""
     source = str(path)
     try:
@@ -256,7 +274,8 @@ def read_huggingface_directory(path: Path) -> Tuple[StudentConfig, Dict[str, Ten
         raise CheckpointError(f"{path / CONFIG_FILE}: not a readable JSON config ({error})") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path / CONFIG_FILE}: not a JSON object")
-    config = student_config_from_hf(cfg, source)
+    own = cfg.get("model_type") == HF_MODEL_TYPE
+    config = own_student_config(cfg, path) if own else student_config_from_hf(cfg, source)
     if (path / SAFETENSORS_FILE).is_file():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -271,11 +290,88 @@ def read_huggingface_directory(path: Path) -> Tuple[StudentConfig, Dict[str, Ten
         raise CheckpointError(f"{source} holds {CONFIG_FILE} but no weights ({SAFETENSORS_FILE} or {PYTORCH_FILE}); "
                               "sharded weights are not read")
     record = cfg.get(RECORD_KEY)
-    return config, state_dict_from_hf(state, config, source), record if isinstance(record, dict) else {}
+    ours = own_state_dict(state) if own else state_dict_from_hf(state, config, source)
+    return config, ours, record if isinstance(record, dict) else {}
 
 
-def _model_card(record: Mapping[str, Any], config: StudentConfig, parameters: int) -> str:
+def own_student_config(cfg: Mapping[str, Any], path: Path) -> StudentConfig:
+    """The StudentConfig that our own type's ``config.json`` holds under :data:`HF_STUDENT_CONFIG_KEY`."""
+    data = cfg.get(HF_STUDENT_CONFIG_KEY)
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path / CONFIG_FILE}: a {HF_MODEL_TYPE!r} config needs the student's StudentConfig "
+                              f"under {HF_STUDENT_CONFIG_KEY!r}")
+    try:
+        return StudentConfig.from_dict(dict(data), f"{path / CONFIG_FILE} ({HF_STUDENT_CONFIG_KEY})")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+
+
+# Weight-norm names transformers may write on save (its legacy renaming) -> our parametrization's.
+_WEIGHT_NORM = ((".weight_g", ".parametrizations.weight.original0"), (".weight_v", ".parametrizations.weight.original1"))
+
+
+def own_state_dict(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Our StudentModel's weights from our own type's file: as exported, or prefixed by a ``save_pretrained``
+    (which may also write weight norm's legacy ``weight_g`` / ``weight_v`` names)."""
+    ours = {}
+    for key, value in state.items():
+        name = key[len(_OWN_PREFIX):] if key.startswith(_OWN_PREFIX) else key
+        for legacy, current in _WEIGHT_NORM:
+            if name.endswith(legacy):
+                name = name[:-len(legacy)] + current
+        ours[name] = value
+    return ours
+
+
+def own_hf_config(config: StudentConfig, record: Mapping[str, Any]) -> Dict[str, Any]:
+    """Our own type's ``config.json`` (what :class:`s3prl_distill.hf_config.DistilledStudentConfig` reads)."""
+    return {
+        "architectures": [HF_ARCHITECTURE],
+        "model_type": HF_MODEL_TYPE,
+        HF_STUDENT_CONFIG_KEY: config.to_dict(),
+        "hidden_size": config.encoder.embed_dim,
+        "num_hidden_layers": config.encoder.num_layers,
+        RECORD_KEY: dict(record),
+    }
+
+
+def _shape(config: StudentConfig) -> str:
+    """The student's shape in words, for the model card."""
     encoder = config.encoder
+    if config.fbank_front_end is not None:
+        front = f"fbank front end ({config.fbank_front_end.num_mel_bins} mel bins, 20 ms frames)"
+    else:
+        front = (f"CNN front end ({len(config.feature_extractor.conv_layers)} layers, stride {_stride(config)} samples"
+                 f" = {_stride(config) / 16:.0f} ms at 16 kHz)")
+    widths = f"FFN {encoder.ffn_dim}, {encoder.num_heads} heads"
+    extras = []
+    if encoder.time_reduction is not None:
+        extras.append(f"{encoder.time_reduction.factor}x time reduction before layer {encoder.time_reduction.index}")
+    if encoder.relative_position is not None:
+        extras.append("WavLM gated relative position bias")
+    return (f"{front}, {encoder.num_layers} transformer layers x {encoder.embed_dim} ({widths}), "
+            f"{'pre' if encoder.layer_norm_first else 'post'}-LN" + "".join(f", {extra}" for extra in extras))
+
+
+def _model_card(record: Mapping[str, Any], config: StudentConfig, parameters: int, stock: bool) -> str:
+    encoder = config.encoder
+    if stock:
+        load = ["model = AutoModel.from_pretrained(DIR).eval()  # a stock HubertModel"]
+        cnn = ("The CNN uses " + (
+            "a GroupNorm over the whole input (`feat_extract_norm: group`): give it no attention_mask and run "
+            "utterances unpadded (one at a time) for outputs that do not depend on padding."
+            if config.feature_extractor.norm == "group_norm" else
+            "per-frame LayerNorms (`feat_extract_norm: layer`): pass an attention_mask with padded batches."))
+        rate = ""
+    else:
+        load = ["import s3prl_distill  # optional once installed: its start-up hook registers the model type",
+                f"model = AutoModel.from_pretrained(DIR).eval()  # s3prl-distill's {HF_ARCHITECTURE}"]
+        cnn = ("This student needs s3prl-distill installed (`pip install s3prl-distill`; no remote code): its "
+               f"`{HF_MODEL_TYPE}` type is s3prl-distill's own class, registered with transformers' AutoConfig / "
+               "AutoModel. Pass an attention_mask with padded batches: every utterance is then computed from its "
+               "valid samples only.")
+        rate = (" After the time reduction the layers run at 40 ms: `hidden_states[0]` has twice their frames."
+                if encoder.time_reduction is not None else "")
     lines = [
         "---",
         "library_name: transformers",
@@ -288,27 +384,22 @@ def _model_card(record: Mapping[str, Any], config: StudentConfig, parameters: in
         "",
         f"- Method: {record.get('method') or record.get('family')}",
         f"- Teacher: {record.get('teacher') or 'not recorded in the checkpoint'}",
-        f"- Parameters: {parameters:,} (backbone; the training heads are not exported)",
-        f"- Shape: CNN front end ({len(config.feature_extractor.conv_layers)} layers, stride "
-        f"{_stride(config)} samples = {_stride(config) / 16:.0f} ms at 16 kHz), {encoder.num_layers} transformer "
-        f"layers x {encoder.embed_dim} (FFN {encoder.ffn_dim}, {encoder.num_heads} heads), "
-        f"{'pre' if encoder.layer_norm_first else 'post'}-LN",
+        f"- Parameters: {parameters:,} (backbone; " + ("its prediction heads are exported too, not counted here)"
+                                                      if config.prediction_head is not None else
+                                                      "the training heads are not exported)"),
+        f"- Shape: {_shape(config)}",
         f"- s3prl upstream for the original checkpoint: `{record.get('upstream')}_local`; this directory also loads "
         f"there (`-k DIR`).",
         "",
         "```python",
         "from transformers import AutoModel",
-        "model = AutoModel.from_pretrained(DIR).eval()  # a stock HubertModel",
+        *load,
         "out = model(wavs, output_hidden_states=True)   # wavs: (batch, samples), 16 kHz, not normalised",
         "```",
         "",
         "Hidden states: `hidden_states[0]` is the first transformer layer's input (after the positional convolution"
         + ("" if encoder.layer_norm_first else " and its LayerNorm") + "), s3prl's HuBERT hidden state 0; "
-        "`hidden_states[i]` is the output of transformer layer i. The CNN uses "
-        + ("a GroupNorm over the whole input (`feat_extract_norm: group`): give it no attention_mask and run "
-           "utterances unpadded (one at a time) for outputs that do not depend on padding."
-           if config.feature_extractor.norm == "group_norm" else
-           "per-frame LayerNorms (`feat_extract_norm: layer`): pass an attention_mask with padded batches."),
+        f"`hidden_states[i]` is the output of transformer layer i.{rate} {cnn}",
         "",
     ]
     return "\n".join(lines)
@@ -345,31 +436,43 @@ def export_huggingface(path: Path, output: Path) -> Dict[str, Any]:
     path = checkpoint_or_latest(path)
     checkpoint = load_checkpoint(path, what="checkpoint to export")
     student = read_student(checkpoint, str(path))
-    problems = inexpressible(student.config)
-    if problems:
-        raise CheckpointError(f"{path}: a stock transformers HubertConfig cannot express this {student.family} "
-                              f"student ({'; '.join(problems)}): {LATER}")
-    config = student.config.model_copy(update={"prediction_head": None, "codeword_head": None})
+    if student.config.pruning is not None:
+        raise CheckpointError(f"{path} still has its pruning gates: run `s3prl-distill prune {path} --output DIR` "
+                              "and export DIR/pruned.ckpt")
+    # A stock HubertConfig where it expresses the student; otherwise our own registered type.
+    stock = not inexpressible(student.config)
+    keep_heads = not stock and student.family in KEEP_HEADS_FAMILIES
+    config = student.config.model_copy(
+        update={"codeword_head": None} if keep_heads else {"prediction_head": None, "codeword_head": None})
     model = StudentModel(config)
-    backbone = {key: value for key, value in student.state.items() if not key.startswith(HEAD_PREFIXES)}
+    kept = {key: value for key, value in student.state.items()
+            if not key.startswith(HEAD_PREFIXES) or (keep_heads and not key.startswith("codeword_head."))}
     try:
-        model.load_state_dict(backbone, strict=True)
+        model.load_state_dict(kept, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not match its StudentConfig: {error}") from None
+    if model.fbank is not None and not model.fbank.has_statistics:
+        raise CheckpointError(f"{path}: the fbank front end has no normalisation statistics (compute them from "
+                              "training data before exporting)")
     record = _record(checkpoint, student.family, upstream_of(student.config, student.family), str(path))
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise CheckpointError(f"--to hf writes a directory; {output} is a file")
     output.mkdir(parents=True, exist_ok=True)
-    weights = state_dict_to_hf(model.state_dict(), config)
+    if stock:
+        weights, cfg = state_dict_to_hf(model.state_dict(), config), hf_config(config, record)
+    else:
+        weights = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+        cfg = own_hf_config(config, record)
     save_file(weights, str(output / SAFETENSORS_FILE), metadata={"format": "pt"})
-    (output / CONFIG_FILE).write_text(json.dumps(hf_config(config, record), indent=2) + "\n")
+    (output / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     parameters = model.num_parameters()
-    (output / "README.md").write_text(_model_card(record, config, parameters))
-    logger.info("exported %s -> %s (transformers HubertModel; load with AutoModel.from_pretrained or -u %s_local "
-                "-k %s)", path, output, record["upstream"], output)
+    (output / "README.md").write_text(_model_card(record, config, parameters, stock))
+    kind = "stock HubertModel" if stock else f"s3prl-distill's own {HF_MODEL_TYPE!r} type"
+    logger.info("exported %s -> %s (transformers, %s; load with AutoModel.from_pretrained or -u %s_local -k %s)",
+                path, output, kind, record["upstream"], output)
     return {"source": str(path), "output": str(output), "format": "hf", "family": student.family,
-            "params": parameters, "upstream": record["upstream"]}
+            "params": parameters, "upstream": record["upstream"], "model_type": cfg["model_type"]}
 
 
 # Wang et al.'s student shape by its prediction heads: one per layer (deep-thin) or DistilHuBERT's expand-last.
@@ -406,7 +509,7 @@ def read_huggingface_student(path: Path, families: Optional[Collection[str]] = N
     config, state, record = read_huggingface_directory(Path(path))
     family = record.get("family")
     found = str(family) if family else FOREIGN_FAMILY
-    description = (f"a transformers HuBERT directory exported from an s3prl-distill {found} student" if family else
+    description = (f"a transformers directory exported from an s3prl-distill {found} student" if family else
                    "a transformers HuBERT directory (no s3prl-distill record: read as a plain HuBERT-shaped student)")
     if families is not None and found not in families:
         raise CheckpointError(f"{path} is {description}; {wanted or 'expected another family'}")

@@ -8,7 +8,7 @@ family it came from:
 - FitHuBERT's official Lightning release plus its training YAML (``formats.fithubert``): ``fithubert``;
 - DPHuBERT / DPWavLM's official ``{config, state_dict}`` (``formats.dphubert``): ``dphubert``.
 
-A transformers HuBERT directory is not a loaded checkpoint: ``formats.huggingface.read_huggingface_student`` reads
+A transformers directory (HuBERT, or our own type) is not a loaded checkpoint: ``formats.huggingface.read_huggingface_student`` reads
 it into the same :class:`StudentCheckpoint`.
 
 Callers say which families they take, so a checkpoint of another family is refused in the same words as one of no

@@ -85,13 +85,20 @@ class SelfAttention(nn.Module):
             if relative_position.gated:
                 self.gate_linear = nn.Linear(embed_dim // self.position_heads, 8)
                 self.gate_const = nn.Parameter(torch.ones(1, self.position_heads, 1, 1))
-            self.register_buffer("kept_heads", torch.tensor(kept_heads if kept_heads is not None else
-                                                            list(range(num_heads)), dtype=torch.long),
+            # Also kept as a list: the buffer is not saved, and a model built on the meta device (transformers'
+            # from_pretrained) refills it with reset_kept_heads.
+            self.kept_head_indices = list(kept_heads) if kept_heads is not None else list(range(num_heads))
+            self.register_buffer("kept_heads", torch.tensor(self.kept_head_indices, dtype=torch.long),
                                  persistent=False)
         self.head_gate = (HardConcreteGate(num_heads, head_gate_initial_drop)
                           if head_gate_initial_drop is not None else None)
         self.layer_gate = (HardConcreteGate(1, layer_gate_initial_drop)
                            if layer_gate_initial_drop is not None else None)
+
+    def reset_kept_heads(self) -> None:
+        """Refill the (unsaved) ``kept_heads`` buffer from :attr:`kept_head_indices`, on its current device."""
+        if self.position_heads:
+            self.kept_heads = torch.tensor(self.kept_head_indices, dtype=torch.long, device=self.q_proj.weight.device)
 
     def _position_mask(self, x: Tensor, position_bias: Tensor) -> Tensor:
         """(B, heads kept, T, T): the shared bias scaled per head and query frame by this layer's gate."""
