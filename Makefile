@@ -42,7 +42,7 @@ quickstart: setup
 PYTEST_WORKERS ?= 2
 PYTEST_MARKERS ?= not device_check
 test: setup
-	@$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile -m "$(PYTEST_MARKERS)" $(PYTEST_ARGS); status=$$?; \
+	@$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --durations=30 -m "$(PYTEST_MARKERS)" $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status
 
 clean:
