@@ -60,7 +60,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RECIPES = {  # name -> shipped config
@@ -131,14 +131,6 @@ def _error(exc: BaseException) -> Dict[str, str]:
 
 
 # --- device helpers ----------------------------------------------------------------------------------------------------
-
-def synchronizer(device) -> Callable[[], None]:
-    import torch
-
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
 
 class MemoryMeter:
     """Peak memory over a block (see the module docstring for what each device records)."""
@@ -277,9 +269,10 @@ class Workspace:
         """The recipe's teacher cache, built once (its build time and size recorded)."""
         if recipe not in self.caches:
             from s3prl_distill.pretrain.teacher_cache import build_teacher_cache
+            from s3prl_distill.profiling import device_synchronizer
 
             config = self.config(TrainCase(recipe, "cache", False, "fp32"))
-            sync = synchronizer(self.device)
+            sync = device_synchronizer(self.device)
             sync()
             start = time.perf_counter()
             path = build_teacher_cache(config, self.folder / f"cache-{recipe}", batch_size=self.sizes.train_batch,
@@ -316,6 +309,7 @@ def count_step_flops(trainer) -> Dict[str, Any]:
 def run_training_case(case: TrainCase, space: Workspace, peaks: Dict[str, float], flops: Dict[str, Dict[str, Any]],
                       timer) -> Dict[str, Any]:
     from s3prl_distill.pretrain.runner import Trainer
+    from s3prl_distill.profiling import device_synchronizer
 
     device = space.device
     row: Dict[str, Any] = {"case": case.name, "recipe": case.recipe, "teacher": case.teacher,
@@ -327,7 +321,7 @@ def run_training_case(case: TrainCase, space: Workspace, peaks: Dict[str, float]
         row.update(cache_build_s=round(built["build_s"], 3), cache_bytes=built["bytes"])
     config = space.config(case, cache)
     expdir = space.folder / "runs" / case.name.replace("/", "-")
-    sync = synchronizer(device)
+    sync = device_synchronizer(device)
     start = time.perf_counter()
     trainer = Trainer(config, expdir)
     row["setup_s"] = round(time.perf_counter() - start, 3)
@@ -484,7 +478,7 @@ def uncovered_families(entries: List[str]) -> List[str]:
 def run_upstream_case(entry: str, ckpt: Path, precision: str, sizes: Sizes, device, peaks: Dict[str, float],
                       models: Dict[str, Any]) -> Dict[str, Any]:
     from s3prl_distill.profiler import count_macs, profile_waves
-    from s3prl_distill.profiling import forward_time_samples, upstream_features
+    from s3prl_distill.profiling import device_synchronizer, forward_time_samples, upstream_features
     from s3prl_distill.registry import build_upstream
 
     import torch
@@ -501,7 +495,7 @@ def run_upstream_case(entry: str, ckpt: Path, precision: str, sizes: Sizes, devi
     upstream, flops = models[entry]
     model = in_precision(entry, upstream, ckpt, precision, device)
     wavs = profile_waves(sizes.upstream_seconds, sizes.upstream_batch, device)
-    sync = synchronizer(device)
+    sync = device_synchronizer(device)
     samples = forward_time_samples({entry: model}, wavs, sizes.upstream_repeats, sizes.upstream_warmup, sync)[entry]
     median = statistics.median(samples)
     meter = MemoryMeter(device)

@@ -40,7 +40,8 @@ import torch
 
 from .errors import UnknownUpstreamError
 from .profile_report import format_table, ratios
-from .profiling import DEFAULT_FEATURE, cpu_name, forward_time_samples, load_average, upstream_features
+from .profiling import (DEFAULT_FEATURE, cpu_name, device_synchronizer, forward_time_samples, load_average,
+                        upstream_features)
 from .registry import build_upstream, check_upstream_names
 
 # UnknownUpstreamError (raised through check_upstream_names) and the report's functions are importable from here.
@@ -212,7 +213,7 @@ def gemm_peak(dtype: torch.dtype = torch.float32, threads: Optional[int] = None,
     if seconds <= 0 or size < 1:
         raise ValueError(f"gemm_peak needs seconds > 0 and size >= 1 (got {seconds}, {size})")
     target = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(target)) if target.type == "cuda" else (lambda: None)
+    sync = device_synchronizer(target)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -367,7 +368,7 @@ def profile_upstreams(
                 row["macs_by_op"][length_key(length)] = by_op
                 row["gmacs_per_audio_second"][length_key(length)] = macs / length / 1e9
             rows.append(row)
-        sync = (lambda: torch.cuda.synchronize(target)) if target.type == "cuda" else None
+        sync = device_synchronizer(target)
         peak_before = gemm_peak(torch.float32, threads, peak_seconds, device=str(target)) if peak else None
         for length in seconds:
             logger.info("timing %d upstream(s) on %d x %g s, %d threads", len(models), batch, length, threads)

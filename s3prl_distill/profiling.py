@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -31,6 +31,15 @@ def upstream_features(model: torch.nn.Module, wavs: List[torch.Tensor], feature:
     if feature not in outputs:
         raise MissingFeatureError(f"{type(model).__name__} has no output {feature!r}; it has {', '.join(outputs)}")
     return outputs[feature]
+
+
+def device_synchronizer(device: Union[str, torch.device]) -> Callable[[], None]:
+    """What to call before reading a clock on ``device``: a CUDA device runs queued work asynchronously, so it is
+    waited for; anywhere else there is nothing to wait for."""
+    target = torch.device(device)
+    if target.type == "cuda":
+        return lambda: torch.cuda.synchronize(target)
+    return lambda: None
 
 
 def rotated(names: List[str], round_index: int) -> List[str]:
