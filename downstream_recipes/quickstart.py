@@ -8,11 +8,8 @@ user's checkpoint takes: our upstream registered in s3prl, s3prl's runner, its c
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import List
 
 import torch
 
@@ -20,6 +17,7 @@ from s3prl_distill.checkpoint import save_checkpoint
 from s3prl_distill.formats.s3prl_distiller import export_distiller
 from s3prl_distill.model import StudentConfig, StudentModel
 
+from .superb.runner import run_experiment_process
 from .toy_emotion import EMOTIONS, accuracy, write_emotion_config, write_emotion_corpus
 
 logger = logging.getLogger(__name__)
@@ -31,16 +29,6 @@ SMALL_DISTILHUBERT = {
                 "pos_conv_groups": 4},
     "prediction_head": {"type": "expand_last", "target_layers": [4, 8, 12], "out_dim": 96},
 }
-
-
-def run_s3prl(arguments: List[str], log_path: Path) -> None:
-    command = [sys.executable, "-m", "s3prl.run_downstream", *arguments]
-    logger.info("running: %s (log: %s)", " ".join(command), log_path)
-    with log_path.open("w") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        tail = "\n".join(log_path.read_text().splitlines()[-30:])
-        raise RuntimeError(f"s3prl's runner failed (exit {result.returncode}); end of {log_path}:\n{tail}")
 
 
 def quickstart(workdir: Path, steps: int = 40, seed: int = 0) -> dict:
@@ -58,18 +46,16 @@ def quickstart(workdir: Path, steps: int = 40, seed: int = 0) -> dict:
     timings["prepare_s"] = time.perf_counter() - start
 
     expdir = workdir / "er_distilhubert_local"
-    start = time.perf_counter()
-    run_s3prl(
-        ["-m", "train", "-u", "distilhubert_local", "-k", str(checkpoint), "-d", "emotion", "-c",
-         str(downstream_config), "-p", str(expdir), "--device", "cpu", "--seed", str(seed)],
-        workdir / "train.log",
-    )
-    timings["train_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    run_s3prl(
-        ["-m", "evaluate", "-e", str(expdir / f"states-{steps}.ckpt"), "--device", "cpu"], workdir / "evaluate.log"
-    )
-    timings["evaluate_s"] = time.perf_counter() - start
+    # s3prl's runner trains, then evaluates the last step's checkpoint on test, in one process
+    plan = {"train": ["-m", "train", "-u", "distilhubert_local", "-k", str(checkpoint), "-d", "emotion", "-c",
+                      str(downstream_config), "-p", str(expdir), "--device", "cpu", "--seed", str(seed)],
+            "expdir": str(expdir), "best": f"states-{steps}.ckpt", "split": "test", "device": "cpu"}
+    logger.info("s3prl's runner: training %d steps, then evaluating (logs: %s, %s)", steps,
+                workdir / "train.log", workdir / "evaluate.log")
+    for log in ("train.log", "evaluate.log"):
+        (workdir / log).unlink(missing_ok=True)  # a re-run's logs start afresh
+    timings["train_s"], timings["evaluate_s"] = run_experiment_process(
+        plan, [workdir / "train.log", workdir / "evaluate.log"])
 
     result = {
         "upstream": "distilhubert_local",

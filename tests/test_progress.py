@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from tqdm import tqdm
 
+from s3prl_distill.downstream_recipes.superb.experiment_process import PHASE_MARKER
 from s3prl_distill.downstream_recipes.superb.progress import StepReader, SweepProgress, overall_steps
+from s3prl_distill.downstream_recipes.superb.runner import PhaseSplitter, run_experiment_process
 from s3prl_distill.progress import LogProgress, format_duration, progress
 
 from helpers import run_python
@@ -156,3 +158,34 @@ def test_a_real_sweep_logs_the_steps_s3prl_reports(tmp_path):
     assert "overall:" in train_log  # s3prl's own bar stays in its log
     assert "ESPnet is not installed" not in train_log
     assert "torch.cuda.amp.autocast" not in train_log
+
+
+def test_an_experiment_processs_output_splits_into_its_phase_logs_wherever_the_chunks_end():
+    """One process trains, then evaluates (``experiment_process``); its stream goes to ``train.log`` up to the marker
+    and to ``evaluate.log`` after it, however the pipe cuts it, and only training's text reaches the step reader."""
+    training = "$ python -m s3prl.run_downstream -m train\roverall: 1/2 [00:01]\roverall: 2/2 [00:02]\n[Runner] - x"
+    evaluation = "$ python -m s3prl.run_downstream -m evaluate\n[Runner] - Resume from dev-best.ckpt\n"
+    stream = (training + PHASE_MARKER + evaluation).encode()
+    for size in (1, 2, 5, len(PHASE_MARKER) - 1, len(PHASE_MARKER), 64, len(stream)):
+        train_log, evaluate_log, ended, followed = io.BytesIO(), io.BytesIO(), [], []
+        splitter = PhaseSplitter([train_log, evaluate_log], ended.append,
+                                 lambda phase, data: followed.append(data) if phase == 0 else None)
+        for start in range(0, len(stream), size):
+            splitter.feed(stream[start:start + size])
+        splitter.close()
+        assert train_log.getvalue().decode() == training, size
+        assert evaluate_log.getvalue().decode() == evaluation, size
+        assert ended == [0] and b"".join(followed).decode() == training, size
+    # An evaluation alone (training had finished before an interruption) is one log; the marker is not looked for.
+    only = io.BytesIO()
+    splitter = PhaseSplitter([only], ended.append)
+    splitter.feed(PHASE_MARKER.encode()[:9])
+    assert only.getvalue() == PHASE_MARKER.encode()[:9]  # nothing held back
+
+
+def test_an_experiment_that_cannot_evaluate_fails_naming_its_log(tmp_path):
+    plan = {"train": None, "expdir": str(tmp_path), "best": "dev-best.ckpt", "split": "test", "device": "cpu"}
+    with pytest.raises(RuntimeError) as error:
+        run_experiment_process(plan, [tmp_path / "evaluate.log"])
+    assert f"end of {tmp_path / 'evaluate.log'}" in str(error.value)
+    assert f"{tmp_path}: training left no checkpoint to evaluate" in str(error.value)

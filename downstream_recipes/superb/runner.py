@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from s3prl_distill.checkpoint import latest_step_checkpoint
 from s3prl_distill.errors import UserError
@@ -34,6 +34,7 @@ from s3prl_distill.locking import ExclusiveLock, directory_lock
 from s3prl_distill.options import default_num_workers, usable_cpus
 from s3prl_distill.progress import progress as show_progress
 
+from .experiment_process import PHASE_MARKER, checkpoint_to_evaluate
 from .metrics import task_metric
 from .progress import StepReader, SweepProgress
 from .report import write_report
@@ -111,26 +112,83 @@ def _voxceleb1_cache_lock() -> ExclusiveLock:
                          "s3prl's VoxCeleb1 file-list cache", wait=True)
 
 
-def _s3prl(arguments: List[str], log: Path, environment: Optional[Dict[str, str]] = None,
-           on_step: Optional[Callable[[int, int], None]] = None) -> float:
-    """Run s3prl's downstream runner, its stdout and stderr appended to ``log`` as they come; ``on_step(step,
-    total)`` follows its ``overall`` bar (see :mod:`.progress`)."""
-    command = [sys.executable, "-m", "s3prl.run_downstream", *arguments]
-    start = time.perf_counter()
+class PhaseSplitter:
+    """Writes an experiment process's output to each phase's log in turn: everything before
+    :data:`PHASE_MARKER` to the first, the rest to the second, and hands it to ``on_output(phase, data)``. Fed
+    arbitrary chunks; only a chunk's tail that could begin the marker waits for the next one."""
+
+    def __init__(self, logs: List[BinaryIO], on_phase_end: Callable[[int], None],
+                 on_output: Optional[Callable[[int, bytes], None]] = None) -> None:
+        self.logs = logs
+        self.phase = 0
+        self.on_phase_end = on_phase_end
+        self.on_output = on_output
+        self._marker = PHASE_MARKER.encode()
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._held + chunk
+        self._held = b""
+        if self.phase + 1 < len(self.logs):
+            cut = data.find(self._marker)
+            if cut >= 0:
+                before, after = data[:cut], data[cut + len(self._marker):]
+                self._write(before)
+                self.on_phase_end(self.phase)
+                self.phase += 1
+                self.feed(after)
+                return
+            keep = next((size for size in range(min(len(data), len(self._marker) - 1), 0, -1)
+                         if self._marker.startswith(data[-size:])), 0)
+            data, self._held = data[:len(data) - keep], data[len(data) - keep:]
+        self._write(data)
+
+    def close(self) -> None:
+        self._write(self._held)
+        self._held = b""
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.logs[self.phase].write(data)
+            self.logs[self.phase].flush()  # the log is complete at every moment, as when s3prl wrote it directly
+            if self.on_output is not None:
+                self.on_output(self.phase, data)
+
+
+def run_experiment_process(plan: dict, logs: List[Path], environment: Optional[Dict[str, str]] = None,
+                           on_step: Optional[Callable[[int, int], None]] = None,
+                           on_trained: Optional[Callable[[], None]] = None) -> List[float]:
+    """Run :mod:`.experiment_process` on ``plan``: s3prl's runner trains (when ``plan["train"]`` is set) and
+    evaluates in one interpreter. Its output goes to ``logs`` (one per phase, appended); ``on_step(step, total)``
+    follows s3prl's ``overall`` bar while it trains (see :mod:`.progress`); ``on_trained()`` is called as soon as
+    training has ended well. Returns each phase's wall time in seconds."""
+    command = [sys.executable, "-m", "s3prl_distill.downstream_recipes.superb.experiment_process", json.dumps(plan)]
     reader = StepReader(on_step) if on_step is not None else None
-    with log.open("ab") as handle:
-        handle.write(("$ " + " ".join(command) + "\n").encode())
-        handle.flush()
+    times = [time.perf_counter()]
+
+    def phase_ended(phase: int) -> None:
+        times.append(time.perf_counter())
+        if reader is not None:
+            reader.close()
+        if on_trained is not None:
+            on_trained()
+
+    with ExitStack() as stack:
+        handles = [stack.enter_context(log.open("ab")) for log in logs]
+
+        def follow_training(phase: int, data: bytes) -> None:
+            if reader is not None and phase == 0 and len(logs) > 1:
+                reader.feed(data.decode("utf-8", errors="replace"))
+
+        splitter = PhaseSplitter(handles, phase_ended, follow_training)
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
         try:
             while True:
                 chunk = process.stdout.read1(65536)
                 if not chunk:
                     break
-                handle.write(chunk)
-                handle.flush()  # the log is complete at every moment, as when s3prl wrote it directly
-                if reader is not None:
-                    reader.feed(chunk.decode("utf-8", errors="replace"))
+                splitter.feed(chunk)
+            splitter.close()
             returncode = process.wait()
         except BaseException:  # our side failed (e.g. the log's disk is full): s3prl must not train on unattended
             process.kill()
@@ -138,12 +196,13 @@ def _s3prl(arguments: List[str], log: Path, environment: Optional[Dict[str, str]
             raise
         finally:
             process.stdout.close()
-    if reader is not None:
-        reader.close()
-    if returncode != 0:
+    times.append(time.perf_counter())
+    if returncode != 0 or splitter.phase + 1 < len(logs):
+        log = logs[splitter.phase]
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise RuntimeError(f"s3prl's runner failed (exit {returncode}); end of {log}:\n{tail}")
-    return time.perf_counter() - start
+        why = f"exit {returncode}" if returncode != 0 else "it ended before evaluating"
+        raise RuntimeError(f"s3prl's runner failed ({why}); end of {log}:\n{tail}")
+    return [later - earlier for earlier, later in zip(times, times[1:])]
 
 
 def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, expdir: Path,
@@ -163,29 +222,34 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     write_config(config_path, task, values, fold, *_unit_options(spec, task))
     if task.key == "sid":
         clear_voxceleb1_cache()
-    record = {"task": task.key, "fold": fold}
     trained = expdir / "train.done"
+    plan = {"train": None, "expdir": str(expdir), "best": task.best_checkpoint, "split": task.evaluate_split,
+            "device": spec.device}
     if not trained.is_file():
         previous = latest_step_checkpoint(expdir)
         if previous is not None:  # interrupted: s3prl resumes from the checkpoint's saved arguments
-            arguments = ["-m", "train", "-e", str(previous), "--device", spec.device]
+            plan["train"] = ["-m", "train", "-e", str(previous), "--device", spec.device]
         else:
-            arguments = ["-m", "train", "-u", spec.upstream, "-d", task.downstream, "-c", str(config_path),
-                         "-p", str(expdir), "--device", spec.device]
-            arguments += ["-k", spec.ckpt] if spec.ckpt else []
-            arguments += ["-g", spec.model_config] if spec.model_config else []
-            arguments += ["-s", spec.feature] if spec.feature else []
-        record["train_s"] = round(_s3prl(arguments, expdir / "train.log", environment, on_step), 1)
+            plan["train"] = ["-m", "train", "-u", spec.upstream, "-d", task.downstream, "-c", str(config_path),
+                             "-p", str(expdir), "--device", spec.device]
+            plan["train"] += ["-k", spec.ckpt] if spec.ckpt else []
+            plan["train"] += ["-g", spec.model_config] if spec.model_config else []
+            plan["train"] += ["-s", spec.feature] if spec.feature else []
+
+    def trained_well() -> None:
         trained.write_text("")
-    best = expdir / task.best_checkpoint
-    checkpoint = best if best.is_file() else latest_step_checkpoint(expdir)
-    if checkpoint is None:
-        raise RuntimeError(f"{expdir}: training left no checkpoint to evaluate")
-    record["evaluated_checkpoint"] = checkpoint.name
-    if on_step is not None:
+        if on_step is not None:
+            progress.evaluating(run_name)
+
+    if plan["train"] is None and on_step is not None:
         progress.evaluating(run_name)
-    record["evaluate_s"] = round(_s3prl(["-m", "evaluate", "-e", str(checkpoint), "-t", task.evaluate_split,
-                                         "--device", spec.device], expdir / "evaluate.log", environment), 1)
+    logs = ([expdir / "train.log"] if plan["train"] is not None else []) + [expdir / "evaluate.log"]
+    phase_times = run_experiment_process(plan, logs, environment, on_step, trained_well)
+    record = {"task": task.key, "fold": fold}
+    if plan["train"] is not None:
+        record["train_s"] = round(phase_times[0], 1)
+    record["evaluated_checkpoint"] = checkpoint_to_evaluate(expdir, task.best_checkpoint).name
+    record["evaluate_s"] = round(phase_times[-1], 1)
     record["value"] = task_metric(task, expdir, fold)
     done.write_text(json.dumps(record, indent=2))
     return record
