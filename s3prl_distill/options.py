@@ -20,11 +20,11 @@ EXPORT_FORMATS: Tuple[str, ...] = (
     "dphubert",
     "safetensors",
     "onnx",
-    "hf",  # a transformers directory: a stock HubertModel, or our own registered class (s3prl_distill.hf_model)
+    "hf",  # a transformers directory: a stock HubertModel / WavLMModel, or our own class (s3prl_distill.hf_model)
 )
 
-# Our own transformers model type (config.json's "model_type") for the students a stock HubertConfig cannot express;
-# s3prl_distill.hf_config / hf_model register it with transformers' Auto classes.
+# Our own transformers model type (config.json's "model_type") for the students no stock HubertConfig / WavLMConfig
+# expresses; s3prl_distill.hf_config / hf_model register it with transformers' Auto classes.
 HF_MODEL_TYPE = "s3prl_distill_student"
 HF_ARCHITECTURE = "DistilledStudentModel"
 # config.json's key holding the whole StudentConfig (StudentConfig.to_dict()).
