@@ -24,6 +24,7 @@ from s3prl_distill.formats.fairseq import teacher_copy_config
 from s3prl_distill.formats.native import export_student
 from s3prl_distill.formats.s3prl_distiller import export_distiller
 from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE, write_random_hubert
+from s3prl_distill.formats.s3prl_wavlm import WAVLM_BASE_PLUS
 from s3prl_distill.model import (
     StudentConfig,
     StudentModel,
@@ -87,12 +88,16 @@ PRUNED_SHAPES = {
 }
 
 
-def pruned_config(family: str) -> StudentConfig:
-    """A pruned HuBERT Base copy (the shape ``s3prl-distill prune`` leaves) with :data:`PRUNED_SHAPES`' widths."""
+def pruned_config(family: str, wavlm: bool = False) -> StudentConfig:
+    """A pruned HuBERT Base copy (the shape ``s3prl-distill prune`` leaves) with :data:`PRUNED_SHAPES`' widths; with
+    ``wavlm`` a pruned WavLM Base+ copy instead (SKILL's recipe): each layer keeps its first heads of the gated
+    relative position bias."""
     shape = PRUNED_SHAPES[family]
-    data = teacher_copy_config(HUBERT_BASE).to_dict()
+    data = teacher_copy_config(WAVLM_BASE_PLUS if wavlm else HUBERT_BASE).to_dict()
     data["feature_extractor"]["conv_layers"] = shape["conv"]
     data["encoder"].update(num_heads=shape["heads"], ffn_dim=shape["ffn"], head_dim=64)
+    if wavlm:
+        data["encoder"]["kept_heads"] = [list(range(heads)) for heads in shape["heads"]]
     return StudentConfig.from_dict(data)
 
 

@@ -12,7 +12,7 @@ from typing import List
 
 from s3prl_distill.commands import default_device, print_json
 from s3prl_distill.errors import UserError
-from s3prl_distill.options import LAYER_ZERO_CHOICES
+from s3prl_distill.options import LAYER_ZERO_CHOICES, SAVE_FORMATS
 
 from .dphubert.options import LINKAGES, MEASURES
 
@@ -45,7 +45,7 @@ def cache_teacher(args: argparse.Namespace) -> None:
 def prune(args: argparse.Namespace) -> None:
     from .dphubert.prune import prune_checkpoint
 
-    print_json(prune_checkpoint(Path(args.checkpoint), Path(args.output), args.final_steps))
+    print_json(prune_checkpoint(Path(args.checkpoint), Path(args.output), args.final_steps, args.student_format))
 
 
 def hubert_teacher(args: argparse.Namespace) -> None:
@@ -123,6 +123,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     pruning.add_argument("--output", required=True, help="directory for pruned.ckpt, final_distill.yaml, pruning.yaml")
     pruning.add_argument("--final-steps", type=int, help="total_steps of the final-distillation config (default: "
                          "the run's)")
+    pruning.add_argument("--format", choices=SAVE_FORMATS, default="pickle", dest="student_format",
+                         help="pickle (default): pruned.ckpt; safetensors: pruned.safetensors instead (no pickle, "
+                              "for sharing; the final-distill config starts from it)")
     pruning.set_defaults(handler=prune)
 
     teacher = commands.add_parser(

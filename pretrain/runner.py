@@ -40,6 +40,7 @@ from s3prl_distill.checkpoint import (
 )
 from s3prl_distill.errors import ConfigError, UserError, user_message
 from s3prl_distill.locking import LOCK_NAME, directory_lock
+from s3prl_distill.options import SAVE_FORMATS
 
 from .config import PretrainConfig, apply_overrides, load_config, validate_config
 from .follow_teacher import fit_to_teacher, following_summary
@@ -91,8 +92,10 @@ def _configure_logging(expdir: Path, is_main: bool) -> None:
 def run(
     config_path: Union[None, str, List[str]], name: Optional[str], exproot: str = "result/pretrain",
     overrides: Optional[str] = None, resume: Optional[str] = None, overwrite: bool = False,
+    student_format: str = "pickle",
 ) -> Path:
-    """Start (``config_path`` + ``name``) or resume (``resume``) a run; returns its directory.
+    """Start (``config_path`` + ``name``) or resume (``resume``) a run; returns its directory. ``student_format``:
+    see :class:`Trainer` (``safetensors``: each step's student also as ``states-<step>.safetensors``).
 
     Everything cheap is decided before anything heavy is built: the config is validated, the directory locked and
     checked, and a resumed run that already reached ``total_steps`` returns without loading its teacher or data.
@@ -123,7 +126,9 @@ def run(
     followed = resume is None and config is not written
     if not is_main:  # rank 0 owns the directory; the others only read it
         _configure_logging(expdir, is_main)
-        return expdir if _finished(checkpoint, config, path) else _train(config, expdir, checkpoint, path)
+        if _finished(checkpoint, config, path):
+            return expdir
+        return _train(config, expdir, checkpoint, path, student_format)
     with directory_lock(expdir, "experiment directory",
                         hint="wait for that run to finish, or choose another -n"):
         leftovers = remove_temporary_files(expdir)
@@ -141,7 +146,7 @@ def run(
             return expdir
         (expdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         _warn_precision_fallback(config)
-        return _train(config, expdir, checkpoint, path)
+        return _train(config, expdir, checkpoint, path, student_format)
 
 
 def _warn_precision_fallback(config: PretrainConfig) -> None:
@@ -176,8 +181,9 @@ def _keep_layer_zero(run_config: dict, path: Path) -> dict:
     return {**run_config, "student": student}
 
 
-def _train(config: PretrainConfig, expdir: Path, checkpoint: Optional[dict], source: Optional[Path]) -> Path:
-    trainer = Trainer(config, expdir, checkpoint, source)
+def _train(config: PretrainConfig, expdir: Path, checkpoint: Optional[dict], source: Optional[Path],
+           student_format: str = "pickle") -> Path:
+    trainer = Trainer(config, expdir, checkpoint, source, student_format)
     try:
         trainer.train()
     finally:
@@ -221,13 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in a directory that holds another run's checkpoints, after moving "
                              "that run's files into NAME/superseded-<time>/ (nothing is deleted)")
+    parser.add_argument("--format", choices=SAVE_FORMATS, default="pickle", dest="student_format",
+                        help="pickle (default): states-<step>.ckpt only; safetensors: also each step's student as "
+                             "states-<step>.safetensors (no pickle, for sharing; every *_local of its family loads "
+                             "it). The .ckpt stays: resuming needs it. Give it again when resuming")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        run(args.config, args.name, args.exproot, args.override, args.resume, args.overwrite)
+        run(args.config, args.name, args.exproot, args.override, args.resume, args.overwrite,
+            args.student_format)
     except UserError as error:  # bad input: its message names it; a traceback would only hide it
         if _run_log_handler is not None:  # the run had started: the console and train.log get it
             logger.error("%s", user_message(error))

@@ -19,7 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from s3prl_distill import __version__
 from s3prl_distill.checkpoint import save_checkpoint, step_checkpoints
+from s3prl_distill.formats.safetensors_format import save_student_checkpoint_as_safetensors
 from s3prl_distill.losses import combine
+from s3prl_distill.options import SAVE_FORMATS
 from s3prl_distill.progress import progress as show_progress
 
 from .config import PretrainConfig
@@ -83,13 +85,17 @@ class Trainer:
     """One run's training state and loop; on rank 0 it also writes the checkpoints, ``metrics.jsonl`` and
     TensorBoard events into ``expdir``. ``resume``: a checkpoint of this runner, restored exactly (the student is then
     not initialised from the teacher: the checkpoint holds every weight); ``resume_source``: where it was read from,
-    for the log."""
+    for the log. ``student_format`` (:data:`~s3prl_distill.options.SAVE_FORMATS`): ``safetensors`` also writes each
+    step's student as ``states-<step>.safetensors`` beside the resumable ``states-<step>.ckpt`` (rotated with it)."""
 
     def __init__(self, config: PretrainConfig, expdir: Path, resume: Optional[dict] = None,
-                 resume_source: Optional[Path] = None) -> None:
+                 resume_source: Optional[Path] = None, student_format: str = "pickle") -> None:
+        if student_format not in SAVE_FORMATS:
+            raise ValueError(f"student_format {student_format!r}: expected one of {', '.join(SAVE_FORMATS)}")
         self.config = config
         self.expdir = expdir
         self.resume_source = resume_source
+        self.student_format = student_format
         self.dist = setup_distributed()
         self.device = training_device(self.dist.local_rank)
         if self.device.type == "cuda":
@@ -202,8 +208,13 @@ class Trainer:
             }
         )
         path = save_checkpoint(checkpoint, self.expdir / f"states-{self.step}.ckpt")
+        if self.student_format == "safetensors":
+            # The shareable student only (what export --to safetensors would write); resuming needs the .ckpt.
+            shared = save_student_checkpoint_as_safetensors(checkpoint, path, path.with_suffix(".safetensors"))
+            logger.info("saved %s (the %s student, safetensors)", path.with_suffix(".safetensors"), shared.family)
         for _, old in step_checkpoints(self.expdir)[: -self.config.runner.keep_last]:
             old.unlink(missing_ok=True)
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
         logger.info("saved %s", path)
         return path
 

@@ -100,7 +100,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     export = commands.add_parser(
         "export", help="write a trained student in another layout: safetensors (no pickle; every *_local reads it), "
-        "hf (a transformers directory: a stock HubertModel, else our own class that AutoModel finds once "
+        "hf (a transformers directory: a stock HubertModel / WavLMModel, else our own class that AutoModel finds once "
         "s3prl-distill is installed), onnx (hidden states, dynamic batch and length), dphubert (the "
         "official DPHuBERT {config, state_dict} of a pruned dphubert/skill student)")
     export.add_argument("checkpoint", help="a student checkpoint of ours (e.g. pruned.ckpt from prune, a "

@@ -1,6 +1,6 @@
 """transformers' config class for our own model type (:data:`~s3prl_distill.options.HF_MODEL_TYPE`): the students a
-stock ``HubertConfig`` cannot express (pruned per-layer widths, FitHuBERT's time reduction, the fbank front end,
-WavLM's relative position bias), exported by ``s3prl-distill export --to hf``.
+stock ``HubertConfig`` / ``WavLMConfig`` cannot express (pruned per-layer widths, FitHuBERT's time reduction, the fbank
+front end, WavLM's bias with pruned heads), exported by ``s3prl-distill export --to hf``.
 
 ``config.json`` holds the whole :class:`~s3prl_distill.model.StudentConfig` as JSON under
 :data:`~s3prl_distill.options.HF_STUDENT_CONFIG_KEY`; the model (:mod:`s3prl_distill.hf_model`) validates and

@@ -20,11 +20,16 @@ EXPORT_FORMATS: Tuple[str, ...] = (
     "dphubert",
     "safetensors",
     "onnx",
-    "hf",  # a transformers directory: a stock HubertModel, or our own registered class (s3prl_distill.hf_model)
+    "hf",  # a transformers directory: a stock HubertModel / WavLMModel, or our own class (s3prl_distill.hf_model)
 )
 
-# Our own transformers model type (config.json's "model_type") for the students a stock HubertConfig cannot express;
-# s3prl_distill.hf_config / hf_model register it with transformers' Auto classes.
+# How the trainer (``pretrain``) and ``prune`` write a student: ``pickle`` is our torch.save checkpoint (what a resume
+# reads); ``safetensors`` writes the student as a safetensors file (no pickle, for sharing), beside the trainer's
+# resumable pickle and in place of prune's.
+SAVE_FORMATS: Tuple[str, ...] = ("pickle", "safetensors")
+
+# Our own transformers model type (config.json's "model_type") for the students no stock HubertConfig / WavLMConfig
+# expresses; s3prl_distill.hf_config / hf_model register it with transformers' Auto classes.
 HF_MODEL_TYPE = "s3prl_distill_student"
 HF_ARCHITECTURE = "DistilledStudentModel"
 # config.json's key holding the whole StudentConfig (StudentConfig.to_dict()).

@@ -1,6 +1,6 @@
-"""``s3prl-distill export --to hf``: transformers' own HubertModel on the exported directory gives our upstream's
-hidden states, the directory loads back through the ``*_local`` entries, HubertForCTC fine-tunes it, and students
-a stock HubertConfig cannot express go to our own type."""
+"""``s3prl-distill export --to hf``: transformers' own HubertModel / WavLMModel on the exported directory gives our
+upstream's hidden states, the directory loads back through the ``*_local`` entries, HubertForCTC fine-tunes it, and
+students a stock HubertConfig / WavLMConfig cannot express go to our own type."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from s3prl_distill.formats import export_student
 from s3prl_distill.formats.export import export_checkpoint
 from s3prl_distill.formats.fairseq import teacher_copy_config
 from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
+from s3prl_distill.formats.s3prl_wavlm import TINY_WAVLM
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.upstream.deepthin.hubconf import deepthin_local
 from s3prl_distill.upstream.distilhubert.hubconf import distilhubert_local
 from s3prl_distill.upstream.fithubert.hubconf import fithubert_local
 from s3prl_distill.upstream.shallowwide.hubconf import shallowwide_local
+from s3prl_distill.upstream.skill.hubconf import skill_local
 from s3prl_distill.upstream.student.hubconf import student_local
 
 from helpers import (random_waves, run_python, tiny_deepthin, tiny_fithubert, tiny_shallowwide,
@@ -62,13 +64,26 @@ def _uniform_prelayer_norm() -> StudentConfig:
     return StudentConfig.from_dict(data)
 
 
-# family label -> (checkpoint writer, its *_local entry, CNN norm mode)
+def _uniform_wavlm(stable: bool) -> StudentConfig:
+    """A uniform WavLM-shaped student (gated relative position bias): WavLM Base+'s layout (post-LN, group-norm CNN),
+    or with ``stable`` the Large one (pre-LN, layer-norm CNN with bias)."""
+    data = teacher_copy_config(TINY_WAVLM).to_dict()
+    if stable:
+        data["feature_extractor"].update(norm="layer_norm", bias=True)
+        data["encoder"].update(layer_norm_first=True, num_layers=2)
+    return StudentConfig.from_dict(data)
+
+
+# label -> (checkpoint writer, its *_local entry, transformers model_type, CNN norm mode)
 FAMILIES: Dict[str, tuple] = {
-    "distilhubert": (_distiller, distilhubert_local, "group"),
-    "shallowwide": (_native("asr_distill", tiny_shallowwide(codeword=None), 1), shallowwide_local, "group"),
-    "deepthin": (_native("asr_distill", tiny_deepthin(codeword=None), 2), deepthin_local, "group"),
-    "student": (_native("student", _uniform_prelayer_norm(), 3), student_local, "layer"),
+    "distilhubert": (_distiller, distilhubert_local, "hubert", "group"),
+    "shallowwide": (_native("asr_distill", tiny_shallowwide(codeword=None), 1), shallowwide_local, "hubert", "group"),
+    "deepthin": (_native("asr_distill", tiny_deepthin(codeword=None), 2), deepthin_local, "hubert", "group"),
+    "student": (_native("student", _uniform_prelayer_norm(), 3), student_local, "hubert", "layer"),
+    "skill_wavlm": (_native("skill", _uniform_wavlm(stable=False), 5), skill_local, "wavlm", "group"),
+    "student_wavlm": (_native("student", _uniform_wavlm(stable=True), 6), student_local, "wavlm", "layer"),
 }
+STOCK_CLASSES = {"hubert": "HubertModel", "wavlm": "WavLMModel"}
 
 
 def _layers(outputs, count: int) -> List[torch.Tensor]:
@@ -81,11 +96,12 @@ def _layers(outputs, count: int) -> List[torch.Tensor]:
 def exported(tmp_path_factory) -> Dict[str, tuple]:
     torch.set_num_threads(1)
     made = {}
-    for name, (write, entry, norm) in FAMILIES.items():
+    for name, (write, entry, model_type, norm) in FAMILIES.items():
         folder = tmp_path_factory.mktemp(name)
         checkpoint = write(folder)
         summary = export_checkpoint(checkpoint, "hf", folder / "hf")
         assert summary["format"] == "hf" and summary["output"] == str(folder / "hf")
+        assert summary["model_type"] == model_type
         made[name] = (checkpoint, folder / "hf", entry, norm)
     return made
 
@@ -93,13 +109,18 @@ def exported(tmp_path_factory) -> Dict[str, tuple]:
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_stock_transformers_model_gives_our_hidden_states(exported, name):
     checkpoint, directory, entry, norm = exported[name]
+    model_type = FAMILIES[name][2]
     assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in directory.iterdir()}
     config = json.loads((directory / "config.json").read_text())
-    assert config["model_type"] == "hubert" and config["feat_extract_norm"] == norm
-    assert config["s3prl_distill"]["upstream"] == name
+    assert config["model_type"] == model_type and config["feat_extract_norm"] == norm
+    assert f"{config['s3prl_distill']['upstream']}_local" == entry.__name__
     upstream = entry(ckpt=str(checkpoint)).eval()
-    model = transformers.AutoModel.from_pretrained(str(directory)).eval()
-    assert type(model) is transformers.HubertModel  # the stock class: no code of ours
+    model, loading = transformers.AutoModel.from_pretrained(str(directory), output_loading_info=True)
+    model.eval()
+    # The stock class, no code of ours; every weight read from the file (none newly initialised, none left over).
+    assert type(model) is getattr(transformers, STOCK_CLASSES[model_type])
+    assert type(model).__module__.startswith("transformers.models.")
+    assert not loading["missing_keys"] and not loading["unexpected_keys"], loading
     waves = random_waves(LENGTHS, seed=7)
     layers = upstream.model.config.encoder.num_layers
     with torch.no_grad():
@@ -145,11 +166,11 @@ def test_directory_of_another_family_or_type_is_refused(exported, tmp_path):
         deepthin_local(ckpt=str(shallowwide_dir))
     with pytest.raises(CheckpointError, match="fithubert"):
         fithubert_local(ckpt=str(shallowwide_dir))
-    wavlm = tmp_path / "wavlm"
-    wavlm.mkdir()
-    (wavlm / "config.json").write_text(json.dumps({"model_type": "wavlm"}))
-    with pytest.raises(CheckpointError, match="'wavlm'.*only 'hubert'"):
-        student_local(ckpt=str(wavlm))
+    wav2vec2 = tmp_path / "wav2vec2"
+    wav2vec2.mkdir()
+    (wav2vec2 / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
+    with pytest.raises(CheckpointError, match="'wav2vec2'.*only 'hubert' / 'wavlm'"):
+        student_local(ckpt=str(wav2vec2))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text((shallowwide_dir / "config.json").read_text())
@@ -157,44 +178,57 @@ def test_directory_of_another_family_or_type_is_refused(exported, tmp_path):
         shallowwide_local(ckpt=str(empty))
 
 
-def test_foreign_directory_without_our_record_reads_as_distilhubert(exported, tmp_path):
-    """A transformers directory made elsewhere (like ntu-spml/distilhubert): pytorch_model.bin, task-model prefix,
-    a mask embedding, no record of ours."""
+@pytest.mark.parametrize("name, prefix, refused_by", [("distilhubert", "hubert.", shallowwide_local),
+                                                      ("student_wavlm", "wavlm.", skill_local)])
+def test_foreign_directory_without_our_record_reads_as_a_plain_student(exported, tmp_path, name, prefix, refused_by):
+    """A transformers directory made elsewhere (like ntu-spml/distilhubert, or a fine-tuned WavLM): pytorch_model.bin,
+    a task model's prefix and head, a mask embedding, no record of ours. HuBERT reads as DistilHuBERT-shaped, WavLM
+    as a generic student."""
     from safetensors.torch import load_file
 
-    _, directory, _, _ = exported["distilhubert"]
+    _, directory, entry, _ = exported[name]
     config = json.loads((directory / "config.json").read_text())
     del config["s3prl_distill"]
     config["mask_time_prob"] = 0.05
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "config.json").write_text(json.dumps(config))
-    state = {f"hubert.{key}": value for key, value in load_file(str(directory / "model.safetensors")).items()}
-    state["hubert.masked_spec_embed"] = torch.rand(config["hidden_size"])
+    state = {f"{prefix}{key}": value for key, value in load_file(str(directory / "model.safetensors")).items()}
+    state[f"{prefix}masked_spec_embed"] = torch.rand(config["hidden_size"])
+    state["lm_head.weight"], state["lm_head.bias"] = torch.rand(5, config["hidden_size"]), torch.rand(5)
     torch.save(state, foreign / "pytorch_model.bin")
     waves = random_waves([9000], seed=9)
+    layers = config["num_hidden_layers"]
     with torch.no_grad():
-        ours = distilhubert_local(ckpt=str(directory)).eval()(waves)["hidden_states"]
+        ours = entry(ckpt=str(directory)).eval()(waves)["hidden_states"]
         theirs = student_local(ckpt=str(foreign)).eval()(waves)["hidden_states"]
-    torch.testing.assert_close(theirs[1:], ours[1:3])
+    # distilhubert_local's hidden state 0 is the projected CNN output, student_local's the first layer's input.
+    torch.testing.assert_close(theirs[1:], ours[1:layers + 1])
     with pytest.raises(CheckpointError, match="no s3prl-distill record"):
-        shallowwide_local(ckpt=str(foreign))
+        refused_by(ckpt=str(foreign))
 
 
-def test_students_a_hubert_config_cannot_express_go_to_our_own_type(tmp_path):
+def test_students_a_stock_config_cannot_express_go_to_our_own_type(tmp_path):
     """The stock export is kept for the students above; the others are written as our own registered type
     (tests/test_huggingface_custom.py checks those), and a student still holding its pruning gates is refused."""
     fbank = tiny_deepthin(codeword=None, fbank=True)
     per_layer = StudentConfig.from_dict({**teacher_copy_config(TINY_HUBERT).to_dict(),
                                          "encoder": {**teacher_copy_config(TINY_HUBERT).to_dict()["encoder"],
                                                      "ffn_dim": [96, 40, 96], "num_heads": [4, 2, 4]}})
-    cases = {"fithubert": tiny_fithubert(), "student": per_layer}
-    for family, config in cases.items():
+    wavlm = _uniform_wavlm(stable=False).to_dict()
+    # Uniform WavLM students a WavLMConfig cannot express: transformers' WavLM always gates the bias and always has
+    # the CNN output's LayerNorm.
+    ungated = StudentConfig.from_dict({**wavlm, "encoder": {
+        **wavlm["encoder"], "relative_position": {**wavlm["encoder"]["relative_position"], "gated": False}}})
+    no_feature_norm = StudentConfig.from_dict({**wavlm, "feature_layer_norm": False})
+    cases = {"fithubert": ("fithubert", tiny_fithubert()), "per_layer": ("student", per_layer),
+             "ungated": ("skill", ungated), "no_feature_norm": ("student", no_feature_norm)}
+    for label, (family, config) in cases.items():
         state = StudentModel(config).state_dict()
-        path = save_checkpoint(export_student(family, config, state), tmp_path / f"{family}.ckpt")
-        summary = export_checkpoint(path, "hf", tmp_path / f"{family}-hf")
-        assert summary["model_type"] == "s3prl_distill_student"
-        assert json.loads((tmp_path / f"{family}-hf" / "config.json").read_text())["model_type"] == \
+        path = save_checkpoint(export_student(family, config, state), tmp_path / f"{label}.ckpt")
+        summary = export_checkpoint(path, "hf", tmp_path / f"{label}-hf")
+        assert summary["model_type"] == "s3prl_distill_student", label
+        assert json.loads((tmp_path / f"{label}-hf" / "config.json").read_text())["model_type"] == \
             "s3prl_distill_student"
     # An fbank front end without its normalisation statistics is refused before anything is written.
     path = save_checkpoint(export_student("asr_distill", fbank, StudentModel(fbank).state_dict()),

@@ -12,8 +12,13 @@ import torch
 import onnxruntime  # noqa: E402  (the test extra installs it: a missing one must fail, not skip)
 import onnxscript  # noqa: E402,F401  (torch's exporter needs it)
 
+from s3prl_distill.checkpoint import save_checkpoint  # noqa: E402
 from s3prl_distill.formats.export import export_checkpoint  # noqa: E402
+from s3prl_distill.formats.fairseq import teacher_copy_config  # noqa: E402
+from s3prl_distill.formats.native import export_student  # noqa: E402
 from s3prl_distill.formats.onnx_export import EXAMPLE_SAMPLES, OnnxUpstream, example_batch, output_names  # noqa: E402
+from s3prl_distill.formats.s3prl_wavlm import TINY_WAVLM  # noqa: E402
+from s3prl_distill.model import StudentConfig, StudentModel  # noqa: E402
 from s3prl_distill.profiler import UpstreamSpec, load_upstream  # noqa: E402
 
 BEFORE = Path(__file__).resolve().parent / "data" / "before_issue17"
@@ -24,9 +29,21 @@ ATOL, RTOL = 1e-4, 1e-5
 BATCHES = ((9000, 23000, 15000), (31000,), (7000, 7000))
 
 
+def _wavlm_skill_student(folder: Path) -> Path:
+    """A pruned SKILL student of WavLM's shape (SKILL's recipe prunes WavLM Base+): layers keeping different heads of
+    the gated relative position bias, so the bias, its buckets (the batches' ~100 frames pass max_distance 64) and
+    the per-layer gates go through the graph."""
+    data = teacher_copy_config(TINY_WAVLM).to_dict()
+    data["encoder"].update(num_layers=2, num_heads=[4, 2], kept_heads=[[0, 1, 2, 3], [1, 3]], ffn_dim=[96, 40])
+    config = StudentConfig.from_dict(data)
+    torch.manual_seed(0)
+    return save_checkpoint(export_student("skill", config, StudentModel(config).state_dict()), folder / "skill.ckpt")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_onnx_equals_pytorch(family, tmp_path):
-    source = BEFORE / f"{family}.ckpt"
+    # SKILL's case is WavLM-shaped (its HuBERT-shaped checkpoint runs the same graph as DPHuBERT's).
+    source = _wavlm_skill_student(tmp_path) if family == "skill" else BEFORE / f"{family}.ckpt"
     target = tmp_path / f"{family}.onnx"
     summary = export_checkpoint(source, "onnx", target)
     assert summary["upstream"] == f"{family}_local"

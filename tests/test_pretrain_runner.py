@@ -180,11 +180,30 @@ def test_shipped_configs_agree():
 
 
 def test_keep_last_rotates_old_checkpoints_and_accumulation_runs(setup, tmp_path):
+    """Also --format safetensors: each step's student beside its .ckpt, rotated with it."""
     overrides = ("config.runner.total_steps=4,,config.runner.save_step=1,,config.runner.keep_last=2,,"
                  "config.runner.gradient_accumulate_steps=2,,config.runner.log_step=2")
-    result = pretrain(["-g", str(setup["config"]), "-n", "rotate", "-p", str(tmp_path), "-o", overrides], cwd=tmp_path)
+    result = pretrain(["-g", str(setup["config"]), "-n", "rotate", "-p", str(tmp_path), "-o", overrides,
+                       "--format", "safetensors"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "rotate").glob("states-*.ckpt")) == ["states-3.ckpt", "states-4.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "rotate").glob("states-*.safetensors")) == \
+        ["states-3.safetensors", "states-4.safetensors"]
     assert not list((tmp_path / "rotate").glob(".states-*"))  # no temporary files left
+    # The shared student reads back through the normal loading path (our layout: the run wrote s3prl's distiller
+    # format) as the pickled one: the same features from distilhubert_local.
+    from s3prl_distill.upstream.distilhubert.hubconf import distilhubert_local
+
+    from s3prl_distill.formats import read_student
+
+    shared = load_checkpoint(tmp_path / "rotate" / "states-4.safetensors")
+    pickled = read_student(load_checkpoint(tmp_path / "rotate" / "states-4.ckpt"), "states-4.ckpt")
+    assert shared["Family"] == pickled.family == "distilhubert" and shared["Student"].keys() == pickled.state.keys()
+    assert all(torch.equal(shared["Student"][key], value) for key, value in pickled.state.items())
+    waves = random_waves([16000, 9000])
+    with torch.no_grad():
+        a = distilhubert_local(ckpt=str(tmp_path / "rotate" / "states-4.safetensors")).eval()(waves)
+        b = distilhubert_local(ckpt=str(tmp_path / "rotate" / "states-4.ckpt")).eval()(waves)
+    torch.testing.assert_close(a["hidden_states"], b["hidden_states"], atol=0, rtol=0)
     state = load_checkpoint(tmp_path / "rotate" / "states-4.ckpt")["TrainingState"]
     assert state["step"] == 4 and state["epoch"] * 4 + state["batch_index"] == 8  # 4 batches per epoch, 2 per step

@@ -319,8 +319,18 @@ def test_prune_final_distillation_and_export(setup, tmp_path):
     summary = prune_checkpoint(path, tmp_path / "pruned", final_steps=1)
     assert summary["removed_attention_blocks"] == [1] and summary["removed_feed_forward_blocks"] == [2]
     assert "s3prl-distill export" in summary["export"] and "--to dphubert" in summary["export"]
+    # --format safetensors: pruned.safetensors in place of pruned.ckpt, read back by the normal loading path as the
+    # same student, and the final-distill config starts from it.
+    main(["prune", str(path), "--output", str(tmp_path / "pruned_st"), "--final-steps", "1",
+          "--format", "safetensors"])
+    assert not (tmp_path / "pruned_st" / "pruned.ckpt").exists()
+    shared = tmp_path / "pruned_st" / "pruned.safetensors"
+    _assert_same_student(load_checkpoint(shared), load_checkpoint(tmp_path / "pruned" / "pruned.ckpt"))
+    final_config = load_config(tmp_path / "pruned_st" / "final_distill.yaml")
+    assert final_config.student_init.checkpoint == str(shared.resolve())
 
-    trainer = Trainer(load_config(tmp_path / "pruned" / "final_distill.yaml"), tmp_path / "final")
+    # The final distillation from the safetensors start, writing each step's student as safetensors too.
+    trainer = Trainer(final_config, tmp_path / "final", student_format="safetensors")
     trainer.train()  # one step of the final distillation
     trainable = [name for name, p in trainer.student.named_parameters() if p.requires_grad]
     assert trainable and not [name for name in trainable
@@ -330,6 +340,7 @@ def test_prune_final_distillation_and_export(setup, tmp_path):
     final = tmp_path / "final" / "states-1.ckpt"
     trained, start = load_checkpoint(final)["Student"], load_checkpoint(tmp_path / "pruned" / "pruned.ckpt")["Student"]
     assert trained.keys() == start.keys()
+    _assert_same_student(load_checkpoint(tmp_path / "final" / "states-1.safetensors"), load_checkpoint(final))
     assert not any(key.startswith(("encoder.layers.1.attention.", "encoder.layers.2.feed_forward.")) for key in trained)
     # The LayerNorms of a post-LN layer without attention still act, and train.
     norm = "encoder.layers.1.attention_norm.weight"
@@ -345,6 +356,15 @@ def test_prune_final_distillation_and_export(setup, tmp_path):
     with torch.no_grad():
         for a, b in zip(ours(waves)["hidden_states"], theirs(waves)["hidden_states"]):
             assert (a - b).abs().max() <= 1e-5
+
+
+def _assert_same_student(shared: dict, pickled: dict) -> None:
+    """A safetensors student (as load_checkpoint returns it) holds the pickled checkpoint's family, config and every
+    tensor, bit for bit."""
+    assert shared["Family"] == pickled["Family"] and shared["StudentConfig"] == pickled["StudentConfig"]
+    assert shared["Student"].keys() == pickled["Student"].keys()
+    for key, value in pickled["Student"].items():
+        assert torch.equal(shared["Student"][key], value), key
 
 
 def test_export_refuses_what_it_cannot_write(tmp_path, capsys):

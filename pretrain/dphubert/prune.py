@@ -1,8 +1,9 @@
 """``s3prl-distill prune``: a gated DPHuBERT / SKILL training checkpoint -> a compact dense student.
 
-Writes ``pruned.ckpt`` (our format; the ``dphubert`` / ``skill`` upstream loads it) and, when the checkpoint holds
-its run config, ``final_distill.yaml``: the same run on the pruned student without gates, starting from
-``pruned.ckpt`` (DPHuBERT's final distillation stage). Attention / FFN blocks left with no head / unit are removed
+Writes ``pruned.ckpt`` (our format; the ``dphubert`` / ``skill`` upstream loads it; with ``--format safetensors``
+``pruned.safetensors`` instead, with no pickle) and, when the checkpoint holds its run config,
+``final_distill.yaml``: the same run on the pruned student without gates, starting from that file (DPHuBERT's final
+distillation stage). Attention / FFN blocks left with no head / unit are removed
 entirely (no parameters), as DPHuBERT's prune does. ``s3prl-distill export CKPT --to dphubert OUT`` then writes
 either checkpoint in the official DPHuBERT layout.
 """
@@ -17,8 +18,10 @@ import yaml
 
 from s3prl_distill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from s3prl_distill.formats.native import describe_checkpoint, export_student, is_native_student
+from s3prl_distill.formats.safetensors_format import save_safetensors_student
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.pruning import final_num_parameters, prune
+from s3prl_distill.options import SAVE_FORMATS
 
 from ..methods import METHODS
 from ..runner import find_latest_checkpoint
@@ -32,9 +35,14 @@ def prunable_families() -> tuple:
     return tuple(spec.family for spec in METHODS.values() if issubclass(spec.recipe, DPHuBERT))
 
 
-def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None) -> dict:
+def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None,
+                     student_format: str = "pickle") -> dict:
     """Prune the student of ``path`` (a states-<step>.ckpt or a run directory) into ``output``; returns a summary
-    (parameter counts, target, files)."""
+    (parameter counts, target, files). ``student_format`` (:data:`~s3prl_distill.options.SAVE_FORMATS`): the pruned
+    student as ``pruned.ckpt`` (pickle) or ``pruned.safetensors`` (no pickle; the summary is then in
+    ``pruning.yaml`` only); ``final_distill.yaml`` starts from whichever was written."""
+    if student_format not in SAVE_FORMATS:
+        raise ValueError(f"student_format {student_format!r}: expected one of {', '.join(SAVE_FORMATS)}")
     path = find_latest_checkpoint(Path(path))
     checkpoint = load_checkpoint(path, what="checkpoint to prune")
     families = prunable_families()
@@ -64,10 +72,14 @@ def prune_checkpoint(path: Path, output: Path, final_steps: Optional[int] = None
         summary.update(target_sparsity=method["target_sparsity"], params_target=target,
                        relative_error=summary["params_pruned"] / target - 1.0)
     output.mkdir(parents=True, exist_ok=True)
-    pruned_path = output / "pruned.ckpt"
-    saved = export_student(checkpoint["Family"], pruned.config, pruned.state_dict())
-    saved["Pruning"] = dict(summary)
-    save_checkpoint(saved, pruned_path)
+    if student_format == "safetensors":
+        pruned_path = output / "pruned.safetensors"
+        save_safetensors_student(checkpoint["Family"], pruned.config, pruned.state_dict(), pruned_path)
+    else:
+        pruned_path = output / "pruned.ckpt"
+        saved = export_student(checkpoint["Family"], pruned.config, pruned.state_dict())
+        saved["Pruning"] = dict(summary)
+        save_checkpoint(saved, pruned_path)
     summary["pruned_ckpt"] = str(pruned_path)
     run_config = checkpoint.get("RunConfig")
     if run_config is not None:

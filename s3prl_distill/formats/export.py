@@ -8,9 +8,9 @@ Formats:
   directory: the latest step). DPHuBERT's ``wav2vec2_model(**config)`` and our ``dphubert`` upstream both load it.
 - ``safetensors``: any student we read, weights as tensors and config in the metadata
   (:mod:`s3prl_distill.formats.safetensors_format`); read back by content, with no unpickling.
-- ``hf``: a transformers directory (``config.json`` + ``model.safetensors``): a stock ``HubertModel`` for the
-  students a ``HubertConfig`` can express, our own registered class (:mod:`s3prl_distill.hf_model`) for the others
-  (:mod:`s3prl_distill.formats.huggingface`).
+- ``hf``: a transformers directory (``config.json`` + ``model.safetensors``): a stock ``HubertModel`` / ``WavLMModel``
+  for the students a ``HubertConfig`` / ``WavLMConfig`` can express, our own registered class
+  (:mod:`s3prl_distill.hf_model`) for the others (:mod:`s3prl_distill.formats.huggingface`).
 - ``onnx``: the upstream's hidden states and frame lengths, dynamic batch and length
   (:mod:`s3prl_distill.formats.onnx_export`).
 """

@@ -3,21 +3,20 @@
 A transformers directory is ``config.json`` plus ``model.safetensors`` (or the older ``pytorch_model.bin``).
 ``export_huggingface`` writes one from a student checkpoint of ours (or s3prl's distiller format):
 
-- a student a stock ``HubertConfig`` expresses (:func:`inexpressible` is empty) as transformers' HuBERT
-  (``model_type: hubert``): ``transformers.AutoModel.from_pretrained(DIR)`` builds the stock ``HubertModel`` with
-  no code of ours;
-- any other (pruned per-layer widths, FitHuBERT's time reduction, the fbank front end, WavLM's relative position
-  bias...) as our own model type :data:`~s3prl_distill.options.HF_MODEL_TYPE`: ``config.json`` holds the whole
-  ``StudentConfig``, ``model.safetensors`` our StudentModel's own key names; our classes
+- a student a stock ``HubertConfig`` or ``WavLMConfig`` expresses (:func:`stock_type` picks the one its layers are,
+  :func:`inexpressible` is empty) as transformers' HuBERT / WavLM (``model_type: hubert`` / ``wavlm``):
+  ``transformers.AutoModel.from_pretrained(DIR)`` builds the stock ``HubertModel`` / ``WavLMModel`` with no code of
+  ours;
+- any other (pruned per-layer widths, FitHuBERT's time reduction, the fbank front end, WavLM's bias with pruned
+  heads or without gates...) as our own model type :data:`~s3prl_distill.options.HF_MODEL_TYPE`: ``config.json``
+  holds the whole ``StudentConfig``, ``model.safetensors`` our StudentModel's own key names; our classes
   (:mod:`s3prl_distill.hf_config`, :mod:`s3prl_distill.hf_model`), registered with transformers' ``AutoConfig`` /
   ``AutoModel`` when s3prl-distill is installed, build it (no ``trust_remote_code``).
 
-``read_huggingface_directory`` reads either kind (and anyone's HuBERT directory, e.g. ``ntu-spml/distilhubert``) back
-into our config and weights. Nothing here imports transformers: the config is plain JSON, the weights go through the
-``safetensors`` library (no pickle), and a ``pytorch_model.bin`` through our safe checkpoint reader.
-
-WavLM-shaped students go to our type, the uniform ones included: their gated relative position bias is computed as
-transformers' ``WavLMModel`` does, but that mapping is not written or tested yet (a later step).
+``read_huggingface_directory`` reads any of them (and anyone's HuBERT or WavLM directory, e.g.
+``ntu-spml/distilhubert``) back into our config and weights. Nothing here imports transformers: the config is plain
+JSON, the weights go through the ``safetensors`` library (no pickle), and a ``pytorch_model.bin`` through our safe
+checkpoint reader.
 
 What a stock ``HubertModel`` computes, next to our model (the mapping this module relies on):
 
@@ -34,6 +33,18 @@ What a stock ``HubertModel`` computes, next to our model (the mapping this modul
   post-LN, its LayerNorm): s3prl's HuBERT hidden state 0, our ``encoder_input``; ``hidden_states[i]`` is layer ``i``'s
   raw output, our ``layer_outputs[i - 1]``. (s3prl's distiller upstream, and ours for DistilHuBERT, call the
   projection output before the positional convolution hidden state 0 instead; it has no transformers counterpart.)
+
+``WavLMModel`` is the same backbone (same names) plus, in every layer, WavLM's gated relative position bias:
+
+- The bias table (``rel_attn_embed``, ``num_buckets`` x heads) exists in layer 0 only; layer 0 computes the bias
+  (T5-style bidirectional log buckets up to ``max_bucket_distance``) and every later layer reuses it ungated: our
+  encoder's shared ``relative_position.embedding``. Each layer gates it with ``gru_rel_pos_linear`` /
+  ``gru_rel_pos_const`` applied to its attention input split into one slice per head: our ``gate_linear`` /
+  ``gate_const``. There is no switch for an ungated bias, nor for a layer that keeps only some of the bias's
+  heads (pruned WavLM students): those go to our type.
+- The CNN output always has its LayerNorm (no ``feat_proj_layer_norm``): a WavLM student without it goes to our
+  type. Padding: ``attention_mask`` zeroes padded frames before the positional convolution and masks padded keys
+  (``key_padding_mask``), which is what our encoder does.
 - SpecAugment masking (``mask_time_prob``) and ``layerdrop`` are written as 0: our students have neither a learnt
   mask embedding nor layer drop. Pass e.g. ``mask_time_prob=0.05`` to ``from_pretrained`` to fine-tune with masking
   (its mask embedding is then newly initialised). Both act only in training mode anyway.
@@ -44,13 +55,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Collection, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..checkpoint import CheckpointError, checkpoint_or_latest, load_checkpoint
-from ..model.config import EncoderConfig, FeatureExtractorConfig, StudentConfig
+from ..model.config import EncoderConfig, FeatureExtractorConfig, RelativePositionConfig, StudentConfig
 from ..options import HF_ARCHITECTURE, HF_MODEL_TYPE, HF_STUDENT_CONFIG_KEY
 from .keymap import KeyMap
 
@@ -62,17 +73,15 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 PYTORCH_FILE = "pytorch_model.bin"
-MODEL_TYPE = "hubert"
 # Our own record in config.json (transformers keeps unknown config fields as attributes and ignores them).
 RECORD_KEY = "s3prl_distill"
-# Weights a transformers HuBERT file may hold that are not part of the backbone: the mask embedding, and the heads
-# of HubertForCTC / HubertForSequenceClassification (a fine-tuned directory).
+# Weights of a transformers HuBERT / WavLM file that are not our backbone's: the mask embedding, and task heads
+# (a task model's heads are also recognised as the keys outside its base-model prefix).
 _NOT_BACKBONE = ("masked_spec_embed", "lm_head.", "projector.", "classifier.", "layer_weights")
-# The base-model prefix of a task model's (HubertForCTC ...) weights.
-_BASE_PREFIX = "hubert."
 
-# (transformers' name, ours); see KeyMap. Order matters where one prefix starts another.
-_KEYS = KeyMap([
+# (transformers' name, ours); see KeyMap. Order matters where one prefix starts another. Shared by HuBERT and WavLM,
+# whose backbones transformers names alike.
+_COMMON_RULES = [
     ("feature_extractor.conv_layers.{n}.conv.", "feature_extractor.conv_layers.{n}.conv."),
     ("feature_extractor.conv_layers.{n}.layer_norm.", "feature_extractor.conv_layers.{n}.norm."),
     ("feature_projection.layer_norm.", "feature_norm."),
@@ -86,7 +95,29 @@ _KEYS = KeyMap([
     ("encoder.layers.{n}.feed_forward.intermediate_dense.", "encoder.layers.{n}.feed_forward.fc1."),
     ("encoder.layers.{n}.feed_forward.output_dense.", "encoder.layers.{n}.feed_forward.fc2."),
     ("encoder.layers.{n}.final_layer_norm.", "encoder.layers.{n}.feed_forward_norm."),
-])
+]
+# WavLM's relative position bias: transformers keeps the (shared) bias table in layer 0's attention, ours in the
+# encoder; each layer's gate ("gru_rel_pos") is our gate_linear / gate_const. Before the attention rule they refine.
+_WAVLM_RULES = [
+    ("encoder.layers.0.attention.rel_attn_embed.", "encoder.relative_position.embedding."),
+    ("encoder.layers.{n}.attention.gru_rel_pos_linear.", "encoder.layers.{n}.attention.gate_linear."),
+    ("encoder.layers.{n}.attention.gru_rel_pos_const", "encoder.layers.{n}.attention.gate_const"),
+]
+
+
+class StockType(NamedTuple):
+    """A stock transformers model type our students export to."""
+
+    model_type: str
+    architecture: str
+    # The base-model prefix of its task models' weights (HubertForCTC's "hubert.", WavLMForCTC's "wavlm.").
+    base_prefix: str
+    keys: KeyMap
+
+
+HUBERT = StockType("hubert", "HubertModel", "hubert.", KeyMap(_COMMON_RULES))
+WAVLM = StockType("wavlm", "WavLMModel", "wavlm.", KeyMap(_WAVLM_RULES + _COMMON_RULES))
+STOCK_TYPES = {stock.model_type: stock for stock in (HUBERT, WAVLM)}
 
 # The families whose upstream presents the prediction heads (FitHuBERT's hint heads: its last_hidden_state and
 # "trained" upsampling); their heads go into our own type's export, so the directory loads back there. Every other
@@ -97,24 +128,46 @@ KEEP_HEADS_FAMILIES = ("fithubert",)
 _OWN_PREFIX = "student."
 
 
+def stock_type(config: StudentConfig) -> StockType:
+    """The stock transformers type whose layers ``config``'s are: WavLM's with the relative position bias, else
+    HuBERT's (:func:`inexpressible` says whether its config expresses the rest)."""
+    return WAVLM if config.encoder.relative_position is not None else HUBERT
+
+
+def _uniform(values: List[int]) -> Optional[int]:
+    """The one value every layer has, else None (an empty encoder counts as uniform with None)."""
+    return values[0] if values and all(value == values[0] for value in values) else None
+
+
 def inexpressible(config: StudentConfig) -> List[str]:
-    """Why a stock ``HubertConfig`` cannot express ``config`` (empty: it can)."""
+    """Why the stock config of ``config``'s type (:func:`stock_type`: ``HubertConfig`` or ``WavLMConfig``) cannot
+    express ``config`` (empty: it can)."""
     problems = []
     encoder = config.encoder
     if config.fbank_front_end is not None:
-        problems.append("the fbank front end (transformers' HuBERT has only the CNN)")
+        problems.append("the fbank front end (transformers' HuBERT / WavLM have only the CNN)")
     if config.pruning is not None:
         problems.append("hard-concrete pruning gates (prune the student first)")
     if encoder.time_reduction is not None:
         problems.append("a time reduction inside the encoder (FitHuBERT's layers run at 40 ms)")
-    if isinstance(encoder.ffn_dim, list) or isinstance(encoder.num_heads, list):
-        problems.append("per-layer head counts / FFN widths (a pruned student; HubertConfig has one of each)")
-    elif encoder.num_heads < 1 or encoder.ffn_dim < 1:
+    heads, ffn = _uniform(encoder.layer_num_heads()), _uniform(encoder.layer_ffn_dims())
+    if heads is None or ffn is None:
+        problems.append("per-layer head counts / FFN widths (a pruned student; a stock config has one of each)")
+    elif heads < 1 or ffn < 1:
         problems.append("layers without an attention or feed-forward block")
-    elif encoder.head_dim is not None and encoder.head_dim * encoder.num_heads != encoder.embed_dim:
-        problems.append(f"head_dim {encoder.head_dim} x {encoder.num_heads} heads != width {encoder.embed_dim}")
-    if encoder.relative_position is not None:
-        problems.append("WavLM's relative position bias (a HuBERT config has none)")
+    elif encoder.layer_head_dim(heads) * heads != encoder.embed_dim:
+        problems.append(f"head_dim {encoder.layer_head_dim(heads)} x {heads} heads != width {encoder.embed_dim}")
+    position = encoder.relative_position
+    if position is not None:
+        # transformers' WavLMAttention: the bias and its gates span all num_attention_heads heads, every layer gates.
+        if not position.gated:
+            problems.append("WavLM's relative position bias without gates (transformers' WavLM always gates it)")
+        if heads is not None and (position.num_heads != heads or
+                                  any(kept != list(range(heads)) for kept in encoder.layer_kept_heads())):
+            problems.append("heads pruned out of WavLM's relative position bias (transformers' WavLM computes it "
+                            "for all of a layer's heads)")
+        if not config.feature_layer_norm:
+            problems.append("no LayerNorm on the CNN output (transformers' WavLM always has one)")
     if not encoder.pos_conv_weight_norm:
         problems.append("a positional convolution without weight norm")
     if config.fbank_front_end is None:
@@ -126,12 +179,14 @@ def inexpressible(config: StudentConfig) -> List[str]:
 
 
 def hf_config(config: StudentConfig, record: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """transformers' ``config.json`` for ``config`` (which :func:`inexpressible` must accept); ``record``: our
-    description (method, teacher, upstream entry), kept under :data:`RECORD_KEY`."""
+    """transformers' ``config.json`` (HuBERT's or WavLM's, :func:`stock_type`) for ``config`` (which
+    :func:`inexpressible` must accept); ``record``: our description (method, teacher, upstream entry), kept under
+    :data:`RECORD_KEY`."""
     extractor, encoder = config.feature_extractor, config.encoder
+    stock = stock_type(config)
     data: Dict[str, Any] = {
-        "architectures": ["HubertModel"],
-        "model_type": MODEL_TYPE,
+        "architectures": [stock.architecture],
+        "model_type": stock.model_type,
         "conv_dim": [channels for channels, _, _ in extractor.conv_layers],
         "conv_kernel": [kernel for _, kernel, _ in extractor.conv_layers],
         "conv_stride": [stride for _, _, stride in extractor.conv_layers],
@@ -139,12 +194,11 @@ def hf_config(config: StudentConfig, record: Optional[Mapping[str, Any]] = None)
         "conv_bias": extractor.bias,
         "feat_extract_norm": "layer" if extractor.norm == "layer_norm" else "group",
         "feat_extract_activation": "gelu",
-        "feat_proj_layer_norm": config.feature_layer_norm,
         "feat_proj_dropout": config.feature_dropout,
         "hidden_size": encoder.embed_dim,
         "num_hidden_layers": encoder.num_layers,
-        "num_attention_heads": encoder.num_heads,
-        "intermediate_size": encoder.ffn_dim,
+        "num_attention_heads": _uniform(encoder.layer_num_heads()) or 1,
+        "intermediate_size": _uniform(encoder.layer_ffn_dims()) or 1,
         "hidden_act": encoder.activation,
         "hidden_dropout": encoder.dropout,
         "attention_dropout": encoder.attention_dropout,
@@ -154,12 +208,16 @@ def hf_config(config: StudentConfig, record: Optional[Mapping[str, Any]] = None)
         "layer_norm_eps": 1e-5,
         "num_conv_pos_embeddings": encoder.pos_conv_kernel,
         "num_conv_pos_embedding_groups": encoder.pos_conv_groups,
-        "conv_pos_batch_norm": False,
         "do_stable_layer_norm": encoder.layer_norm_first,
         "apply_spec_augment": True,
         "mask_time_prob": 0.0,
         "mask_feature_prob": 0.0,
     }
+    if stock is WAVLM:  # its feature LayerNorm is always there (inexpressible checks we have it)
+        data.update(num_buckets=encoder.relative_position.num_buckets,
+                    max_bucket_distance=encoder.relative_position.max_distance)
+    else:
+        data.update(feat_proj_layer_norm=config.feature_layer_norm, conv_pos_batch_norm=False)
     if record:
         data[RECORD_KEY] = dict(record)
     return data
@@ -172,11 +230,9 @@ def _need(cfg: Mapping[str, Any], key: str, source: str) -> Any:
 
 
 def student_config_from_hf(cfg: Mapping[str, Any], source: str) -> StudentConfig:
-    """Our config from a transformers HuBERT ``config.json`` (transformers' defaults for fields it leaves out)."""
-    model_type = cfg.get("model_type")
-    if model_type != MODEL_TYPE:
-        raise CheckpointError(f"{source} is a transformers {model_type!r} model; only {MODEL_TYPE!r} directories "
-                              f"(a stock HubertConfig) and {HF_MODEL_TYPE!r} ones (s3prl-distill's own) are read")
+    """Our config from a transformers HuBERT or WavLM ``config.json`` (transformers' defaults for fields it leaves
+    out)."""
+    stock = _stock_type_of(cfg, source)
     problems = []
     if cfg.get("conv_pos_batch_norm", False):
         problems.append("conv_pos_batch_norm")
@@ -188,25 +244,33 @@ def student_config_from_hf(cfg: Mapping[str, Any], source: str) -> StudentConfig
         problems.append(f"layer_norm_eps {cfg.get('layer_norm_eps')}")
     if cfg.get("adapter_attn_dim") is not None:
         problems.append("adapter_attn_dim")
+    if cfg.get("add_adapter", False):
+        problems.append("add_adapter")
     if problems:
         raise CheckpointError(f"{source}: our student backbone cannot express {', '.join(problems)}")
     dims, kernels, strides = (list(_need(cfg, key, source)) for key in ("conv_dim", "conv_kernel", "conv_stride"))
     if not len(dims) == len(kernels) == len(strides):
         raise CheckpointError(f"{source}: conv_dim, conv_kernel and conv_stride differ in length")
+    num_heads = int(_need(cfg, "num_attention_heads", source))
     try:
+        # WavLM: every layer gates the bias for all its heads; the CNN output always has its LayerNorm.
+        relative_position = RelativePositionConfig(
+            num_buckets=int(cfg.get("num_buckets", 320)), max_distance=int(cfg.get("max_bucket_distance", 800)),
+            num_heads=num_heads, gated=True) if stock is WAVLM else None
         return StudentConfig(
             feature_extractor=FeatureExtractorConfig(
                 conv_layers=[(int(c), int(k), int(s)) for c, k, s in zip(dims, kernels, strides)],
                 norm="layer_norm" if cfg.get("feat_extract_norm", "group") == "layer" else "group_norm",
                 bias=bool(cfg.get("conv_bias", False)),
             ),
-            feature_layer_norm=bool(cfg.get("feat_proj_layer_norm", True)),
+            feature_layer_norm=stock is WAVLM or bool(cfg.get("feat_proj_layer_norm", True)),
             feature_dropout=float(cfg.get("feat_proj_dropout", 0.0)),
             encoder=EncoderConfig(
                 num_layers=int(_need(cfg, "num_hidden_layers", source)),
                 embed_dim=int(_need(cfg, "hidden_size", source)),
                 ffn_dim=int(_need(cfg, "intermediate_size", source)),
-                num_heads=int(_need(cfg, "num_attention_heads", source)),
+                num_heads=num_heads,
+                relative_position=relative_position,
                 layer_norm_first=bool(cfg.get("do_stable_layer_norm", False)),
                 activation=str(cfg.get("hidden_act", "gelu")),
                 dropout=float(cfg.get("hidden_dropout", 0.1)),
@@ -220,10 +284,20 @@ def student_config_from_hf(cfg: Mapping[str, Any], source: str) -> StudentConfig
         raise CheckpointError(f"{source}: config.json does not make a valid student: {error}") from None
 
 
+def _stock_type_of(cfg: Mapping[str, Any], source: str) -> StockType:
+    """The stock type a transformers ``config.json`` names; another ``model_type`` is refused, naming it."""
+    model_type = cfg.get("model_type")
+    if model_type not in STOCK_TYPES:
+        raise CheckpointError(
+            f"{source} is a transformers {model_type!r} model; only {' / '.join(map(repr, STOCK_TYPES))} directories "
+            f"(a stock HubertConfig / WavLMConfig) and {HF_MODEL_TYPE!r} ones (s3prl-distill's own) are read")
+    return STOCK_TYPES[model_type]
+
+
 def state_dict_to_hf(state: Mapping[str, Tensor], config: StudentConfig) -> Dict[str, Tensor]:
-    """transformers' weights from our backbone's (heads already dropped); an identity projection where ours has
-    none (a CNN as wide as the encoder)."""
-    theirs = _KEYS.to_theirs(state)
+    """transformers' weights (HuBERT's or WavLM's names, :func:`stock_type`) from our backbone's (heads already
+    dropped); an identity projection where ours has none (a CNN as wide as the encoder)."""
+    theirs = stock_type(config).keys.to_theirs(state)
     if "feature_projection.projection.weight" not in theirs:
         width = config.encoder.embed_dim
         theirs["feature_projection.projection.weight"] = torch.eye(width)
@@ -232,11 +306,17 @@ def state_dict_to_hf(state: Mapping[str, Tensor], config: StudentConfig) -> Dict
 
 
 def state_dict_from_hf(state: Mapping[str, Tensor], config: StudentConfig, source: str) -> Dict[str, Tensor]:
-    """Our backbone's weights from a transformers HuBERT state dict (a task model's ``hubert.`` prefix stripped,
-    its heads and the mask embedding left out and named in the log)."""
+    """Our backbone's weights from a transformers HuBERT / WavLM state dict (of :func:`stock_type` of ``config``):
+    a task model's (``HubertForCTC``, ``WavLMForXVector``...) backbone is the keys under its base-model prefix
+    (``hubert.`` / ``wavlm.``), the rest its heads; those and the mask embedding are left out and named in the log."""
+    stock = stock_type(config)
+    task_model = any(key.startswith(stock.base_prefix) for key in state)
     backbone, dropped = {}, []
     for key, value in state.items():
-        name = key[len(_BASE_PREFIX):] if key.startswith(_BASE_PREFIX) else key
+        if task_model and not key.startswith(stock.base_prefix):
+            dropped.append(key)
+            continue
+        name = key[len(stock.base_prefix):] if task_model else key
         if name.startswith(_NOT_BACKBONE):
             dropped.append(key)
         else:
@@ -244,7 +324,7 @@ def state_dict_from_hf(state: Mapping[str, Tensor], config: StudentConfig, sourc
     if dropped:
         logger.info("%s: left out weights that are not the backbone's: %s", source, ", ".join(sorted(dropped)))
     try:
-        ours = _KEYS.to_ours(backbone)
+        ours = stock.keys.to_ours(backbone)
     except ValueError as error:
         raise CheckpointError(f"{source}: {error}") from None
     extractor = config.feature_extractor
@@ -356,7 +436,7 @@ def _shape(config: StudentConfig) -> str:
 def _model_card(record: Mapping[str, Any], config: StudentConfig, parameters: int, stock: bool) -> str:
     encoder = config.encoder
     if stock:
-        load = ["model = AutoModel.from_pretrained(DIR).eval()  # a stock HubertModel"]
+        load = [f"model = AutoModel.from_pretrained(DIR).eval()  # a stock {stock_type(config).architecture}"]
         cnn = ("The CNN uses " + (
             "a GroupNorm over the whole input (`feat_extract_norm: group`): give it no attention_mask and run "
             "utterances unpadded (one at a time) for outputs that do not depend on padding."
@@ -375,7 +455,7 @@ def _model_card(record: Mapping[str, Any], config: StudentConfig, parameters: in
     lines = [
         "---",
         "library_name: transformers",
-        "tags: [audio, speech, hubert, knowledge-distillation, s3prl]",
+        f"tags: [audio, speech, {stock_type(config).model_type}, knowledge-distillation, s3prl]",
         "---",
         "",
         f"# {record.get('method') or record.get('family') or 'distilled'} student (s3prl-distill)",
@@ -468,7 +548,7 @@ def export_huggingface(path: Path, output: Path) -> Dict[str, Any]:
     (output / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     parameters = model.num_parameters()
     (output / "README.md").write_text(_model_card(record, config, parameters, stock))
-    kind = "stock HubertModel" if stock else f"s3prl-distill's own {HF_MODEL_TYPE!r} type"
+    kind = f"stock {stock_type(config).architecture}" if stock else f"s3prl-distill's own {HF_MODEL_TYPE!r} type"
     logger.info("exported %s -> %s (transformers, %s; load with AutoModel.from_pretrained or -u %s_local -k %s)",
                 path, output, kind, record["upstream"], output)
     return {"source": str(path), "output": str(output), "format": "hf", "family": student.family,
@@ -495,22 +575,27 @@ def upstream_of(config: StudentConfig, family: str) -> str:
     return "student"
 
 
-# The family a transformers directory without our record is read as: a plain HuBERT-shaped student, like
-# ntu-spml/distilhubert (distilhubert_local and student_local take it).
+# The family a transformers directory without our record is read as: a HuBERT one as a plain HuBERT-shaped student,
+# like ntu-spml/distilhubert (distilhubert_local and student_local take it); a WavLM one as a generic student
+# (student_local: no DistilHuBERT has WavLM's layers).
 FOREIGN_FAMILY = "distilhubert"
+FOREIGN_WAVLM_FAMILY = "student"
 
 
 def read_huggingface_student(path: Path, families: Optional[Collection[str]] = None,
                              wanted: Optional[str] = None) -> "StudentCheckpoint":
     """:func:`~.reader.read_student` for a transformers directory: the family is the one our export recorded, else
-    :data:`FOREIGN_FAMILY`; a family outside ``families`` is refused with ``wanted``."""
+    :data:`FOREIGN_FAMILY` (:data:`FOREIGN_WAVLM_FAMILY` for WavLM); a family outside ``families`` is refused with
+    ``wanted``."""
     from .reader import StudentCheckpoint
 
     config, state, record = read_huggingface_directory(Path(path))
     family = record.get("family")
-    found = str(family) if family else FOREIGN_FAMILY
+    wavlm = config.encoder.relative_position is not None
+    found = str(family) if family else FOREIGN_WAVLM_FAMILY if wavlm else FOREIGN_FAMILY
     description = (f"a transformers directory exported from an s3prl-distill {found} student" if family else
-                   "a transformers HuBERT directory (no s3prl-distill record: read as a plain HuBERT-shaped student)")
+                   f"a transformers {'WavLM' if wavlm else 'HuBERT'} directory (no s3prl-distill record: read as a "
+                   f"plain {'WavLM' if wavlm else 'HuBERT'}-shaped student)")
     if families is not None and found not in families:
         raise CheckpointError(f"{path} is {description}; {wanted or 'expected another family'}")
     upstream = record.get("upstream")

@@ -18,13 +18,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import IO, Any, Dict, Mapping, Union
+from typing import IO, TYPE_CHECKING, Any, Dict, Mapping, Union
 
 from torch import Tensor
 
 # The reading side (and the constants both sides share) lives in checkpoint.py, beside load_checkpoint.
 from ..checkpoint import METADATA_KEY, SAFETENSORS_FORMAT, CheckpointError, checkpoint_or_latest, save_checkpoint
 from .native import NATIVE_FORMAT
+
+if TYPE_CHECKING:
+    from .reader import StudentCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +52,25 @@ def save_safetensors_student(family: str, config: Any, state: Mapping[str, Tenso
     return save_checkpoint((tensors, metadata), path, write=_write)
 
 
+def save_student_checkpoint_as_safetensors(checkpoint: Mapping[str, Any], source: Union[str, Path],
+                                           output: Union[str, Path]) -> "StudentCheckpoint":
+    """Write the student of a loaded ``checkpoint`` (any format :func:`read_student` reads without a training YAML;
+    ``source`` names it in errors) to ``output`` as a safetensors student; returns what was read. What the trainer
+    and ``prune`` use for ``--format safetensors``, and ``export --to safetensors``."""
+    from .reader import read_student
+
+    student = read_student(checkpoint, str(source))
+    save_safetensors_student(student.family, student.config, student.state, output)
+    return student
+
+
 def export_safetensors(path: Path, output: Path) -> Dict[str, Any]:
     """``s3prl-distill export CKPT --to safetensors FILE``: the student of ``path`` (any format :func:`read_student`
     reads without a training YAML, or a run directory: its latest step) as a safetensors student; returns a summary."""
     from ..checkpoint import load_checkpoint
-    from .reader import read_student
 
     path = checkpoint_or_latest(path)
-    student = read_student(load_checkpoint(path, what="checkpoint to export"), str(path))
-    save_safetensors_student(student.family, student.config, student.state, output)
+    student = save_student_checkpoint_as_safetensors(load_checkpoint(path, what="checkpoint to export"), path, output)
     logger.info("exported %s -> %s (safetensors; every *_local upstream of its family loads it with -k %s)", path,
                 output, output)
     return {"source": str(path), "output": str(output), "format": "safetensors", "family": student.family,
