@@ -95,7 +95,7 @@ def test_compiled_student_trains_like_eager(setup, tmp_path):
     # One step: a second batch of another length would recompile with dynamic shapes, doubling the compile time.
     overrides = ("config.runner.total_steps=1,,config.runner.save_step=1,,config.runner.log_step=1,,"
                  "config.student.encoder.dropout=0.0,,config.student.encoder.attention_dropout=0.0,,"
-                 "config.student.encoder.activation_dropout=0.0")
+                 "config.student.encoder.activation_dropout=0.0,,config.scheduler.name=constant")
     eager = make_trainer(setup, tmp_path / "eager", overrides)
     initial = {k: v.clone() for k, v in eager.student.state_dict().items()}
     eager.train()
