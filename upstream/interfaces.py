@@ -207,7 +207,8 @@ STUDENT_FEATURE_KEYS = ("hidden_states", "last_hidden_state", "pad_mask")
 def load_backbone(config: StudentConfig, student_state: Mapping[str, Tensor], path: str) -> StudentModel:
     """The student without its training heads (they give no features and would count in the parameters), with the
     backbone's weights from ``student_state`` loaded strictly."""
-    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
+    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None,
+                                                   "mask_embedding": False}))
     load_weights(model, {key: value for key, value in student_state.items() if not key.startswith(HEAD_PREFIXES)},
                  path)
     return model

@@ -54,7 +54,8 @@ def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
                               "and export DIR/pruned.ckpt (or the final distillation's checkpoint)")
     # Build our model first: its strict load checks the weights (and converts an older checkpoint's removed-block
     # stand-ins) before anything is written.
-    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
+    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None,
+                                                   "mask_embedding": False}))
     backbone = {key: value for key, value in checkpoint["Student"].items() if not key.startswith(HEAD_PREFIXES)}
     try:
         model.load_state_dict(backbone, strict=True)

@@ -115,6 +115,8 @@ def inexpressible(config: StudentConfig) -> List[str]:
         problems.append(f"head_dim {encoder.head_dim} x {encoder.num_heads} heads != width {encoder.embed_dim}")
     if encoder.relative_position is not None:
         problems.append("WavLM's relative position bias (a HuBERT config has none)")
+    if any(encoder.attention_reuse or []):
+        problems.append("layers reusing an earlier layer's attention map (ARMHuBERT)")
     if not encoder.pos_conv_weight_norm:
         problems.append("a positional convolution without weight norm")
     if config.fbank_front_end is None:
@@ -443,10 +445,12 @@ def export_huggingface(path: Path, output: Path) -> Dict[str, Any]:
     stock = not inexpressible(student.config)
     keep_heads = not stock and student.family in KEEP_HEADS_FAMILIES
     config = student.config.model_copy(
-        update={"codeword_head": None} if keep_heads else {"prediction_head": None, "codeword_head": None})
+        update={"codeword_head": None, "mask_embedding": False} if keep_heads else
+        {"prediction_head": None, "codeword_head": None, "mask_embedding": False})
     model = StudentModel(config)
     kept = {key: value for key, value in student.state.items()
-            if not key.startswith(HEAD_PREFIXES) or (keep_heads and not key.startswith("codeword_head."))}
+            if not key.startswith(HEAD_PREFIXES)
+            or (keep_heads and not key.startswith(("codeword_head.", "mask_embedding")))}
     try:
         model.load_state_dict(kept, strict=True)
     except RuntimeError as error:
