@@ -176,8 +176,10 @@ def local_entry(adapter: Type[OutputAdapter], expected: str, ckpt: Optional[str]
 
 def url_entry(adapter: Type[OutputAdapter], expected: str, ckpt: Optional[str], model_config: Any, refresh: bool,
               **kwargs: Any) -> StudentExpert:
-    """``<expected>_url``: the same from a URL (downloaded into s3prl's cache) or a local path."""
+    """``<expected>_url``: the same from a URL (downloaded into s3prl's cache) or a local path; ``-g`` may be a URL."""
     if ckpt is None:
         raise ValueError(f"{expected}_url needs the checkpoint URL: pass it with -k or ckpt=")
     path = resolve_checkpoint(ckpt, refresh, f"{expected}_url")
+    if isinstance(model_config, str) and "://" in model_config:  # -g may be a URL too (an official training YAML)
+        model_config = resolve_checkpoint(model_config, refresh, f"{expected}_url")
     return StudentExpert(path, expected, model_config, adapter=adapter, **kwargs)

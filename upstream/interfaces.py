@@ -11,7 +11,7 @@ import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, \
-    Union
+    Type, TypeVar, Union
 
 import torch
 import yaml
@@ -132,6 +132,31 @@ def read_options(model_config: Union[None, str, Path, Mapping[str, Any]], name: 
         with path.open() as file:
             model_config = yaml.safe_load(file) or {}
     return validated(UpstreamOptions, model_config, f"{name}: invalid upstream options in {source}")
+
+
+OptionsT = TypeVar("OptionsT", bound=UpstreamOptions)
+
+
+def read_options_or_official(
+    model_config: Union[None, str, Path, Mapping[str, Any]], name: str, options_class: Type[OptionsT],
+) -> Tuple[OptionsT, Optional[Mapping[str, Any]]]:
+    """``-g`` is either our options YAML, or an official training YAML (with a ``distiller`` section; our options
+    may then sit in an ``s3prl_distill`` section). Returns (options, official YAML or None)."""
+    if model_config is None:
+        return options_class(), None
+    source = "model_config"
+    data = model_config
+    if isinstance(model_config, (str, Path)):
+        path = Path(model_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: config (-g / model_config) {path} does not exist")
+        source = str(path)
+        data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{name}: {source} must be a YAML mapping")
+    official = data if "distiller" in data else None
+    options = data.get("s3prl_distill", {}) if official is not None else data
+    return validated(options_class, options, f"{name}: invalid options in {source}"), official
 
 
 def resolve_local_checkpoint(ckpt: Optional[Union[str, Path]], name: str) -> str:
