@@ -21,6 +21,7 @@ EXPORT_FORMATS: Tuple[str, ...] = (
     "safetensors",
     "onnx",
     "hf",  # a transformers directory: a stock HubertModel, or our own registered class (s3prl_distill.hf_model)
+    "lightning",  # the official Lightning release layout (+ training YAML) of FitHuBERT / ARMHuBERT / STaRHuBERT
 )
 
 # Our own transformers model type (config.json's "model_type") for the students a stock HubertConfig cannot express;

@@ -197,6 +197,25 @@ def test_official_layout(family, releases):
         assert student.config.encoder.attention_reuse == [False, True, True]
 
 
+@pytest.mark.parametrize("family", ["armhubert", "starhubert"])
+def test_export_to_the_official_layout_round_trips(family, releases, tmp_path):
+    """``s3prl-distill export --to lightning`` of our checkpoint writes the release and its YAML; the official
+    layout read back through the upstream gives our outputs exactly."""
+    from s3prl_distill.formats.export import export_checkpoint
+
+    summary = export_checkpoint(releases[family]["ours"], "lightning", tmp_path / "release.ckpt")
+    assert summary["family"] == family and summary["yaml"] == str(tmp_path / "release.yaml")
+    names = {key[len("student_model."):] for key in load_checkpoint(tmp_path / "release.ckpt")["state_dict"]}
+    assert names == set(official_shapes(family))
+    exported = entry(family, ckpt=str(tmp_path / "release.ckpt"), model_config=str(tmp_path / "release.yaml"))
+    ours = entry(family, ckpt=str(releases[family]["ours"]))
+    waves = random_waves([4000], seed=2)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(exported(waves)["hidden_states"], ours(waves)["hidden_states"]))
+    with pytest.raises(CheckpointError, match="--to lightning exports our"):
+        export_checkpoint(releases[family]["ckpt"], "lightning", tmp_path / "again.ckpt")
+
+
 def official_reference(weights: dict, wave: torch.Tensor, reuse: list) -> list:
     """The official model's forward (eval, one waveform), written from its module structure with torch ops: the
     fairseq CNN, LayerNorm, weight-normed positional conv, post-LN layers (a reusing layer: softmax of the stored
