@@ -24,15 +24,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from torch import Tensor
 
-from ..model.config import (
-    FeatureExtractorConfig,
-    LayerwiseHeadConfig,
-    StudentConfig,
-    format_conv_layers,
-    parse_conv_layers,
-)
-from .fairseq import fairseq_encoder_config, fairseq_encoder_fields, fairseq_keys
-from .fithubert import STUDENT_PREFIX, is_lightning_checkpoint
+from ..model.config import LayerwiseHeadConfig, StudentConfig
+from .fairseq import fairseq_keys
+from .fithubert import STUDENT_PREFIX, is_lightning_checkpoint, official_backbone, official_backbone_fields
 
 # Fields of the official configs (models/armhubert/model.py; maskhubert's lacks reuse_pattern).
 _COMMON_FIELDS = frozenset({
@@ -112,38 +106,13 @@ def _reuse_pattern(value: Any, layers: int) -> Optional[List[bool]]:
     return reuse if any(reuse) else None
 
 
-def _backbone(distiller: Mapping[str, Any], problems: List[str]) -> Dict[str, Any]:
-    """The StudentConfig fields both model codes share (CNN, LayerNorm, projection, encoder)."""
-    if distiller.get("layer_type", "transformer") != "transformer":
-        problems.append(f"layer_type={distiller.get('layer_type')!r}")
-    if int(distiller.get("pos_conv_depth", 1)) != 1:
-        problems.append("pos_conv_depth != 1")
-    if int(distiller.get("crop_seq_to_multiple", 1)) != 1:
-        problems.append("crop_seq_to_multiple != 1")
-    # required_seq_len_multiple pads the encoder input with masked frames: no real frame changes without a time
-    # reduction, so any value reads the same.
-    if "conv_feature_layers" not in distiller:
-        problems.append("no conv_feature_layers (the official default is HuBERT's CNN; spell it out)")
-    layers = int(distiller.get("encoder_layers", 12))
-    return {
-        "feature_extractor": FeatureExtractorConfig(
-            conv_layers=parse_conv_layers(str(distiller.get("conv_feature_layers", "[(512,10,5)]"))),
-            norm="layer_norm" if distiller.get("extractor_mode", "default") == "layer_norm" else "group_norm",
-            bias=bool(distiller.get("conv_bias", False)),
-            grad_mult=float(distiller.get("feature_grad_mult", 1.0)),
-        ),
-        "feature_layer_norm": True,
-        "feature_dropout": float(distiller.get("dropout_input", 0.0)),
-        "encoder": fairseq_encoder_config(distiller, layers, activation_dropout=0.0),
-    }
-
-
 def armhubert_config_from_official(distiller: Mapping[str, Any]) -> StudentConfig:
     """Our config from an ARMHuBERT / MaskHuBERT YAML's ``distiller`` section; unsupported variants (time
-    reduction, DistilHuBERT-style heads, conformer) are reported, not ignored."""
+    reduction, DistilHuBERT-style heads, conformer) are reported, not ignored. ``required_seq_len_multiple`` pads the
+    encoder input with masked frames: without a time reduction no real frame changes, so any value reads the same."""
     _check_fields(distiller, ARMHUBERT_FIELDS, "ARMHuBERT")
     problems: List[str] = []
-    backbone = _backbone(distiller, problems)
+    backbone = official_backbone(distiller, problems)
     if not distiller.get("layerwise_proj", False):
         problems.append("layerwise_proj=false (DistilHuBERT-style heads)")
     if distiller.get("enable_tr_layer", True):
@@ -166,27 +135,10 @@ def starhubert_config_from_official(distiller: Mapping[str, Any]) -> StudentConf
     """Our config from a STaRHuBERT YAML's ``distiller`` section (the backbone only: no heads, no mask)."""
     _check_fields(distiller, STARHUBERT_FIELDS, "STaRHuBERT")
     problems: List[str] = []
-    backbone = _backbone(distiller, problems)
+    backbone = official_backbone(distiller, problems)
     if problems:
         raise ValueError(f"unsupported STaRHuBERT variant: {', '.join(problems)}")
     return StudentConfig(**backbone)
-
-
-def _backbone_fields(config: StudentConfig) -> Dict[str, Any]:
-    return {
-        "extractor_mode": "layer_norm" if config.feature_extractor.norm == "layer_norm" else "default",
-        "conv_feature_layers": format_conv_layers(config.feature_extractor.conv_layers),
-        "feature_grad_mult": config.feature_extractor.grad_mult,
-        "conv_bias": config.feature_extractor.bias,
-        **fairseq_encoder_fields(config.encoder),
-        "layer_type": "transformer",
-        "pos_conv_depth": 1,
-        "dropout_input": config.feature_dropout,
-        "init_conv_layers": False,
-        "init_encoder_layers": 0,
-        "required_seq_len_multiple": 1,
-        "crop_seq_to_multiple": 1,
-    }
 
 
 def armhubert_config_to_official(config: StudentConfig) -> Dict[str, Any]:
@@ -195,7 +147,7 @@ def armhubert_config_to_official(config: StudentConfig) -> Dict[str, Any]:
     reuse = config.encoder.attention_reuse or []
     pattern = {"reuse_pattern": str([not reused for reused in reuse])} if any(reuse) else {}
     return {
-        **_backbone_fields(config),
+        **official_backbone_fields(config),
         "final_dim": 256,
         "pred_head_final_dim": config.prediction_head.out_dim,
         "pred_head_inter_dim": 0,
@@ -249,7 +201,7 @@ def export_lightning(config: StudentConfig, state: Mapping[str, Tensor],
     ``starhubert``), which the official upstream of that model loads strictly."""
     check_official_shape(config, family)
     official = fairseq_keys(config, extra=_HEAD_RULES).to_theirs(state)
-    distiller = armhubert_config_to_official(config) if family != "starhubert" else _backbone_fields(config)
+    distiller = armhubert_config_to_official(config) if family != "starhubert" else official_backbone_fields(config)
     checkpoint = {
         "state_dict": {STUDENT_PREFIX + k: v for k, v in official.items()},
         "pytorch-lightning_version": "1.7.7",
