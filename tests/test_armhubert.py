@@ -216,6 +216,22 @@ def test_export_to_the_official_layout_round_trips(family, releases, tmp_path):
         export_checkpoint(releases[family]["ckpt"], "lightning", tmp_path / "again.ckpt")
 
 
+def test_transformers_export_keeps_the_heads_the_features_come_from(releases, tmp_path):
+    """MaskHuBERT's backbone fits a stock HubertConfig, but its features are its heads' outputs: the export is our
+    own type, which keeps them, and loads back through maskhubert_local with the same outputs."""
+    import json
+
+    from s3prl_distill.formats.huggingface import export_huggingface
+
+    export_huggingface(releases["maskhubert"]["ours"], tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] != "hubert"
+    exported = entry("maskhubert", ckpt=str(tmp_path / "hf"))
+    ours = entry("maskhubert", ckpt=str(releases["maskhubert"]["ours"]))
+    waves = random_waves([4000], seed=4)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(exported(waves)["hidden_states"], ours(waves)["hidden_states"]))
+
+
 def official_reference(weights: dict, wave: torch.Tensor, reuse: list) -> list:
     """The official model's forward (eval, one waveform), written from its module structure with torch ops: the
     fairseq CNN, LayerNorm, weight-normed positional conv, post-LN layers (a reusing layer: softmax of the stored

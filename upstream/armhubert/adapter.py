@@ -13,7 +13,6 @@ from torch import Tensor
 
 from s3prl_distill.checkpoint import CheckpointError
 from s3prl_distill.formats import StudentCheckpoint
-from s3prl_distill.formats.armhubert import check_official_shape
 from s3prl_distill.model import StudentModel
 
 from ..expert import OutputAdapter
@@ -63,10 +62,11 @@ class RecycleOutputs(OutputAdapter):
         return {key: model.downsample_rate for key in OUTPUT_KEYS}
 
     def check(self, student: StudentCheckpoint, source: str) -> None:
-        try:
-            check_official_shape(student.config, self.name)
-        except ValueError as error:
-            raise CheckpointError(f"{source}: {error}") from None
+        super().check(student, source)  # gates, time reduction
+        head = student.config.prediction_head
+        if self.keep_heads and (head is None or head.type != "layerwise"):
+            raise CheckpointError(f"{source}: not a {self.name}-shaped student: its features are the outputs of "
+                                  "layer-wise heads, and it has none")
 
 
 class ARMHuBERTOutputs(RecycleOutputs):
