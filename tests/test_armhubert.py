@@ -178,6 +178,25 @@ def test_reuse_config_is_validated():
         StudentConfig.from_dict(data)
 
 
+def test_frame_mask_puts_the_mask_embedding_into_the_transformer_input(releases):
+    """Masking distillation's student input: masked frames of the encoder's input are the learned mask embedding,
+    the others unchanged; a student without one refuses a mask."""
+    model = StudentModel(releases["armhubert"]["student"].config).eval()
+    seen = []
+    model.encoder.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    wave = random_waves([4000], seed=5)[0][None]
+    with torch.no_grad():
+        plain = model(wave)
+        mask = torch.zeros(1, plain.features.shape[1], dtype=torch.bool)
+        mask[0, 3:6] = True
+        masked = model(wave, frame_mask=mask)
+    assert torch.equal(seen[1][0, 3:6], model.mask_embedding.expand(3, -1))
+    assert torch.equal(seen[1][0, ~mask[0]], seen[0][0, ~mask[0]])
+    assert (masked.layer_outputs[-1] - plain.layer_outputs[-1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="mask_embedding: true"):
+        StudentModel(releases["starhubert"]["student"].config)(wave, frame_mask=mask)
+
+
 @pytest.mark.parametrize("family", ["armhubert", "maskhubert", "starhubert"])
 def test_official_layout(family, releases):
     """Our export writes exactly the official model's state dict (its loader is strict), and reading the official
