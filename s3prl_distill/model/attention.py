@@ -148,10 +148,12 @@ class SelfAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         if maps is None:
             raise ValueError("this layer's attention map is reused by a later layer: pass an AttentionMaps")
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim ** -0.5)
+        # Scaling q, not the (frames x frames) scores, saves a pass over the largest tensor (fairseq scales q too);
+        # the scores are a fresh tensor, so the mask goes in in place.
+        scores = torch.matmul(q * (self.head_dim ** -0.5), k.transpose(-1, -2))
         if attn_mask is not None:
-            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
-                else scores + attn_mask
+            scores = scores.masked_fill_(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else scores.add_(attn_mask)
         probabilities = torch.softmax(scores, dim=-1)
         maps.probabilities = probabilities
         return torch.matmul(F.dropout(probabilities, dropout, self.training), v)
