@@ -116,10 +116,11 @@ def entry(family: str, **kwargs):
 def test_published_sizes():
     from s3prl_distill.upstream.armhubert.adapter import parameter_counts
 
-    sizes = {name: parameter_counts(StudentModel(config)) for name, config in (
-        ("ARMHuBERT", armhubert_config()), ("ARMHuBERT-S", armhubert_config(small=True)),
-        ("MaskHuBERT", maskhubert_config()), ("STaRHuBERT", starhubert_config()),
-        ("STaRHuBERT-L", starhubert_config(large=True)))}
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        sizes = {name: parameter_counts(StudentModel(config)) for name, config in (
+            ("ARMHuBERT", armhubert_config()), ("ARMHuBERT-S", armhubert_config(small=True)),
+            ("MaskHuBERT", maskhubert_config()), ("STaRHuBERT", starhubert_config()),
+            ("STaRHuBERT-L", starhubert_config(large=True)))}
     # The published sizes count the 12 heads and the mask embedding.
     assert sizes["ARMHuBERT"]["paper"] == 26_448_448  # 26.45 M
     assert sizes["ARMHuBERT"]["inference"] == 26_448_448 - 480

@@ -5,7 +5,8 @@ The base adapter gives the standard student outputs, which is all a new method's
 method with ``family="student"`` and ``student_local`` / ``student_url`` load its checkpoints. A family has its own
 adapter only where it really differs: DistilHuBERT (heads in ``hidden_states``, ``paper``), FitHuBERT (40 ms layers,
 hint heads, options from ``-g``), Wang et al.'s students (the entry name must fit the student's shape), the pruned
-students (gates refused, DPHuBERT's official format).
+students (gates refused, DPHuBERT's official format), sungnyun/ARMHuBERT's models (the official ``hidden_states``:
+ARMHuBERT / MaskHuBERT's heads, STaRHuBERT's layers).
 """
 
 from __future__ import annotations
