@@ -63,7 +63,8 @@ def official_shapes(family: str) -> dict:
         for norm in ("self_attn_layer_norm", "final_layer_norm"):
             shapes[f"encoder.layers.{layer}.{norm}.weight"] = shapes[f"encoder.layers.{layer}.{norm}.bias"] = (width,)
         shapes[f"encoder.layers.{layer}.fc1.weight"], shapes[f"encoder.layers.{layer}.fc1.bias"] = (ffn, width), (ffn,)
-        shapes[f"encoder.layers.{layer}.fc2.weight"], shapes[f"encoder.layers.{layer}.fc2.bias"] = (width, ffn), (width,)
+        shapes[f"encoder.layers.{layer}.fc2.weight"] = (width, ffn)
+        shapes[f"encoder.layers.{layer}.fc2.bias"] = (width,)
     if family != "starhubert":
         shapes["mask_emb"] = (width,)
         for head in range(3):
@@ -179,6 +180,30 @@ def test_reuse_config_is_validated():
         StudentConfig.from_dict(data)
 
 
+def test_layer_grad_scale_shapes_gradients_only():
+    """ARMHuBERT's layer gradient scaling: same forward; a loss on layer i's output reaches that layer scaled by
+    m (1 - m), m = (L - i) / (L - i + 1) (the continuing path by m, the output's copy by a further 1 - m)."""
+    from s3prl_distill.model import EncoderConfig
+    from s3prl_distill.model.encoder import TransformerEncoder
+
+    config = EncoderConfig(num_layers=3, embed_dim=8, ffn_dim=16, num_heads=2, pos_conv_kernel=4, pos_conv_groups=2,
+                           attention_reuse=[False, True, False])
+    plain = TransformerEncoder(config).eval()
+    scaled = TransformerEncoder(config.model_copy(update={"layer_grad_scale": True})).eval()
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 6, 8)
+    outputs = [encoder(x, torch.tensor([6, 4])).layer_outputs for encoder in (plain, scaled)]
+    assert all(torch.equal(a, b) for a, b in zip(*outputs))
+    for layer, factor in ((0, 3 / 4 * 1 / 4), (2, 1 / 2 * 1 / 2)):
+        grads = [torch.autograd.grad(out[layer].sum(), encoder.layers[layer].feed_forward.fc2.bias,
+                                     retain_graph=True)[0] for out, encoder in zip(outputs, (plain, scaled))]
+        assert torch.allclose(grads[1], factor * grads[0], atol=1e-6)
+    # A loss on layer 2 reaches layer 0 through the continuing paths of layers 0 and 1 (3/4 * 2/3), then 1/2 * 1/2.
+    grads = [torch.autograd.grad(out[2].sum(), encoder.layers[0].feed_forward.fc2.bias)[0]
+             for out, encoder in zip(outputs, (plain, scaled))]
+    assert torch.allclose(grads[1], 3 / 4 * 2 / 3 * 1 / 2 * 1 / 2 * grads[0], atol=1e-6)
+
+
 def test_frame_mask_puts_the_mask_embedding_into_the_transformer_input(releases):
     """Masking distillation's student input: masked frames of the encoder's input are the learned mask embedding,
     the others unchanged; a student without one refuses a mask."""
@@ -288,7 +313,8 @@ def official_reference(weights: dict, wave: torch.Tensor, reuse: list) -> list:
         x = F.layer_norm(x + attended, (24,), weights[prefix + "self_attn_layer_norm.weight"],
                          weights[prefix + "self_attn_layer_norm.bias"])
         x = x + linear(prefix + "fc2", F.gelu(linear(prefix + "fc1", x)))
-        x = F.layer_norm(x, (24,), weights[prefix + "final_layer_norm.weight"], weights[prefix + "final_layer_norm.bias"])
+        x = F.layer_norm(x, (24,), weights[prefix + "final_layer_norm.weight"],
+                         weights[prefix + "final_layer_norm.bias"])
         outputs.append(x)
     return outputs
 
@@ -310,8 +336,9 @@ def test_release_outputs_match_the_reference_our_format_and_each_waveform(family
     weights = release["weights"]
     for layer in range(3):
         assert (alone[0]["layer_hidden_states"][layer + 1][0] - reference[layer]).abs().max() <= 1e-4
+        head = f"proj_head.{layer}.lin_proj."
         expected = reference[layer] if family == "starhubert" else \
-            reference[layer] @ weights[f"proj_head.{layer}.lin_proj.weight"].T + weights[f"proj_head.{layer}.lin_proj.bias"]
+            reference[layer] @ weights[head + "weight"].T + weights[head + "bias"]
         assert (alone[0]["hidden_states"][layer][0] - expected).abs().max() <= 1e-4
     width = 24 if family == "starhubert" else 32
     assert len(batch["hidden_states"]) == 3 and batch["hidden_states"][0].shape[-1] == width

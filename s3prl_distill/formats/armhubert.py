@@ -106,13 +106,25 @@ def _reuse_pattern(value: Any, layers: int) -> Optional[List[bool]]:
     return reuse if any(reuse) else None
 
 
+def _backbone(distiller: Mapping[str, Any], problems: List[str]) -> Dict[str, Any]:
+    """FitHuBERT's backbone fields plus the layer gradient scaling both of these model codes add."""
+    backbone = official_backbone(distiller, problems)
+    backbone["encoder"] = backbone["encoder"].model_copy(
+        update={"layer_grad_scale": bool(distiller.get("layer_grad_scale", False))})
+    return backbone
+
+
+def _backbone_fields(config: StudentConfig) -> Dict[str, Any]:
+    return {**official_backbone_fields(config), "layer_grad_scale": config.encoder.layer_grad_scale}
+
+
 def armhubert_config_from_official(distiller: Mapping[str, Any]) -> StudentConfig:
     """Our config from an ARMHuBERT / MaskHuBERT YAML's ``distiller`` section; unsupported variants (time
     reduction, DistilHuBERT-style heads, conformer) are reported, not ignored. ``required_seq_len_multiple`` pads the
     encoder input with masked frames: without a time reduction no real frame changes, so any value reads the same."""
     _check_fields(distiller, ARMHUBERT_FIELDS, "ARMHuBERT")
     problems: List[str] = []
-    backbone = official_backbone(distiller, problems)
+    backbone = _backbone(distiller, problems)
     if not distiller.get("layerwise_proj", False):
         problems.append("layerwise_proj=false (DistilHuBERT-style heads)")
     if distiller.get("enable_tr_layer", True):
@@ -135,7 +147,7 @@ def starhubert_config_from_official(distiller: Mapping[str, Any]) -> StudentConf
     """Our config from a STaRHuBERT YAML's ``distiller`` section (the backbone only: no heads, no mask)."""
     _check_fields(distiller, STARHUBERT_FIELDS, "STaRHuBERT")
     problems: List[str] = []
-    backbone = official_backbone(distiller, problems)
+    backbone = _backbone(distiller, problems)
     if problems:
         raise ValueError(f"unsupported STaRHuBERT variant: {', '.join(problems)}")
     return StudentConfig(**backbone)
@@ -147,7 +159,7 @@ def armhubert_config_to_official(config: StudentConfig) -> Dict[str, Any]:
     reuse = config.encoder.attention_reuse or []
     pattern = {"reuse_pattern": str([not reused for reused in reuse])} if any(reuse) else {}
     return {
-        **official_backbone_fields(config),
+        **_backbone_fields(config),
         "final_dim": 256,
         "pred_head_final_dim": config.prediction_head.out_dim,
         "pred_head_inter_dim": 0,
@@ -201,7 +213,7 @@ def export_lightning(config: StudentConfig, state: Mapping[str, Tensor],
     ``starhubert``), which the official upstream of that model loads strictly."""
     check_official_shape(config, family)
     official = fairseq_keys(config, extra=_HEAD_RULES).to_theirs(state)
-    distiller = armhubert_config_to_official(config) if family != "starhubert" else official_backbone_fields(config)
+    distiller = armhubert_config_to_official(config) if family != "starhubert" else _backbone_fields(config)
     checkpoint = {
         "state_dict": {STUDENT_PREFIX + k: v for k, v in official.items()},
         "pytorch-lightning_version": "1.7.7",

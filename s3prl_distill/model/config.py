@@ -177,6 +177,10 @@ class EncoderConfig(StrictModel):
     # valid keys): the released ARMHuBERT weights were trained so. Such a layer has no attention dropout (as in the
     # official code). None: every layer computes its own map.
     attention_reuse: Optional[List[bool]] = None
+    # ARMHuBERT / MaskHuBERT's layer gradient scaling (their YAML's layer_grad_scale): the output of layer i
+    # (0-based, of L) passes its gradient on scaled by m = (L - i) / (L - i + 1), and the copy in layer_outputs (the
+    # distillation targets' side) scales its gradient by a further 1 - m. Forward values are unchanged.
+    layer_grad_scale: bool = False
 
     @field_validator("dropout", "attention_dropout", "activation_dropout")
     @classmethod

@@ -187,6 +187,7 @@ class TransformerEncoder(nn.Module):
     def __init__(self, config: EncoderConfig, pruning: Optional[PruningConfig] = None) -> None:
         super().__init__()
         self.layer_norm_first = config.layer_norm_first
+        self.layer_grad_scale = config.layer_grad_scale
         self.pos_conv = ConvPositionalEmbedding(
             config.embed_dim, config.pos_conv_kernel, config.pos_conv_groups, config.pos_conv_weight_norm
         )
@@ -245,7 +246,12 @@ class TransformerEncoder(nn.Module):
             if self.relative_position is not None and (position_bias is None or position_bias.shape[-1] != x.shape[1]):
                 position_bias = self.relative_position(x.shape[1])
             x = layer(x, padding_mask, position_bias, maps)
-            layer_outputs.append(x)
+            if self.layer_grad_scale and x.requires_grad:
+                scale = (len(self.layers) - index) / (len(self.layers) - index + 1)
+                x = _scale_gradient(x, scale)
+                layer_outputs.append(_scale_gradient(x, 1.0 - scale))
+            else:
+                layer_outputs.append(x)
         if self.time_reduction_index == len(self.layers):
             x, lengths, padding_mask = self._reduce(x, lengths)
         if self.layer_norm_first:
@@ -256,6 +262,13 @@ class TransformerEncoder(nn.Module):
     def _reduce(self, x: Tensor, lengths: Optional[Tensor]):
         x, lengths = self.time_reduction(x, lengths)
         return x, lengths, lengths_to_padding_mask(lengths, x.shape[1])
+
+
+def _scale_gradient(x: Tensor, factor: float) -> Tensor:
+    """``x`` unchanged, with the gradient flowing back through it multiplied by ``factor`` (fairseq's GradMultiply)."""
+    y = x.view_as(x)
+    y.register_hook(lambda grad: grad * factor)
+    return y
 
 
 def _init_bert_params(module: nn.Module) -> None:

@@ -60,7 +60,8 @@ def _recycle_conv_layers(width: int) -> str:
 def _recycle_backbone(width: int, ffn_dim: int, reuse: bool) -> StudentConfig:
     """The backbone shared by sungnyun/ARMHuBERT's models: thin CNN (LayerNorm, no projection), input dropout 0.05,
     12 post-LN layers of ``width`` (12 heads) at 20 ms; with ``reuse``, every second layer (1, 3, ..., 11, 0-based)
-    reuses the previous layer's attention map (the released ``reuse_pattern``)."""
+    reuses the previous layer's attention map (the released ``reuse_pattern``) and the layer gradients are scaled
+    (``layer_grad_scale``), as in the released ARMHuBERT YAMLs."""
     return StudentConfig(
         feature_extractor=FeatureExtractorConfig(conv_layers=_recycle_conv_layers(width), norm="group_norm"),
         feature_layer_norm=True,
@@ -69,6 +70,7 @@ def _recycle_backbone(width: int, ffn_dim: int, reuse: bool) -> StudentConfig:
             num_layers=12, embed_dim=width, ffn_dim=ffn_dim, num_heads=12, layer_norm_first=False,
             dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, pos_conv_kernel=128, pos_conv_groups=16,
             attention_reuse=[index % 2 == 1 for index in range(12)] if reuse else None,
+            layer_grad_scale=reuse,  # ARMHuBERT's YAMLs set it, MaskHuBERT's does not
         ),
     )
 

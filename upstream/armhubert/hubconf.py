@@ -1,5 +1,5 @@
-"""ARMHuBERT / ARMwavLM (-S) entries (sungnyun/ARMHuBERT). ``-k`` takes our armhubert checkpoint or the official release (a Lightning
-checkpoint; then ``-g`` is its training YAML). Outputs: see ``upstream/armhubert/adapter.py``."""
+"""ARMHuBERT / ARMwavLM (-S) entries (sungnyun/ARMHuBERT). ``-k`` takes our armhubert checkpoint or the official release
+(a Lightning checkpoint; then ``-g`` is its training YAML). Outputs: see ``upstream/armhubert/adapter.py``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from .adapter import ARMHuBERTOutputs
 def armhubert_local(
     ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs: Any
 ) -> StudentExpert:
-    """ARMHuBERT / ARMwavLM (-S) from a local checkpoint: ours, or the official Lightning checkpoint with its YAML as -g."""
+    """ARMHuBERT / ARMwavLM (-S) from a local checkpoint: ours, or the official Lightning
+    checkpoint with its YAML as -g."""
     return local_entry(ARMHuBERTOutputs, "armhubert", ckpt, model_config, **kwargs)
 
 

@@ -12,7 +12,8 @@ from ..armhubert.adapter import ARMHuBERTOutputs
 def maskhubert_local(
     ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs: Any
 ) -> StudentExpert:
-    """MaskHuBERT from a local checkpoint: ours, or the official Lightning checkpoint with its YAML as -g."""
+    """MaskHuBERT from a local checkpoint: ours, or the official Lightning
+    checkpoint with its YAML as -g."""
     return local_entry(ARMHuBERTOutputs, "maskhubert", ckpt, model_config, **kwargs)
 
 
