@@ -28,10 +28,13 @@ from s3prl_distill.formats.s3prl_wavlm import WAVLM_BASE_PLUS
 from s3prl_distill.model import (
     StudentConfig,
     StudentModel,
+    armhubert_config,
     deepthin_config,
     distilhubert_config,
     fithubert_config,
+    maskhubert_config,
     shallowwide_config,
+    starhubert_config,
     with_fbank_front_end,
 )
 from s3prl_distill.profiling import forward_times
@@ -40,8 +43,8 @@ from s3prl_distill.profiling import forward_times
 def write_paper_checkpoints(folder: Path, pruned: bool = False) -> Dict[str, Tuple[str, Path]]:
     """Randomly initialised checkpoints at the papers' sizes, written by our code into ``folder``: label -> (s3prl
     entry, checkpoint). The HuBERT-Base-sized teacher (s3prl's ``hubert_local``) first, then DistilHuBERT (ours and
-    s3prl's ``distiller_local`` on the same file), FitHuBERT, and Wang et al.'s students with and without the fbank
-    front end; ``pruned`` adds DPHuBERT- and SKILL-sized pruned students (see :func:`pruned_config`) and a 4-layer
+    s3prl's ``distiller_local`` on the same file), FitHuBERT, Wang et al.'s students with and without the fbank
+    front end, and ARMHuBERT(-S), MaskHuBERT and STaRHuBERT(-L) (sungnyun/ARMHuBERT's models); ``pruned`` adds DPHuBERT- and SKILL-sized pruned students (see :func:`pruned_config`) and a 4-layer
     student through the generic ``student_local``."""
     torch.manual_seed(0)
     checkpoints = {"HuBERT Base (teacher, s3prl hubert_local)": (
@@ -62,6 +65,13 @@ def write_paper_checkpoints(folder: Path, pruned: bool = False) -> Dict[str, Tup
                                    folder / f"{shape}{suffix}.ckpt")
             checkpoints[f"Wang et al. {shape}{suffix.replace('_', ' ')} ({shape}{suffix}_local)"] = (
                 f"{shape}{suffix}_local", path)
+    for label, family, config in (("ARMHuBERT", "armhubert", armhubert_config()),
+                                  ("ARMHuBERT-S", "armhubert", armhubert_config(small=True)),
+                                  ("MaskHuBERT", "maskhubert", maskhubert_config()),
+                                  ("STaRHuBERT", "starhubert", starhubert_config()),
+                                  ("STaRHuBERT-L", "starhubert", starhubert_config(large=True))):
+        checkpoints[f"{label} ({family}_local)"] = (f"{family}_local", save_checkpoint(
+            export_student(family, config, StudentModel(config).state_dict()), folder / f"{label}.ckpt"))
     if pruned:
         for family in ("dphubert", "skill"):
             config = pruned_config(family)
@@ -107,6 +117,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, nargs="+", default=[2])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="+", help="time only the models whose label contains one of these (the "
+                        "teacher always runs)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "inference_ratio.json")
     args = parser.parse_args()
     import s3prl.hub as hub
@@ -115,8 +127,10 @@ def main() -> None:
     wavs = [0.1 * torch.randn(int(16000 * args.seconds), generator=generator) for _ in range(args.batch)]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        models = {label: getattr(hub, entry)(ckpt=str(path))
-                  for label, (entry, path) in write_paper_checkpoints(Path(folder)).items()}
+        checkpoints = write_paper_checkpoints(Path(folder))
+        teacher = next(iter(checkpoints))
+        models = {label: getattr(hub, entry)(ckpt=str(path)) for label, (entry, path) in checkpoints.items()
+                  if label == teacher or not args.only or any(part in label for part in args.only)}
         for threads in args.threads:
             torch.set_num_threads(threads)
             medians = forward_times(models, wavs, args.repeats)

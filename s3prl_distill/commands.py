@@ -102,10 +102,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "export", help="write a trained student in another layout: safetensors (no pickle; every *_local reads it), "
         "hf (a transformers directory: a stock HubertModel / WavLMModel, else our own class that AutoModel finds once "
         "s3prl-distill is installed), onnx (hidden states, dynamic batch and length), dphubert (the "
-        "official DPHuBERT {config, state_dict} of a pruned dphubert/skill student)")
+        "official DPHuBERT {config, state_dict} of a pruned dphubert/skill student), lightning (the official "
+        "Lightning release + training YAML of a fithubert/armhubert/maskhubert/starhubert student)")
     export.add_argument("checkpoint", help="a student checkpoint of ours (e.g. pruned.ckpt from prune, a "
                         "states-<step>.ckpt, or its run directory: the latest step) or s3prl's distiller format")
-    export.add_argument("output", help="the file to write (--to hf: the directory)")
+    export.add_argument("output", help="the file to write (--to hf: the directory; --to lightning: also the YAML "
+                        "beside it, OUTPUT with suffix .yaml)")
     export.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="the layout to write")
     export.set_defaults(handler=run_export)
 

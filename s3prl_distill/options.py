@@ -21,6 +21,7 @@ EXPORT_FORMATS: Tuple[str, ...] = (
     "safetensors",
     "onnx",
     "hf",  # a transformers directory: a stock HubertModel / WavLMModel, or our own class (s3prl_distill.hf_model)
+    "lightning",  # the official Lightning release layout (+ training YAML) of FitHuBERT / ARMHuBERT / STaRHuBERT
 )
 
 # How the trainer (``pretrain``) and ``prune`` write a student: ``pickle`` is our torch.save checkpoint (what a resume

@@ -295,12 +295,13 @@ def launch(way: str, arguments: List[str], tmp_path: Path) -> Tuple[Path, subpro
 
 
 def featurizer_weights_after_training(upstream: str, checkpoint: Path, emotion_setup: Tuple[Path, Path],
-                                      tmp_path: Path) -> torch.Tensor:
-    """Train 2 steps of the toy ER task with s3prl's runner on ``upstream``; the weighted-sum weights it learnt."""
+                                      tmp_path: Path, model_config: Optional[Path] = None) -> torch.Tensor:
+    """Train 2 steps of the toy ER task with s3prl's runner on ``upstream`` (``-g model_config`` when given); the
+    weighted-sum weights it learnt."""
     corpus, emotion_config = emotion_setup
     expdir = tmp_path / "exp"
     train = ["-m", "train", "-u", upstream, "-k", str(checkpoint), "-d", "emotion", "-c", str(emotion_config),
-             "-p", str(expdir), "--device", "cpu"]
+             "-p", str(expdir), "--device", "cpu"] + (["-g", str(model_config)] if model_config else [])
     _, result = launch("module", train, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (expdir / "states-2.ckpt").is_file()

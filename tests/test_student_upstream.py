@@ -143,8 +143,8 @@ def extra_family_folder(tmp_path, monkeypatch):
 
 
 def test_families_are_discovered(extra_family_folder):
-    assert registry.families() == ["deepthin", "distilhubert", "dphubert", "fithubert", "shallowwide", "skill",
-                                   "student", "toyfam"]
+    assert registry.families() == ["armhubert", "deepthin", "distilhubert", "dphubert", "fithubert", "maskhubert",
+                                   "shallowwide", "skill", "starhubert", "student", "toyfam"]
     found = registry.entries()
     assert found["toyfam_local"](ckpt="x.ckpt") == ("toy", "x.ckpt")
     assert "join" not in found and "_helper" not in found

@@ -5,7 +5,8 @@ The base adapter gives the standard student outputs, which is all a new method's
 method with ``family="student"`` and ``student_local`` / ``student_url`` load its checkpoints. A family has its own
 adapter only where it really differs: DistilHuBERT (heads in ``hidden_states``, ``paper``), FitHuBERT (40 ms layers,
 hint heads, options from ``-g``), Wang et al.'s students (the entry name must fit the student's shape), the pruned
-students (gates refused, DPHuBERT's official format).
+students (gates refused, DPHuBERT's official format), sungnyun/ARMHuBERT's models (the official ``hidden_states``:
+ARMHuBERT / MaskHuBERT's heads, STaRHuBERT's layers).
 """
 
 from __future__ import annotations
@@ -176,8 +177,10 @@ def local_entry(adapter: Type[OutputAdapter], expected: str, ckpt: Optional[str]
 
 def url_entry(adapter: Type[OutputAdapter], expected: str, ckpt: Optional[str], model_config: Any, refresh: bool,
               **kwargs: Any) -> StudentExpert:
-    """``<expected>_url``: the same from a URL (downloaded into s3prl's cache) or a local path."""
+    """``<expected>_url``: the same from a URL (downloaded into s3prl's cache) or a local path; ``-g`` may be a URL."""
     if ckpt is None:
         raise ValueError(f"{expected}_url needs the checkpoint URL: pass it with -k or ckpt=")
     path = resolve_checkpoint(ckpt, refresh, f"{expected}_url")
+    if isinstance(model_config, str) and "://" in model_config:  # -g may be a URL too (an official training YAML)
+        model_config = resolve_checkpoint(model_config, refresh, f"{expected}_url")
     return StudentExpert(path, expected, model_config, adapter=adapter, **kwargs)

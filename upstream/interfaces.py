@@ -11,7 +11,7 @@ import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, \
-    Union
+    Type, TypeVar, Union
 
 import torch
 import yaml
@@ -134,6 +134,31 @@ def read_options(model_config: Union[None, str, Path, Mapping[str, Any]], name: 
     return validated(UpstreamOptions, model_config, f"{name}: invalid upstream options in {source}")
 
 
+OptionsT = TypeVar("OptionsT", bound=UpstreamOptions)
+
+
+def read_options_or_official(
+    model_config: Union[None, str, Path, Mapping[str, Any]], name: str, options_class: Type[OptionsT],
+) -> Tuple[OptionsT, Optional[Mapping[str, Any]]]:
+    """``-g`` is either our options YAML, or an official training YAML (with a ``distiller`` section; our options
+    may then sit in an ``s3prl_distill`` section). Returns (options, official YAML or None)."""
+    if model_config is None:
+        return options_class(), None
+    source = "model_config"
+    data = model_config
+    if isinstance(model_config, (str, Path)):
+        path = Path(model_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: config (-g / model_config) {path} does not exist")
+        source = str(path)
+        data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{name}: {source} must be a YAML mapping")
+    official = data if "distiller" in data else None
+    options = data.get("s3prl_distill", {}) if official is not None else data
+    return validated(options_class, options, f"{name}: invalid options in {source}"), official
+
+
 def resolve_local_checkpoint(ckpt: Optional[Union[str, Path]], name: str) -> str:
     if ckpt is None or str(ckpt) == "":
         raise ValueError(f"{name} needs a checkpoint path: pass it with -k (run_downstream.py) or ckpt=")
@@ -207,7 +232,8 @@ STUDENT_FEATURE_KEYS = ("hidden_states", "last_hidden_state", "pad_mask")
 def load_backbone(config: StudentConfig, student_state: Mapping[str, Tensor], path: str) -> StudentModel:
     """The student without its training heads (they give no features and would count in the parameters), with the
     backbone's weights from ``student_state`` loaded strictly."""
-    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
+    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None,
+                                                   "mask_embedding": False}))
     load_weights(model, {key: value for key, value in student_state.items() if not key.startswith(HEAD_PREFIXES)},
                  path)
     return model

@@ -13,6 +13,10 @@ Formats:
   (:mod:`s3prl_distill.hf_model`) for the others (:mod:`s3prl_distill.formats.huggingface`).
 - ``onnx``: the upstream's hidden states and frame lengths, dynamic batch and length
   (:mod:`s3prl_distill.formats.onnx_export`).
+- ``lightning``: the official release layout of a ``fithubert``, ``armhubert``, ``maskhubert`` or ``starhubert``
+  student: a Lightning checkpoint with ``student_model.*`` weights, and beside it (``OUT`` with suffix ``.yaml``)
+  the training YAML whose ``distiller`` section the official model code and upstream read
+  (:mod:`s3prl_distill.formats.fithubert`, :mod:`s3prl_distill.formats.armhubert`).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
                               "and export DIR/pruned.ckpt (or the final distillation's checkpoint)")
     # Build our model first: its strict load checks the weights (and converts an older checkpoint's removed-block
     # stand-ins) before anything is written.
-    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None}))
+    model = StudentModel(config.model_copy(update={"prediction_head": None, "codeword_head": None,
+                                                   "mask_embedding": False}))
     backbone = {key: value for key, value in checkpoint["Student"].items() if not key.startswith(HEAD_PREFIXES)}
     try:
         model.load_state_dict(backbone, strict=True)
@@ -83,6 +88,41 @@ def export_dphubert(path: Path, output: Path) -> Dict[str, Any]:
     return summary
 
 
+LIGHTNING_FAMILIES = ("fithubert", "armhubert", "maskhubert", "starhubert")
+
+
+def export_lightning_release(path: Path, output: Path) -> Dict[str, Any]:
+    """``--to lightning``: our student of a family with an official Lightning release, in that layout (OUT and the
+    training YAML beside it)."""
+    import yaml
+
+    from . import armhubert, fithubert
+    from .reader import read_student
+
+    path = checkpoint_or_latest(path)
+    checkpoint = load_checkpoint(path, what="checkpoint to export")
+    wanted = (f"--to lightning exports our {', '.join(LIGHTNING_FAMILIES)} students (the official releases are "
+              "already in that layout)")
+    if not is_native_student(checkpoint):
+        raise CheckpointError(f"{path} is {describe_checkpoint(checkpoint)}; {wanted}")
+    student = read_student(checkpoint, str(path), families=LIGHTNING_FAMILIES, wanted=wanted)
+    try:
+        if student.family == "fithubert":
+            exported, training_yaml = fithubert.export_lightning(student.config, student.state)
+        else:
+            exported, training_yaml = armhubert.export_lightning(student.config, student.state, student.family)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    output = Path(output)
+    save_checkpoint(exported, output)
+    yaml_path = output.with_suffix(".yaml")
+    yaml_path.write_text(yaml.safe_dump(training_yaml, sort_keys=False))
+    logger.info("exported %s -> %s + %s (the official %s layout; -u %s_local -k %s -g %s)", path, output, yaml_path,
+                student.family, student.family, output, yaml_path)
+    return {"source": str(path), "output": str(output), "yaml": str(yaml_path), "format": "lightning",
+            "family": student.family}
+
+
 # One exporter per name of EXPORT_FORMATS (the choices of --to, kept in the torch-free options module for the command
 # line; tests/test_cli.py holds the two to the same names).
 EXPORTERS = {
@@ -90,6 +130,7 @@ EXPORTERS = {
     "safetensors": export_safetensors,
     "onnx": export_onnx,
     "hf": export_huggingface,  # a directory: transformers' HuBERT (formats/huggingface.py)
+    "lightning": export_lightning_release,
 }
 
 

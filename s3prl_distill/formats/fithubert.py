@@ -10,7 +10,7 @@ with two differences that need more than renaming: the time-reduction Conv1d sit
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from torch import Tensor
 
@@ -40,44 +40,77 @@ def is_lightning_checkpoint(checkpoint: Any) -> bool:
     )
 
 
-def config_from_official(distiller: Mapping[str, Any]) -> StudentConfig:
-    """Our config from the YAML's ``distiller`` section (``CustomStudentModelConfig``); unsupported variants
-    (mel front end, conformer, fc time reduction, DistilHuBERT-style heads) are reported, not ignored."""
-    problems = []
-    if int(distiller.get("n_mels", 0)) > 0:
-        problems.append("n_mels > 0 (mel-spectrogram front end)")
+def official_backbone(distiller: Mapping[str, Any], problems: List[str],
+                      time_reduction: Optional[TimeReductionConfig] = None) -> Dict[str, Any]:
+    """The :class:`StudentConfig` fields of the CNN, its LayerNorm, the input dropout and the encoder from a
+    ``distiller`` section of FitHuBERT's code base or its descendants (sungnyun/ARMHuBERT's models), which share these
+    fields. Unsupported values (conformer layers, a deeper positional conv, cropping) are appended to ``problems``."""
     if distiller.get("layer_type", "transformer") != "transformer":
         problems.append(f"layer_type={distiller.get('layer_type')!r}")
     if int(distiller.get("pos_conv_depth", 1)) != 1:
         problems.append("pos_conv_depth != 1")
+    if int(distiller.get("crop_seq_to_multiple", 1)) != 1:
+        problems.append("crop_seq_to_multiple != 1")
+    if "conv_feature_layers" not in distiller:
+        problems.append("no conv_feature_layers (the official default is HuBERT's CNN; spell it out)")
+    layers = int(distiller.get("encoder_layers", 12))
+    return {
+        "feature_extractor": FeatureExtractorConfig(
+            conv_layers=parse_conv_layers(str(distiller.get("conv_feature_layers", "[(512,10,5)]"))),
+            norm="layer_norm" if distiller.get("extractor_mode", "default") == "layer_norm" else "group_norm",
+            bias=bool(distiller.get("conv_bias", False)),
+            grad_mult=float(distiller.get("feature_grad_mult", 1.0)),
+        ),
+        "feature_layer_norm": True,
+        "feature_dropout": float(distiller.get("dropout_input", 0.0)),
+        "encoder": fairseq_encoder_config(distiller, layers, activation_dropout=0.0, time_reduction=time_reduction),
+    }
+
+
+def official_backbone_fields(config: StudentConfig) -> Dict[str, Any]:
+    """The inverse of :func:`official_backbone`: the ``distiller`` fields of the CNN and the encoder."""
+    return {
+        "extractor_mode": "layer_norm" if config.feature_extractor.norm == "layer_norm" else "default",
+        "conv_feature_layers": format_conv_layers(config.feature_extractor.conv_layers),
+        "feature_grad_mult": config.feature_extractor.grad_mult,
+        "conv_bias": config.feature_extractor.bias,
+        **fairseq_encoder_fields(config.encoder),
+        "pos_conv_depth": 1,
+        "layer_type": "transformer",
+        "dropout_input": config.feature_dropout,
+        "init_conv_layers": False,
+        "init_encoder_layers": 0,
+        "required_seq_len_multiple": 1,
+        "crop_seq_to_multiple": 1,
+    }
+
+
+def config_from_official(distiller: Mapping[str, Any]) -> StudentConfig:
+    """Our config from the YAML's ``distiller`` section (``CustomStudentModelConfig``); unsupported variants
+    (mel front end, conformer, fc time reduction, DistilHuBERT-style heads) are reported, not ignored."""
+    problems: List[str] = []
+    if int(distiller.get("n_mels", 0)) > 0:
+        problems.append("n_mels > 0 (mel-spectrogram front end)")
     if not distiller.get("layerwise_proj", False):
         problems.append("layerwise_proj=false (DistilHuBERT-style heads)")
     tr_enabled = bool(distiller.get("enable_tr_layer", True))
     if tr_enabled and distiller.get("tr_layer_type", "fc1") != "conv1d":
         problems.append(f"tr_layer_type={distiller.get('tr_layer_type', 'fc1')!r} (only conv1d is supported)")
     # Padding to a multiple of 2 before a 2x reduction changes no real frame; other multiples would.
-    if int(distiller.get("required_seq_len_multiple", 2)) not in (1, 2) or int(distiller.get("crop_seq_to_multiple", 1)) != 1:
-        problems.append("required_seq_len_multiple > 2 or crop_seq_to_multiple != 1")
-    if problems:
-        raise ValueError(f"unsupported FitHuBERT variant: {', '.join(problems)}")
-    layers = int(distiller.get("encoder_layers", 12))
+    if int(distiller.get("required_seq_len_multiple", 2)) not in (1, 2):
+        problems.append("required_seq_len_multiple > 2")
     time_reduction = None
     if tr_enabled:
         time_reduction = TimeReductionConfig(
             index=int(distiller.get("tr_layer_index", 1)), factor=int(distiller.get("tr_reduce_factor", 2))
         )
+    backbone = official_backbone(distiller, problems, time_reduction)
+    if problems:
+        raise ValueError(f"unsupported FitHuBERT variant: {', '.join(problems)}")
     return StudentConfig(
-        feature_extractor=FeatureExtractorConfig(
-            conv_layers=parse_conv_layers(str(distiller.get("conv_feature_layers"))),
-            norm="layer_norm" if distiller.get("extractor_mode", "default") == "layer_norm" else "group_norm",
-            bias=bool(distiller.get("conv_bias", False)),
-            grad_mult=float(distiller.get("feature_grad_mult", 1.0)),
-        ),
-        feature_layer_norm=True,
-        feature_dropout=float(distiller.get("dropout_input", 0.0)),
-        encoder=fairseq_encoder_config(distiller, layers, activation_dropout=0.0, time_reduction=time_reduction),
+        **backbone,
         prediction_head=LayerwiseHeadConfig(
-            target_layers=list(range(1, layers + 1)),
+            target_layers=list(range(1, backbone["encoder"].num_layers + 1)),
             out_dim=int(distiller.get("pred_head_final_dim", 768)),
         ),
     )
@@ -87,31 +120,20 @@ def config_to_official(config: StudentConfig) -> Dict[str, Any]:
     """The ``distiller`` section for a FitHuBERT-shaped config (every key the official loader needs)."""
     enc, tr = config.encoder, config.encoder.time_reduction
     return {
-        "extractor_mode": "layer_norm" if config.feature_extractor.norm == "layer_norm" else "default",
-        "conv_feature_layers": format_conv_layers(config.feature_extractor.conv_layers),
-        "feature_grad_mult": config.feature_extractor.grad_mult,
-        "conv_bias": config.feature_extractor.bias,
+        **official_backbone_fields(config),
         "n_mels": 0,
         "enable_log_mel": False,
-        **fairseq_encoder_fields(enc),
-        "pos_conv_depth": 1,
-        "layer_type": "transformer",
-        "dropout_input": config.feature_dropout,
         "final_dim": 256,
         "pred_head_final_dim": config.prediction_head.out_dim,
         "pred_head_inter_dim": 0,
         "layerwise_proj": True,
         "pred_layer_id": f"[{enc.num_layers - 1}]",
-        "init_conv_layers": False,
-        "init_encoder_layers": 0,
         "enable_tr_layer": tr is not None,
         "tr_conv1d_kernel": tr.factor if tr else 2,
         "tr_layer_index": tr.index if tr else 0,
         "tr_reduce_factor": tr.factor if tr else 2,
         "tr_layer_type": "conv1d",
         "checkpoint_activations": False,
-        "required_seq_len_multiple": 1,
-        "crop_seq_to_multiple": 1,
     }
 
 

@@ -120,9 +120,10 @@ WAVLM = StockType("wavlm", "WavLMModel", "wavlm.", KeyMap(_WAVLM_RULES + _COMMON
 STOCK_TYPES = {stock.model_type: stock for stock in (HUBERT, WAVLM)}
 
 # The families whose upstream presents the prediction heads (FitHuBERT's hint heads: its last_hidden_state and
-# "trained" upsampling); their heads go into our own type's export, so the directory loads back there. Every other
+# "trained" upsampling; ARMHuBERT / MaskHuBERT's hidden_states); their heads go into our own type's export, so the
+# directory loads back there. Every other
 # student's heads serve training only and are left out, as the stock export does.
-KEEP_HEADS_FAMILIES = ("fithubert",)
+KEEP_HEADS_FAMILIES = ("fithubert", "armhubert", "maskhubert")
 # The submodule of our transformers model holding the StudentModel (hf_model.BASE_MODEL_PREFIX): a save_pretrained
 # of that class prefixes the StudentModel's key names with it.
 _OWN_PREFIX = "student."
@@ -168,6 +169,8 @@ def inexpressible(config: StudentConfig) -> List[str]:
                             "for all of a layer's heads)")
         if not config.feature_layer_norm:
             problems.append("no LayerNorm on the CNN output (transformers' WavLM always has one)")
+    if any(encoder.attention_reuse or []):
+        problems.append("layers reusing an earlier layer's attention map (ARMHuBERT)")
     if not encoder.pos_conv_weight_norm:
         problems.append("a positional convolution without weight norm")
     if config.fbank_front_end is None:
@@ -520,13 +523,16 @@ def export_huggingface(path: Path, output: Path) -> Dict[str, Any]:
         raise CheckpointError(f"{path} still has its pruning gates: run `s3prl-distill prune {path} --output DIR` "
                               "and export DIR/pruned.ckpt")
     # A stock HubertConfig where it expresses the student; otherwise our own registered type.
-    stock = not inexpressible(student.config)
-    keep_heads = not stock and student.family in KEEP_HEADS_FAMILIES
+    # (ARMHuBERT / MaskHuBERT's features are their heads' outputs: always our type, which keeps them.)
+    keep_heads = student.family in KEEP_HEADS_FAMILIES
+    stock = not keep_heads and not inexpressible(student.config)
     config = student.config.model_copy(
-        update={"codeword_head": None} if keep_heads else {"prediction_head": None, "codeword_head": None})
+        update={"codeword_head": None, "mask_embedding": False} if keep_heads else
+        {"prediction_head": None, "codeword_head": None, "mask_embedding": False})
     model = StudentModel(config)
     kept = {key: value for key, value in student.state.items()
-            if not key.startswith(HEAD_PREFIXES) or (keep_heads and not key.startswith("codeword_head."))}
+            if not key.startswith(HEAD_PREFIXES)
+            or (keep_heads and not key.startswith(("codeword_head.", "mask_embedding")))}
     try:
         model.load_state_dict(kept, strict=True)
     except RuntimeError as error:

@@ -76,7 +76,8 @@ def upstream_entry(family: str, config: Any) -> str:
         from ..upstream.adapters import asr_upstream_name
 
         return asr_upstream_name(config)
-    return family if family in ("distilhubert", "fithubert", "dphubert", "skill") else "student"
+    own = ("distilhubert", "fithubert", "dphubert", "skill", "armhubert", "maskhubert", "starhubert")
+    return family if family in own else "student"
 
 
 def _require_onnx() -> None:

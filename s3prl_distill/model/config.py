@@ -172,6 +172,15 @@ class EncoderConfig(StrictModel):
     pos_conv_groups: int = 16
     pos_conv_weight_norm: bool = True
     time_reduction: Optional[TimeReductionConfig] = None
+    # Attention-map reuse (ARMHuBERT): per layer, True where the layer has no query/key projections and attends with
+    # the attention map of the closest earlier layer that computes one, passed through a softmax once more (over the
+    # valid keys): the released ARMHuBERT weights were trained so. Such a layer has no attention dropout (as in the
+    # official code). None: every layer computes its own map.
+    attention_reuse: Optional[List[bool]] = None
+    # ARMHuBERT / MaskHuBERT's layer gradient scaling (their YAML's layer_grad_scale): the output of layer i
+    # (0-based, of L) passes its gradient on scaled by m = (L - i) / (L - i + 1), and the copy in layer_outputs (the
+    # distillation targets' side) scales its gradient by a further 1 - m. Forward values are unchanged.
+    layer_grad_scale: bool = False
 
     @field_validator("dropout", "attention_dropout", "activation_dropout")
     @classmethod
@@ -198,6 +207,7 @@ class EncoderConfig(StrictModel):
             if bad:
                 raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {bad[0]}; set head_dim")
         self._check_relative_position()
+        self._check_attention_reuse()
         if self.pos_conv_kernel <= 0 or self.embed_dim % self.pos_conv_groups:
             raise ValueError("pos_conv_kernel must be > 0 and embed_dim divisible by pos_conv_groups")
         if self.time_reduction is not None and self.time_reduction.index > self.num_layers:
@@ -229,6 +239,39 @@ class EncoderConfig(StrictModel):
             if len(kept) != count or len(set(kept)) != len(kept) or any(not 0 <= h < position.num_heads for h in kept):
                 raise ValueError(f"kept_heads[{index}] = {kept} must be {count} distinct heads in "
                                  f"0..{position.num_heads - 1} (num_heads of that layer)")
+
+    def _check_attention_reuse(self) -> None:
+        if self.attention_reuse is None:
+            return
+        if len(self.attention_reuse) != self.num_layers:
+            raise ValueError(f"attention_reuse lists {len(self.attention_reuse)} layers for {self.num_layers}")
+        if not any(self.attention_reuse):
+            return
+        if self.attention_reuse[0]:
+            raise ValueError("attention_reuse[0] must be false: the first layer has no earlier map to reuse")
+        if self.relative_position is not None:
+            raise ValueError("attention_reuse cannot be combined with relative_position")
+        heads = self.layer_num_heads()
+        for index, source in enumerate(self.layer_attention_sources()):
+            if source is None:
+                continue
+            if heads[index] != heads[source] or heads[index] == 0:
+                raise ValueError(f"attention_reuse: layer {index} ({heads[index]} heads) cannot reuse the map of "
+                                 f"layer {source} ({heads[source]} heads); both need the same number >= 1")
+            tr = self.time_reduction
+            if tr is not None and source < tr.index <= index:
+                raise ValueError(f"attention_reuse: layer {index} cannot reuse the map of layer {source} across the "
+                                 f"time reduction before layer {tr.index} (the frame counts differ)")
+
+    def layer_attention_sources(self) -> List[Optional[int]]:
+        """Per layer, the index of the layer whose attention map it reuses (None: it computes its own)."""
+        sources: List[Optional[int]] = []
+        last = None
+        for index, reuse in enumerate(self.attention_reuse or [False] * self.num_layers):
+            sources.append(last if reuse else None)
+            if not reuse:
+                last = index
+        return sources
 
     def layer_kept_heads(self) -> List[List[int]]:
         """Per layer, the heads (of relative_position.num_heads) it keeps."""
@@ -310,6 +353,9 @@ class StudentConfig(StrictModel):
     prediction_head: Optional[PredictionHeadConfig] = None
     codeword_head: Optional[CodewordHeadConfig] = None
     pruning: Optional[PruningConfig] = None
+    # A learned vector replacing masked frames of the transformer input (ARMHuBERT / MaskHuBERT's ``mask_emb``, for
+    # masking distillation); used only when a forward is given a frame mask, never by an upstream.
+    mask_embedding: bool = False
 
     @field_validator("feature_dropout")
     @classmethod
@@ -325,6 +371,8 @@ class StudentConfig(StrictModel):
                 raise ValueError(f"{', '.join(cnn_only)}: the CNN's options do not apply with fbank_front_end")
         if self.prediction_head is not None:
             self.prediction_head.check_encoder(self.encoder)
+        if self.pruning is not None and any(self.encoder.attention_reuse or []):
+            raise ValueError("pruning does not support encoder.attention_reuse")
         if self.pruning is not None and self.pruning.conv_channels:
             if self.fbank_front_end is not None or self.feature_extractor.norm != "group_norm":
                 raise ValueError("pruning.conv_channels needs the CNN with group_norm (per-channel statistics); a "

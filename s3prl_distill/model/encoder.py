@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import RelativePositionBias, SelfAttention
+from .attention import AttentionMaps, RelativePositionBias, SelfAttention
 from .config import EncoderConfig, PruningConfig
 from .gates import HardConcreteGate
 from .hidden_states import EncoderOutput
@@ -109,15 +109,17 @@ class EncoderLayer(nn.Module):
         """Names of the blocks this layer does not have (``attention``, ``feed_forward``)."""
         return [name for name in ("attention", "feed_forward") if getattr(self, name) is None]
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor], position_bias: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor], position_bias: Optional[Tensor] = None,
+                maps: Optional[AttentionMaps] = None) -> Tensor:
+        """``maps``: the attention maps shared with other layers of this forward (attention-map reuse)."""
         if self.layer_norm_first:
             if self.attention is not None:
-                x = x + self.dropout(self.attention(self.attention_norm(x), padding_mask, position_bias))
+                x = x + self.dropout(self.attention(self.attention_norm(x), padding_mask, position_bias, maps))
             if self.feed_forward is not None:
                 x = x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
             return x
         if self.attention is not None:
-            x = x + self.dropout(self.attention(x, padding_mask, position_bias))
+            x = x + self.dropout(self.attention(x, padding_mask, position_bias, maps))
         x = self.attention_norm(x)
         if self.feed_forward is not None:
             x = x + self.dropout(self.feed_forward(x))
@@ -185,6 +187,7 @@ class TransformerEncoder(nn.Module):
     def __init__(self, config: EncoderConfig, pruning: Optional[PruningConfig] = None) -> None:
         super().__init__()
         self.layer_norm_first = config.layer_norm_first
+        self.layer_grad_scale = config.layer_grad_scale
         self.pos_conv = ConvPositionalEmbedding(
             config.embed_dim, config.pos_conv_kernel, config.pos_conv_groups, config.pos_conv_weight_norm
         )
@@ -201,12 +204,15 @@ class TransformerEncoder(nn.Module):
             attention_block_drop = pruning.layer_initial_drop if pruning.attention_layers else None
             ffn_block_drop = pruning.layer_initial_drop if pruning.ffn_layers else None
         layers = []
-        for num_heads, ffn_dim, kept in zip(config.layer_num_heads(), config.layer_ffn_dims(),
-                                            config.layer_kept_heads()):
+        sources = config.layer_attention_sources()
+        self.reuses_attention = any(source is not None for source in sources)
+        for index, (num_heads, ffn_dim, kept) in enumerate(zip(config.layer_num_heads(), config.layer_ffn_dims(),
+                                                               config.layer_kept_heads())):
             # 0 heads / units: the block was removed by pruning and does not exist (no gates either).
             attention = SelfAttention(
                 config.embed_dim, num_heads, config.layer_head_dim(num_heads), config.attention_dropout,
                 config.relative_position, kept, head_drop, attention_block_drop,
+                reuses_map=sources[index] is not None, provides_map=index in sources,
             ) if num_heads > 0 else None
             feed_forward = FeedForward(
                 config.embed_dim, ffn_dim, config.activation, config.activation_dropout, unit_drop, ffn_block_drop,
@@ -233,13 +239,19 @@ class TransformerEncoder(nn.Module):
         encoder_input = x
         layer_outputs = []
         position_bias = None
+        maps = AttentionMaps() if self.reuses_attention else None
         for index, layer in enumerate(self.layers):
             if index == self.time_reduction_index:
                 x, lengths, padding_mask = self._reduce(x, lengths)
             if self.relative_position is not None and (position_bias is None or position_bias.shape[-1] != x.shape[1]):
                 position_bias = self.relative_position(x.shape[1])
-            x = layer(x, padding_mask, position_bias)
-            layer_outputs.append(x)
+            x = layer(x, padding_mask, position_bias, maps)
+            if self.layer_grad_scale and x.requires_grad:
+                scale = (len(self.layers) - index) / (len(self.layers) - index + 1)
+                x = _scale_gradient(x, scale)
+                layer_outputs.append(_scale_gradient(x, 1.0 - scale))
+            else:
+                layer_outputs.append(x)
         if self.time_reduction_index == len(self.layers):
             x, lengths, padding_mask = self._reduce(x, lengths)
         if self.layer_norm_first:
@@ -250,6 +262,13 @@ class TransformerEncoder(nn.Module):
     def _reduce(self, x: Tensor, lengths: Optional[Tensor]):
         x, lengths = self.time_reduction(x, lengths)
         return x, lengths, lengths_to_padding_mask(lengths, x.shape[1])
+
+
+def _scale_gradient(x: Tensor, factor: float) -> Tensor:
+    """``x`` unchanged, with the gradient flowing back through it multiplied by ``factor`` (fairseq's GradMultiply)."""
+    y = x.view_as(x)
+    y.register_hook(lambda grad: grad * factor)
+    return y
 
 
 def _init_bert_params(module: nn.Module) -> None:

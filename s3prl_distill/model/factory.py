@@ -52,6 +52,58 @@ def fithubert_config(teacher_dim: int = 768) -> StudentConfig:
     )
 
 
+def _recycle_conv_layers(width: int) -> str:
+    """The thin CNN of ARMHuBERT / MaskHuBERT / STaRHuBERT: FitHuBERT's, ending at the encoder width (no projection)."""
+    return f"[(128,10,5)] + [(256,1,1)] + [(256,3,2)]*4 + [({width},1,1)] + [({width},2,2)]*2"
+
+
+def _recycle_backbone(width: int, ffn_dim: int, reuse: bool) -> StudentConfig:
+    """The backbone shared by sungnyun/ARMHuBERT's models: thin CNN (LayerNorm, no projection), input dropout 0.05,
+    12 post-LN layers of ``width`` (12 heads) at 20 ms; with ``reuse``, every second layer (1, 3, ..., 11, 0-based)
+    reuses the previous layer's attention map (the released ``reuse_pattern``) and the layer gradients are scaled
+    (``layer_grad_scale``), as in the released ARMHuBERT YAMLs."""
+    return StudentConfig(
+        feature_extractor=FeatureExtractorConfig(conv_layers=_recycle_conv_layers(width), norm="group_norm"),
+        feature_layer_norm=True,
+        feature_dropout=0.05,
+        encoder=EncoderConfig(
+            num_layers=12, embed_dim=width, ffn_dim=ffn_dim, num_heads=12, layer_norm_first=False,
+            dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, pos_conv_kernel=128, pos_conv_groups=16,
+            attention_reuse=[index % 2 == 1 for index in range(12)] if reuse else None,
+            layer_grad_scale=reuse,  # ARMHuBERT's YAMLs set it, MaskHuBERT's does not
+        ),
+    )
+
+
+def armhubert_config(small: bool = False, teacher_dim: int = 768) -> StudentConfig:
+    """ARMHuBERT (Jang, Kim et al., Interspeech 2023): 12 layers of 480 (FFN 864), every second layer reusing the
+    previous attention map (no Q/K), a Linear head per layer (480 -> 768, its outputs are the upstream's features)
+    and a learned mask embedding: 26.45 M with heads and mask embedding, as published. ``small``: ARMHuBERT-S /
+    ARMwavLM-S, 432 wide, FFN 816 (22.39 M)."""
+    width, ffn_dim = (432, 816) if small else (480, 864)
+    return _recycle_backbone(width, ffn_dim, reuse=True).model_copy(update={
+        "prediction_head": LayerwiseHeadConfig(target_layers=list(range(1, 13)), out_dim=teacher_dim),
+        "mask_embedding": True,
+    })
+
+
+def maskhubert_config(teacher_dim: int = 768) -> StudentConfig:
+    """MaskHuBERT (same paper): ARMHuBERT without attention-map reuse, FFN 640 (26.64 M with heads and mask)."""
+    return _recycle_backbone(480, 640, reuse=False).model_copy(update={
+        "prediction_head": LayerwiseHeadConfig(target_layers=list(range(1, 13)), out_dim=teacher_dim),
+        "mask_embedding": True,
+    })
+
+
+def starhubert_config(large: bool = False) -> StudentConfig:
+    """STaRHuBERT (Jang, Kim, Kim, ICASSP 2024): the STaR model code's backbone (no heads, no mask embedding, no
+    reuse). Its training YAML is not published; the shape is derived from the model code and the published sizes:
+    among 12-layer students of this CNN family (width a multiple of 48, FFN a multiple of 16), 432 wide with FFN
+    976 is the one of 22.31 M (22,308,592); ``large`` (STaRHuBERT-L), 480 wide with FFN 1024, the one of 26.63 M
+    (26,630,752). Dropouts follow ARMHuBERT's YAML (they do not change inference)."""
+    return _recycle_backbone(480, 1024, reuse=False) if large else _recycle_backbone(432, 976, reuse=False)
+
+
 def deepthin_config(teacher_dim: int = 768) -> StudentConfig:
     """Wang et al.'s deep-thin student: HuBERT's CNN (gradient scaled by 0.1, no LayerNorm on its output), projection
     512 -> 480, 12 post-LN layers of width 480 (FFN 480, 12 heads), no time reduction, and a Linear head per layer

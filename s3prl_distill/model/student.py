@@ -14,8 +14,9 @@ from .feature_extractor import ConvFeatureExtractor
 from .hidden_states import hidden_state_zero
 from .lengths import lengths_to_padding_mask
 
-# Parameters that only serve training (prediction targets), not the features an upstream gives.
-HEAD_PREFIXES = ("prediction_head.", "front_end_head.", "codeword_head.")
+# Parameters that only serve training (prediction targets, the mask embedding of masking distillation), not the
+# features an upstream gives.
+HEAD_PREFIXES = ("prediction_head.", "front_end_head.", "codeword_head.", "mask_embedding")
 # Hard-concrete gate parameters: trained with their own learning rate, removed by pruning, never backbone weights.
 GATE_SUFFIX = ".log_alpha"
 
@@ -71,6 +72,8 @@ class StudentModel(nn.Module):
         self.front_end_head = nn.Linear(embed_dim, head.out_dim) if head is not None and head.front_end else None
         codewords = config.codeword_head
         self.codeword_head = nn.Linear(embed_dim, codewords.out_dim) if codewords is not None else None
+        # Uniform in [0, 1), as ARMHuBERT / MaskHuBERT initialise their mask_emb.
+        self.mask_embedding = nn.Parameter(torch.rand(embed_dim)) if config.mask_embedding else None
 
     def _normalise_and_project(self, features: Tensor) -> Tensor:
         """CNN output -> (LayerNorm) -> (projection)."""
@@ -86,6 +89,14 @@ class StudentModel(nn.Module):
         if self.feature_norm is not None:
             features = self.feature_norm(features)
         return features if self.feature_projection is None else self.feature_projection(features)
+
+    def _apply_frame_mask(self, features: Tensor, frame_mask: Tensor) -> Tensor:
+        if self.mask_embedding is None:
+            raise ValueError("frame_mask needs a student with mask_embedding: true in its config")
+        if frame_mask.shape != features.shape[:2] or frame_mask.dtype != torch.bool:
+            raise ValueError(f"frame_mask must be a bool tensor of shape {tuple(features.shape[:2])} (batch, frames), "
+                             f"got {frame_mask.dtype} {tuple(frame_mask.shape)}")
+        return torch.where(frame_mask.unsqueeze(-1), self.mask_embedding.to(features.dtype), features)
 
     @property
     def front_end(self) -> nn.Module:
@@ -124,11 +135,13 @@ class StudentModel(nn.Module):
         return features, lengths
 
     def forward(
-        self, waveforms: Tensor, lengths: Optional[Tensor] = None, predict: bool = True, front_end_only: bool = False
+        self, waveforms: Tensor, lengths: Optional[Tensor] = None, predict: bool = True, front_end_only: bool = False,
+        frame_mask: Optional[Tensor] = None,
     ) -> StudentOutput:
         """``waveforms``: (batch, samples) at 16 kHz; ``lengths``: valid samples per row (None = no padding).
         ``predict``: run the training heads; ``front_end_only``: stop after the front end (and its head), for
-        training the front end alone."""
+        training the front end alone; ``frame_mask``: (batch, frames) bool, True where the transformer input is
+        replaced by the mask embedding (masking distillation; needs ``mask_embedding`` in the config)."""
         features, frame_lengths = self.extract_features(waveforms, lengths)
         features = self._normalise_and_project(features)
         features = self.feature_dropout(features)
@@ -136,6 +149,8 @@ class StudentModel(nn.Module):
         if padding_mask is not None:
             features = features.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         front_end_prediction = self.front_end_head(features) if predict and self.front_end_head is not None else None
+        if frame_mask is not None:
+            features = self._apply_frame_mask(features, frame_mask)
         if front_end_only:
             return StudentOutput(features, [], features, None, frame_lengths, padding_mask, front_end_prediction)
         encoded = self.encoder(features, frame_lengths)

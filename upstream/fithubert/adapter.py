@@ -10,16 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
-import yaml
 from torch import Tensor
 
 from s3prl_distill.checkpoint import CheckpointError
-from s3prl_distill.errors import validated
 from s3prl_distill.formats import StudentCheckpoint
 from s3prl_distill.model import StudentModel
 
 from ..expert import OutputAdapter
-from ..interfaces import LazyOutputs, UpstreamOptions
+from ..interfaces import LazyOutputs, UpstreamOptions, read_options_or_official
 
 
 class FitHuBERTOptions(UpstreamOptions):
@@ -31,23 +29,8 @@ class FitHuBERTOptions(UpstreamOptions):
 def read_fithubert_config(
     model_config: Union[None, str, Path, Mapping[str, Any]], name: str
 ) -> Tuple[FitHuBERTOptions, Optional[Mapping[str, Any]]]:
-    """``-g`` is either our options YAML, or the official training YAML (with a ``distiller`` section; our options
-    may then sit in an ``s3prl_distill`` section). Returns (options, official YAML or None)."""
-    if model_config is None:
-        return FitHuBERTOptions(), None
-    source = "model_config"
-    data = model_config
-    if isinstance(model_config, (str, Path)):
-        path = Path(model_config)
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: config (-g / model_config) {path} does not exist")
-        source = str(path)
-        data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{name}: {source} must be a YAML mapping")
-    official = data if "distiller" in data else None
-    options = data.get("s3prl_distill", {}) if official is not None else data
-    return validated(FitHuBERTOptions, options, f"{name}: invalid options in {source}"), official
+    """``-g``: our options YAML, or the official training YAML (see ``read_options_or_official``)."""
+    return read_options_or_official(model_config, name, FitHuBERTOptions)
 
 
 def parameter_counts(model: StudentModel) -> Dict[str, int]:

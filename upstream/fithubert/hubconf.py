@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..expert import StudentExpert, local_entry, url_entry
-from ..interfaces import resolve_checkpoint
 from .adapter import FitHuBERTOutputs
 
 CKPT_ENV = "S3PRL_DISTILL_FITHUBERT"
@@ -36,9 +35,7 @@ def fithubert_url(
     ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs: Any
 ) -> StudentExpert:
     """FitHuBERT from a URL (s3prl's download cache; refresh re-downloads); -g may be a URL too."""
-    remote_config = ckpt is not None and model_config and "://" in str(model_config)
-    config = resolve_checkpoint(model_config, refresh, "fithubert_url") if remote_config else model_config
-    return url_entry(FitHuBERTOutputs, "fithubert", ckpt, config, refresh, **kwargs)
+    return url_entry(FitHuBERTOutputs, "fithubert", ckpt, model_config, refresh, **kwargs)
 
 
 def fithubert(
