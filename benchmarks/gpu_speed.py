@@ -411,6 +411,8 @@ def tiny(config, keep_depth: bool = False):
     layers = encoder["num_layers"] if keep_depth else min(encoder["num_layers"], 3)
     encoder.update(num_layers=layers, embed_dim=48, ffn_dim=96 if encoder["ffn_dim"] > encoder["embed_dim"] else 48,
                    num_heads=4, pos_conv_kernel=16, pos_conv_groups=4)
+    if encoder.get("attention_reuse") is not None:  # ARMHuBERT's per-layer pattern, cut to the kept layers
+        encoder["attention_reuse"] = encoder["attention_reuse"][:layers]
     head = data.get("prediction_head")
     if head is not None:
         head["out_dim"] = 48
@@ -430,8 +432,8 @@ def upstream_plan(quick: bool) -> Dict[str, Any]:
     format; student config), full size or toy (``quick``)."""
     from s3prl_distill.formats.fairseq import teacher_copy_config
     from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE, TINY_HUBERT
-    from s3prl_distill.model import (deepthin_config, distilhubert_config, fithubert_config, shallowwide_config,
-                                     with_fbank_front_end)
+    from s3prl_distill.model import (armhubert_config, deepthin_config, distilhubert_config, fithubert_config,
+                                     maskhubert_config, shallowwide_config, starhubert_config, with_fbank_front_end)
 
     size = tiny if quick else (lambda config: config)
     copy = teacher_copy_config(TINY_HUBERT if quick else HUBERT_BASE)
@@ -446,6 +448,9 @@ def upstream_plan(quick: bool) -> Dict[str, Any]:
         "dphubert_local": ("dphubert", copy),  # a pruned student: the teacher's shape, no gates left
         "skill_local": ("skill", copy),
         "student_local": ("student", size(deepthin_config())),
+        "armhubert_local": ("armhubert", size(armhubert_config())),
+        "maskhubert_local": ("maskhubert", size(maskhubert_config())),
+        "starhubert_local": ("starhubert", size(starhubert_config())),
     }
     return plan
 

@@ -25,7 +25,8 @@ from s3prl_distill.formats.fairseq import teacher_copy_config
 from s3prl_distill.formats.native import export_student
 from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
 from s3prl_distill.losses import combine
-from s3prl_distill.model import StudentConfig, StudentModel, pruning_student_config, with_fbank_front_end
+from s3prl_distill.model import (StudentConfig, StudentModel, armhubert_config, maskhubert_config, pruning_student_config,
+                                 starhubert_config, with_fbank_front_end)
 from s3prl_distill.model.fbank import fbank_statistics
 from s3prl_distill.model.pruning import prune
 from s3prl_distill.pretrain.runner import Trainer
@@ -235,6 +236,18 @@ def student_model(config: StudentConfig) -> StudentModel:
     return model
 
 
+def toy_recycled(config: StudentConfig) -> StudentConfig:
+    """An ARMHuBERT / MaskHuBERT / STaRHuBERT factory config at toy size: 3 layers of 48, reuse pattern cut to them."""
+    data = config.to_dict()
+    data["feature_extractor"]["conv_layers"] = "[(16,10,5)] + [(16,1,1)] + [(16,3,2)]*4 + [(48,1,1)] + [(48,2,2)]*2"
+    data["encoder"].update(num_layers=3, embed_dim=48, ffn_dim=96, num_heads=4, pos_conv_kernel=16, pos_conv_groups=4)
+    if data["encoder"]["attention_reuse"] is not None:
+        data["encoder"]["attention_reuse"] = data["encoder"]["attention_reuse"][:3]
+    if data["prediction_head"] is not None:
+        data["prediction_head"].update(out_dim=32, target_layers=[1, 2, 3])
+    return StudentConfig.from_dict(data, "toy student")
+
+
 def native_checkpoint(path: Path, family: str, model: StudentModel) -> Path:
     return save_checkpoint(export_student(family, model.config, model.state_dict()), path)
 
@@ -255,6 +268,9 @@ def upstream_checkpoints(tmp_path_factory) -> Dict[str, Path]:
         "dphubert_local": ("dphubert", prune(gated_student(wavlm=False))),
         "skill_local": ("skill", prune(gated_student(wavlm=True))),
         "student_local": ("student", student_model(StudentConfig.from_dict(TINY_STUDENT))),
+        "armhubert_local": ("armhubert", student_model(toy_recycled(armhubert_config()))),
+        "maskhubert_local": ("maskhubert", student_model(toy_recycled(maskhubert_config()))),
+        "starhubert_local": ("starhubert", student_model(toy_recycled(starhubert_config()))),
     }
     checkpoints = {name: native_checkpoint(folder / f"{name}.ckpt", family, model)
                    for name, (family, model) in students.items()}
@@ -263,7 +279,8 @@ def upstream_checkpoints(tmp_path_factory) -> Dict[str, Path]:
 
 
 UPSTREAMS = ["distilhubert_local", "distiller_local", "fithubert_local", "deepthin_local", "deepthin_fbank_local",
-             "shallowwide_local", "shallowwide_fbank_local", "dphubert_local", "skill_local", "student_local"]
+             "shallowwide_local", "shallowwide_fbank_local", "dphubert_local", "skill_local", "student_local",
+             "armhubert_local", "maskhubert_local", "starhubert_local"]
 
 
 def test_every_local_entry_is_checked():
