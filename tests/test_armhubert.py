@@ -353,6 +353,40 @@ def test_release_outputs_match_the_reference_our_format_and_each_waveform(family
                 assert (in_batch[index, :frames[index]] - by_itself[0]).abs().max() <= 1e-4, (key, index)
 
 
+@pytest.mark.parametrize("family,release", [("armhubert", "ARMHuBERT"), ("maskhubert", "MaskHuBERT"),
+                                            ("starhubert", "STaRHuBERT")])
+def test_the_bare_entry_finds_the_release_in_its_default_places(family, release, releases, monkeypatch, tmp_path):
+    """``-u armhubert`` etc.: -k, else $S3PRL_DISTILL_<FAMILY> (+ _CONFIG), else <s3prl's download cache>/<family>/
+    <release>.ckpt + .yaml; nothing found names all three ways."""
+    from s3prl_distill import registry
+    from s3prl_distill.upstream import expert
+
+    bare = registry.entries()[family]
+    monkeypatch.setattr(expert, "default_location", lambda name: tmp_path / "cache" / name)
+    ckpt_variable, config_variable = expert.location_variables(family)
+    monkeypatch.delenv(ckpt_variable, raising=False)
+    monkeypatch.delenv(config_variable, raising=False)
+    with pytest.raises(FileNotFoundError) as error:
+        bare()
+    assert ckpt_variable in str(error.value) and str(tmp_path / "cache" / family / f"{release}.yaml") in str(error.value)
+    wave = [torch.randn(4000, generator=torch.Generator().manual_seed(1))]
+    expected = entry(family, ckpt=str(releases[family]["ours"]))(wave)["hidden_states"]
+
+    def same(upstream) -> bool:
+        return all(torch.equal(a, b) for a, b in zip(upstream.eval()(wave)["hidden_states"], expected))
+
+    monkeypatch.setenv(ckpt_variable, str(releases[family]["ckpt"]))  # the official release and its YAML
+    monkeypatch.setenv(config_variable, str(releases[family]["yaml"]))
+    assert same(bare())
+    monkeypatch.delenv(ckpt_variable)
+    folder = tmp_path / "cache" / family
+    folder.mkdir(parents=True)
+    (folder / f"{release}.ckpt").write_bytes(releases[family]["ckpt"].read_bytes())
+    (folder / f"{release}.yaml").write_bytes(releases[family]["yaml"].read_bytes())
+    assert same(bare())
+    assert same(bare(ckpt=str(releases[family]["ours"])))  # -k wins
+
+
 def test_refusals_name_the_file_and_the_way_out(releases, tmp_path):
     arm, mask = releases["armhubert"], releases["maskhubert"]
     with pytest.raises(CheckpointError, match="maskhubert_local"):

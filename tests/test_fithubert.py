@@ -181,18 +181,21 @@ def test_official_checkpoint_without_its_yaml_says_what_to_do(tiny_checkpoints):
 
 
 def test_default_location(tiny_checkpoints, monkeypatch, tmp_path):
+    from s3prl_distill.upstream import expert
     from s3prl_distill.upstream.fithubert import hubconf
 
-    monkeypatch.setattr(hubconf, "_default_location", lambda: tmp_path / "cache" / "fithubert")
-    monkeypatch.delenv(hubconf.CKPT_ENV, raising=False)
+    monkeypatch.setattr(expert, "default_location", lambda family: tmp_path / "cache" / family)
+    ckpt_variable, config_variable = expert.location_variables("fithubert")
+    assert (ckpt_variable, config_variable) == ("S3PRL_DISTILL_FITHUBERT", "S3PRL_DISTILL_FITHUBERT_CONFIG")
+    monkeypatch.delenv(ckpt_variable, raising=False)
     with pytest.raises(FileNotFoundError) as error:
         hubconf.fithubert()
     message = str(error.value)
-    assert str(tmp_path / "cache" / "fithubert" / "FitHuBERT.ckpt") in message and hubconf.CKPT_ENV in message
-    monkeypatch.setenv(hubconf.CKPT_ENV, str(tiny_checkpoints["official"]))
-    monkeypatch.setenv(hubconf.CONFIG_ENV, str(tiny_checkpoints["yaml"]))
+    assert str(tmp_path / "cache" / "fithubert" / "FitHuBERT.ckpt") in message and ckpt_variable in message
+    monkeypatch.setenv(ckpt_variable, str(tiny_checkpoints["official"]))
+    monkeypatch.setenv(config_variable, str(tiny_checkpoints["yaml"]))
     assert hubconf.fithubert().get_downsample_rates("last_hidden_state") == 320
-    monkeypatch.delenv(hubconf.CKPT_ENV)
+    monkeypatch.delenv(ckpt_variable)
     (tmp_path / "cache" / "fithubert").mkdir(parents=True)
     (tmp_path / "cache" / "fithubert" / "FitHuBERT.ckpt").write_bytes(tiny_checkpoints["ours"].read_bytes())
     assert hubconf.fithubert() is not None

@@ -10,11 +10,11 @@ from s3prl_distill import registry
 
 from helpers import run_python
 
-OURS = ["armhubert_local", "armhubert_url", "deepthin_fbank_local", "deepthin_fbank_url", "deepthin_local",
+OURS = ["armhubert", "armhubert_local", "armhubert_url", "deepthin_fbank_local", "deepthin_fbank_url", "deepthin_local",
         "deepthin_url", "distilhubert_local", "distilhubert_ls960", "distilhubert_url", "dphubert_local",
-        "dphubert_url", "fithubert", "fithubert_local", "fithubert_url", "maskhubert_local", "maskhubert_url",
+        "dphubert_url", "fithubert", "fithubert_local", "fithubert_url", "maskhubert", "maskhubert_local", "maskhubert_url",
         "shallowwide_fbank_local", "shallowwide_fbank_url", "shallowwide_local", "shallowwide_url", "skill_local",
-        "skill_url", "starhubert_local", "starhubert_url", "student_local", "student_url"]
+        "skill_url", "starhubert", "starhubert_local", "starhubert_url", "student_local", "student_url"]
 
 
 def hub_names(autoload: bool, code: str = "") -> list:

@@ -12,6 +12,7 @@ ARMHuBERT / MaskHuBERT's heads, STaRHuBERT's layers).
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 
@@ -184,3 +185,43 @@ def url_entry(adapter: Type[OutputAdapter], expected: str, ckpt: Optional[str], 
     if isinstance(model_config, str) and "://" in model_config:  # -g may be a URL too (an official training YAML)
         model_config = resolve_checkpoint(model_config, refresh, f"{expected}_url")
     return StudentExpert(path, expected, model_config, adapter=adapter, **kwargs)
+
+
+def default_location(family: str) -> Path:
+    """Where ``<family>`` looks without ``-k``: ``<s3prl's download cache>/<family>``, i.e.
+    ``~/.cache/s3prl/download/<family>`` by default."""
+    try:
+        from s3prl.util.download import get_dir
+
+        return Path(get_dir()) / family
+    except ImportError:
+        return Path.home() / ".cache" / "s3prl" / "download" / family
+
+
+def location_variables(family: str) -> Tuple[str, str]:
+    """The environment variables naming ``<family>``'s checkpoint and (official release) training YAML."""
+    return f"S3PRL_DISTILL_{family.upper()}", f"S3PRL_DISTILL_{family.upper()}_CONFIG"
+
+
+def default_entry(adapter: Type[OutputAdapter], family: str, release: str, ckpt: Optional[str], model_config: Any,
+                  **kwargs: Any) -> StudentExpert:
+    """``<family>`` (no suffix): ``-k`` when given; else ``$S3PRL_DISTILL_<FAMILY>`` (+ ``..._CONFIG``); else
+    ``<default_location(family)>/<release>.ckpt`` (+ ``<release>.yaml`` beside it for an official Lightning release).
+    ``-g`` overrides the YAML found."""
+    if ckpt:
+        return local_entry(adapter, family, ckpt, model_config, **kwargs)
+    ckpt_variable, config_variable = location_variables(family)
+    folder = default_location(family)
+    candidates = [(os.environ.get(ckpt_variable), os.environ.get(config_variable))] \
+        if os.environ.get(ckpt_variable) else []
+    candidates.append((str(folder / f"{release}.ckpt"), str(folder / f"{release}.yaml")))
+    for path, config in candidates:
+        if path and Path(path).is_file():
+            config = model_config or (config if config and Path(config).is_file() else None)
+            return local_entry(adapter, family, path, config, **kwargs)
+    raise FileNotFoundError(
+        f"{family}: no checkpoint found. Either pass -k CKPT (and -g YAML for the official release), or set "
+        f"{ckpt_variable}=/path/to/checkpoint (and {config_variable}=/path/to/training.yaml for the official "
+        f"release), or put the checkpoint at {folder / (release + '.ckpt')} and, for the official Lightning release, "
+        f"its training YAML at {folder / (release + '.yaml')}."
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..expert import StudentExpert, local_entry, url_entry
+from ..expert import StudentExpert, default_entry, local_entry, url_entry
 from .adapter import ARMHuBERTOutputs
 
 
@@ -22,3 +22,11 @@ def armhubert_url(
 ) -> StudentExpert:
     """ARMHuBERT / ARMwavLM (-S) from a URL (s3prl's download cache; refresh re-downloads); -g may be a URL too."""
     return url_entry(ARMHuBERTOutputs, "armhubert", ckpt, model_config, refresh, **kwargs)
+
+
+def armhubert(
+    ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs: Any
+) -> StudentExpert:
+    """ARMHuBERT / ARMwavLM (-S) from -k, else $S3PRL_DISTILL_ARMHUBERT (+ $S3PRL_DISTILL_ARMHUBERT_CONFIG), else
+    ~/.cache/s3prl/download/armhubert/ARMHuBERT.ckpt (+ ARMHuBERT.yaml for the official release: Hugging Face sungnyun/ARMHuBERT)."""
+    return default_entry(ARMHuBERTOutputs, "armhubert", "ARMHuBERT", ckpt, model_config, **kwargs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..expert import StudentExpert, local_entry, url_entry
+from ..expert import StudentExpert, default_entry, local_entry, url_entry
 from ..armhubert.adapter import STaRHuBERTOutputs
 
 
@@ -24,3 +24,11 @@ def starhubert_url(
     """STaRHuBERT (-L/-S/-XS) / STaRWavLM from a URL (s3prl's download cache; refresh re-downloads); -g may be a
     URL too."""
     return url_entry(STaRHuBERTOutputs, "starhubert", ckpt, model_config, refresh, **kwargs)
+
+
+def starhubert(
+    ckpt: Optional[str] = None, model_config: Optional[str] = None, refresh: bool = False, **kwargs: Any
+) -> StudentExpert:
+    """STaRHuBERT from -k, else $S3PRL_DISTILL_STARHUBERT (+ $S3PRL_DISTILL_STARHUBERT_CONFIG), else
+    ~/.cache/s3prl/download/starhubert/STaRHuBERT.ckpt (+ STaRHuBERT.yaml for the official release: Google Drive, STaR README)."""
+    return default_entry(STaRHuBERTOutputs, "starhubert", "STaRHuBERT", ckpt, model_config, **kwargs)
