@@ -268,8 +268,12 @@ def test_transformers_export_keeps_the_heads_the_features_come_from(releases, tm
 
     from s3prl_distill.formats.huggingface import export_huggingface
 
-    export_huggingface(releases["maskhubert"]["ours"], tmp_path / "hf")
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] != "hubert"
+    summary = export_huggingface(releases["maskhubert"]["ours"], tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] != "hubert"
+    # The record and the model card name the entry that loads it (not the generic student_local).
+    assert summary["upstream"] == config["s3prl_distill"]["upstream"] == "maskhubert"
+    assert "`maskhubert_local`" in (tmp_path / "hf" / "README.md").read_text()
     exported = entry("maskhubert", ckpt=str(tmp_path / "hf"))
     ours = entry("maskhubert", ckpt=str(releases["maskhubert"]["ours"]))
     waves = random_waves([4000], seed=4)

@@ -572,13 +572,17 @@ def asr_upstream_name(config: StudentConfig) -> str:
     return f"{shape}_fbank" if config.fbank_front_end is not None else shape
 
 
+# The families presented by an upstream of their own name (<family>_local); asr_distill's name follows the student's
+# shape, and every other family is presented by student_local.
+OWN_UPSTREAM_FAMILIES = ("distilhubert", "fithubert", "dphubert", "skill", "armhubert", "maskhubert", "starhubert")
+
+
 def upstream_of(config: StudentConfig, family: str) -> str:
-    """The registered upstream (without ``_local``) of a student of ``family``."""
+    """The registered upstream (without ``_local``) that presents a student of ``family`` (the transformers export's
+    record and model card, the ONNX export's forward)."""
     if family == "asr_distill":
         return asr_upstream_name(config)
-    if family in ("distilhubert", "fithubert", "dphubert", "skill"):
-        return family
-    return "student"
+    return family if family in OWN_UPSTREAM_FAMILIES else "student"
 
 
 # The family a transformers directory without our record is read as: a HuBERT one as a plain HuBERT-shaped student,

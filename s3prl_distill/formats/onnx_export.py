@@ -70,16 +70,6 @@ def export_onnx_model(expert: nn.Module, output: Path, opset: int = OPSET) -> Li
     return names
 
 
-def upstream_entry(family: str, config: Any) -> str:
-    """The registered upstream (without ``_local``) that presents a student of ``family``."""
-    if family == "asr_distill":
-        from ..upstream.adapters import asr_upstream_name
-
-        return asr_upstream_name(config)
-    own = ("distilhubert", "fithubert", "dphubert", "skill", "armhubert", "maskhubert", "starhubert")
-    return family if family in own else "student"
-
-
 def _require_onnx() -> None:
     missing = [name for name in ("onnx", "onnxscript") if _absent(name)]
     if missing:
@@ -126,12 +116,13 @@ def export_onnx(path: Path, output: Path) -> Dict[str, Any]:
     onnxruntime when it is installed. Returns a summary."""
     from ..checkpoint import load_checkpoint
     from ..registry import build_upstream
+    from .huggingface import upstream_of
     from .reader import read_student
 
     _require_onnx()
     path = checkpoint_or_latest(path)
     student = read_student(load_checkpoint(path, what="checkpoint to export"), str(path))
-    entry = upstream_entry(student.family, student.config)
+    entry = upstream_of(student.config, student.family)
     expert = build_upstream(f"{entry}_local", str(path), what="the upstream to export").eval()
     names = export_onnx_model(expert, Path(output))
     difference = max_difference(expert, Path(output), CHECK_SAMPLES)
