@@ -246,10 +246,10 @@ class TransformerEncoder(nn.Module):
             if self.relative_position is not None and (position_bias is None or position_bias.shape[-1] != x.shape[1]):
                 position_bias = self.relative_position(x.shape[1])
             x = layer(x, padding_mask, position_bias, maps)
-            if self.layer_grad_scale and x.requires_grad:
+            if self.layer_grad_scale:
                 scale = (len(self.layers) - index) / (len(self.layers) - index + 1)
-                x = _scale_gradient(x, scale)
-                layer_outputs.append(_scale_gradient(x, 1.0 - scale))
+                x = scale_gradient(x, scale)
+                layer_outputs.append(scale_gradient(x, 1.0 - scale))
             else:
                 layer_outputs.append(x)
         if self.time_reduction_index == len(self.layers):
@@ -264,8 +264,12 @@ class TransformerEncoder(nn.Module):
         return x, lengths, lengths_to_padding_mask(lengths, x.shape[1])
 
 
-def _scale_gradient(x: Tensor, factor: float) -> Tensor:
-    """``x`` unchanged, with the gradient flowing back through it multiplied by ``factor`` (fairseq's GradMultiply)."""
+def scale_gradient(x: Tensor, factor: float) -> Tensor:
+    """``x``'s values, with the gradient flowing back through the result multiplied by ``factor`` (fairseq's
+    GradMultiply): a view carries the hook, so other uses of ``x`` keep their own gradient. ``x`` itself where no
+    gradient flows or ``factor`` is 1."""
+    if factor == 1.0 or not x.requires_grad:
+        return x
     y = x.view_as(x)
     y.register_hook(lambda grad: grad * factor)
     return y

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import StudentConfig
-from .encoder import TransformerEncoder
+from .encoder import TransformerEncoder, scale_gradient
 from .fbank import FbankFrontEnd
 from .feature_extractor import ConvFeatureExtractor
 from .hidden_states import hidden_state_zero
@@ -130,9 +130,7 @@ class StudentModel(nn.Module):
             with torch.no_grad():  # frozen CNN: skip building its graph altogether
                 return self.feature_extractor(waveforms, lengths)
         features, lengths = self.feature_extractor(waveforms, lengths)
-        if grad_mult != 1.0 and features.requires_grad:
-            features.register_hook(lambda grad: grad * grad_mult)
-        return features, lengths
+        return scale_gradient(features, grad_mult), lengths
 
     def forward(
         self, waveforms: Tensor, lengths: Optional[Tensor] = None, predict: bool = True, front_end_only: bool = False,
