@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 def _write(tensors_and_metadata: Any, file: IO[bytes]) -> None:
     from safetensors.torch import save
 
@@ -56,7 +57,8 @@ def save_student_checkpoint_as_safetensors(checkpoint: Mapping[str, Any], source
                                            output: Union[str, Path]) -> "StudentCheckpoint":
     """Write the student of a loaded ``checkpoint`` (any format :func:`read_student` reads without a training YAML;
     ``source`` names it in errors) to ``output`` as a safetensors student; returns what was read. What the trainer
-    and ``prune`` use for ``--format safetensors``, and ``export --to safetensors``."""
+    uses for ``--format safetensors``, and ``export --to safetensors`` (``prune`` has its student in hand and calls
+    :func:`save_safetensors_student`)."""
     from .reader import read_student
 
     student = read_student(checkpoint, str(source))
