@@ -23,7 +23,9 @@ from s3prl_distill.model.student import StudentOutput
 
 
 class DistillationBatch(NamedTuple):
-    student: StudentOutput  # predictions already reduced to ``prediction_indices`` and the common frames
+    # predictions already reduced to ``prediction_indices`` and the common frames; None for a student without heads
+    # (then the method cuts the hidden states it reads to the targets' frames)
+    student: StudentOutput
     targets: Tensor  # (B, N, T, D) teacher hidden states ``target_layers``, aligned with the predictions
     valid: Optional[Tensor]  # (B, T) True on frames of real audio; None when the batch has no padding
     teacher_hidden: List[Tensor]  # every teacher hidden state (s3prl indexing), each (B, T_teacher, D)
@@ -33,7 +35,7 @@ class DistillationBatch(NamedTuple):
 
 class Method:
     target_layers: List[int]
-    prediction_indices: List[int]
+    prediction_indices: List[int]  # empty for a method that trains no heads
     front_end_steps: int = 0  # steps at the start that train only the student's front end
     uses_codebook: bool = False
     codebook_temperature: float = 1.0

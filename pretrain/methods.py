@@ -130,12 +130,14 @@ def _register_builtin() -> None:
     from .distilhubert.recipe import DistilHuBERT, DistilHuBERTMethodConfig
     from .dphubert.recipe import DPHuBERT, DPHuBERTMethodConfig
     from .fithubert.recipe import FitHuBERT, FitHuBERTMethodConfig
+    from .star.recipe import STaR, STaRMethodConfig
 
     register_method("distilhubert", DistilHuBERTMethodConfig, DistilHuBERT, family="distilhubert")
     register_method("fithubert", FitHuBERTMethodConfig, FitHuBERT, family="fithubert")
     register_method("asr_distill", AsrDistillMethodConfig, AsrDistill, family="asr_distill")
     register_method("dphubert", DPHuBERTMethodConfig, DPHuBERT, family="dphubert")
     register_method("skill", DPHuBERTMethodConfig, DPHuBERT, family="skill")
+    register_method("star", STaRMethodConfig, STaR, family="starhubert")
 
 
 _register_builtin()

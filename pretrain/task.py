@@ -115,9 +115,12 @@ class DistillationTask:
         output = student(waveforms, student_lengths)
         # Teacher and student CNNs may differ by a frame at the end; compare the common frames.
         teacher_frames = next(state for state in hidden_states if state is not None).shape[1]
-        frames = min(output.predictions.shape[2], teacher_frames)
+        # A method without heads (predictions None) reads the student's hidden states, at the front end's rate.
+        student_frames = output.features.shape[1] if output.predictions is None else output.predictions.shape[2]
+        frames = min(student_frames, teacher_frames)
         targets = self.method.target_stack(hidden_states, frames)
-        output = output._replace(predictions=output.predictions[:, self.method.prediction_indices, :frames])
+        if output.predictions is not None:
+            output = output._replace(predictions=output.predictions[:, self.method.prediction_indices, :frames])
         teacher_logits = codewords = None
         if self.codebook is not None:
             teacher_logits = self.codebook.logits(hidden_states[-1], self.method.codebook_temperature)

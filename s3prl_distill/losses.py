@@ -8,7 +8,7 @@ with the same global batch does, and excluding padded frames is just a different
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,42 @@ def negative_cosine_term(
     sums = (-cosine * mask).sum(dim=(0, 2))
     counts = mask.sum(dim=(0, 2))
     return LossTerm(sums, counts.expand_as(sums).clone(), weight)
+
+
+def temporal_gram(left: Tensor, right: Tensor, valid: Optional[Tensor], normalisation: str = "width") -> Tensor:
+    """STaR's temporal Gram matrix: entry (i, j) relates frame i of ``left`` to frame j of ``right`` through their
+    channel vectors, (B, N, T, D) x (B, N, T, D) -> (B, N, T, T); ``left`` is ``right`` for the layer-wise TGM, a
+    layer's input for the intra-layer one. ``normalisation``: ``width`` divides the inner products by D, ``cosine``
+    takes them between L2-normalised frames, ``none`` keeps them raw. Frames beyond ``valid`` (B, T) are zeroed
+    first, so their rows and columns are 0. Computed in fp32 with autocast off: autocast would run the product in
+    bf16/fp16, which loses the small entries of sums over hundreds of channels."""
+    with torch.autocast(device_type=left.device.type, enabled=False):
+        left, right = left.float(), right.float()
+        if normalisation == "cosine":
+            left, right = F.normalize(left, dim=-1), F.normalize(right, dim=-1)
+        elif normalisation not in ("width", "none"):
+            raise ValueError(f"normalisation must be width, cosine or none, not {normalisation!r}")
+        if valid is not None:
+            mask = valid[:, None, :, None].to(left.dtype)
+            left, right = left * mask, right * mask
+        gram = torch.einsum("bntd,bnsd->bnts", left, right)
+        return gram / left.shape[-1] if normalisation == "width" else gram
+
+
+def temporal_gram_term(
+    student: Tuple[Tensor, Tensor], teacher: Tuple[Tensor, Tensor], valid: Optional[Tensor],
+    normalisation: str = "width", distance: str = "mse", weight: float = 1.0,
+) -> LossTerm:
+    """Squared (``distance="mse"``) or absolute (``"l1"``) difference between the student's and the teacher's
+    temporal Gram matrices (:func:`temporal_gram` of each (left, right) pair, (B, N, T, D_student / D_teacher)),
+    per target; each target counts the valid frame pairs, Σ_b T_b² (pairs with a padded frame are excluded)."""
+    difference = temporal_gram(*student, valid, normalisation) - temporal_gram(*teacher, valid, normalisation)
+    per_element = difference.pow(2) if distance == "mse" else difference.abs()
+    sums = per_element.sum(dim=(0, 2, 3))
+    batch, frames = student[0].shape[0], student[0].shape[2]
+    per_row = valid.sum(dim=1) if valid is not None else torch.full((batch,), frames, device=sums.device)
+    count = per_row.to(sums.dtype).pow(2).sum()
+    return LossTerm(sums, count.expand_as(sums).clone(), weight)
 
 
 def scalar_term(value: Tensor, weight: float = 1.0) -> LossTerm:

@@ -127,7 +127,7 @@ def test_a_method_registered_at_run_time_is_a_config_section(toy, run_config, tm
     with pytest.raises(ConfigError, match=r"method\.weight: Input should be greater than 0"):
         validate_config({**run_config, "method": {"name": "toy", "weight": 0}}, "run.yaml")
     with pytest.raises(ConfigError, match=r"method\.name: 'tyo' is not a registered method \(known: distilhubert, "
-                                          r".*skill, toy; did you mean toy\?\)"):
+                                          r".*skill, star, toy; did you mean toy\?\)"):
         validate_config({**run_config, "method": {"name": "tyo"}}, "run.yaml")
 
 

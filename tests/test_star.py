@@ -1,0 +1,287 @@
+"""STaR: the temporal-Gram-matrix losses against the formula (per utterance, padding cropped), their invariances, the
+config's refusals, a run of the recipe through our runner (online and from a teacher cache), and the exported
+student in the ``starhubert_local`` upstream."""
+
+import math
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+import yaml
+
+from s3prl_distill.audio_lists import write_length_csvs
+from s3prl_distill.checkpoint import load_checkpoint
+from s3prl_distill.errors import ConfigError
+from s3prl_distill.formats.s3prl_hubert import write_random_hubert
+from s3prl_distill.losses import combine, temporal_gram
+from s3prl_distill.model import StudentConfig, StudentModel, starhubert_config
+from s3prl_distill.model.student import StudentOutput
+from s3prl_distill.pretrain import runner
+from s3prl_distill.pretrain.config import load_config, validate_config
+from s3prl_distill.pretrain.method import DistillationBatch
+from s3prl_distill.pretrain.methods import build_method
+from s3prl_distill.pretrain.metrics import metric_values, read_metrics
+from s3prl_distill.pretrain.star.recipe import STaRMethodConfig
+from s3prl_distill.pretrain.teacher_cache import TeacherCache, build_teacher_cache, required_layers
+from s3prl_distill.registry import build_upstream
+
+from helpers import random_waves
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_star(layers: int = 3, width: int = 32) -> StudentConfig:
+    """STaRHuBERT's shape (starhubert_config) at toy size; narrower than the tiny teacher (48): no heads needed."""
+    data = starhubert_config().to_dict()
+    data["feature_extractor"]["conv_layers"] = (f"[(16,10,5)] + [(16,1,1)] + [(16,3,2)]*4 + [({width},1,1)] + "
+                                                f"[({width},2,2)]*2")
+    data["encoder"].update(num_layers=layers, embed_dim=width, ffn_dim=2 * width, num_heads=4, pos_conv_kernel=16,
+                           pos_conv_groups=4)
+    return StudentConfig.from_dict(data, "tiny STaRHuBERT")
+
+
+# --- the losses against the formula -----------------------------------------------------------------------------------
+
+def reference_gram(left: torch.Tensor, right: torch.Tensor, normalisation: str) -> torch.Tensor:
+    """One utterance's (T, D) frames -> (T, T), written out from the definition."""
+    left, right = left.double(), right.double()
+    if normalisation == "cosine":
+        left = left / left.norm(dim=-1, keepdim=True)
+        right = right / right.norm(dim=-1, keepdim=True)
+    gram = left @ right.T
+    return gram / left.shape[-1] if normalisation == "width" else gram
+
+
+def reference_loss(student, teacher, lengths, pairs, normalisation, distance) -> float:
+    """Mean over the layer pairs of the mean over every utterance's valid frame pairs of the Gram difference:
+    ``pairs`` lists (student input, student output, teacher input, teacher output) hidden-state indices."""
+    total = 0.0
+    for s_in, s_out, t_in, t_out in pairs:
+        error, count = 0.0, 0
+        for b, length in enumerate(lengths):
+            ours = reference_gram(student[s_in][b, :length], student[s_out][b, :length], normalisation)
+            theirs = reference_gram(teacher[t_in][b, :length], teacher[t_out][b, :length], normalisation)
+            difference = ours - theirs
+            error += float((difference.pow(2) if distance == "mse" else difference.abs()).sum())
+            count += length * length
+        total += error / count
+    return total / len(pairs)
+
+
+def hand_built_batch(method, depth: int, lengths, frames: int = 11, student_width: int = 6, teacher_width: int = 10,
+                     seed: int = 0):
+    """A DistillationBatch as the task builds it, on random student / teacher hidden states (teacher has 4)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = len(lengths)
+    student = [torch.randn(batch, frames, student_width, generator=generator) for _ in range(depth + 1)]
+    teacher = [torch.randn(batch, frames + 1, teacher_width, generator=generator) for _ in range(4)]
+    output = StudentOutput(features=student[0], layer_outputs=student[1:], last_hidden=student[-1], predictions=None,
+                           lengths=torch.tensor(lengths), padding_mask=None, encoder_input=student[0])
+    valid = torch.arange(frames)[None, :] < torch.tensor(lengths)[:, None]
+    return DistillationBatch(output, method.target_stack(teacher, frames), valid, teacher), student, teacher
+
+
+@pytest.mark.parametrize("normalisation,distance", [("width", "mse"), ("cosine", "l1"), ("none", "mse")])
+def test_losses_equal_the_formula_on_each_utterance_cropped_to_its_length(normalisation, distance):
+    # A 2-layer student under a 3-layer teacher: student layer 1 -> teacher 2, layer 2 -> teacher 3.
+    config = STaRMethodConfig(teacher_layers=[2, 3], layer_wise_weight=0.5, intra_layer_weight=2.0,
+                              normalisation=normalisation, distance=distance)
+    method = build_method(config, tiny_star(layers=2))
+    assert method.target_layers == [0, 2, 3] and method.prediction_indices == []
+    lengths = [11, 7, 4]
+    batch, student, teacher = hand_built_batch(method, 2, lengths)
+    terms = method.losses(batch)
+    assert set(terms) == {"layer_wise", "intra_layer"} and terms["intra_layer"].layers == [2, 3]
+
+    layer_wise = reference_loss(student, teacher, lengths, [(1, 1, 2, 2), (2, 2, 3, 3)], normalisation, distance)
+    # Intra-layer: each student layer's input and output against the teacher's block between the mapped layers.
+    intra = reference_loss(student, teacher, lengths, [(0, 1, 0, 2), (1, 2, 2, 3)], normalisation, distance)
+    assert float(combine({"layer_wise": terms["layer_wise"]})) == pytest.approx(0.5 * layer_wise, rel=1e-4)
+    assert float(combine({"intra_layer": terms["intra_layer"]})) == pytest.approx(2.0 * intra, rel=1e-4)
+    assert float(combine(terms)) == pytest.approx(0.5 * layer_wise + 2.0 * intra, rel=1e-4)
+
+
+def test_padded_frames_neither_count_nor_receive_gradients():
+    method = build_method(STaRMethodConfig(teacher_layers=[1, 2, 3]), tiny_star())
+    batch, student, teacher = hand_built_batch(method, 3, [9, 5])
+    for state in student:
+        state.requires_grad_(True)
+    loss = combine(method.losses(batch))
+    loss.backward()
+    loss = loss.detach()
+    assert all(float(state.grad[1, 5:].abs().max()) == 0.0 for state in student)
+    assert all(float(state.grad[1, :5].abs().max()) > 0.0 for state in student)
+    # Whatever the padding holds, on either side, the loss is the same.
+    noisy_student = [state.detach().clone() for state in student]
+    for state in noisy_student:
+        state[1, 5:] = 1e3
+    noisy_teacher = [state.clone() for state in teacher]
+    for state in noisy_teacher:
+        state[1, 5:] = -1e3
+    output = batch.student._replace(features=noisy_student[0], encoder_input=noisy_student[0],
+                                    layer_outputs=noisy_student[1:])
+    noisy = batch._replace(student=output, targets=method.target_stack(noisy_teacher, 11))
+    assert float(combine(method.losses(noisy))) == pytest.approx(float(loss), rel=1e-5)
+
+
+@pytest.mark.parametrize("normalisation", ["width", "cosine", "none"])
+def test_a_rotation_of_the_channels_changes_nothing_and_the_teacher_rotated_scores_zero(normalisation):
+    torch.manual_seed(0)
+    config = STaRMethodConfig(teacher_layers=[1, 2, 3], normalisation=normalisation)
+    method = build_method(config, tiny_star())
+    batch, student, teacher = hand_built_batch(method, 3, [11, 8], student_width=10)
+    rotation, _ = torch.linalg.qr(torch.randn(10, 10))  # orthogonal: inner products between frames are kept
+
+    def with_student(states):
+        output = batch.student._replace(features=states[0], encoder_input=states[0], layer_outputs=states[1:])
+        return float(combine(method.losses(batch._replace(student=output))))
+
+    loss = with_student(student)
+    assert loss > 0.01
+    assert with_student([state @ rotation for state in student]) == pytest.approx(loss, rel=1e-4)
+    # The student's states are the teacher's, rotated: every Gram matrix matches.
+    assert with_student([state[:, :11] @ rotation for state in teacher]) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_gram_is_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    states = torch.randn(2, 3, 40, 64)
+    exact = temporal_gram(states, states, None)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under_autocast = temporal_gram(states.bfloat16(), states.bfloat16(), None)
+    assert under_autocast.dtype == torch.float32
+    assert torch.allclose(under_autocast, exact, atol=0.05)  # only the inputs' bf16 rounding
+    assert torch.equal(temporal_gram(states, states, None), torch.einsum("bntd,bnsd->bnts", states, states) / 64)
+
+
+# --- the recipe through the runner ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_config(tmp_path_factory):
+    """A tiny random HuBERT teacher (3 layers of 48), six generated utterances of different lengths (padded
+    batches), the tiny STaRHuBERT student."""
+    folder = tmp_path_factory.mktemp("star_run")
+    teacher = write_random_hubert(folder / "teacher.ckpt", seed=0)
+    audio = folder / "audio" / "train-tiny"
+    audio.mkdir(parents=True)
+    for index, wave in enumerate(random_waves([6000 + 1500 * i for i in range(6)], seed=3)):
+        soundfile.write(audio / f"utt{index}.flac", wave.numpy(), 16000)
+    write_length_csvs(folder / "audio", folder / "len_for_bucket", progress=False)
+    return {
+        "runner": {"total_steps": 8, "log_step": 1, "save_step": 8, "seed": 5},
+        "optimizer": {"lr": 2.0e-3},
+        "scheduler": {"warmup_proportion": 0.0},
+        "teacher": {"name": "hubert_local", "ckpt": str(teacher)},
+        "student": tiny_star().to_dict(),
+        "student_init": {},
+        "method": {"name": "star", "teacher_layers": [1, 2, 3]},
+        "data": {"root": str(folder / "audio"), "bucket_dir": str(folder / "len_for_bucket"), "sets": ["train-tiny"],
+                 "train_batch_size": 6, "max_length": None, "num_workers": 0},
+    }
+
+
+def write_yaml(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_star_trains_through_the_runner_and_loads_in_starhubert_local(run_config, tmp_path):
+    expdir = runner.run([str(write_yaml(tmp_path / "run.yaml", run_config))], "star", exproot=str(tmp_path))
+    records = read_metrics(expdir)
+    assert [record["step"] for record in records] == list(range(1, 9))
+    for record in records:  # both terms, per teacher layer
+        assert all(math.isfinite(record[f"{term}/layer{layer}"]) for term in ("layer_wise", "intra_layer")
+                   for layer in (1, 2, 3))
+    losses = metric_values(records, "loss")
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+
+    path = expdir / "states-8.ckpt"
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["Family"] == "starhubert"
+    student = StudentModel(tiny_star()).eval()
+    student.load_state_dict(checkpoint["Student"])
+    upstream = build_upstream("starhubert_local", str(path)).eval()
+    waves = random_waves([16000, 12000], seed=1)
+    with torch.no_grad():
+        outputs = upstream(waves)
+        reference = student(waves[0][None])
+    # STaRHuBERT's features: the 12 (here 3) raw layer outputs; layer_hidden_states adds the transformer input.
+    assert len(outputs["hidden_states"]) == 3 and len(outputs["layer_hidden_states"]) == 4
+    assert outputs["hidden_states"][0].shape == (2, 49, 32)
+    for ours, theirs in zip(outputs["layer_hidden_states"], reference.hidden_states()):
+        assert torch.allclose(ours[0, :49], theirs[0], atol=1e-4)
+
+
+def test_star_from_a_teacher_cache_has_the_online_loss(run_config, tmp_path):
+    from s3prl_distill.pretrain.runner import build_data
+    from s3prl_distill.pretrain.task import DistillationTask
+
+    config = {**run_config, "data": {**run_config["data"], "max_length": 6000}}  # equal windows: no padding
+    loaded = load_config(write_yaml(tmp_path / "run.yaml", config))
+    cache = build_teacher_cache(loaded, tmp_path / "cache", batch_size=6, progress=False)
+    # The intra-layer TGM of layer 1 reads the teacher's transformer input: every hidden state is cached.
+    assert TeacherCache(cache).layers == [0, 1, 2, 3]
+    assert required_layers(build_method(loaded.method, loaded.student), 4) == [0, 1, 2, 3]
+
+    data = loaded.data.model_copy(update={"teacher_cache": str(cache)})
+    _, _, loader = build_data(data, seed=3, progress=False)
+    torch.manual_seed(0)
+    online = DistillationTask(loaded.teacher, loaded.student, loaded.student_init, loaded.method, torch.device("cpu"))
+    offline = DistillationTask(loaded.teacher, loaded.student, loaded.student_init, loaded.method,
+                               torch.device("cpu"), TeacherCache(cache))
+    offline.student.load_state_dict(online.student.state_dict())
+    online.student.eval(), offline.student.eval()
+    waveforms, lengths, targets = next(iter(loader))
+    with torch.no_grad():
+        expected = combine(online.losses(online.student, waveforms, lengths))
+        cached = combine(offline.losses(offline.student, waveforms, lengths, 0, targets))
+    assert torch.allclose(expected, cached, rtol=2e-3), (expected, cached)
+
+
+# --- the config -------------------------------------------------------------------------------------------------------
+
+def test_shipped_config_is_starhubert():
+    root = Path(__file__).resolve().parents[1] / "pretrain" / "star"
+    config = load_config(root / "config.yaml")
+    assert config.student == starhubert_config()
+    assert StudentModel(config.student).num_parameters() == 22_308_592
+    assert config.method.teacher_layers == list(range(1, 13))
+    method = build_method(config.method, config.student)
+    assert method.family == "starhubert" and method.target_layers == list(range(13))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"method": {"name": "star", "teacher_layers": [1, 2, 3], "gram": "width"}}, r"method\.gram: unknown key"),
+    ({"method": {"name": "star", "teacher_layers": [2, 1, 3]}},
+     r"method\.teacher_layers: .*teacher layers >= 1 in increasing order.*\[2, 1, 3\]"),
+    ({"method": {"name": "star", "teacher_layers": [0, 1, 2]}}, r"method\.teacher_layers: .*>= 1"),
+    ({"method": {"name": "star"}},
+     r"method: method\.teacher_layers lists 12 teacher layers for a student of 3: give one per student layer "
+     r"\(e\.g\. \[4, 8, 12\] for a 12-layer teacher\)"),
+    ({"method": {"name": "star", "teacher_layers": [1, 2, 3], "layer_wise_weight": 0, "intra_layer_weight": 0}},
+     r"both 0"),
+    ({"method": {"name": "star", "teacher_layers": [1, 2, 3], "normalisation": "l2"}},
+     r"method\.normalisation: Input should be 'width', 'cosine' or 'none'"),
+])
+def test_bad_method_sections_are_refused_naming_the_key(run_config, change, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config({**run_config, **change}, "run.yaml")
+
+
+def test_students_the_gram_losses_cannot_train_are_refused(run_config):
+    data = tiny_star().to_dict()
+    data["encoder"]["time_reduction"] = {"index": 0, "factor": 2}
+    with pytest.raises(ConfigError, match=r"time_reduction has half as many; set it to null"):
+        validate_config({**run_config, "student": data}, "run.yaml")
+    data = tiny_star().to_dict()
+    data["prediction_head"] = {"type": "layerwise", "target_layers": [1, 2, 3], "out_dim": 48}
+    data["mask_embedding"] = True
+    with pytest.raises(ConfigError, match=r"trains no heads .* so student\.prediction_head, student\.mask_embedding "
+                                          r"would be parameters without gradients"):
+        validate_config({**run_config, "student": data}, "run.yaml")
+    # Any backbone shape works: shallower, wider than the teacher, with its own layer map.
+    data = tiny_star(layers=2, width=64).to_dict()
+    config = validate_config({**run_config, "student": data, "method": {"name": "star", "teacher_layers": [1, 3]}},
+                             "run.yaml")
+    assert build_method(config.method, config.student).target_layers == [0, 1, 3]
