@@ -17,6 +17,7 @@ from s3prl_distill.formats.native import describe_checkpoint, is_native_student
 from s3prl_distill.losses import LossTerm
 from s3prl_distill.model import StudentConfig, StudentModel
 from s3prl_distill.model.fbank import fbank_statistics
+from s3prl_distill.model.student import HEAD_PREFIXES
 from s3prl_distill.progress import progress as show_progress
 
 from .config import DataConfig, StudentInitConfig, TeacherConfig
@@ -153,17 +154,24 @@ class DistillationTask:
 
 
 def load_student_checkpoint(student: StudentModel, path: str) -> None:
-    """Start from a student checkpoint of ours (e.g. a pruned one): same config, every weight, heads included."""
+    """Start from a student checkpoint of ours (e.g. a pruned one): same config, every weight, heads included; or,
+    for a student section that leaves out all of the checkpoint's training heads (a method that trains none), its
+    backbone."""
     checkpoint = load_checkpoint(path, what="student_init.checkpoint")
     if not is_native_student(checkpoint):
         raise CheckpointError(f"student_init.checkpoint {path} is {describe_checkpoint(checkpoint)}, not an "
                               "s3prl-distill student checkpoint")
     saved = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)")
+    state = checkpoint["Student"]
     if saved != student.config:
-        raise ValueError(f"student_init.checkpoint {path} holds a student whose config differs from this run's "
-                         "student section; use the config written next to it (e.g. by s3prl-distill prune)")
-    student.load_state_dict(checkpoint["Student"], strict=True)
-    logger.info("student initialised from %s", path)
+        headless = saved.model_copy(update={"prediction_head": None, "codeword_head": None, "mask_embedding": False})
+        if headless != student.config:
+            raise ValueError(f"student_init.checkpoint {path} holds a student whose config differs from this run's "
+                             "student section; use the config written next to it (e.g. by s3prl-distill prune), with "
+                             "or without its heads")
+        state = {key: value for key, value in state.items() if not key.startswith(HEAD_PREFIXES)}
+    student.load_state_dict(state, strict=True)
+    logger.info("student initialised from %s%s", path, "" if state is checkpoint["Student"] else " (its backbone)")
 
 
 def _padded_lengths(lengths: Tensor, waveforms: Tensor) -> Optional[Tensor]:

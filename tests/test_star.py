@@ -11,12 +11,14 @@ import torch
 import yaml
 
 from s3prl_distill.audio_lists import write_length_csvs
-from s3prl_distill.checkpoint import load_checkpoint
+from s3prl_distill.checkpoint import load_checkpoint, save_checkpoint
 from s3prl_distill.errors import ConfigError
+from s3prl_distill.formats.native import export_student
 from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 from s3prl_distill.losses import combine, temporal_gram
 from s3prl_distill.model import StudentConfig, StudentModel, starhubert_config
-from s3prl_distill.model.student import StudentOutput
+from s3prl_distill.model.pruning import prune
+from s3prl_distill.model.student import HEAD_PREFIXES, StudentOutput
 from s3prl_distill.pretrain import runner
 from s3prl_distill.pretrain.config import load_config, validate_config
 from s3prl_distill.pretrain.method import DistillationBatch
@@ -26,7 +28,7 @@ from s3prl_distill.pretrain.star.recipe import STaRMethodConfig
 from s3prl_distill.pretrain.teacher_cache import TeacherCache, build_teacher_cache, required_layers
 from s3prl_distill.registry import build_upstream
 
-from helpers import random_waves
+from helpers import gated_student, random_waves
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -267,6 +269,32 @@ def test_shipped_config_is_starhubert():
 def test_bad_method_sections_are_refused_naming_the_key(run_config, change, message):
     with pytest.raises(ConfigError, match=message):
         validate_config({**run_config, **change}, "run.yaml")
+
+
+def test_star_trains_a_pruned_student_from_its_checkpoint_without_its_heads(run_config, tmp_path):
+    from s3prl_distill.pretrain.task import DistillationTask, load_student_checkpoint
+
+    pruned = prune(gated_student(wavlm=False))
+    assert pruned.config.prediction_head is not None  # prune keeps the heads
+    path = save_checkpoint(export_student("dphubert", pruned.config, pruned.state_dict()), tmp_path / "pruned.ckpt")
+    run = {**run_config, "student_init": {"checkpoint": str(path)}}
+    with pytest.raises(ConfigError, match=r"trains no heads .*student_init\.checkpoint that has them"):
+        validate_config({**run, "student": pruned.config.to_dict()}, "run.yaml")
+    backbone = pruned.config.model_copy(update={"prediction_head": None})
+    config = validate_config({**run, "student": backbone.to_dict()}, "run.yaml")
+    task = DistillationTask(config.teacher, config.student, config.student_init, config.method, torch.device("cpu"))
+    expected = {key: value for key, value in pruned.state_dict().items() if not key.startswith(HEAD_PREFIXES)}
+    loaded = task.student.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[key], expected[key]) for key in expected)
+    waves = random_waves([9000, 6000], seed=2)
+    batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+    with torch.no_grad():
+        terms = task.losses(task.student, batch, torch.tensor([9000, 6000]))
+    assert set(terms) == {"layer_wise", "intra_layer"} and math.isfinite(float(combine(terms)))
+    # Another backbone is still refused, naming the key.
+    other = backbone.model_copy(update={"feature_dropout": 0.3})
+    with pytest.raises(ValueError, match=r"student_init.checkpoint .*pruned.ckpt holds a student whose config differs"):
+        load_student_checkpoint(StudentModel(other), str(path))
 
 
 def test_students_the_gram_losses_cannot_train_are_refused(run_config):

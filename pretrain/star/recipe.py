@@ -72,7 +72,8 @@ class STaR(Method):
                                            ("student.mask_embedding", student.mask_embedding)) if present]
         if unused:
             raise ValueError(f"the star method trains no heads (the Gram matrices need none), so {', '.join(unused)} "
-                             "would be parameters without gradients; remove them from the student")
+                             "would be parameters without gradients; remove them from the student (a "
+                             "student_init.checkpoint that has them, e.g. a pruned student, then gives its backbone)")
 
     @classmethod
     def scale_layers(cls, config: STaRMethodConfig, scale: Callable[[List[int]], List[int]],
