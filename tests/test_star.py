@@ -249,6 +249,8 @@ def test_shipped_config_is_starhubert():
     assert config.student == starhubert_config()
     assert StudentModel(config.student).num_parameters() == 22_308_592
     assert config.method.teacher_layers == list(range(1, 13))
+    assert config.optimizer.lr == 5.0e-3 and config.scheduler.warmup_proportion == 0.05
+    assert config.data.train_batch_size * config.runner.gradient_accumulate_steps == 144
     method = build_method(config.method, config.student)
     assert method.family == "starhubert" and method.target_layers == list(range(13))
 
