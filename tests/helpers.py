@@ -19,7 +19,8 @@ from s3prl_distill.formats.fairseq import teacher_copy_config
 from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
 from s3prl_distill.formats.s3prl_wavlm import TINY_WAVLM
 from s3prl_distill.model import (PruningConfig, StudentConfig, StudentModel, deepthin_config, fithubert_config,
-                                 pruning_student_config, shallowwide_config, with_codeword_head, with_fbank_front_end)
+                                 pruning_student_config, shallowwide_config, starhubert_config, with_codeword_head,
+                                 with_fbank_front_end)
 from s3prl_distill.pretrain.config import load_config
 from s3prl_distill.pretrain.runner import Trainer
 
@@ -158,6 +159,16 @@ def tiny_fithubert(layers: int = 3, out_dim: int = 48) -> StudentConfig:
 
 
 TINY_ASR_CNN = "[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2"
+
+
+def tiny_star(layers: int = 3, width: int = 32) -> StudentConfig:
+    """STaRHuBERT's shape (starhubert_config: no heads) at toy size, narrower than TINY_HUBERT (48)."""
+    data = starhubert_config().to_dict()
+    data["feature_extractor"]["conv_layers"] = (f"[(16,10,5)] + [(16,1,1)] + [(16,3,2)]*4 + [({width},1,1)] + "
+                                                f"[({width},2,2)]*2")
+    data["encoder"].update(num_layers=layers, embed_dim=width, ffn_dim=2 * width, num_heads=4, pos_conv_kernel=16,
+                           pos_conv_groups=4)
+    return StudentConfig.from_dict(data, "tiny STaRHuBERT")
 
 
 def tiny_deepthin(codeword=("logits", 504), fbank: bool = False) -> StudentConfig:

@@ -32,7 +32,7 @@ from s3prl_distill.model.pruning import prune
 from s3prl_distill.pretrain.runner import Trainer
 
 from helpers import (TINY_STUDENT, gated_student, launch, make_trainer, random_waves, tiny_deepthin, tiny_fithubert,
-                     tiny_shallowwide, write_audio_tree, write_s3prl_distiller_checkpoint)
+                     tiny_shallowwide, tiny_star, write_audio_tree, write_s3prl_distiller_checkpoint)
 
 DEVICE_VARIABLE = "S3PRL_DISTILL_TEST_DEVICE"
 DEVICE = os.environ.get(DEVICE_VARIABLE) or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,7 +43,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 pytestmark = [pytest.mark.device_check, pytest.mark.usefixtures("on_device", "one_thread")]
 needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason=f"needs CUDA ({DEVICE_VARIABLE}={DEVICE})")
 
-RECIPES = ["distilhubert", "fithubert", "asr_distill", "asr_distill_fbank", "dphubert", "skill"]
+RECIPES = ["distilhubert", "fithubert", "asr_distill", "asr_distill_fbank", "dphubert", "skill", "star"]
 PRECISIONS = ["bf16", pytest.param("fp16", marks=pytest.mark.skipif(
     DEVICE != "cuda", reason="fp16 trains with loss scaling on CUDA only (elsewhere the runner falls back to fp32)"))]
 STEPS, BAD_STEP, FRONT_END_STEPS = 8, 4, 3  # BAD_STEP (0-based) gets non-finite gradients
@@ -92,6 +92,9 @@ def recipe_config(setup: Dict[str, Path], recipe: str) -> dict:
         config.update(student=student.to_dict(), student_init={"whole": True},
                       method={"name": recipe, "target_sparsity": 0.3, "sparsity_warmup_steps": 4},
                       optimizer={"lr": 2.0e-3, "weight_decay": 0.0})
+    elif recipe == "star":  # no heads: Gram matrices of the hidden states, computed in fp32 under autocast
+        config.update(student=tiny_star().to_dict(), student_init={},
+                      method={"name": "star", "teacher_layers": [1, 2, 3]})
     else:
         assert recipe == "distilhubert", recipe
     return config

@@ -16,7 +16,7 @@ from s3prl_distill.errors import ConfigError
 from s3prl_distill.formats.native import export_student
 from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 from s3prl_distill.losses import combine, temporal_gram
-from s3prl_distill.model import StudentConfig, StudentModel, starhubert_config
+from s3prl_distill.model import StudentModel, starhubert_config
 from s3prl_distill.model.pruning import prune
 from s3prl_distill.model.student import HEAD_PREFIXES, StudentOutput
 from s3prl_distill.pretrain import runner
@@ -28,19 +28,9 @@ from s3prl_distill.pretrain.star.recipe import STaRMethodConfig
 from s3prl_distill.pretrain.teacher_cache import TeacherCache, build_teacher_cache, required_layers
 from s3prl_distill.registry import build_upstream
 
-from helpers import gated_student, random_waves
+from helpers import gated_student, random_waves, tiny_star
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_star(layers: int = 3, width: int = 32) -> StudentConfig:
-    """STaRHuBERT's shape (starhubert_config) at toy size; narrower than the tiny teacher (48): no heads needed."""
-    data = starhubert_config().to_dict()
-    data["feature_extractor"]["conv_layers"] = (f"[(16,10,5)] + [(16,1,1)] + [(16,3,2)]*4 + [({width},1,1)] + "
-                                                f"[({width},2,2)]*2")
-    data["encoder"].update(num_layers=layers, embed_dim=width, ffn_dim=2 * width, num_heads=4, pos_conv_kernel=16,
-                           pos_conv_groups=4)
-    return StudentConfig.from_dict(data, "tiny STaRHuBERT")
 
 
 # --- the losses against the formula -----------------------------------------------------------------------------------
