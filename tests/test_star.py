@@ -245,6 +245,23 @@ def test_shipped_config_is_starhubert():
     assert method.family == "starhubert" and method.target_layers == list(range(13))
 
 
+@pytest.mark.parametrize("depth", [True, False])
+def test_the_shipped_config_follows_a_24_layer_teacher(depth, tmp_path):
+    from s3prl_distill.formats.s3prl_hubert import HUBERT_BASE
+    from s3prl_distill.pretrain.follow_teacher import fit_to_teacher
+
+    teacher = tmp_path / "large_shape.ckpt"  # what the architecture reader reads of a 24-layer hubert_local file
+    torch.save({"task_cfg": {}, "model_cfg": {**HUBERT_BASE, "encoder_layers": 24}, "dictionaries_symbols": [],
+                "model_weight": {}}, teacher)
+    root = Path(__file__).resolve().parents[1] / "pretrain" / "star"
+    config = fit_to_teacher(load_config(root / "config.yaml", f"config.teacher.ckpt={teacher},,"
+                                                              f"config.follow_teacher.depth={str(depth).lower()}"))
+    if depth:  # one student layer per teacher layer
+        assert config.student.encoder.num_layers == 24 and config.method.teacher_layers == list(range(1, 25))
+    else:  # STaRHuBERT's 12 layers, each mapped to every second teacher layer
+        assert config.student.encoder.num_layers == 12 and config.method.teacher_layers == list(range(2, 25, 2))
+
+
 @pytest.mark.parametrize("change,message", [
     ({"method": {"name": "star", "teacher_layers": [1, 2, 3], "gram": "width"}}, r"method\.gram: unknown key"),
     ({"method": {"name": "star", "teacher_layers": [2, 1, 3]}},

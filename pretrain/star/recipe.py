@@ -78,7 +78,12 @@ class STaR(Method):
     @classmethod
     def scale_layers(cls, config: STaRMethodConfig, scale: Callable[[List[int]], List[int]],
                      student: StudentConfig) -> STaRMethodConfig:
-        return config.model_copy(update={"teacher_layers": scale(config.teacher_layers)})
+        written, depth = config.teacher_layers, student.encoder.num_layers
+        if len(written) != depth and written == list(range(1, len(written) + 1)):
+            # One student layer per teacher layer, the student now as deep as this teacher: the same at its depth
+            # (rescaling 1..12 to a deeper teacher would skip layers and leave student layers without one).
+            return config.model_copy(update={"teacher_layers": list(range(1, depth + 1))})
+        return config.model_copy(update={"teacher_layers": scale(written)})
 
     def __init__(self, config: STaRMethodConfig, student: StudentConfig) -> None:
         self.check_student(config, student)
