@@ -61,9 +61,10 @@ class STaR(Method):
     def check_student(cls, config: STaRMethodConfig, student: StudentConfig) -> None:
         depth = student.encoder.num_layers
         if len(config.teacher_layers) != depth:
-            spread = [-(-layer * 12 // depth) for layer in range(1, depth + 1)]
+            teacher = max(depth, 12)  # an example: HuBERT Base, or a teacher as deep as the student
+            spread = [-(-layer * teacher // depth) for layer in range(1, depth + 1)]
             raise ValueError(f"method.teacher_layers lists {len(config.teacher_layers)} teacher layers for a student "
-                             f"of {depth}: give one per student layer (e.g. {spread} for a 12-layer teacher)")
+                             f"of {depth}: give one per student layer (e.g. {spread} for a {teacher}-layer teacher)")
         if student.encoder.time_reduction is not None:
             raise ValueError("the star method relates the student's frames to the teacher's one to one: a student "
                              "with student.encoder.time_reduction has half as many; set it to null")
