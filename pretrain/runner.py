@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch.distributed as dist
 import yaml
@@ -92,16 +92,17 @@ def _configure_logging(expdir: Path, is_main: bool) -> None:
 def run(
     config_path: Union[None, str, List[str]], name: Optional[str], exproot: str = "result/pretrain",
     overrides: Optional[str] = None, resume: Optional[str] = None, overwrite: bool = False,
-    student_format: str = "pickle",
+    student_format: Optional[str] = None,
 ) -> Path:
     """Start (``config_path`` + ``name``) or resume (``resume``) a run; returns its directory. ``student_format``:
-    see :class:`Trainer` (``safetensors``: each step's student also as ``states-<step>.safetensors``).
+    see :class:`Trainer` (``safetensors``: each step's student also as ``states-<step>.safetensors``); None: pickle
+    for a new run, the format the resumed run was saving in for a resume.
 
     Everything cheap is decided before anything heavy is built: the config is validated, the directory locked and
     checked, and a resumed run that already reached ``total_steps`` returns without loading its teacher or data.
     """
     trust_from_environment()  # a malformed S3PRL_DISTILL_TRUST_CHECKPOINTS fails now, not when the teacher loads
-    checkpoint, source_dir, path, written = None, None, None, None
+    checkpoint, source_dir, path, written, format_note = None, None, None, None, None
     if resume is not None:
         path = find_latest_checkpoint(Path(resume))
         checkpoint = load_checkpoint(path, what="checkpoint to resume")
@@ -116,12 +117,14 @@ def run(
                 f"optimizer cannot resume; resume with optimizer.name={saved!r} (another optimizer means a new run)")
         source_dir = path.parent
         expdir = source_dir if name is None else Path(exproot) / name
+        student_format, format_note = _resumed_format(checkpoint, student_format, path)
     else:
         if config_path is None or name is None:
             raise ConfigError("a new run needs -g CONFIG and -n NAME (or -e CHECKPOINT to resume)")
         written = load_config(config_path, overrides)
         config = fit_to_teacher(written)  # before anything is made or locked: a student that does not fit stops here
         expdir = Path(exproot) / name
+        student_format = student_format or "pickle"
     is_main = int(os.environ.get("RANK", "0")) == 0
     followed = resume is None and config is not written
     if not is_main:  # rank 0 owns the directory; the others only read it
@@ -142,11 +145,26 @@ def run(
             logger.info("removed %s, left by an interrupted checkpoint write", leftover)
         if followed:
             logger.info("%s", following_summary(written, config))
+        if format_note is not None:
+            logger.info("%s", format_note)
         if _finished(checkpoint, config, path):
             return expdir
         (expdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         _warn_precision_fallback(config)
         return _train(config, expdir, checkpoint, path, student_format)
+
+
+def _resumed_format(checkpoint: dict, requested: Optional[str], path: Path) -> Tuple[str, Optional[str]]:
+    """The format a resumed run saves in, and what to log about it: the run's own unless ``--format`` says
+    otherwise (a run shared as safetensors would otherwise silently stop writing them after a restart)."""
+    saved = checkpoint["TrainingState"].get("student_format", "pickle")
+    if requested is None:
+        if saved == "pickle":
+            return saved, None
+        return saved, f"{path} was saving its students as {saved} too: resuming so (--format pickle to stop)"
+    if requested == saved:
+        return requested, None
+    return requested, f"--format {requested}: {path} was saving as {saved}; saving as {requested} from now on"
 
 
 def _warn_precision_fallback(config: PretrainConfig) -> None:
@@ -182,7 +200,7 @@ def _keep_layer_zero(run_config: dict, path: Path) -> dict:
 
 
 def _train(config: PretrainConfig, expdir: Path, checkpoint: Optional[dict], source: Optional[Path],
-           student_format: str = "pickle") -> Path:
+           student_format: str) -> Path:
     trainer = Trainer(config, expdir, checkpoint, source, student_format)
     try:
         trainer.train()
@@ -227,10 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in a directory that holds another run's checkpoints, after moving "
                              "that run's files into NAME/superseded-<time>/ (nothing is deleted)")
-    parser.add_argument("--format", choices=SAVE_FORMATS, default="pickle", dest="student_format",
+    parser.add_argument("--format", choices=SAVE_FORMATS, default=None, dest="student_format",
                         help="pickle (default): states-<step>.ckpt only; safetensors: also each step's student as "
                              "states-<step>.safetensors (no pickle, for sharing; every *_local of its family loads "
-                             "it). The .ckpt stays: resuming needs it. Give it again when resuming")
+                             "it). The .ckpt stays: resuming needs it. A resumed run keeps the format it was saving in")
     return parser
 
 

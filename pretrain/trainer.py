@@ -200,7 +200,7 @@ class Trainer:
                 "Scaler": self.scaler.state_dict(),
                 "TrainingState": {
                     "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
-                    "world_size": self.dist.world_size, "rng": rng,
+                    "world_size": self.dist.world_size, "rng": rng, "student_format": self.student_format,
                 },
                 "RunConfig": self.config.to_dict(),
                 "MethodState": self.task.method.state_dict(),

@@ -207,3 +207,9 @@ def test_keep_last_rotates_old_checkpoints_and_accumulation_runs(setup, tmp_path
     torch.testing.assert_close(a["hidden_states"], b["hidden_states"], atol=0, rtol=0)
     state = load_checkpoint(tmp_path / "rotate" / "states-4.ckpt")["TrainingState"]
     assert state["step"] == 4 and state["epoch"] * 4 + state["batch_index"] == 8  # 4 batches per epoch, 2 per step
+    # Resumed without --format, the run keeps sharing its students as safetensors.
+    result = pretrain(["-e", str(tmp_path / "rotate"), "-o", "config.runner.total_steps=5"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "rotate").glob("states-*.safetensors")) == \
+        ["states-4.safetensors", "states-5.safetensors"]
+    assert "saving its students as safetensors too: resuming so" in (tmp_path / "rotate" / "train.log").read_text()

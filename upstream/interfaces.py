@@ -248,6 +248,21 @@ def student_outputs(out: Any, hidden_states: List[Tensor]) -> OutputDict:
     }
 
 
+def head_outputs_on_demand(heads: Sequence[nn.Module], layer_outputs: Sequence[Tensor],
+                           frames: Optional[int] = None) -> Callable[[int], Tensor]:
+    """``head_output(i)``: head ``i`` on layer output ``i`` (cut to ``frames``), run on first use and kept, so the
+    keys of :class:`LazyOutputs` that read the same head share one computation and the others run none."""
+    computed: Dict[int, Tensor] = {}
+
+    def head_output(index: int) -> Tensor:
+        if index not in computed:
+            output = heads[index](layer_outputs[index])
+            computed[index] = output if frames is None else output[:, :frames]
+        return computed[index]
+
+    return head_output
+
+
 class LazyOutputs(Mapping[str, Any]):
     """An upstream's outputs, each computed on first access and kept.
 

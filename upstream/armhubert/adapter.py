@@ -7,7 +7,7 @@ checkpoint + its training YAML given with ``-g``), and returns what the official
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
 
@@ -16,7 +16,7 @@ from s3prl_distill.formats import StudentCheckpoint
 from s3prl_distill.model import StudentModel
 
 from ..expert import OutputAdapter
-from ..interfaces import LazyOutputs, UpstreamOptions, as_pad_mask, read_options_or_official
+from ..interfaces import LazyOutputs, UpstreamOptions, as_pad_mask, head_outputs_on_demand, read_options_or_official
 
 # Every key both adapters return; all at the CNN's rate (no time reduction).
 OUTPUT_KEYS = ("hidden_states", "last_hidden_state", "layer_hidden_states", "pad_mask")
@@ -86,18 +86,9 @@ class ARMHuBERTOutputs(RecycleOutputs):
         """Runs the backbone; the heads run only for the keys that read them."""
         out = model(waveforms, lengths, predict=False)
         heads = model.prediction_head.heads
-        computed: Dict[int, Tensor] = {}
-
-        def head_output(index: int) -> Tensor:
-            if index not in computed:
-                computed[index] = heads[index](out.layer_outputs[index])
-            return computed[index]
-
-        def head_outputs() -> List[Tensor]:
-            return [head_output(index) for index in range(len(heads))]
-
+        head_output = head_outputs_on_demand(heads, out.layer_outputs)
         return LazyOutputs({
-            "hidden_states": head_outputs,
+            "hidden_states": lambda: [head_output(index) for index in range(len(heads))],
             "last_hidden_state": lambda: head_output(len(heads) - 1),
             "layer_hidden_states": out.hidden_states,
             "pad_mask": lambda: as_pad_mask(out.padding_mask, out.features),

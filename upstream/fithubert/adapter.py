@@ -17,7 +17,7 @@ from s3prl_distill.formats import StudentCheckpoint
 from s3prl_distill.model import StudentModel
 
 from ..expert import OutputAdapter
-from ..interfaces import LazyOutputs, UpstreamOptions, read_options_or_official
+from ..interfaces import LazyOutputs, UpstreamOptions, head_outputs_on_demand, read_options_or_official
 
 
 class FitHuBERTOptions(UpstreamOptions):
@@ -121,13 +121,7 @@ class FitHuBERTOutputs(OutputAdapter):
                 states.append(upsampled[:, :frames])
             return states
 
-        computed_heads: Dict[int, Tensor] = {}
-
-        def head_output(index: int) -> Tensor:
-            if index not in computed_heads:
-                computed_heads[index] = heads[index](out.layer_outputs[index])[:, :frames]
-            return computed_heads[index]
-
+        head_output = head_outputs_on_demand(heads, out.layer_outputs, frames)
         return LazyOutputs({
             "hidden_states": hidden_states,
             "hidden_states_40ms": lambda: [x for i, x in enumerate(out.layer_outputs) if i >= tr.index],
