@@ -134,11 +134,11 @@ def _register_builtin() -> None:
 
     register_method("distilhubert", DistilHuBERTMethodConfig, DistilHuBERT, family="distilhubert")
     register_method("fithubert", FitHuBERTMethodConfig, FitHuBERT, family="fithubert")
+    register_method("maskhubert", MaskDistillMethodConfig, MaskDistill, family="maskhubert")
+    register_method("armhubert", MaskDistillMethodConfig, MaskDistill, family="armhubert")
     register_method("asr_distill", AsrDistillMethodConfig, AsrDistill, family="asr_distill")
     register_method("dphubert", DPHuBERTMethodConfig, DPHuBERT, family="dphubert")
     register_method("skill", DPHuBERTMethodConfig, DPHuBERT, family="skill")
-    register_method("maskhubert", MaskDistillMethodConfig, MaskDistill, family="maskhubert")
-    register_method("armhubert", MaskDistillMethodConfig, MaskDistill, family="armhubert")
 
 
 _register_builtin()
