@@ -321,3 +321,21 @@ def test_shipped_configs():
     assert (arm.optimizer.lr, mask.optimizer.lr) == (5.0e-3, 5.0e-4)
     assert arm.data.train_batch_size * arm.runner.gradient_accumulate_steps == 144
     assert small_100h.data.train_batch_size * small_100h.runner.gradient_accumulate_steps == 36
+
+
+def test_the_s3prl_pretrain_expert_trains_with_masks(setup, tmp_path):
+    """``run_pretrain.py -u armhubert``'s expert: the same task, its mask seed from run_pretrain's --seed."""
+    from s3prl_distill.pretrain.armhubert.pretrain_expert import UpstreamPretrainExpert
+
+    config = runner_config(setup, "maskhubert")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    torch.manual_seed(11)  # what run_pretrain.py --seed 11 does
+    expert = UpstreamPretrainExpert({**config["data"], "num_workers": 0}, str(path), device="cpu")
+    assert expert.task.seed == 11 and expert.task.teacher is not None
+    batch = next(iter(expert.get_train_dataloader()))
+    loss, records = expert(batch, global_step=1, log_step=1)
+    loss.backward()
+    assert torch.isfinite(loss) and set(records) == {"final/layer3", "hint/layer1", "hint/layer2"}
+    assert expert.model.mask_embedding.grad.abs().sum() > 0  # masked frames reached the student
+    assert expert.add_state_to_save({})["Family"] == "maskhubert"  # maskhubert_local loads what it saves
