@@ -226,6 +226,34 @@ def test_masked_teacher_pass_is_the_teachers_own_masking(setup, monkeypatch):
     assert changed[torch.from_numpy(ours)].all()
 
 
+@pytest.mark.parametrize("last_conv, difference", [("(24,4,2)", -1), ("(24,1,2)", 1)])
+def test_student_and_teacher_may_differ_by_a_frame(setup, monkeypatch, last_conv, difference):
+    """The mask covers the frames both CNNs have, within each row's valid frames; the student's extra frame and the
+    teacher's stay unmasked, and the loss compares the common frames."""
+    from s3prl_distill.pretrain.task import DistillationTask
+
+    data = tiny_student().to_dict()
+    data["feature_extractor"]["conv_layers"] = f"[(16,10,5)] + [(16,1,1)] + [(16,3,2)]*4 + [(24,1,1)] + [(24,2,2)] + " \
+                                               f"[{last_conv}]"
+    teacher = TeacherConfig(name="hubert_local", ckpt=str(setup["teacher"]))
+    task = DistillationTask(teacher, StudentConfig.from_dict(data), StudentInitConfig(),
+                            MaskDistillMethodConfig(hint_layers=[1, 2], mask_length=3), torch.device("cpu"))
+    seen = {}
+    monkeypatch.setattr(task.method, "losses", lambda batch: seen.setdefault("batch", batch) and {})
+    waves = torch.nn.utils.rnn.pad_sequence(random_waves([8000, 5000], seed=4), batch_first=True)
+    lengths = torch.tensor([8000, 5000])
+    task.losses(task.student, waves, lengths)
+    batch = seen["batch"]
+    student_frames = task.student.frame_lengths(lengths).tolist()
+    assert student_frames[0] == 24 + difference  # the teacher's: 24 and 15
+    common = min(24, 24 + difference)
+    assert batch.frame_mask.shape == (2, common) and batch.masked_targets.shape == batch.targets.shape
+    assert batch.targets.shape[2] == common
+    assert batch.frame_mask.any() and not batch.frame_mask[1, min(student_frames[1], 15):].any()
+    changed = (batch.masked_targets - batch.targets).abs().amax(-1)[:, 0] > 1e-6  # teacher layer 1
+    assert changed[batch.frame_mask].all()
+
+
 def test_a_teacher_without_a_mask_embedding_is_refused_at_construction():
     from s3prl_distill.pretrain.task import DistillationTask
 
