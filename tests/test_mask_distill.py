@@ -88,6 +88,7 @@ def test_uniform_lengths_and_overlapping_spans():
     assert not overlapping[:, 0, 50:].any() and not overlapping[:, 1, 80:].any()
     assert max(end - start for mask in overlapping for start, end in spans_of(mask[1])) > 6
     assert overlapping[:, 1, :80].float().mean() < 0.9  # overlaps cover less than mask_prob
+    assert not span_mask([50], 50, 0.0, 6, mask_rng(4, 0, 0, 0), "static").any()  # mask_prob 0: no minimum spans
 
 
 def test_masks_are_a_function_of_seed_step_rank_and_draw():

@@ -67,6 +67,8 @@ def span_mask(valid_frames: Sequence[int], frames: int, mask_prob: float, span_l
     if span_lengths not in SPAN_LENGTH_CHOICES:
         raise ValueError(f"span_lengths must be one of {SPAN_LENGTH_CHOICES}, not {span_lengths!r}")
     mask = torch.zeros(len(valid_frames), frames, dtype=torch.bool)
+    if mask_prob <= 0:  # as fairseq's apply_mask: no masking at all (not even MIN_SPANS spans)
+        return mask
     for row, valid in enumerate(valid_frames):
         valid = min(int(valid), frames)
         if valid <= 0:
