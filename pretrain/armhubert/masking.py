@@ -4,7 +4,7 @@ step): an exactly resumed run draws the same masks with no extra checkpoint stat
 
 Per row, over its ``n`` valid (unpadded) frames: ``int(mask_prob * n / span_length + u)`` spans (``u`` uniform in
 [0, 1): random rounding, so the expected masked fraction is ``mask_prob`` when the spans fit), at least
-``MIN_SPANS``; each of ``span_length`` frames (``static``) or of a length drawn uniformly from 0..2·span_length
+``MIN_SPANS`` (none at all when ``mask_prob`` is 0); each of ``span_length`` frames (``static``) or of a length drawn uniformly from 0..2·span_length
 (``uniform``, fairseq's ``uniform`` with ``mask_other`` 0, the official configs' choice). With ``no_overlap``, spans
 are placed longest first, each in a free stretch chosen with probability proportional to its length among those it
 fits in, keeping ``min_space`` unmasked frames to the spans already placed; spans that no longer fit are dropped.
