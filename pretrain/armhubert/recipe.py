@@ -14,7 +14,6 @@ so the recipe is FitHuBERT's with a mask.
 
 from __future__ import annotations
 
-import logging
 from typing import Dict, Literal, Optional
 
 import torch
@@ -28,8 +27,6 @@ from s3prl_distill.model.config import StrictModel, StudentConfig
 from ..fithubert.recipe import FitHuBERT, FitHuBERTMethodConfig
 from ..method import DistillationBatch
 from .masking import mask_rng, span_mask
-
-logger = logging.getLogger(__name__)
 
 
 class MaskProbSchedule(StrictModel):
@@ -66,8 +63,10 @@ class MaskDistill(FitHuBERT):
 
     def __init__(self, config: MaskDistillMethodConfig, student: StudentConfig) -> None:
         super().__init__(config, student)
+        # Masks drawn at the current step (one per micro-batch): a resume starts at a step boundary, so counting them
+        # here keeps draws reproducible without checkpoint state.
         self._step: Optional[int] = None
-        self._draws = 0  # masks drawn at this step (one per micro-batch)
+        self._draws = 0
         self._logged: Dict[str, float] = {}
 
     def mask_prob(self, step: int) -> float:
@@ -95,5 +94,5 @@ class MaskDistill(FitHuBERT):
     def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:
         if batch.frame_mask is None or batch.masked_targets is None:
             raise ValueError(f"the {self.config.name} method needs the batch's frame mask and masked-teacher targets")
-        hidden = batch.frame_mask[:, None, :, None].to(batch.targets.device)
-        return super().losses(batch._replace(targets=torch.where(hidden, batch.targets, batch.masked_targets)))
+        masked = batch.frame_mask[:, None, :, None].to(batch.targets.device)
+        return super().losses(batch._replace(targets=torch.where(masked, batch.targets, batch.masked_targets)))
