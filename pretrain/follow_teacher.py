@@ -87,6 +87,9 @@ def _followed_student(config: Sections, follow: FollowTeacherConfig, teacher: Ar
             head["inner_dim"] = teacher.width
     if follow.depth:
         student["encoder"]["num_layers"] = teacher.num_layers
+        reuse = student["encoder"].get("attention_reuse")
+        if reuse:  # ARMHuBERT's per-layer pattern (every second layer reuses): repeated, or cut, to the new depth
+            student["encoder"]["attention_reuse"] = [reuse[i % len(reuse)] for i in range(teacher.num_layers)]
     head = student.get("prediction_head")
     if head is not None:
         head["out_dim"] = teacher.width

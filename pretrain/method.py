@@ -6,7 +6,8 @@ loss terms, and writes/reads the trained student's checkpoint (by default our na
 method is registered with).
 Optional abilities default to off: a front-end-only first stage (``front_end_steps``), the teacher's codeword
 distribution (``uses_codebook``), targets other than single teacher layers (``target_stack``), losses on the student's
-own parameters and the method's trainable state (``regularisers``, ``parameter_groups``, ``state_dict``).
+own parameters and the method's trainable state (``regularisers``, ``parameter_groups``, ``state_dict``), masked
+student and teacher passes (``masks_frames``, ``frame_mask``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class DistillationBatch(NamedTuple):
     teacher_hidden: List[Tensor]  # every teacher hidden state (s3prl indexing), each (B, T_teacher, D)
     teacher_codeword_logits: Optional[Tensor] = None  # (B, T, C) when the method uses the teacher's codebook
     codewords: Optional[Tensor] = None  # (C, final_dim) the teacher's label embeddings, idem
+    frame_mask: Optional[Tensor] = None  # (B, T) True on the frames masked, for methods that mask frames
+    masked_targets: Optional[Tensor] = None  # (B, N, T, D) like ``targets``, from the teacher pass with that mask
 
 
 class Method:
@@ -46,6 +49,9 @@ class Method:
     # The upstream family of the exported checkpoints: the registration's (``MethodSpec.family``), set by
     # ``build_method``; a recipe never spells it.
     family: Optional[str] = None
+    # Masking distillation: the student's transformer input and a second teacher pass get the frames ``frame_mask``
+    # draws replaced by their mask embeddings; the batch then carries the mask and that pass's targets.
+    masks_frames: bool = False
 
     @classmethod
     def check_student(cls, config: StrictModel, student: StudentConfig) -> None:
@@ -70,6 +76,11 @@ class Method:
 
     def losses(self, batch: DistillationBatch) -> Dict[str, LossTerm]:
         raise NotImplementedError
+
+    def frame_mask(self, frame_lengths: Tensor, frames: int, step: int, seed: int) -> Tensor:
+        """(B, ``frames``) bool, True on the frames to mask, within each row's ``frame_lengths`` valid frames;
+        ``step``: the update being computed, ``seed``: the run's (methods with ``masks_frames`` only)."""
+        raise NotImplementedError(f"{type(self).__name__} does not mask frames")
 
     def regularisers(self, student: nn.Module, step: int) -> Dict[str, LossTerm]:
         """Loss terms on the student's parameters themselves (not on a batch), added once per micro-batch."""

@@ -126,6 +126,7 @@ def check_compatible(method: StrictModel, student: StudentConfig) -> None:
 
 
 def _register_builtin() -> None:
+    from .armhubert.recipe import MaskDistill, MaskDistillMethodConfig
     from .asr_distill.recipe import AsrDistill, AsrDistillMethodConfig
     from .distilhubert.recipe import DistilHuBERT, DistilHuBERTMethodConfig
     from .dphubert.recipe import DPHuBERT, DPHuBERTMethodConfig
@@ -134,6 +135,8 @@ def _register_builtin() -> None:
 
     register_method("distilhubert", DistilHuBERTMethodConfig, DistilHuBERT, family="distilhubert")
     register_method("fithubert", FitHuBERTMethodConfig, FitHuBERT, family="fithubert")
+    register_method("maskhubert", MaskDistillMethodConfig, MaskDistill, family="maskhubert")
+    register_method("armhubert", MaskDistillMethodConfig, MaskDistill, family="armhubert")
     register_method("asr_distill", AsrDistillMethodConfig, AsrDistill, family="asr_distill")
     register_method("dphubert", DPHuBERTMethodConfig, DPHuBERT, family="dphubert")
     register_method("skill", DPHuBERTMethodConfig, DPHuBERT, family="skill")

@@ -66,8 +66,9 @@ class S3prlPretrainExpert(nn.Module):
         self.datarc = validated(DataConfig, dict(datarc), "invalid pretrain_expert.datarc")
         self.device = torch.device(device)
         cache = TeacherCache(Path(self.datarc.teacher_cache)) if self.datarc.teacher_cache else None
+        # The seed is what run_pretrain.py's --seed set (it draws masking distillation's masks).
         self.task = DistillationTask(sections.teacher, sections.student, sections.student_init, sections.method,
-                                     self.device, cache)
+                                     self.device, cache, seed=torch.initial_seed())
         self.teacher_config = sections.teacher
         self.model = self.task.student  # what s3prl's runner optimises
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import soundfile
 
@@ -22,7 +22,7 @@ from s3prl_distill.progress import progress as show_progress
 
 from .config import DataConfig, StudentInitConfig, TeacherConfig
 from .method import DistillationBatch
-from .methods import build_method
+from .methods import build_method, method_spec
 from .teacher import Teacher, initialise_student
 from .teacher_cache import TeacherCache, cache_key, required_layers
 
@@ -43,14 +43,20 @@ class DistillationTask:
         device: torch.device,
         cache: Optional[TeacherCache] = None,
         initialise: bool = True,
+        seed: int = 0,
     ) -> None:
         """With a ``cache``, targets come from it: the teacher is loaded only when the student copies weights from
-        it, and released after that. ``initialise=False`` (a resume: every student weight comes from the checkpoint
-        loaded right after) skips ``student_init``, whose copies would only be overwritten."""
+        it, and released after that (a method that masks frames keeps it for the masked pass). ``initialise=False``
+        (a resume: every student weight comes from the checkpoint loaded right after) skips ``student_init``, whose
+        copies would only be overwritten. ``seed``: the run's, for the masks of methods that mask frames."""
         self.cache = cache
+        self.seed = seed
+        masks_frames = method_spec(method.name).recipe.masks_frames
         copies_teacher = initialise and any(value for key, value in student_init.model_dump().items()
                                             if key != "checkpoint")
-        self.teacher = Teacher(teacher).to(device) if cache is None or copies_teacher else None
+        self.teacher = Teacher(teacher).to(device) if cache is None or copies_teacher or masks_frames else None
+        if masks_frames:
+            self.teacher.masking_parts()  # a teacher that cannot be masked fails now, not at the first step
         self.student_config = student
         self.student = StudentModel(student)
         if copies_teacher:
@@ -67,7 +73,10 @@ class DistillationTask:
             source = cache.codebook() if cache is not None else self.teacher.codebook(self.method.codebook_ckpt)
             self.codebook = source.to(device)
             self._check_codeword_head()
-        if cache is not None:
+        if cache is not None and masks_frames:
+            logger.info("unmasked targets from the teacher cache %s; the teacher runs the masked pass",
+                        cache.directory)
+        elif cache is not None:
             self.teacher = None
             logger.info("targets from the teacher cache %s: no teacher forward", cache.directory)
 
@@ -113,9 +122,12 @@ class DistillationTask:
         if self.in_front_end_stage(step):
             output = student(waveforms, student_lengths, front_end_only=True)
             return self.method.front_end_losses(output, hidden_states[0], _valid_frames(output, hidden_states[0]))
-        output = student(waveforms, student_lengths)
         # Teacher and student CNNs may differ by a frame at the end; compare the common frames.
         teacher_frames = next(state for state in hidden_states if state is not None).shape[1]
+        frame_mask = masked_states = None
+        if self.method.masks_frames:
+            frame_mask, masked_states = self._masked_pass(waveforms, lengths, teacher_frames, step)
+        output = student(waveforms, student_lengths, frame_mask=frame_mask)
         # A method without heads (predictions None) reads the student's hidden states, at the front end's rate.
         student_frames = output.features.shape[1] if output.predictions is None else output.predictions.shape[2]
         frames = min(student_frames, teacher_frames)
@@ -126,9 +138,22 @@ class DistillationTask:
         if self.codebook is not None:
             teacher_logits = self.codebook.logits(hidden_states[-1], self.method.codebook_temperature)
             codewords = self.codebook.embeddings
+        masking = {} if frame_mask is None else {"frame_mask": frame_mask[:, :frames],
+                                                 "masked_targets": self.method.target_stack(masked_states, frames)}
         batch = DistillationBatch(output, targets, _valid_frames(output, targets[:, 0]), hidden_states,
-                                  teacher_logits, codewords)
+                                  teacher_logits, codewords, **masking)
         return {**self.method.losses(batch), **self.method.regularisers(self.student, step)}
+
+    def _masked_pass(self, waveforms: Tensor, lengths: Tensor, teacher_frames: int,
+                     step: int) -> Tuple[Tensor, List[Tensor]]:
+        """The method's frame mask over the student's frames (drawn within the frames both models have and each
+        row's valid frames), on the student's device, and the teacher's hidden states with that mask."""
+        sample_lengths = lengths.cpu()
+        student_frames = int(self.student.frame_lengths(torch.tensor([waveforms.shape[1]]))[0])
+        common = min(student_frames, teacher_frames)
+        mask = self.method.frame_mask(self.student.frame_lengths(sample_lengths), common, step, self.seed)
+        mask = torch.nn.functional.pad(mask, (0, student_frames - common)).to(waveforms.device)
+        return mask, self.teacher(waveforms, lengths, self.method.teacher_layer_zero, frame_mask=mask)
 
     def prepare_front_end(self, items: Sequence[AudioItem]) -> None:
         """Before the first step: the fbank front end's normalisation statistics from (up to

@@ -96,27 +96,35 @@ class Teacher(nn.Module):
         return super().train(False)  # always frozen
 
     @torch.no_grad()
-    def forward(self, waveforms: Tensor, lengths: Tensor, layer_zero: str = "transformer_input") -> List[Tensor]:
+    def forward(self, waveforms: Tensor, lengths: Tensor, layer_zero: str = "transformer_input",
+                frame_mask: Optional[Tensor] = None) -> List[Tensor]:
         """``waveforms`` (B, S) zero-padded, ``lengths`` (B,) -> hidden states, each (B, T, D), in fp32.
 
         ``layer_zero="feature_projection"`` replaces hidden state 0 (s3prl's: the first layer's input, after the
         positional convolution and LayerNorm) by the tensor DPHuBERT calls layer 0: the projected CNN features
-        before the positional convolution, read from the input of the upstream's transformer encoder."""
+        before the positional convolution, read from the input of the upstream's transformer encoder.
+        ``frame_mask`` (B, T') bool: the teacher's own masking (fairseq's ``apply_mask``) -- frames where it is True
+        enter the encoder as the teacher's ``mask_emb``; the mask is cut or padded (unmasked) to the teacher's
+        frames."""
         wavs = [wave[:length] for wave, length in zip(waveforms, lengths.tolist())]
         captured: List[Tensor] = []
-        hook = None
+        hooks = []
         if layer_zero not in LAYER_ZERO_CHOICES:
             raise ValueError(f"layer_zero must be one of {LAYER_ZERO_CHOICES}, not {layer_zero!r}")
+        if frame_mask is not None:
+            encoder, mask_embedding = self.masking_parts()
+            hooks.append(encoder.register_forward_pre_hook(
+                lambda module, args, kwargs: _masked_input(args, kwargs, frame_mask, mask_embedding), with_kwargs=True))
         if layer_zero == "feature_projection":
-            hook = self.feature_projection_module().register_forward_pre_hook(
-                lambda module, args, kwargs: captured.append(args[0] if args else kwargs["x"]), with_kwargs=True)
+            hooks.append(self.feature_projection_module().register_forward_pre_hook(
+                lambda module, args, kwargs: captured.append(args[0] if args else kwargs["x"]), with_kwargs=True))
         try:
             with torch.autocast(device_type=waveforms.device.type, enabled=False):
                 states = list(self.upstream(wavs)["hidden_states"])
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
-        if hook is not None:
+        if layer_zero == "feature_projection":
             if len(captured) != 1 or captured[0].shape != states[0].shape:
                 raise RuntimeError(f"teacher {self.name!r}: its encoder ran {len(captured)} times or took input of "
                                    f"another shape than its hidden states; cannot read the feature projection")
@@ -138,6 +146,21 @@ class Teacher(nn.Module):
                 f"wav2vec2 teacher, or set {setting}"
             )
         return encoder
+
+    def masking_parts(self) -> Tuple[nn.Module, Tensor]:
+        """The fairseq-style encoder (its input: the projected CNN features, where fairseq masks) and the learned
+        ``mask_emb`` of s3prl's HuBERT, WavLM and wav2vec 2.0 experts, for masking distillation's masked pass."""
+        model = getattr(self.upstream, "model", None)
+        encoder = getattr(model, "encoder", None)
+        mask_embedding = getattr(model, "mask_emb", None)
+        if not isinstance(encoder, nn.Module) or not hasattr(encoder, "pos_conv") or not isinstance(mask_embedding,
+                                                                                                   Tensor):
+            raise ValueError(
+                f"teacher {self.name!r} has no fairseq-style encoder and mask embedding (model.encoder, "
+                "model.mask_emb), which masking distillation's masked teacher pass needs; use a hubert, wavlm or "
+                "wav2vec2 teacher"
+            )
+        return encoder, mask_embedding
 
     def check_layers(self, layers: List[int], hidden_count: int) -> None:
         """A clear error for target layers beyond the teacher's hidden states."""
@@ -163,6 +186,20 @@ class Teacher(nn.Module):
                 "student from; set every student_init option to false/0"
             )
         return model
+
+
+def _masked_input(args: tuple, kwargs: dict, frame_mask: Tensor, mask_embedding: Tensor) -> Tuple[tuple, dict]:
+    """The encoder's (args, kwargs) with the input's masked frames replaced by ``mask_embedding``."""
+    features = args[0] if args else kwargs["x"]
+    if frame_mask.shape[0] != features.shape[0]:
+        raise ValueError(f"frame_mask has {frame_mask.shape[0]} rows for a batch of {features.shape[0]}")
+    frames = features.shape[1]
+    mask = frame_mask[:, :frames].to(features.device)
+    mask = torch.nn.functional.pad(mask, (0, frames - mask.shape[1]))  # the teacher's extra frames: unmasked
+    masked = torch.where(mask[..., None], mask_embedding.to(features.dtype), features)
+    if args:
+        return (masked, *args[1:]), kwargs
+    return args, {**kwargs, "x": masked}
 
 
 def initialise_student(student: StudentModel, teacher: Teacher, init: StudentInitConfig) -> List[str]:

@@ -109,7 +109,7 @@ class Trainer:
         torch.manual_seed(runner.seed)
         cache = TeacherCache(Path(config.data.teacher_cache)) if config.data.teacher_cache else None
         self.task = DistillationTask(config.teacher, config.student, config.student_init, config.method, self.device,
-                                     cache, initialise=resume is None)
+                                     cache, initialise=resume is None, seed=runner.seed)
         self.student = self.task.student
         if runner.compile:
             self.student.compile()  # in place: parameter names and checkpoints stay those of the eager module

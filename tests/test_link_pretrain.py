@@ -81,7 +81,7 @@ def test_link_pretrain_writes_real_folders_in_the_checkout_only(tmp_path, capsys
     target = fake_checkout(tmp_path / "checkout")
     main(["link-pretrain", str(tmp_path / "checkout")])
     assert f"now, in {target.parent}: python3 run_pretrain.py" in capsys.readouterr().out
-    for folder in ("asr_distill", "distilhubert", "dphubert", "fithubert", "star"):
+    for folder in ("armhubert", "asr_distill", "distilhubert", "dphubert", "fithubert", "star"):
         made = target / folder
         assert made.is_dir() and not made.is_symlink()
         assert (made / "pretrain_expert.py").resolve() == PRETRAIN / folder / "pretrain_expert.py"
@@ -92,8 +92,8 @@ def test_link_pretrain_writes_real_folders_in_the_checkout_only(tmp_path, capsys
     # The variants are there for -g, and read (their base through the link) as ours do.
     variant = target / "dphubert" / "config_skill.yaml"
     assert variant.is_symlink() and read_config(variant) == read_config(PRETRAIN / "dphubert" / "config_skill.yaml")
-    assert sorted(p.name for p in target.iterdir()) == ["asr_distill", "distilhubert", "distiller", "dphubert",
-                                                        "fithubert", "star"]
+    assert sorted(p.name for p in target.iterdir()) == ["armhubert", "asr_distill", "distilhubert", "distiller",
+                                                        "dphubert", "fithubert", "star"]
 
 
 def test_link_pretrain_refreshes_what_it_made_and_refuses_the_rest(tmp_path, capsys):
