@@ -180,23 +180,34 @@ class DistillationTask:
 
 def load_student_checkpoint(student: StudentModel, path: str) -> None:
     """Start from a student checkpoint of ours (e.g. a pruned one): same config, every weight, heads included; or,
-    for a student section that leaves out all of the checkpoint's training heads (a method that trains none), its
-    backbone."""
+    for a student section with the same backbone but other training heads (none, for a method that trains none;
+    layer-wise heads and a mask embedding for masking distillation on a pruned student), the backbone, the run's
+    own heads starting fresh."""
     checkpoint = load_checkpoint(path, what="student_init.checkpoint")
     if not is_native_student(checkpoint):
         raise CheckpointError(f"student_init.checkpoint {path} is {describe_checkpoint(checkpoint)}, not an "
                               "s3prl-distill student checkpoint")
     saved = StudentConfig.from_dict(checkpoint["StudentConfig"], f"{path} (StudentConfig)")
-    state = checkpoint["Student"]
-    if saved != student.config:
-        headless = saved.model_copy(update={"prediction_head": None, "codeword_head": None, "mask_embedding": False})
-        if headless != student.config:
-            raise ValueError(f"student_init.checkpoint {path} holds a student whose config differs from this run's "
-                             "student section; use the config written next to it (e.g. by s3prl-distill prune), with "
-                             "or without its heads")
-        state = {key: value for key, value in state.items() if not key.startswith(HEAD_PREFIXES)}
-    student.load_state_dict(state, strict=True)
-    logger.info("student initialised from %s%s", path, "" if state is checkpoint["Student"] else " (its backbone)")
+    if saved == student.config:
+        student.load_state_dict(checkpoint["Student"], strict=True)
+        logger.info("student initialised from %s", path)
+        return
+    if _backbone(saved) != _backbone(student.config):
+        raise ValueError(f"student_init.checkpoint {path} holds a student whose config differs from this run's "
+                         "student section; use the config written next to it (e.g. by s3prl-distill prune), with "
+                         "the same or other heads")
+    backbone = {key: value for key, value in checkpoint["Student"].items() if not key.startswith(HEAD_PREFIXES)}
+    missing, unexpected = student.load_state_dict(backbone, strict=False)
+    left = [key for key in missing if not key.startswith(HEAD_PREFIXES)]
+    if left or unexpected:  # equal backbone configs make equal backbone keys; a damaged file does not
+        raise CheckpointError(f"student_init.checkpoint {path}: backbone weights missing ({', '.join(left[:3])}) or "
+                              f"unexpected ({', '.join(unexpected[:3])})")
+    logger.info("student initialised from %s: its backbone; the run's heads start fresh", path)
+
+
+def _backbone(config: StudentConfig) -> StudentConfig:
+    """The config without its training heads (what a checkpoint's backbone weights are compared by)."""
+    return config.model_copy(update={"prediction_head": None, "codeword_head": None, "mask_embedding": False})
 
 
 def _padded_lengths(lengths: Tensor, waveforms: Tensor) -> Optional[Tensor]:

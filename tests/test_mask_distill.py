@@ -368,3 +368,44 @@ def test_the_s3prl_pretrain_expert_trains_with_masks(setup, tmp_path):
     assert torch.isfinite(loss) and set(records) == {"final/layer3", "hint/layer1", "hint/layer2"}
     assert expert.model.mask_embedding.grad.abs().sum() > 0  # masked frames reached the student
     assert expert.add_state_to_save({})["Family"] == "maskhubert"  # maskhubert_local loads what it saves
+
+
+def test_masking_distillation_on_a_pruned_student_starts_from_its_backbone(setup, tmp_path):
+    """Recipes compose through the config: a DPHuBERT-pruned student (its checkpoint has DPHuBERT's heads) trained by
+    masking distillation, with layer-wise heads and a mask embedding of its own, starts from the pruned backbone."""
+    from s3prl_distill.checkpoint import save_checkpoint
+    from s3prl_distill.formats.native import export_student
+    from s3prl_distill.model.pruning import prune
+    from s3prl_distill.model.student import HEAD_PREFIXES
+    from s3prl_distill.pretrain.task import DistillationTask
+
+    from helpers import gated_student
+
+    pruned = prune(gated_student(wavlm=False))
+    assert pruned.config.prediction_head.type != "layerwise"  # DPHuBERT's heads, not the ones this recipe trains
+    path = save_checkpoint(export_student("dphubert", pruned.config, pruned.state_dict()), tmp_path / "pruned.ckpt")
+    layers = pruned.config.encoder.num_layers
+    student = pruned.config.to_dict()
+    student.update(mask_embedding=True, prediction_head={"type": "layerwise", "target_layers": list(range(1, layers + 1)),
+                                                         "out_dim": 48})
+    config = runner_config(setup)
+    config.update(student=student, student_init={"checkpoint": str(path)},
+                  method={"name": "maskhubert", "hint_layers": list(range(1, layers)), "mask_length": 3})
+    validated = validate_config(config, "run.yaml")
+    task = DistillationTask(validated.teacher, validated.student, validated.student_init, validated.method,
+                            torch.device("cpu"), seed=3)
+    loaded, backbone = task.student.state_dict(), pruned.state_dict()
+    shared = [key for key in backbone if not key.startswith(HEAD_PREFIXES)]
+    assert shared and all(torch.equal(loaded[key], backbone[key]) for key in shared)
+    assert task.student.mask_embedding is not None and len(task.student.prediction_head.heads) == layers
+    waves = random_waves([9000, 6000], seed=2)
+    batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+    loss = combine(task.losses(task.student, batch, torch.tensor([9000, 6000])))
+    loss.backward()
+    assert torch.isfinite(loss) and task.student.mask_embedding.grad is not None
+    # Another backbone is refused, naming the file.
+    other = {**student, "feature_dropout": 0.3}
+    with pytest.raises(ValueError, match=r"pruned.ckpt holds a student whose config differs .* the same or other heads"):
+        validated = validate_config({**config, "student": other}, "run.yaml")
+        DistillationTask(validated.teacher, validated.student, validated.student_init, validated.method,
+                         torch.device("cpu"))
