@@ -18,9 +18,9 @@ from s3prl_distill.audio_lists import SAMPLE_RATE
 from s3prl_distill.formats.fairseq import teacher_copy_config
 from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
 from s3prl_distill.formats.s3prl_wavlm import TINY_WAVLM
-from s3prl_distill.model import (PruningConfig, StudentConfig, StudentModel, deepthin_config, fithubert_config,
-                                 pruning_student_config, shallowwide_config, starhubert_config, with_codeword_head,
-                                 with_fbank_front_end)
+from s3prl_distill.model import (PruningConfig, StudentConfig, StudentModel, armhubert_config, deepthin_config,
+                                 fithubert_config, maskhubert_config, pruning_student_config, shallowwide_config,
+                                 starhubert_config, with_codeword_head, with_fbank_front_end)
 from s3prl_distill.pretrain.config import load_config
 from s3prl_distill.pretrain.runner import Trainer
 
@@ -169,6 +169,17 @@ def tiny_star(layers: int = 3, width: int = 32) -> StudentConfig:
     data["encoder"].update(num_layers=layers, embed_dim=width, ffn_dim=2 * width, num_heads=4, pos_conv_kernel=16,
                            pos_conv_groups=4)
     return StudentConfig.from_dict(data, "tiny STaRHuBERT")
+
+
+def tiny_armhubert(reuse: bool = False, out_dim: int = 48) -> StudentConfig:
+    """A 3-layer ARMHuBERT (``reuse``: layer 2 reuses layer 1's attention map) or MaskHuBERT student of width 24,
+    with its mask embedding and heads predicting teacher layers 1-3 (TINY_HUBERT's width 48)."""
+    data = (armhubert_config() if reuse else maskhubert_config()).to_dict()
+    data["feature_extractor"]["conv_layers"] = "[(16,10,5)] + [(16,1,1)] + [(16,3,2)]*4 + [(24,1,1)] + [(24,2,2)]*2"
+    data["encoder"].update(num_layers=3, embed_dim=24, ffn_dim=40, num_heads=4, pos_conv_kernel=8, pos_conv_groups=4,
+                           attention_reuse=[False, True, False] if reuse else None)
+    data["prediction_head"].update(target_layers=[1, 2, 3], out_dim=out_dim)
+    return StudentConfig.from_dict(data, "tiny ARMHuBERT" if reuse else "tiny MaskHuBERT")
 
 
 def tiny_deepthin(codeword=("logits", 504), fbank: bool = False) -> StudentConfig:

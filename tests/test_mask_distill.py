@@ -24,26 +24,13 @@ from s3prl_distill.pretrain.methods import build_method
 from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 from s3prl_distill.pretrain.runner import Trainer
 
-from helpers import random_waves
+from helpers import random_waves, tiny_armhubert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_CNN = "[(16,10,5)] + [(16,1,1)] + [(16,3,2)]*4 + [(24,1,1)] + [(24,2,2)]*2"  # stride 320, field 400
-
-
-def tiny_student(reuse: bool = False, out_dim: int = 48) -> StudentConfig:
-    """A 3-layer ARMHuBERT (``reuse``) or MaskHuBERT student of width 24, heads predicting teacher layers 1-3."""
-    data = (armhubert_config() if reuse else maskhubert_config()).to_dict()
-    data["feature_extractor"]["conv_layers"] = TINY_CNN
-    data["encoder"].update(num_layers=3, embed_dim=24, ffn_dim=40, num_heads=4, pos_conv_kernel=8, pos_conv_groups=4,
-                           attention_reuse=[False, True, False] if reuse else None)
-    data["prediction_head"].update(target_layers=[1, 2, 3], out_dim=out_dim)
-    return StudentConfig.from_dict(data)
-
-
 def runner_config(setup, name: str = "maskhubert", **method) -> dict:
     config = yaml.safe_load(setup["config"].read_text())
-    config.update(student=tiny_student(reuse=name == "armhubert").to_dict(), student_init={},
+    config.update(student=tiny_armhubert(reuse=name == "armhubert").to_dict(), student_init={},
                   method={"name": name, "hint_layers": [1, 2], "mask_length": 3, **method})
     return config
 
@@ -104,11 +91,11 @@ def test_masks_are_a_function_of_seed_step_rank_and_draw():
 def test_method_draws_one_mask_per_micro_batch_and_follows_the_schedule():
     config = MaskDistillMethodConfig(hint_layers=[1, 2], mask_length=3,
                                      mask_prob_schedule={"end": 0.2, "steps": 100})
-    method = build_method(config, tiny_student())
+    method = build_method(config, tiny_armhubert())
     lengths = torch.tensor([100, 70])
     first, second = method.frame_mask(lengths, 100, 5, seed=1), method.frame_mask(lengths, 100, 5, seed=1)
     assert not torch.equal(first, second)  # two micro-batches of step 5
-    again = build_method(config, tiny_student())  # a resumed run: a new method, same step
+    again = build_method(config, tiny_armhubert())  # a resumed run: a new method, same step
     assert torch.equal(again.frame_mask(lengths, 100, 5, seed=1), first)
     assert [method.mask_prob(step) for step in (0, 50, 100, 400)] == pytest.approx([0.8, 0.5, 0.2, 0.2])
     assert method.scalars()["mask_prob"] == pytest.approx(0.77)
@@ -142,7 +129,7 @@ def hand_built_batch(valid=None, seed=0):
 @pytest.mark.parametrize("kind", ["mse", "l1"])
 def test_loss_is_the_official_formula(kind):
     config = MaskDistillMethodConfig(hint_layers=[1, 2], loss_type=kind, hint_weight=0.3, final_weight=0.7)
-    method = build_method(config, tiny_student())
+    method = build_method(config, tiny_armhubert())
     batch = hand_built_batch()
     expected = official_loss(batch.student.predictions, batch.targets, batch.masked_targets, batch.frame_mask, kind,
                              0.3, 0.7)
@@ -150,7 +137,7 @@ def test_loss_is_the_official_formula(kind):
     # Hint and final weights scale their own terms only.
     terms = method.losses(batch)
     assert terms["hint"].layers == [1, 2] and terms["final"].layers == [3]
-    no_hint = build_method(config.model_copy(update={"hint_weight": 0.0}), tiny_student())
+    no_hint = build_method(config.model_copy(update={"hint_weight": 0.0}), tiny_armhubert())
     only_final = official_loss(batch.student.predictions, batch.targets, batch.masked_targets, batch.frame_mask,
                                kind, 0.0, 0.7)
     assert torch.allclose(combine(no_hint.losses(batch)), only_final, rtol=1e-5)
@@ -162,12 +149,12 @@ def test_padding_counts_as_official_unless_masked_out():
     valid[2, 4:] = False
     batch = hand_built_batch(valid, seed=1)
     batch = batch._replace(frame_mask=batch.frame_mask & valid)  # masks are drawn within the valid frames
-    official = build_method(MaskDistillMethodConfig(hint_layers=[1, 2]), tiny_student())
+    official = build_method(MaskDistillMethodConfig(hint_layers=[1, 2]), tiny_armhubert())
     expected = official_loss(batch.student.predictions, batch.targets, batch.masked_targets, batch.frame_mask, "mse",
                              0.1, 1.0)
     assert torch.allclose(combine(official.losses(batch)), expected, rtol=1e-5)  # padded frames counted, / B·T
     # mask_padding: padded frames neither summed nor counted -- the formula over the valid frames, / their number.
-    masked = build_method(MaskDistillMethodConfig(hint_layers=[1, 2], mask_padding=True), tiny_student())
+    masked = build_method(MaskDistillMethodConfig(hint_layers=[1, 2], mask_padding=True), tiny_armhubert())
     mixed = torch.where(batch.frame_mask[:, None, :, None], batch.targets, batch.masked_targets)
     per_frame = (batch.student.predictions - mixed).pow(2).mean(-1)  # (B, N, T)
     per_layer = (per_frame * valid[:, None]).sum((0, 2)) / valid.sum()
@@ -175,7 +162,7 @@ def test_padding_counts_as_official_unless_masked_out():
 
 
 def test_config_refusals(setup):
-    no_mask = tiny_student().model_copy(update={"mask_embedding": False})
+    no_mask = tiny_armhubert().model_copy(update={"mask_embedding": False})
     config = runner_config(setup)
     config["student"] = no_mask.to_dict()
     with pytest.raises(ConfigError, match="student.mask_embedding: true"):
@@ -233,7 +220,7 @@ def test_student_and_teacher_may_differ_by_a_frame(setup, monkeypatch, last_conv
     teacher's stay unmasked, and the loss compares the common frames."""
     from s3prl_distill.pretrain.task import DistillationTask
 
-    data = tiny_student().to_dict()
+    data = tiny_armhubert().to_dict()
     data["feature_extractor"]["conv_layers"] = f"[(16,10,5)] + [(16,1,1)] + [(16,3,2)]*4 + [(24,1,1)] + [(24,2,2)] + " \
                                                f"[{last_conv}]"
     teacher = TeacherConfig(name="hubert_local", ckpt=str(setup["teacher"]))
@@ -260,7 +247,7 @@ def test_a_teacher_without_a_mask_embedding_is_refused_at_construction():
 
     method = MaskDistillMethodConfig(hint_layers=[1, 2])
     with pytest.raises(ValueError, match="mask embedding .*model.mask_emb"):
-        DistillationTask(TeacherConfig(name="fbank"), tiny_student(out_dim=80), StudentInitConfig(), method,
+        DistillationTask(TeacherConfig(name="fbank"), tiny_armhubert(out_dim=80), StudentInitConfig(), method,
                          torch.device("cpu"))
 
 

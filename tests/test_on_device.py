@@ -32,7 +32,7 @@ from s3prl_distill.model.pruning import prune
 from s3prl_distill.pretrain.runner import Trainer
 
 from helpers import (TINY_STUDENT, gated_student, launch, make_trainer, random_waves, tiny_deepthin, tiny_fithubert,
-                     tiny_shallowwide, tiny_star, write_audio_tree, write_s3prl_distiller_checkpoint)
+                     tiny_armhubert, tiny_shallowwide, tiny_star, write_audio_tree, write_s3prl_distiller_checkpoint)
 
 DEVICE_VARIABLE = "S3PRL_DISTILL_TEST_DEVICE"
 DEVICE = os.environ.get(DEVICE_VARIABLE) or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,7 +43,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 pytestmark = [pytest.mark.device_check, pytest.mark.usefixtures("on_device", "one_thread")]
 needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason=f"needs CUDA ({DEVICE_VARIABLE}={DEVICE})")
 
-RECIPES = ["distilhubert", "fithubert", "asr_distill", "asr_distill_fbank", "dphubert", "skill", "star"]
+RECIPES = ["distilhubert", "fithubert", "asr_distill", "asr_distill_fbank", "dphubert", "skill", "star", "armhubert"]
 PRECISIONS = ["bf16", pytest.param("fp16", marks=pytest.mark.skipif(
     DEVICE != "cuda", reason="fp16 trains with loss scaling on CUDA only (elsewhere the runner falls back to fp32)"))]
 STEPS, BAD_STEP, FRONT_END_STEPS = 8, 4, 3  # BAD_STEP (0-based) gets non-finite gradients
@@ -92,6 +92,9 @@ def recipe_config(setup: Dict[str, Path], recipe: str) -> dict:
         config.update(student=student.to_dict(), student_init={"whole": True},
                       method={"name": recipe, "target_sparsity": 0.3, "sparsity_warmup_steps": 4},
                       optimizer={"lr": 2.0e-3, "weight_decay": 0.0})
+    elif recipe == "armhubert":  # masking distillation (the teacher's masked pass) on an attention-reusing student
+        config.update(student=tiny_armhubert(reuse=True).to_dict(), student_init={},
+                      method={"name": "armhubert", "hint_layers": [1, 2], "mask_length": 3})
     elif recipe == "star":  # no heads: Gram matrices of the hidden states, computed in fp32 under autocast
         config.update(student=tiny_star().to_dict(), student_init={},
                       method={"name": "star", "teacher_layers": [1, 2, 3]})
@@ -175,7 +178,8 @@ def test_mixed_precision_training_steps(setup, one_batch, tmp_path, recipe, prec
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_no_host_device_sync_between_logs(setup, one_batch, tmp_path, recipe, precision):
     """Between two logs a step never waits for the GPU. Outside the check: the log and checkpoint, and the teacher
-    forward, an s3prl upstream taking a list of waveforms (host-side by design; a teacher cache avoids it). The runs
+    forward, an s3prl upstream taking a list of waveforms (host-side by design; a teacher cache avoids it), and so
+    masking distillation's masked teacher pass (its mask drawn on the host). The runs
     use the fused AdamW: AdamW_with_schedule (the shipped DistilHuBERT, FitHuBERT and ASR configs) has no AMP hooks,
     so GradScaler reads its skip decision once a step (see Trainer.__init__)."""
     trainer = trainer_for(setup, tmp_path, recipe, precision, "config.runner.total_steps=4,,config.runner.log_step=4,,"
@@ -192,6 +196,7 @@ def test_no_host_device_sync_between_logs(setup, one_batch, tmp_path, recipe, pr
 
     trainer._log, trainer.save = unchecked(trainer._log), unchecked(trainer.save)
     trainer.task.teacher_hidden_states = unchecked(trainer.task.teacher_hidden_states)
+    trainer.task._masked_pass = unchecked(trainer.task._masked_pass)  # masking distillation's second teacher pass
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
