@@ -31,7 +31,7 @@ from s3prl_distill.model.fbank import fbank_statistics
 from s3prl_distill.model.pruning import prune
 from s3prl_distill.pretrain.runner import Trainer
 
-from helpers import (TINY_STUDENT, gated_student, launch, make_trainer, random_waves, tiny_deepthin, tiny_fithubert,
+from helpers import (TINY_STUDENT, gated_student, make_trainer, random_waves, tiny_deepthin, tiny_fithubert,
                      tiny_armhubert, tiny_shallowwide, tiny_star, write_audio_tree, write_s3prl_distiller_checkpoint)
 
 DEVICE_VARIABLE = "S3PRL_DISTILL_TEST_DEVICE"
@@ -327,13 +327,18 @@ def test_upstream_on_cuda_equals_cpu(upstream_checkpoints, name):
 # --- s3prl's downstream runner -----------------------------------------------------------------------------------
 
 def test_s3prl_downstream_runner_trains_20_steps_on_the_device(tmp_path, emotion_setup, session_distiller_ckpt):
+    """As a sweep runs it: a child forked from the experiment server, which imported s3prl's hub (whose log_stft
+    expert asks torch.cuda.is_available() at import) without initialising CUDA, so the child can."""
+    from s3prl_distill.downstream_recipes.superb.runner import run_experiment_process
+
     corpus, config = emotion_setup
     expdir = tmp_path / "exp"
     train = ["-m", "train", "-u", "distilhubert_local", "-k", str(session_distiller_ckpt), "-d", "emotion",
              "-c", str(config), "-p", str(expdir), "--device", DEVICE,
              "-o", "config.runner.total_steps=20,,config.runner.save_step=20,,config.runner.eval_step=20"]
-    _, result = launch("module", train, tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    plan = {"train": train, "expdir": str(expdir), "best": "states-20.ckpt", "split": "test", "device": DEVICE}
+    run_experiment_process(plan, [tmp_path / "train.log", tmp_path / "evaluate.log"])
+    assert f"--device {DEVICE}" in (tmp_path / "evaluate.log").read_text().splitlines()[0]
     states = torch.load(expdir / "states-20.ckpt", map_location="cpu", weights_only=False)
     assert states["Step"] == 20
     assert torch.isfinite(states["Featurizer"]["weights"]).all()

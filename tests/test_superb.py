@@ -325,7 +325,7 @@ def test_superb_config_refuses_bad_input_naming_it(data_root, tmp_path, capsys, 
 def test_superb_config_writes_the_file_a_sweep_gives_s3prl(data_root, tmp_path, capsys, monkeypatch):
     from s3prl_distill.downstream_recipes.superb import runner
 
-    def stop(plan, logs, environment=None, on_step=None, on_trained=None):
+    def stop(plan, logs, environment=None, on_step=None, on_trained=None, server=None):
         raise InterruptedError(plan["train"])
 
     monkeypatch.setattr(runner, "run_experiment_process", stop)  # the sweep stops where s3prl's runner would start

@@ -16,17 +16,32 @@ Usage (by the sweep, not by hand)::
 
 ``PLAN_JSON``: ``{"train": [s3prl arguments] or null, "expdir": ..., "best": <best checkpoint's file name>,
 "split": <evaluate split>, "device": ...}``.
+
+A sweep runs many experiments, so it does not start an interpreter for each: :func:`serve` is a small server that
+imports s3prl's hub once and forks one child per experiment, which then runs :func:`main` on its plan with its
+stdout and stderr on a pipe the sweep passed along with the request (see ``runner.ExperimentServer``). Each
+experiment still is its own process (its memory, its exit status, killed on its own); what it shares with the
+others is only the already-imported modules. The server forks from its only thread and never runs a torch op
+itself, so each child starts as a fresh interpreter would (s3prl's ``main()`` seeds every generator)::
+
+    python -m s3prl_distill.downstream_recipes.superb.experiment_process --serve CONTROL_FD
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import json
+import os
 import runpy
+import select
 import shlex
+import signal
+import socket
 import sys
+import traceback
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from s3prl_distill.checkpoint import latest_step_checkpoint
 
@@ -61,8 +76,11 @@ def _release_training_memory() -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--serve":
+        return serve(int(argv[1]))
     if len(argv) != 1:
-        sys.exit("usage: python -m s3prl_distill.downstream_recipes.superb.experiment_process PLAN_JSON")
+        sys.exit("usage: python -m s3prl_distill.downstream_recipes.superb.experiment_process PLAN_JSON "
+                 "(or --serve CONTROL_FD)")
     plan = json.loads(argv[0])
     if plan["train"] is not None:
         run_downstream(plan["train"])
@@ -75,6 +93,92 @@ def main(argv: Optional[List[str]] = None) -> int:
     if checkpoint is None:
         sys.exit(f"{expdir}: training left no checkpoint to evaluate")
     run_downstream(["-m", "evaluate", "-e", str(checkpoint), "-t", plan["split"], "--device", plan["device"]])
+    return 0
+
+
+# Replies to the sweep: one JSON message each on the control socket (SOCK_SEQPACKET keeps them apart).
+def _reply(control: socket.socket, message: dict) -> None:
+    control.send(json.dumps(message).encode())
+
+
+def _child(control: socket.socket, output: int, plan: dict) -> int:
+    """In the forked child: stdout and stderr to ``output``, then the experiment; returns its exit status."""
+    control.close()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    os.close(output)
+    try:
+        return main([json.dumps(plan)])
+    except SystemExit as stop:  # sys.exit(message) as the interpreter reports it
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _reap(control: socket.socket, children: Dict[int, int]) -> None:
+    """Report every child that has ended: ``{"id": request, "exit": status}`` (-N: killed by signal N)."""
+    while children:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            return
+        _reply(control, {"id": children.pop(pid), "exit": os.waitstatus_to_exitcode(status)})
+
+
+def serve(control_fd: int) -> int:
+    """Run experiments on request until the sweep closes its end of the control socket.
+
+    A request is ``{"id": N, "plan": PLAN}`` with one file descriptor attached (where the experiment's output goes);
+    the server forks a child for it and replies ``{"id": N, "pid": PID}``, then ``{"id": N, "exit": STATUS}`` when
+    it ends. Should the sweep go away while experiments run, they are killed: nobody would read their output."""
+    # s3prl's log_stft expert asks torch.cuda.is_available() when imported; through NVML that leaves the CUDA
+    # driver uninitialised here, so the children can initialise it (the driver is not fork-safe once it is).
+    user_setting = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    importlib.import_module("s3prl.hub")  # the import every experiment would pay: once, here
+    if user_setting is None:  # the experiments see the environment they were given
+        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+    else:
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = user_setting
+    import torch
+
+    if torch.cuda.is_initialized():  # an s3prl that initialises CUDA on import: a forked child could not use it
+        sys.exit("importing s3prl.hub initialised CUDA in the experiment server; forked experiments could not use it")
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    control = socket.socket(fileno=control_fd)
+    children: Dict[int, int] = {}
+    while True:
+        readable, _, _ = select.select([control], [], [], 0.2)
+        _reap(control, children)
+        if not readable:
+            continue
+        message, fds, _, _ = socket.recv_fds(control, 1 << 20, 1)
+        if not message:
+            break
+        request = json.loads(message)
+        if len(fds) != 1:
+            _reply(control, {"id": request["id"], "error": "no output descriptor came with the request"})
+            continue
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_child(control, fds[0], request["plan"]))
+        os.close(fds[0])
+        children[pid] = request["id"]
+        _reply(control, {"id": request["id"], "pid": pid})
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    for pid in list(children):
+        os.waitpid(pid, 0)
     return 0
 
 

@@ -18,8 +18,11 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -155,14 +158,147 @@ class PhaseSplitter:
                 self.on_output(self.phase, data)
 
 
+SERVER_MODULE = "s3prl_distill.downstream_recipes.superb.experiment_process"
+
+
+class Experiment:
+    """One experiment the server runs: its output (``stdout``, to EOF), ``wait()`` for its exit status, ``kill()``."""
+
+    def __init__(self, server: "ExperimentServer", stdout: BinaryIO) -> None:
+        self.server = server
+        self.stdout = stdout
+        self.pid: Optional[int] = None
+        self.returncode: Optional[int] = None
+        self.error: Optional[str] = None
+        self._started = threading.Event()
+        self._ended = threading.Event()
+
+    def wait(self) -> int:
+        self._ended.wait()
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        return self.returncode
+
+    def kill(self) -> None:
+        self._started.wait(timeout=30)
+        if self.pid is not None and not self._ended.is_set():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it had just ended
+                pass
+
+
+class ExperimentServer:
+    """A process that imports s3prl's hub once and forks a child per experiment (``experiment_process.serve``):
+    each experiment is still its own process, without paying the import (about 11 s of CPU here) again. Use as a
+    context manager; ``environment`` is the experiments' (the server's) environment. Thread-safe."""
+
+    def __init__(self, environment: Optional[Dict[str, str]] = None) -> None:
+        self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # The server's own output (s3prl's import-time warnings; a traceback if it cannot start) goes here.
+        self._log = tempfile.TemporaryFile()
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", SERVER_MODULE, "--serve", str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=environment)
+        self._lock = threading.Lock()
+        self._experiments: Dict[int, Experiment] = {}
+        self._next_id = 0
+        self._reader = threading.Thread(target=self._read_replies, name="experiment-server", daemon=True)
+        self._reader.start()
+
+    def start(self, plan: dict) -> Experiment:
+        """Run :func:`experiment_process.main` on ``plan`` in a new child of the server."""
+        read_end, write_end = os.pipe()
+        experiment = Experiment(self, open(read_end, "rb"))
+        try:
+            with self._lock:
+                request = self._next_id
+                self._next_id += 1
+                try:
+                    if self.process.poll() is not None:
+                        raise OSError("ended")
+                    socket.send_fds(self._control, [json.dumps({"id": request, "plan": plan}).encode()],
+                                    [write_end])
+                except OSError:
+                    self.process.wait()
+                    raise RuntimeError(self._died()) from None
+                self._experiments[request] = experiment
+        except BaseException:
+            experiment.stdout.close()
+            raise
+        finally:
+            os.close(write_end)  # the child has its copy: the output ends when the experiment does
+        return experiment
+
+    def _read_replies(self) -> None:
+        while True:
+            try:
+                message = self._control.recv(65536)
+            except OSError:  # closed by close()
+                message = b""
+            if not message:
+                break
+            reply = json.loads(message)
+            with self._lock:
+                experiment = self._experiments[reply["id"]]
+                if "pid" in reply:
+                    experiment.pid = reply["pid"]
+                    experiment._started.set()
+                    continue
+                del self._experiments[reply["id"]]
+            if "exit" in reply:
+                experiment.returncode = reply["exit"]
+            else:
+                experiment.error = f"s3prl's experiment server: {reply['error']}"
+            experiment._started.set()
+            experiment._ended.set()
+        with self._lock:  # the server is gone: nothing pending will hear from it again
+            for experiment in self._experiments.values():
+                experiment.error = self._died()
+                experiment._started.set()
+                experiment._ended.set()
+            self._experiments.clear()
+
+    def _died(self) -> str:
+        self._log.seek(0)
+        tail = "\n".join(self._log.read().decode(errors="replace").splitlines()[-25:])
+        return f"the process that runs s3prl's experiments ended (exit {self.process.poll()}); its output:\n{tail}"
+
+    def close(self) -> None:
+        """Stop the server (it kills experiments still running: nobody reads their output any more)."""
+        try:
+            self._control.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._control.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=10)
+        self._log.close()
+
+    def __enter__(self) -> "ExperimentServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def run_experiment_process(plan: dict, logs: List[Path], environment: Optional[Dict[str, str]] = None,
                            on_step: Optional[Callable[[int, int], None]] = None,
-                           on_trained: Optional[Callable[[], None]] = None) -> List[float]:
+                           on_trained: Optional[Callable[[], None]] = None,
+                           server: Optional[ExperimentServer] = None) -> List[float]:
     """Run :mod:`.experiment_process` on ``plan``: s3prl's runner trains (when ``plan["train"]`` is set) and
-    evaluates in one interpreter. Its output goes to ``logs`` (one per phase, appended); ``on_step(step, total)``
-    follows s3prl's ``overall`` bar while it trains (see :mod:`.progress`); ``on_trained()`` is called as soon as
-    training has ended well. Returns each phase's wall time in seconds."""
-    command = [sys.executable, "-m", "s3prl_distill.downstream_recipes.superb.experiment_process", json.dumps(plan)]
+    evaluates in one process, a child of ``server`` (by default one started for this experiment, with
+    ``environment``). Its output goes to ``logs`` (one per phase, appended); ``on_step(step, total)`` follows
+    s3prl's ``overall`` bar while it trains (see :mod:`.progress`); ``on_trained()`` is called as soon as training
+    has ended well. Returns each phase's wall time in seconds."""
+    if server is None:
+        with ExperimentServer(environment) as own:
+            return run_experiment_process(plan, logs, environment, on_step, on_trained, own)
     reader = StepReader(on_step) if on_step is not None else None
     times = [time.perf_counter()]
 
@@ -181,21 +317,20 @@ def run_experiment_process(plan: dict, logs: List[Path], environment: Optional[D
                 reader.feed(data.decode("utf-8", errors="replace"))
 
         splitter = PhaseSplitter(handles, phase_ended, follow_training)
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
+        experiment = server.start(plan)
         try:
             while True:
-                chunk = process.stdout.read1(65536)
+                chunk = experiment.stdout.read1(65536)
                 if not chunk:
                     break
                 splitter.feed(chunk)
             splitter.close()
-            returncode = process.wait()
+            returncode = experiment.wait()
         except BaseException:  # our side failed (e.g. the log's disk is full): s3prl must not train on unattended
-            process.kill()
-            process.wait()
+            experiment.kill()
             raise
         finally:
-            process.stdout.close()
+            experiment.stdout.close()
     times.append(time.perf_counter())
     if returncode != 0 or splitter.phase + 1 < len(logs):
         log = logs[splitter.phase]
@@ -207,9 +342,9 @@ def run_experiment_process(plan: dict, logs: List[Path], environment: Optional[D
 
 def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, expdir: Path,
              environment: Optional[Dict[str, str]] = None, progress: Optional[SweepProgress] = None,
-             run_name: Optional[str] = None) -> dict:
+             run_name: Optional[str] = None, server: Optional[ExperimentServer] = None) -> dict:
     """Train and evaluate one experiment (or return its ``done.json``); ``progress`` hears of its phases and of
-    s3prl's steps under ``run_name``."""
+    s3prl's steps under ``run_name``; ``server`` runs it (see :class:`ExperimentServer`)."""
     done = expdir / "done.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -244,7 +379,7 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     if plan["train"] is None and on_step is not None:
         progress.evaluating(run_name)
     logs = ([expdir / "train.log"] if plan["train"] is not None else []) + [expdir / "evaluate.log"]
-    phase_times = run_experiment_process(plan, logs, environment, on_step, trained_well)
+    phase_times = run_experiment_process(plan, logs, environment, on_step, trained_well, server)
     record = {"task": task.key, "fold": fold}
     if plan["train"] is not None:
         record["train_s"] = round(phase_times[0], 1)
@@ -319,7 +454,7 @@ def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
     work = [(spec, values, run_dir, task, fold) for spec, values, run_dir, units in plans for task, fold in units]
     names = _run_names(work, several_sweeps=len(plans) > 1)
     records: Dict[int, dict] = {}
-    with ThreadPoolExecutor(max_workers=jobs) as pool, \
+    with ExperimentServer(environment) as server, ThreadPoolExecutor(max_workers=jobs) as pool, \
             show_progress(total=len(work), desc=desc, unit="runs", show_eta=False, dynamic_ncols=True) as bar:
         last_refresh = [0.0]
 
@@ -337,9 +472,9 @@ def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
             expdir = run_dir / experiment_name(task, fold)
             if task.key == "sid":
                 with sid_lock, _voxceleb1_cache_lock():
-                    record = run_unit(spec, task, fold, values, expdir, environment, progress, names[index])
+                    record = run_unit(spec, task, fold, values, expdir, environment, progress, names[index], server)
             else:
-                record = run_unit(spec, task, fold, values, expdir, environment, progress, names[index])
+                record = run_unit(spec, task, fold, values, expdir, environment, progress, names[index], server)
             progress.done(names[index])  # here, not when the main thread collects it: the next run starts now
             return record
 
