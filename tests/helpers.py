@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 import soundfile
@@ -23,6 +23,9 @@ from s3prl_distill.model import (PruningConfig, StudentConfig, StudentModel, arm
                                  starhubert_config, with_codeword_head, with_fbank_front_end)
 from s3prl_distill.pretrain.config import load_config
 from s3prl_distill.pretrain.runner import Trainer
+
+if TYPE_CHECKING:
+    from s3prl_distill.pretrain.task import DistillationTask
 
 
 # --- processes ---------------------------------------------------------------------------------------------------------
@@ -73,6 +76,36 @@ def write_audio_tree(root: Path, count: int = 16, seed: int = 0) -> Path:
         wave = sum(0.1 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 4)) + 0.01 * rng.standard_normal(t.size)
         soundfile.write(path, wave.astype(np.float32), 16000)
     return root
+
+
+def write_teacher_and_utterances(folder: Path, lengths: List[int], seed: int = 3) -> Tuple[Path, Path, Path]:
+    """A random tiny hubert_local teacher and one generated utterance per length in ``folder/audio/train-tiny``:
+    (teacher checkpoint, audio root, length-CSV folder) for a run's ``teacher`` and ``data`` sections."""
+    from s3prl_distill.audio_lists import write_length_csvs
+    from s3prl_distill.formats.s3prl_hubert import write_random_hubert
+
+    teacher = write_random_hubert(folder / "teacher.ckpt", seed=0)
+    audio = folder / "audio" / "train-tiny"
+    audio.mkdir(parents=True)
+    for index, wave in enumerate(random_waves(lengths, seed=seed)):
+        soundfile.write(audio / f"utt{index}.flac", wave.numpy(), 16000)
+    write_length_csvs(folder / "audio", folder / "len_for_bucket", progress=False)
+    return teacher, folder / "audio", folder / "len_for_bucket"
+
+
+def online_and_cached_tasks(config, cache: Path, **task_options) -> Tuple["DistillationTask", "DistillationTask"]:
+    """Two tasks of ``config`` with the same student (its weights, eval mode: no dropout), one taking its targets
+    from the teacher, the other from the teacher cache at ``cache``."""
+    from s3prl_distill.pretrain.task import DistillationTask
+    from s3prl_distill.pretrain.teacher_cache import TeacherCache
+
+    sections = (config.teacher, config.student, config.student_init, config.method, torch.device("cpu"))
+    torch.manual_seed(0)
+    online = DistillationTask(*sections, **task_options)
+    cached = DistillationTask(*sections, TeacherCache(cache), **task_options)
+    cached.student.load_state_dict(online.student.state_dict())
+    online.student.eval(), cached.student.eval()
+    return online, cached
 
 
 def write_audio(path: Path, length: int, sample_rate: int = SAMPLE_RATE, channels: int = 1, seed: int = 0) -> Path:

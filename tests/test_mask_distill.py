@@ -24,7 +24,7 @@ from s3prl_distill.pretrain.methods import build_method
 from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 from s3prl_distill.pretrain.runner import Trainer
 
-from helpers import random_waves, tiny_armhubert
+from helpers import online_and_cached_tasks, random_waves, tiny_armhubert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -288,7 +288,6 @@ def test_training_resume_and_export(setup, tmp_path):
 
 def test_cache_supplies_the_unmasked_targets_and_the_teacher_the_masked_pass(setup, tmp_path):
     from s3prl_distill.pretrain.loader import build_data
-    from s3prl_distill.pretrain.task import DistillationTask
     from s3prl_distill.pretrain.teacher_cache import TeacherCache, build_teacher_cache
 
     config = validate_config(runner_config(setup), "test config")
@@ -297,13 +296,8 @@ def test_cache_supplies_the_unmasked_targets_and_the_teacher_the_masked_pass(set
     assert cache.layers == [1, 2, 3]
     data = config.data.model_copy(update={"teacher_cache": str(tmp_path / "cache"), "num_workers": 0})
     _, _, loader = build_data(data, seed=3, progress=False)
-    sections = (config.teacher, config.student, config.student_init, config.method, torch.device("cpu"))
-    torch.manual_seed(0)
-    online = DistillationTask(*sections, seed=5)
-    offline = DistillationTask(*sections, cache, seed=5)
+    online, offline = online_and_cached_tasks(config, tmp_path / "cache", seed=5)
     assert offline.teacher is not None  # the masked pass runs live
-    offline.student.load_state_dict(online.student.state_dict())
-    online.student.eval(), offline.student.eval()
     runs = {"online": 0, "offline": 0}
     for name, task in (("online", online), ("offline", offline)):
         task.teacher.upstream.model.encoder.register_forward_pre_hook(

@@ -6,15 +6,12 @@ import math
 from pathlib import Path
 
 import pytest
-import soundfile
 import torch
 import yaml
 
-from s3prl_distill.audio_lists import write_length_csvs
 from s3prl_distill.checkpoint import load_checkpoint, save_checkpoint
 from s3prl_distill.errors import ConfigError
 from s3prl_distill.formats.native import export_student
-from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 from s3prl_distill.losses import combine, temporal_gram
 from s3prl_distill.model import StudentModel, starhubert_config
 from s3prl_distill.model.pruning import prune
@@ -28,7 +25,7 @@ from s3prl_distill.pretrain.star.recipe import STaRMethodConfig
 from s3prl_distill.pretrain.teacher_cache import TeacherCache, build_teacher_cache, required_layers
 from s3prl_distill.registry import build_upstream
 
-from helpers import gated_student, random_waves, tiny_star
+from helpers import gated_student, online_and_cached_tasks, random_waves, tiny_star, write_teacher_and_utterances
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -154,12 +151,7 @@ def run_config(tmp_path_factory):
     """A tiny random HuBERT teacher (3 layers of 48), six generated utterances of different lengths (padded
     batches), the tiny STaRHuBERT student."""
     folder = tmp_path_factory.mktemp("star_run")
-    teacher = write_random_hubert(folder / "teacher.ckpt", seed=0)
-    audio = folder / "audio" / "train-tiny"
-    audio.mkdir(parents=True)
-    for index, wave in enumerate(random_waves([6000 + 1500 * i for i in range(6)], seed=3)):
-        soundfile.write(audio / f"utt{index}.flac", wave.numpy(), 16000)
-    write_length_csvs(folder / "audio", folder / "len_for_bucket", progress=False)
+    teacher, _, _ = write_teacher_and_utterances(folder, [6000 + 1500 * i for i in range(6)])
     return {
         "runner": {"total_steps": 8, "log_step": 1, "save_step": 8, "seed": 5},
         "optimizer": {"lr": 2.0e-3},
@@ -207,7 +199,6 @@ def test_star_trains_through_the_runner_and_loads_in_starhubert_local(run_config
 
 def test_star_from_a_teacher_cache_has_the_online_loss(run_config, tmp_path):
     from s3prl_distill.pretrain.runner import build_data
-    from s3prl_distill.pretrain.task import DistillationTask
 
     config = {**run_config, "data": {**run_config["data"], "max_length": 6000}}  # equal windows: no padding
     loaded = load_config(write_yaml(tmp_path / "run.yaml", config))
@@ -218,12 +209,7 @@ def test_star_from_a_teacher_cache_has_the_online_loss(run_config, tmp_path):
 
     data = loaded.data.model_copy(update={"teacher_cache": str(cache)})
     _, _, loader = build_data(data, seed=3, progress=False)
-    torch.manual_seed(0)
-    online = DistillationTask(loaded.teacher, loaded.student, loaded.student_init, loaded.method, torch.device("cpu"))
-    offline = DistillationTask(loaded.teacher, loaded.student, loaded.student_init, loaded.method,
-                               torch.device("cpu"), TeacherCache(cache))
-    offline.student.load_state_dict(online.student.state_dict())
-    online.student.eval(), offline.student.eval()
+    online, offline = online_and_cached_tasks(loaded, cache)
     waveforms, lengths, targets = next(iter(loader))
     with torch.no_grad():
         expected = combine(online.losses(online.student, waveforms, lengths))

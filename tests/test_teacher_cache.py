@@ -22,7 +22,7 @@ from s3prl_distill.pretrain.teacher_cache import (
     compute_windows,
 )
 
-from helpers import pretrain
+from helpers import online_and_cached_tasks, pretrain
 
 
 def test_windows_tile_each_utterance_and_end_at_its_end():
@@ -70,17 +70,11 @@ def test_cache_layout_and_targets_equal_the_teacher_on_each_window(setup, cache)
 
 def test_cached_and_online_losses_agree_on_aligned_windows(setup, cache):
     from s3prl_distill.pretrain.runner import build_data
-    from s3prl_distill.pretrain.task import DistillationTask
 
     config = load_config(setup["config"])
     data = config.data.model_copy(update={"teacher_cache": str(cache), "num_workers": 0})
     _, sampler, loader = build_data(data, seed=3, progress=False)
-    torch.manual_seed(0)
-    online = DistillationTask(config.teacher, config.student, config.student_init, config.method, torch.device("cpu"))
-    offline = DistillationTask(config.teacher, config.student, config.student_init, config.method,
-                               torch.device("cpu"), TeacherCache(cache))
-    offline.student.load_state_dict(online.student.state_dict())
-    online.student.eval(), offline.student.eval()  # no dropout: both see the same student
+    online, offline = online_and_cached_tasks(config, cache)
     assert offline.teacher is None  # no teacher forward from the cache
     compared = 0
     for waveforms, lengths, targets in loader:

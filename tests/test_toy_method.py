@@ -9,22 +9,19 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import soundfile
 import torch
 import yaml
 
-from s3prl_distill.audio_lists import write_length_csvs
 from s3prl_distill.checkpoint import load_checkpoint
 from s3prl_distill.errors import ConfigError
 from s3prl_distill.formats.native import NATIVE_FORMAT
-from s3prl_distill.formats.s3prl_hubert import write_random_hubert
 from s3prl_distill.pretrain import runner
 from s3prl_distill.pretrain.config import load_config, validate_config
 from s3prl_distill.pretrain.methods import METHODS, register_method, registered_method
 from s3prl_distill.pretrain.metrics import read_metrics
 from s3prl_distill.registry import build_upstream
 
-from helpers import random_waves
+from helpers import random_waves, write_teacher_and_utterances
 
 # The whole recipe of a new method, as a user would write it in pretrain/toy/recipe.py.
 TOY_RECIPE = '''
@@ -96,12 +93,7 @@ def toy(toy_module):
 def run_config(tmp_path_factory):
     """A toy run: a random tiny HuBERT teacher and eight generated utterances."""
     folder = tmp_path_factory.mktemp("toy_run")
-    teacher = write_random_hubert(folder / "teacher.ckpt", seed=0)
-    audio = folder / "audio" / "train-tiny"
-    audio.mkdir(parents=True)
-    for index, wave in enumerate(random_waves([8000 + 1000 * i for i in range(8)], seed=3)):
-        soundfile.write(audio / f"utt{index}.flac", wave.numpy(), 16000)
-    write_length_csvs(folder / "audio", folder / "len_for_bucket", progress=False)
+    teacher, _, _ = write_teacher_and_utterances(folder, [8000 + 1000 * i for i in range(8)])
     return {
         "runner": {"total_steps": 2, "log_step": 1, "save_step": 2, "seed": 5},
         "optimizer": {"lr": 1.0e-3},
