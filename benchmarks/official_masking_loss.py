@@ -56,7 +56,7 @@ from fairseq.data.data_utils import compute_mask_indices
 # fairseq 0.12.3 (fairseq-fixed, what installs on today's Python) draws from np.random.default_rng(), whose
 # Generator has no randint: its "uniform" spans crash. The official code ran fairseq 0.12.2 (unpinned in 2023),
 # which drew from the legacy np.random functions; a RandomState gives this code those methods back.
-np.random.default_rng = lambda seed=None: np.random.RandomState(seed)
+np.random.default_rng = lambda seed=None: np.random.RandomState(np.random.randint(2**31) if seed is None else seed)
 np.int = int  # its no_overlap path still says np.int, gone since numpy 1.24 (the official code pins numpy<=1.23.5)
 spec = json.load(open(f"{folder}/mask_spec.json"))
 masks = {}
