@@ -24,7 +24,7 @@ from s3prl_distill.pretrain.methods import build_method
 from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 from s3prl_distill.pretrain.runner import Trainer
 
-from helpers import online_and_cached_tasks, random_waves, tiny_armhubert
+from helpers import online_and_cached_tasks, random_waves, run_python, tiny_armhubert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -390,3 +390,26 @@ def test_masking_distillation_on_a_pruned_student_starts_from_its_backbone(setup
         validated = validate_config({**config, "student": other}, "run.yaml")
         DistillationTask(validated.teacher, validated.student, validated.student_init, validated.method,
                          torch.device("cpu"))
+
+
+def test_two_process_ddp_trains_with_a_mask_per_rank(setup, tmp_path):
+    """torchrun, 2 processes: the rank-keyed masks (see test_masks_are_a_function_of_seed_step_rank_and_draw) and
+    each rank's masked teacher pass under DDP; the run trains, rank 0 logs once per step, and the checkpoint loads
+    in maskhubert_local."""
+    from s3prl_distill.upstream.maskhubert.hubconf import maskhubert_local
+
+    config = runner_config(setup)
+    config["runner"].update(total_steps=2, save_step=2, log_step=1)
+    config["data"]["max_length"] = 8000
+    path = tmp_path / "mask.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ddp = run_python(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
+                      "s3prl_distill.pretrain", "-g", str(path), "-n", "ddp", "-p", str(tmp_path)],
+                     cwd=tmp_path, timeout=600, extra_env={"OMP_NUM_THREADS": "1"})
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    records = read_metrics(tmp_path / "ddp")
+    assert [record["step"] for record in records] == [1, 2]
+    assert all(np.isfinite(record["loss"]) and 0.3 < record["masked_fraction"] < 0.95 for record in records)
+    with torch.no_grad():
+        outputs = maskhubert_local(ckpt=str(tmp_path / "ddp" / "states-2.ckpt")).eval()(random_waves([8000]))
+    assert len(outputs["hidden_states"]) == 3 and torch.isfinite(outputs["hidden_states"][-1]).all()
