@@ -15,7 +15,8 @@ Usage (by the sweep, not by hand)::
     python -m s3prl_distill.downstream_recipes.superb.experiment_process PLAN_JSON
 
 ``PLAN_JSON``: ``{"train": [s3prl arguments] or null, "expdir": ..., "best": <best checkpoint's file name>,
-"split": <evaluate split>, "device": ...}``.
+"split": <evaluate split>, "device": ...}``, or a list of them: several experiments in one interpreter, one after the
+other, with the marker after every phase but the last (``runner.run_unit_batch``).
 """
 
 from __future__ import annotations
@@ -59,22 +60,38 @@ def _release_training_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m s3prl_distill.downstream_recipes.superb.experiment_process PLAN_JSON")
-    plan = json.loads(argv[0])
+def _end_phase() -> None:
+    sys.stderr.flush()
+    sys.stdout.write(PHASE_MARKER)
+    sys.stdout.flush()
+
+
+def run_plan(plan: dict, last: bool = True) -> None:
+    """One experiment: train (when ``plan["train"]`` is set), then evaluate; :data:`PHASE_MARKER` after each phase
+    but the ``last`` one of the process."""
     if plan["train"] is not None:
         run_downstream(plan["train"])
         _release_training_memory()
-        sys.stderr.flush()
-        sys.stdout.write(PHASE_MARKER)
-        sys.stdout.flush()
+        _end_phase()
     expdir = Path(plan["expdir"])
     checkpoint = checkpoint_to_evaluate(expdir, plan["best"])
     if checkpoint is None:
         sys.exit(f"{expdir}: training left no checkpoint to evaluate")
     run_downstream(["-m", "evaluate", "-e", str(checkpoint), "-t", plan["split"], "--device", plan["device"]])
+    if not last:
+        _release_training_memory()
+        _end_phase()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``PLAN_JSON``: one plan, or a list of plans run one after the other (s3prl's start-up paid once for all)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m s3prl_distill.downstream_recipes.superb.experiment_process PLAN_JSON")
+    loaded = json.loads(argv[0])
+    plans = loaded if isinstance(loaded, list) else [loaded]
+    for index, plan in enumerate(plans):
+        run_plan(plan, last=index == len(plans) - 1)
     return 0
 
 

@@ -6,7 +6,8 @@ command skips finished experiments and resumes an interrupted training from its 
 so a half-finished sweep continues where it stopped.
 
 A sweep holds ``NAME/.s3prl-distill.lock`` while it runs (a second sweep on the same directory stops naming the
-holder's PID), and refuses a directory whose ``sweep.json`` names another upstream, checkpoint, config or feature:
+holder's PID), and refuses a directory whose ``sweep.json`` names another upstream, checkpoint, config, feature or
+downstream seed:
 its finished experiments would otherwise be reported as this upstream's.
 """
 
@@ -60,10 +61,11 @@ class SweepSpec:
     num_workers: int = field(default_factory=default_num_workers)  # data-loader workers of each experiment
     label: Optional[str] = None  # row name in tables
     folds: Optional[List[str]] = None  # ER folds to run (None = all five, SUPERB's protocol)
+    seed: Optional[int] = None  # s3prl's --seed for the downstream training; None = s3prl's default (1337)
 
 
 # What makes two sweeps the same experiment: results in a run directory belong to exactly this.
-IDENTITY = ("upstream", "ckpt", "model_config", "feature")
+IDENTITY = ("upstream", "ckpt", "model_config", "feature", "seed")
 
 
 class SweepExistsError(UserError, FileExistsError):
@@ -162,25 +164,37 @@ def run_experiment_process(plan: dict, logs: List[Path], environment: Optional[D
     evaluates in one interpreter. Its output goes to ``logs`` (one per phase, appended); ``on_step(step, total)``
     follows s3prl's ``overall`` bar while it trains (see :mod:`.progress`); ``on_trained()`` is called as soon as
     training has ended well. Returns each phase's wall time in seconds."""
-    command = [sys.executable, "-m", "s3prl_distill.downstream_recipes.superb.experiment_process", json.dumps(plan)]
     reader = StepReader(on_step) if on_step is not None else None
-    times = [time.perf_counter()]
+    training = len(logs) > 1
 
     def phase_ended(phase: int) -> None:
-        times.append(time.perf_counter())
         if reader is not None:
             reader.close()
         if on_trained is not None:
             on_trained()
 
+    def follow_training(phase: int, data: bytes) -> None:
+        if reader is not None and phase == 0 and training:
+            reader.feed(data.decode("utf-8", errors="replace"))
+
+    return _run_phases(plan, logs, environment, phase_ended, follow_training)
+
+
+def _run_phases(payload: object, logs: List[Path], environment: Optional[Dict[str, str]],
+                phase_ended: Callable[[int], None], on_output: Callable[[int, bytes], None]) -> List[float]:
+    """:mod:`.experiment_process` on ``payload`` (a plan or a list of plans), its output split at each phase marker
+    into ``logs`` in turn; ``phase_ended(phase)`` as each phase but the last ends well. Returns each phase's wall
+    time; raises naming the log of the phase that failed."""
+    command = [sys.executable, "-m", "s3prl_distill.downstream_recipes.superb.experiment_process", json.dumps(payload)]
+    times = [time.perf_counter()]
+
+    def ended(phase: int) -> None:
+        times.append(time.perf_counter())
+        phase_ended(phase)
+
     with ExitStack() as stack:
         handles = [stack.enter_context(log.open("ab")) for log in logs]
-
-        def follow_training(phase: int, data: bytes) -> None:
-            if reader is not None and phase == 0 and len(logs) > 1:
-                reader.feed(data.decode("utf-8", errors="replace"))
-
-        splitter = PhaseSplitter(handles, phase_ended, follow_training)
+        splitter = PhaseSplitter(handles, ended, on_output)
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
         try:
             while True:
@@ -205,6 +219,44 @@ def run_experiment_process(plan: dict, logs: List[Path], environment: Optional[D
     return [later - earlier for earlier, later in zip(times, times[1:])]
 
 
+def _prepare_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, expdir: Path) -> dict:
+    """Write the experiment's config and return its :mod:`.experiment_process` plan: train from scratch, resume from
+    s3prl's last checkpoint (an interrupted run), or only evaluate (training had finished)."""
+    expdir.mkdir(parents=True, exist_ok=True)
+    config_path = expdir / "config.yaml"
+    write_config(config_path, task, values, fold, *_unit_options(spec, task))
+    plan = {"train": None, "expdir": str(expdir), "best": task.best_checkpoint, "split": task.evaluate_split,
+            "device": spec.device}
+    if not (expdir / "train.done").is_file():
+        previous = latest_step_checkpoint(expdir)
+        if previous is not None:  # interrupted: s3prl resumes from the checkpoint's saved arguments
+            plan["train"] = ["-m", "train", "-e", str(previous), "--device", spec.device]
+        else:
+            plan["train"] = ["-m", "train", "-u", spec.upstream, "-d", task.downstream, "-c", str(config_path),
+                             "-p", str(expdir), "--device", spec.device]
+            plan["train"] += ["-k", spec.ckpt] if spec.ckpt else []
+            plan["train"] += ["-g", spec.model_config] if spec.model_config else []
+            plan["train"] += ["-s", spec.feature] if spec.feature else []
+            plan["train"] += ["--seed", str(spec.seed)] if spec.seed is not None else []
+    return plan
+
+
+def _unit_logs(expdir: Path, plan: dict) -> List[Path]:
+    return ([expdir / "train.log"] if plan["train"] is not None else []) + [expdir / "evaluate.log"]
+
+
+def _record_unit(task: Task, fold: Optional[str], expdir: Path, trained: bool, phase_times: List[float]) -> dict:
+    """The experiment's ``done.json`` (its metric read from s3prl's prediction files), written and returned."""
+    record = {"task": task.key, "fold": fold}
+    if trained:
+        record["train_s"] = round(phase_times[0], 1)
+    record["evaluated_checkpoint"] = checkpoint_to_evaluate(expdir, task.best_checkpoint).name
+    record["evaluate_s"] = round(phase_times[-1], 1)
+    record["value"] = task_metric(task, expdir, fold)
+    (expdir / "done.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
 def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, expdir: Path,
              environment: Optional[Dict[str, str]] = None, progress: Optional[SweepProgress] = None,
              run_name: Optional[str] = None) -> dict:
@@ -217,24 +269,10 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     if progress is not None and run_name is not None:
         progress.starting(run_name)
         on_step = functools.partial(progress.step, run_name)
-    expdir.mkdir(parents=True, exist_ok=True)
-    config_path = expdir / "config.yaml"
-    write_config(config_path, task, values, fold, *_unit_options(spec, task))
+    plan = _prepare_unit(spec, task, fold, values, expdir)
     if task.key == "sid":
         clear_voxceleb1_cache()
     trained = expdir / "train.done"
-    plan = {"train": None, "expdir": str(expdir), "best": task.best_checkpoint, "split": task.evaluate_split,
-            "device": spec.device}
-    if not trained.is_file():
-        previous = latest_step_checkpoint(expdir)
-        if previous is not None:  # interrupted: s3prl resumes from the checkpoint's saved arguments
-            plan["train"] = ["-m", "train", "-e", str(previous), "--device", spec.device]
-        else:
-            plan["train"] = ["-m", "train", "-u", spec.upstream, "-d", task.downstream, "-c", str(config_path),
-                             "-p", str(expdir), "--device", spec.device]
-            plan["train"] += ["-k", spec.ckpt] if spec.ckpt else []
-            plan["train"] += ["-g", spec.model_config] if spec.model_config else []
-            plan["train"] += ["-s", spec.feature] if spec.feature else []
 
     def trained_well() -> None:
         trained.write_text("")
@@ -243,16 +281,81 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
 
     if plan["train"] is None and on_step is not None:
         progress.evaluating(run_name)
-    logs = ([expdir / "train.log"] if plan["train"] is not None else []) + [expdir / "evaluate.log"]
-    phase_times = run_experiment_process(plan, logs, environment, on_step, trained_well)
-    record = {"task": task.key, "fold": fold}
-    if plan["train"] is not None:
-        record["train_s"] = round(phase_times[0], 1)
-    record["evaluated_checkpoint"] = checkpoint_to_evaluate(expdir, task.best_checkpoint).name
-    record["evaluate_s"] = round(phase_times[-1], 1)
-    record["value"] = task_metric(task, expdir, fold)
-    done.write_text(json.dumps(record, indent=2))
-    return record
+    phase_times = run_experiment_process(plan, _unit_logs(expdir, plan), environment, on_step, trained_well)
+    return _record_unit(task, fold, expdir, plan["train"] is not None, phase_times)
+
+
+def run_unit_batch(units: List[Tuple[SweepSpec, Task, Optional[str], dict, Path, str]],
+                   environment: Optional[Dict[str, str]] = None,
+                   progress: Optional[SweepProgress] = None) -> List[dict]:
+    """Several experiments ``(spec, task, fold, values, expdir, run name)`` one after the other in one
+    :mod:`.experiment_process` interpreter, paying s3prl's start-up (~11 s of CPU) once. Each is cached and resumed
+    exactly as :func:`run_unit` does it: its ``train.done`` and ``done.json`` are written as soon as its phase ends,
+    so an interruption loses only the experiment that was running. Returns their records, in order."""
+    records: Dict[int, dict] = {}
+    plans: List[Tuple[int, dict]] = []
+    for index, (spec, task, fold, values, expdir, _) in enumerate(units):
+        done = expdir / "done.json"
+        if done.is_file():
+            records[index] = json.loads(done.read_text())
+        else:
+            plans.append((index, _prepare_unit(spec, task, fold, values, expdir)))
+    if plans:
+        # Which experiment and phase each log holds; the phase times of each experiment as they end.
+        phases: List[Tuple[int, str]] = []
+        logs: List[Path] = []
+        for index, plan in plans:
+            unit_logs = _unit_logs(units[index][4], plan)
+            logs += unit_logs
+            phases += [(index, "train")] * (len(unit_logs) - 1) + [(index, "evaluate")]
+        times: Dict[int, List[float]] = {index: [] for index, _ in plans}
+        trains = {index: plan["train"] is not None for index, plan in plans}
+        readers: Dict[int, StepReader] = {}
+        clock = [time.perf_counter()]
+
+        def begin(phase: int) -> None:
+            index, kind = phases[phase]
+            name = units[index][5]
+            if progress is not None:
+                if kind == "train" or not trains[index]:
+                    progress.starting(name)
+                if kind == "evaluate":
+                    progress.evaluating(name)
+
+        def finish(phase: int) -> None:
+            index, kind = phases[phase]
+            now = time.perf_counter()
+            times[index].append(now - clock[0])
+            clock[0] = now
+            expdir = units[index][4]
+            if kind == "train":
+                if index in readers:
+                    readers[index].close()
+                (expdir / "train.done").write_text("")
+            else:
+                records[index] = _record_unit(units[index][1], units[index][2], expdir, trains[index], times[index])
+                if progress is not None:
+                    progress.done(units[index][5])
+            if phase + 1 < len(phases):
+                begin(phase + 1)
+
+        def follow(phase: int, data: bytes) -> None:
+            index, kind = phases[phase]
+            if kind == "train" and progress is not None:
+                if index not in readers:
+                    readers[index] = StepReader(functools.partial(progress.step, units[index][5]))
+                readers[index].feed(data.decode("utf-8", errors="replace"))
+
+        if any(units[index][1].key == "sid" for index, _ in plans):
+            clear_voxceleb1_cache()
+        begin(0)
+        phase_times = _run_phases([plan for _, plan in plans], logs, environment, finish, follow)
+        last = plans[-1][0]
+        times[last].append(phase_times[-1])  # the last phase has no marker after it
+        records[last] = _record_unit(units[last][1], units[last][2], units[last][4], trains[last], times[last])
+        if progress is not None:
+            progress.done(units[last][5])
+    return [records[index] for index in range(len(units))]
 
 
 def _units(spec: SweepSpec) -> List[Tuple[Task, Optional[str]]]:
@@ -287,12 +390,14 @@ def _collect(spec: SweepSpec, records: List[Tuple[Task, Optional[str], dict]]) -
     return run_dir
 
 
-def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> List[Path]:
-    """Run (or resume) several sweeps; ``jobs`` experiments run at once, each s3prl process then getting an equal
-    share of the CPU threads (unless OMP_NUM_THREADS is set). Returns each sweep's run directory (results.json,
+def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB", per_process: int = 1) -> List[Path]:
+    """Run (or resume) several sweeps; ``jobs`` s3prl processes run at once, each then getting an equal share of the
+    CPU threads (unless OMP_NUM_THREADS is set). ``per_process`` > 1: up to that many experiments of the same task
+    and data root run one after the other in one process (:func:`run_unit_batch`), for sweeps of many short
+    experiments, where s3prl's start-up would dominate. Returns each sweep's run directory (results.json,
     results.md, results.png), in order."""
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if jobs < 1 or per_process < 1:
+        raise ValueError(f"jobs and per_process must be >= 1, got {jobs} and {per_process}")
     with ExitStack() as locks:
         plans = []
         for spec in specs:
@@ -305,10 +410,20 @@ def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> L
                 render_config(task, values, fold, *_unit_options(spec, task))
             (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
             plans.append((spec, values, run_dir, _units(spec)))
-        return _run_plans(plans, jobs, desc)
+        return _run_plans(plans, jobs, desc, per_process)
 
 
-def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
+def _batches(work: list, per_process: int) -> List[List[int]]:
+    """Indices of ``work`` in groups that share one process: the same task and data root (s3prl's VoxCeleb1 cache
+    holds one data root's lists), at most ``per_process`` each, in order of first appearance."""
+    groups: Dict[Tuple[str, str], List[int]] = {}
+    for index, (spec, _, _, task, _) in enumerate(work):
+        groups.setdefault((task.key, spec.data_root), []).append(index)
+    return [members[start:start + per_process] for members in groups.values()
+            for start in range(0, len(members), per_process)]
+
+
+def _run_plans(plans: list, jobs: int, desc: str, per_process: int = 1) -> List[Path]:
     environment = None
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         environment = {**os.environ, "OMP_NUM_THREADS": str(max(1, usable_cpus() // jobs))}
@@ -343,12 +458,26 @@ def _run_plans(plans: list, jobs: int, desc: str) -> List[Path]:
             progress.done(names[index])  # here, not when the main thread collects it: the next run starts now
             return record
 
-        futures = {pool.submit(execute, index, *item): index for index, item in enumerate(work)}
+        def execute_batch(indices: List[int]) -> List[dict]:
+            units = [(work[i][0], work[i][3], work[i][4], work[i][1], work[i][2] / experiment_name(work[i][3],
+                                                                                                    work[i][4]),
+                      names[i]) for i in indices]
+            if work[indices[0]][3].key == "sid":
+                with sid_lock, _voxceleb1_cache_lock():
+                    return run_unit_batch(units, environment, progress)
+            return run_unit_batch(units, environment, progress)
+
+        if per_process == 1:
+            futures = {pool.submit(execute, index, *item): [index] for index, item in enumerate(work)}
+        else:
+            futures = {pool.submit(execute_batch, batch): batch for batch in _batches(work, per_process)}
         try:
             for future in as_completed(futures):
-                index = futures[future]
-                records[index] = future.result()
-                bar.update()
+                indices = futures[future]
+                result = future.result()
+                for index, record in zip(indices, result if per_process > 1 else [result]):
+                    records[index] = record
+                bar.update(len(indices))
         except BaseException:
             for future in futures:
                 future.cancel()
