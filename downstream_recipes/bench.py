@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -281,7 +280,8 @@ def skill_groups_stage(stage: Path, teacher: Path, libri: Path, settings: BenchS
     return snippet
 
 
-def train_students(stage: Path, plan: StudentPlan, settings: BenchSettings, timings: Dict[str, float]) -> Dict[str, Path]:
+def train_students(stage: Path, plan: StudentPlan, settings: BenchSettings,
+                   timings: Dict[str, float]) -> Dict[str, Path]:
     """Every student (each one cached and resumable on its own); DPHuBERT / SKILL: distil + prune, prune, final
     distillation (their ``plan.sizes`` become the pruned students'). Returns each row's final checkpoint."""
     from s3prl_distill.pretrain.dphubert.prune import prune_checkpoint
@@ -290,6 +290,7 @@ def train_students(stage: Path, plan: StudentPlan, settings: BenchSettings, timi
     with show_progress(total=len(plan.students), desc="bench students", unit="students") as bar:
         for key, (_, _, config, is_pruned) in plan.students.items():
             start = time.perf_counter()
+            timing = stage / f"{key}.seconds.json"  # the time it took when it trained (a resumed run skips it)
             final = train_student(stage, key, config, f"bench {key} config")
             if is_pruned:
                 pruned_dir = stage / f"{key}_pruned"
@@ -303,7 +304,9 @@ def train_students(stage: Path, plan: StudentPlan, settings: BenchSettings, timi
                 final_config["optimizer"]["lr"] = settings.student_lr / 2  # DPHuBERT's stage 2: 1e-4 after 2e-4
                 final = train_student(stage, f"{key}_final", final_config, f"bench {key} final distillation config")
             checkpoints[key] = final
-            timings[f"student {key}"] = round(time.perf_counter() - start, 1)
+            if not timing.is_file():
+                timing.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))
+            timings[f"student {key}"] = json.loads(timing.read_text())["seconds"]
             bar.update()
     return checkpoints
 
@@ -435,6 +438,7 @@ def profile_rows(rows: List[Row], seconds: float, path: Path) -> Dict[str, Any]:
 
     if path.is_file():
         return json.loads(path.read_text())
+    start = time.perf_counter()
     upstreams = [(row.label, row.upstream, row.ckpt) for row in rows]
     models = load_upstreams(upstreams)
     wave = 0.1 * torch.randn(int(16000 * seconds), generator=torch.Generator().manual_seed(0))
@@ -449,7 +453,8 @@ def profile_rows(rows: List[Row], seconds: float, path: Path) -> Dict[str, Any]:
                              for label, _, _ in upstreams},
               "time_cell": {label: ("1.00" if label == timing.reference else spreads[label].format())
                             for label, _, _ in upstreams},
-              "timing": timing.to_json(), "method": timing.method(), "conditions": timing.conditions()}
+              "timing": timing.to_json(), "method": timing.method(), "conditions": timing.conditions(),
+              "seconds": round(time.perf_counter() - start, 1)}
     path.write_text(json.dumps(record, indent=2))
     return record
 
@@ -537,13 +542,15 @@ def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None
     run_dirs = run_sweeps([spec for _, _, spec in specs + low_specs],
                           jobs=1 if device.startswith("cuda") else settings.jobs, desc="bench SUPERB",
                           per_process=settings.superb_per_process)
-    timings["superb"] = round(time.perf_counter() - start, 1)
+    timings["superb (this invocation)"] = round(time.perf_counter() - start, 1)
     results = [json.loads((run_dir / "results.json").read_text()) for run_dir in run_dirs]
+    # every experiment's own wall time (train + evaluate, from its done.json), whichever invocation ran it
+    timings["superb (sum over experiments)"] = round(sum(entry["train_s"] + entry["evaluate_s"] for result in results
+                                                         for entry in result["tasks"].values()), 1)
 
     # 4. profile
-    start = time.perf_counter()
     profile = profile_rows(rows, settings.timing_seconds, workdir / "stage_profile.json")
-    timings["profile"] = round(time.perf_counter() - start, 1)
+    timings["profile"] = profile["seconds"]
 
     # 5. report
     paths = write_bench_report(workdir, preset, settings, rows, specs, low_specs, results, profile, plan,
@@ -610,7 +617,10 @@ def write_bench_report(workdir: Path, preset: str, settings: BenchSettings, rows
     json_path.write_text(json.dumps(summary, indent=2))
 
     def cell(value: Optional[float], digits: int = 0) -> str:
-        return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+        if value is None or not math.isfinite(value):
+            return "–"
+        text = f"{value:.{digits}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0"
 
     extra = {"MACs / s of audio (G)": [cell(row["macs_per_second_of_audio"] / 1e9, 2) for row in json_rows],
              "CPU time / teacher": [profile["time_cell"][row.label] for row in rows],
