@@ -90,3 +90,15 @@ def test_low_resource_split_keeps_a_tenth_of_pr_training_utterances(tmp_path):
     assert (root / "pr").resolve() == (data / "pr").resolve()
     with pytest.raises(UserError, match="no .flac"):
         low_resource_data(tmp_path / "empty", tmp_path / "low2", 0.1)
+
+
+def test_the_chart_gives_each_of_the_benchs_twelve_rows_its_own_colour():
+    import matplotlib.pyplot as plt
+
+    from s3prl_distill.downstream_recipes.superb.report import chart_figure
+
+    rows = [{"label": f"row {i}", "upstream": "fbank", "tasks": {"ks": {"value": 0.05 * i}}} for i in range(12)]
+    figure = chart_figure(rows)
+    colours = {tuple(bar.get_facecolor()) for bar in figure.axes[0].containers[0]}
+    plt.close(figure)
+    assert len(colours) == 12

@@ -63,7 +63,9 @@ def chart_figure(results: Sequence[dict], title: str = "SUPERB") -> "Figure":
 
     tasks = [key for key in TASKS if any(key in r["tasks"] for r in results)]
     labels = [r.get("label") or r["upstream"] for r in results]
-    colours = [f"C{i % 10}" for i in range(len(results))]
+    # matplotlib's 10 default colours, or 20 distinct ones for more bars (the bench's 12 rows): never two alike
+    colours = ([f"C{i}" for i in range(len(results))] if len(results) <= 10 else
+               [plt.get_cmap("tab20")(i % 20) for i in range(len(results))])
     panel_width = max(2.2, 0.32 * len(results) + 1.0)
     width = panel_width * len(tasks) + 0.6
     # The legend's columns: as many of the longest name as fit across the figure (about 0.07 in a character at 7 pt).
