@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 import torch
 import yaml
@@ -66,6 +66,8 @@ class BenchSettings(StrictModel):
     student_batch: int = Field(ge=1)
     student_lr: float = Field(gt=0)  # every student (comparable runs); the final distillation uses half (DPHuBERT's)
     kl_weight: float = Field(0.4, ge=0)  # Wang et al.'s discriminative loss weight for the "KL" rows
+    tasks: List[Literal["pr", "asr", "ks", "sid", "er"]] = Field(default_factory=lambda: list(TASK_KEYS),
+                                                                   min_length=1)  # the table's task columns
     superb_steps: int = Field(ge=1)
     superb_task_steps: Dict[str, int] = Field(default_factory=dict)  # exceptions to superb_steps
     superb_learning_rates: Dict[str, float] = Field(default_factory=lambda: dict(SHORT_RUN_LEARNING_RATES))
@@ -533,7 +535,7 @@ def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None
     # 3. SUPERB: every row x seed, and PR on 10 % of its training utterances for deep-thin KL 0 / KL > 0
     start = time.perf_counter()
     exproot = workdir / "stage_superb"
-    specs = sweep_specs(rows, data, exproot, settings, device)
+    specs = sweep_specs(rows, data, exproot, settings, device, tasks=tuple(settings.tasks))
     low_data = low_resource_data(data, workdir / f"data_pr{round(100 * settings.low_resource_fraction)}",
                                  settings.low_resource_fraction)
     low_rows = [Row(row.key, row.label, row.upstream, row.ckpt, protocol) for row in rows

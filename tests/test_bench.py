@@ -3,7 +3,6 @@ settings' validation and the low-resource PR split. (The bench end to end: tests
 
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 
@@ -59,6 +58,10 @@ def test_settings_file_replaces_preset_keys_and_unknown_keys_are_errors(tmp_path
     bad.write_text("seed: [4]\n")
     with pytest.raises(Exception, match="seed"):
         load_settings("tiny", bad)
+    typo = tmp_path / "task.yaml"
+    typo.write_text("tasks: [ks, kws]\n")
+    with pytest.raises(Exception, match=r"task\.yaml\): tasks\.1"):
+        load_settings("tiny", typo)
     with pytest.raises(UserError, match="nothing.yaml"):
         load_settings("tiny", tmp_path / "nothing.yaml")
     with pytest.raises(UserError, match="--preset"):
