@@ -82,9 +82,10 @@ class BenchSettings(StrictModel):
     size_tolerance: float = Field(0.15, gt=0)  # a student's backbone vs the reference's, for the table's note
     asr_max_wer: float = Field(0.8, gt=0, le=1)  # "ASR must learn": the teacher's mean WER below this
     jobs: int = Field(2, ge=1)  # SUPERB processes at once (CPU)
-    # SUPERB experiments of one task run one after the other in one s3prl process: its start-up (~11 s of CPU) is
-    # paid once per batch instead of once per experiment (most of a tiny experiment).
-    superb_per_process: int = Field(8, ge=1)
+    # > 1: SUPERB experiments of one task one after the other in one s3prl process, paying its start-up (~11 s of CPU)
+    # once per batch. Off by default: later experiments of a batch ran slower and slower (measured: evaluation 2.6 s
+    # for the first, 43 s for the eighth on the same tiny KS set), some state of s3prl's accumulates in the process.
+    superb_per_process: int = Field(1, ge=1)
 
 
 PRESETS: Dict[str, BenchSettings] = {

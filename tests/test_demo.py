@@ -116,7 +116,7 @@ def test_bench_every_row_on_the_demo_teacher(tiny_demo, tmp_path):
     # CI's budget: every row and stage, but one task column (KS) and the low-resource PR pair, and the fewest student
     # steps (the tiny preset's five columns, 62 s3prl experiments, took 12 min on a loaded 2-core machine)
     settings = tmp_path / "ci.yaml"
-    settings.write_text("tasks: [ks]\nstudent_steps: 2\nfinal_distill_steps: 1\nsuperb_per_process: 16\n")
+    settings.write_text("tasks: [ks]\nstudent_steps: 2\nfinal_distill_steps: 1\n")
     command = [COMMAND, "bench", "--preset", "tiny", "--workdir", str(workdir), "--from-demo", str(tiny_demo),
                "--config", str(settings)]
     first = run_python(command, timeout=1200)
