@@ -132,7 +132,9 @@ def test_bench_every_row_on_the_demo_teacher(tiny_demo, tmp_path):
         assert set(row["tasks"]) == {"ks"}, row["label"]
         for task in row["tasks"].values():
             assert all(math.isfinite(value) for value in task["values"]) and math.isfinite(task["value"])
-        assert row["parameters"] > 0 and row["macs_per_second_of_audio"] > 0 and row["time_vs_teacher"] > 0
+        assert row["time_vs_teacher"] > 0
+        if row["kind"] != "floor":  # s3prl's fbank has no parameters and no multiply-accumulates
+            assert row["parameters"] > 0 and row["macs_per_second_of_audio"] > 0, row["label"]
     by_key = {row["key"]: row for row in bench["rows"]}
     assert by_key["teacher"]["superb_score"] in (None, pytest.approx(1000.0))
     # the pruned rows are smaller than the teacher they were cut from; the thin students match the reference's size

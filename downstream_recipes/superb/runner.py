@@ -394,7 +394,8 @@ def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB", per_
     """Run (or resume) several sweeps; ``jobs`` s3prl processes run at once, each then getting an equal share of the
     CPU threads (unless OMP_NUM_THREADS is set). ``per_process`` > 1: up to that many experiments of the same task
     and data root run one after the other in one process (:func:`run_unit_batch`), for sweeps of many short
-    experiments, where s3prl's start-up would dominate. Returns each sweep's run directory (results.json,
+    experiments, where s3prl's start-up would dominate; measured caveat: each later experiment of a batch ran slower
+    (some s3prl state accumulates in the process), so keep batches short. Returns each sweep's run directory (results.json,
     results.md, results.png), in order."""
     if jobs < 1 or per_process < 1:
         raise ValueError(f"jobs and per_process must be >= 1, got {jobs} and {per_process}")
