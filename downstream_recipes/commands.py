@@ -104,6 +104,18 @@ def demo(args: argparse.Namespace) -> None:
     print(f"table: {paths['markdown']}, chart: {paths['chart']}, stage times: {Path(args.workdir) / 'timings.json'}")
 
 
+def bench(args: argparse.Namespace) -> None:
+    import sys
+
+    from .bench import run_bench
+
+    paths = run_bench(Path(args.workdir), args.preset, Path(args.config) if args.config else None, args.seed,
+                      args.device or default_device(), Path(args.from_demo) if args.from_demo else None,
+                      command=["s3prl-distill", *sys.argv[1:]])
+    print(paths["markdown"].read_text())
+    print(f"table: {paths['markdown']}, chart: {paths['chart']}, numbers: {paths['json']}")
+
+
 def quickstart(args: argparse.Namespace) -> None:
     from .quickstart import quickstart as run
 
@@ -204,6 +216,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     offline.add_argument("--device", help="where the teacher, students and SUPERB runs train (default: cuda where "
                          "torch sees a GPU, else cpu)")
     offline.set_defaults(handler=demo)
+
+    benchmark = commands.add_parser(
+        "bench", help="every method distilled from the demo's small teacher at a comparable size, five SUPERB tasks "
+                      "with downstream seeds, one table (stage-cached, resumable: re-run the same command)")
+    benchmark.add_argument("--preset", default="tiny", choices=["tiny", "full"],
+                           help="tiny (the CI smoke run, default) or full (the proposed multi-hour run)")
+    benchmark.add_argument("--config", help="YAML of bench settings replacing the preset's (unknown keys are errors)")
+    benchmark.add_argument("--workdir", default="result/bench", help="stages are cached here; re-running resumes")
+    benchmark.add_argument("--from-demo", metavar="DEMO_WORKDIR",
+                           help="use this finished demo work directory's data and teacher (same preset size)")
+    benchmark.add_argument("--seed", type=int, default=0, help="seeds data, teacher and students (default: 0)")
+    benchmark.add_argument("--device", help="where students and SUPERB runs train (default: cuda where torch sees a "
+                           "GPU, else cpu)")
+    benchmark.set_defaults(handler=bench)
 
     quick = commands.add_parser(
         "quickstart", help="smallest end-to-end run: a DistilHuBERT-shaped checkpoint through s3prl's ER runner"

@@ -29,6 +29,7 @@ from s3prl_distill.pretrain.follow_teacher import layer_scale
 from s3prl_distill.audio_lists import read_length_csvs
 from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig, train_hubert_teacher
 from s3prl_distill.checkpoint import latest_step_checkpoint
+from s3prl_distill.errors import UserError
 from s3prl_distill.profiling import InterleavedTiming
 from s3prl_distill.pretrain.runner import run as run_pretrain
 
@@ -85,8 +86,88 @@ def _finish(stage: Path, record: dict) -> None:
     (stage / "done.json").write_text(json.dumps(record, indent=2))
 
 
-def student_configs(teacher_model: Dict) -> Dict[str, Dict]:
-    """DistilHuBERT- and FitHuBERT-shaped students (and their recipes) scaled to the teacher's size."""
+def data_stage(workdir: Path, size: str, seed: int) -> Tuple[Path, Path, float]:
+    """Stage ``data``: mini-SUPERB of ``size`` under ``workdir/data`` (skipped when done, and refused when the
+    finished one was generated with another size or seed). Returns (LibriSpeech folder, length CSV folder, seconds
+    it took)."""
+    data, stage = workdir / "data", workdir / "stage_data"
+    stage.mkdir(exist_ok=True)
+    record = {"size": size, "seed": seed}
+    if not _done(stage):
+        start = time.perf_counter()
+        generate_minisuperb(data, size=size, seed=seed)
+        _finish(stage, {"seconds": time.perf_counter() - start, **record})
+    done = json.loads((stage / "done.json").read_text())
+    _check_same(stage, done, record)
+    return data / "LibriSpeech", data / "len_for_bucket", done["seconds"]
+
+
+def teacher_stage(workdir: Path, libri: Path, buckets: Path, config: HubertTeacherConfig) -> Tuple[Path, Path, float]:
+    """Stage ``teacher``: the small HuBERT trained on the training set, and the same architecture with random weights
+    (the control), in ``workdir/stage_teacher`` (skipped when done; refused when done with another config). Returns
+    (teacher, random teacher, seconds it took)."""
+    stage = workdir / "stage_teacher"
+    stage.mkdir(exist_ok=True)
+    teacher, random_teacher = stage / "teacher.ckpt", stage / "random_teacher.ckpt"
+    record = {"config": config.model_dump()}
+    if not _done(stage):
+        start = time.perf_counter()
+        items = read_length_csvs(libri, buckets, ["train-clean-100"])
+        train_hubert_teacher(items, teacher, config)
+        torch.manual_seed(config.seed + 1)
+        model, task_cfg, dictionaries = build_hubert(dict(config.model), num_labels=config.clusters)
+        save_hubert_checkpoint(model, dict(config.model), task_cfg, dictionaries, random_teacher)
+        _finish(stage, {"seconds": time.perf_counter() - start, **record})
+    done = json.loads((stage / "done.json").read_text())
+    _check_same(stage, done, record)
+    return teacher, random_teacher, done["seconds"]
+
+
+def _check_same(stage: Path, done: dict, record: dict) -> None:
+    """A finished stage made with other settings would be silently reused: refuse it, naming what differs. Stages
+    finished before their settings were recorded are taken as they are."""
+    differences = [f"{key}: {done[key]!r} there, {value!r} now" for key, value in record.items()
+                   if key in done and done[key] != value]
+    if differences:
+        raise UserError(f"{stage} was made with other settings ({'; '.join(differences)}): use another work "
+                        "directory, or delete that stage to redo it")
+
+
+def student_run_config(parts: Dict, teacher: Path, libri: Path, buckets: Path, steps: int, batch: int, seed: int,
+                       device: str, lr: float = 5.0e-4) -> Dict:
+    """A student's pretrain config: ``parts`` (its student / method sections, see :func:`student_configs`) with the
+    demo's runner, optimizer, teacher and data sections."""
+    return {
+        "runner": {"total_steps": steps, "log_step": max(1, steps // 10), "save_step": steps, "keep_last": 1,
+                   "seed": seed, "precision": "bf16" if device == "cuda" else "fp32"},
+        "optimizer": {"lr": lr},
+        "scheduler": {"warmup_proportion": 0.07},
+        "teacher": {"name": "hubert_local", "ckpt": str(teacher)},
+        "data": {"root": str(libri), "bucket_dir": str(buckets), "sets": ["train-clean-100"],
+                 "train_batch_size": batch, "max_length": 48000, "num_workers": 2},
+        **parts,
+    }
+
+
+def train_student(stage: Path, name: str, config: Dict, what: str) -> Path:
+    """Train (or resume, or skip when finished) the student of ``config`` in ``stage/name``; returns its final
+    checkpoint. ``config`` is validated first (``what`` names it in errors) and written to ``stage/name.yaml``."""
+    steps = int(config["runner"]["total_steps"])
+    expdir = stage / name
+    final = expdir / f"states-{steps}.ckpt"
+    if not final.is_file():
+        validate_config(config, what)
+        config_path = stage / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        previous = latest_step_checkpoint(expdir)
+        run_pretrain(None if previous else str(config_path), name, str(stage), None,
+                     str(previous) if previous else None)
+    return final
+
+
+def student_configs(teacher_model: Dict, thin_width: Optional[int] = None) -> Dict[str, Dict]:
+    """DistilHuBERT- and FitHuBERT-shaped students (and their recipes) scaled to the teacher's size. ``thin_width``:
+    the FitHuBERT student's width (and FFN width); by default FitHuBERT's 480/768 of the teacher's."""
     layers, width = int(teacher_model["encoder_layers"]), int(teacher_model["encoder_embed_dim"])
     heads, ffn = int(teacher_model["encoder_attention_heads"]), int(teacher_model["encoder_ffn_embed_dim"])
     conv = parse_conv_layers(teacher_model["conv_feature_layers"])
@@ -104,7 +185,7 @@ def student_configs(teacher_model: Dict) -> Dict[str, Dict]:
         "student_init": {"feature_extractor": True, "feature_projection": True, "pos_conv": True, "layers": 2},
         "method": {"name": "distilhubert"},
     }
-    thin = max(8, (width * 5 // 8) // (2 * heads) * 2 * heads)  # FitHuBERT's 480/768, divisible by heads and groups
+    thin = thin_width or max(8, (width * 5 // 8) // (2 * heads) * 2 * heads)  # 480/768, divisible by heads, groups
     fit_conv = (f"[({channels // 4},10,5)] + [({channels // 2},1,1)] + [({channels // 2},3,2)]*4 + "
                 f"[({channels},1,1)] + [({channels},2,2)]*2")
     fit = {
@@ -142,31 +223,12 @@ def run_demo(workdir: Path, preset: str = "quick", seed: int = 0, device: str = 
     workdir.mkdir(parents=True, exist_ok=True)
     timings: Dict[str, float] = {}
 
-    # 1. data
-    data = workdir / "data"
-    stage = workdir / "stage_data"
-    stage.mkdir(exist_ok=True)
-    if not _done(stage):
-        start = time.perf_counter()
-        generate_minisuperb(data, size=settings.data_size, seed=seed)
-        _finish(stage, {"seconds": time.perf_counter() - start})
-    timings["data"] = json.loads((stage / "done.json").read_text())["seconds"]
-    libri, buckets = data / "LibriSpeech", data / "len_for_bucket"
-
-    # 2. teacher (+ the same architecture with random weights, the control)
-    stage = workdir / "stage_teacher"
-    stage.mkdir(exist_ok=True)
+    # 1. data, 2. teacher (+ the same architecture with random weights, the control)
+    libri, buckets, data_seconds = data_stage(workdir, settings.data_size, seed)
+    timings["data"] = data_seconds
     teacher_config = HubertTeacherConfig(steps=settings.teacher_steps, batch_size=settings.teacher_batch, seed=seed)
-    teacher, random_teacher = stage / "teacher.ckpt", stage / "random_teacher.ckpt"
-    if not _done(stage):
-        start = time.perf_counter()
-        items = read_length_csvs(libri, buckets, ["train-clean-100"])
-        train_hubert_teacher(items, teacher, teacher_config)
-        torch.manual_seed(seed + 1)
-        model, task_cfg, dictionaries = build_hubert(dict(teacher_config.model), num_labels=teacher_config.clusters)
-        save_hubert_checkpoint(model, dict(teacher_config.model), task_cfg, dictionaries, random_teacher)
-        _finish(stage, {"seconds": time.perf_counter() - start})
-    timings["teacher"] = json.loads((stage / "done.json").read_text())["seconds"]
+    teacher, random_teacher, timings["teacher"] = teacher_stage(workdir, libri, buckets, teacher_config)
+    data = libri.parent
 
     # 3. students
     stage = workdir / "stage_students"
@@ -174,27 +236,9 @@ def run_demo(workdir: Path, preset: str = "quick", seed: int = 0, device: str = 
     checkpoints: Dict[str, Path] = {}
     start = time.perf_counter()
     for family, parts in student_configs(teacher_config.model).items():
-        expdir = stage / family
-        config = {
-            "runner": {"total_steps": settings.student_steps, "log_step": max(1, settings.student_steps // 10),
-                       "save_step": settings.student_steps, "keep_last": 1, "seed": seed,
-                       "precision": "bf16" if device == "cuda" else "fp32"},
-            "optimizer": {"lr": 5.0e-4},
-            "scheduler": {"warmup_proportion": 0.07},
-            "teacher": {"name": "hubert_local", "ckpt": str(teacher)},
-            "data": {"root": str(libri), "bucket_dir": str(buckets), "sets": ["train-clean-100"],
-                     "train_batch_size": settings.student_batch, "max_length": 48000, "num_workers": 2},
-            **parts,
-        }
-        final = expdir / f"states-{settings.student_steps}.ckpt"
-        if not final.is_file():
-            validate_config(config, f"demo {family} config")
-            config_path = stage / f"{family}.yaml"
-            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-            previous = latest_step_checkpoint(expdir)
-            run_pretrain(None if previous else str(config_path), family, str(stage), None,
-                         str(previous) if previous else None)
-        checkpoints[family] = final
+        config = student_run_config(parts, teacher, libri, buckets, settings.student_steps, settings.student_batch,
+                                    seed, device)
+        checkpoints[family] = train_student(stage, family, config, f"demo {family} config")
     timings["students"] = time.perf_counter() - start
 
     # 4. SUPERB for every upstream
@@ -234,15 +278,21 @@ def inference_ratios(upstreams, seconds: float) -> InterleavedTiming:
     """Each upstream's forward time relative to the first (the teacher), as s3prl's runner would load it: 4
     utterances of ``seconds``, rounds interleaved on one thread. At least 15 rounds, and rounds for about five
     times the utterance length in seconds (20 s at the quick preset's 4 s), so the tiny preset stays fast."""
-    from s3prl_distill import register
     from s3prl_distill.profiling import interleaved_times
 
-    register()
-    import s3prl.hub as hub
-
-    models = {label: getattr(hub, name)(ckpt=str(ckpt) if ckpt else None, model_config=None, refresh=False)
-              for label, name, ckpt in upstreams}
+    models = load_upstreams(upstreams)
     generator = torch.Generator().manual_seed(0)
     wavs = [0.1 * torch.randn(int(16000 * seconds), generator=generator) for _ in range(4)]
     return interleaved_times(models, wavs, reference=upstreams[0][0], threads=1, min_rounds=15,
                              budget_s=5.0 * seconds)
+
+
+def load_upstreams(upstreams) -> Dict[str, torch.nn.Module]:
+    """``(label, s3prl upstream, checkpoint)`` rows loaded through s3prl's hub, as its runner loads them."""
+    from s3prl_distill import register
+
+    register()
+    import s3prl.hub as hub
+
+    return {label: getattr(hub, name)(ckpt=str(ckpt) if ckpt else None, model_config=None, refresh=False)
+            for label, name, ckpt in upstreams}

@@ -105,3 +105,56 @@ def test_the_readme_distils_from_the_demo_teacher_as_written(tiny_demo, tmp_path
     assert "already finished at step 3" in outputs[1]
     results = json.loads((tmp_path / "result" / "superb" / "demo-distilhubert" / "results.json").read_text())
     assert math.isfinite(results["tasks"]["ks"]["value"]), results
+
+
+@pytest.mark.slow
+def test_bench_every_row_on_the_demo_teacher(tiny_demo, tmp_path):
+    """`s3prl-distill bench --preset tiny` on the tiny demo's data and teacher: every row of issue 20 distilled from
+    that one teacher, through s3prl's runner (KS, and PR on 10 % of its labels), one table with finite metrics, MACs,
+    CPU times and sizes; re-running resumes from the cached stages without training anything again."""
+    workdir = tmp_path / "bench"
+    # CI's budget: every row and stage, but one task column (KS) and the low-resource PR pair, and the fewest student
+    # steps (the tiny preset's five columns, 62 s3prl experiments, took 12 min on a loaded 2-core machine)
+    settings = tmp_path / "ci.yaml"
+    settings.write_text("tasks: [ks]\nstudent_steps: 2\nfinal_distill_steps: 1\n")
+    command = [COMMAND, "bench", "--preset", "tiny", "--workdir", str(workdir), "--from-demo", str(tiny_demo),
+               "--config", str(settings)]
+    first = run_python(command, timeout=1200)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    bench = json.loads((workdir / "bench.json").read_text())
+    labels = [row["label"] for row in bench["rows"]]
+    assert labels == ["teacher (HuBERT, pretrained)", "teacher, random weights", "DistilHuBERT", "FitHuBERT",
+                      "deep-thin, KL 0 (Wang et al.)", "deep-thin, KL 0.4 (Wang et al.)",
+                      "deep-thin, fbank front end, two-stage (Wang et al.)", "shallow-wide, KL 0.4 (Wang et al.)",
+                      "DPHuBERT (pruned teacher)", "SKILL (pruned teacher)", "new: SKILL groups on a deep-thin student",
+                      "fbank (s3prl)"]
+    for row in bench["rows"]:
+        assert set(row["tasks"]) == {"ks"}, row["label"]
+        for task in row["tasks"].values():
+            assert all(math.isfinite(value) for value in task["values"]) and math.isfinite(task["value"])
+        assert row["time_vs_teacher"] > 0
+        if row["kind"] != "floor":  # s3prl's fbank has no parameters and no multiply-accumulates
+            assert row["parameters"] > 0 and row["macs_per_second_of_audio"] > 0, row["label"]
+    by_key = {row["key"]: row for row in bench["rows"]}
+    assert by_key["teacher"]["superb_score"] in (None, pytest.approx(1000.0))
+    # the pruned rows are smaller than the teacher they were cut from; the thin students match the reference's size
+    assert by_key["dphubert"]["parameters"] < by_key["teacher"]["parameters"]
+    reference = bench["sizes"]["reference_parameters"]
+    assert abs(by_key["deepthin_kl"]["backbone_parameters"] / reference - 1) < 0.15
+    assert set(bench["protocol"]["margins"]) == {"ks"}
+    assert set(bench["low_resource_pr"]["per"]) == {"deepthin_kl0", "deepthin_kl"}
+    assert bench["command"][:2] == ["s3prl-distill", "bench"]
+    assert {"data", "teacher", "superb (this invocation)", "profile", "student dphubert"} <= set(bench["stage_seconds"])
+    table = (workdir / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| upstream")]
+    assert [row.split("|")[1].strip() for row in rows] == labels
+    assert "SUPERB score" in table and "MACs / s of audio" in table and "Low-resource PR" in table
+    assert (workdir / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Resume: every stage cached (nothing trains again), the same table.
+    student = workdir / "stage_students" / "skill_final" / "states-1.ckpt"
+    stamp = student.stat().st_mtime_ns
+    second = run_python(command, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert student.stat().st_mtime_ns == stamp and "distill:" not in second.stderr
+    assert json.loads((workdir / "bench.json").read_text())["rows"] == bench["rows"]

@@ -1,5 +1,6 @@
 """`s3prl-distill superb` / `superb-report` / `submit` on a generated tiny mini-SUPERB, through s3prl's runner."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -354,3 +355,22 @@ def test_report_notes_follow_the_table(tmp_path):
     assert lines[4].split("|")[1:-1] == [" a ", " 2.00 ", " 50.00 ", " 1.00 "]
     assert lines[5].split("|")[-2] == " 0.50 (0.40–0.60) "
     assert lines[6:] == ["", "How the time was measured.", "", "Where."]
+
+
+def test_a_downstream_seed_reaches_s3prl_and_another_seed_is_another_sweep(data_root, tmp_path, monkeypatch):
+    from s3prl_distill.downstream_recipes.superb import runner
+
+    def stop(plan, logs, environment=None, on_step=None, on_trained=None):
+        raise InterruptedError(plan["train"])
+
+    monkeypatch.setattr(runner, "run_experiment_process", stop)
+    spec = runner.SweepSpec(upstream="fbank", data_root=str(data_root), name="seeded", tasks=["ks"], steps=3,
+                            num_workers=0, seed=7, exproot=str(tmp_path))
+    with pytest.raises(InterruptedError) as started:
+        runner.run_unit(spec, TASKS["ks"], None, data_values(data_root, ["ks"], 0), tmp_path / "seeded" / "ks")
+    arguments = started.value.args[0]
+    assert arguments[arguments.index("--seed") + 1] == "7"
+    (tmp_path / "seeded" / "sweep.json").write_text(json.dumps(dataclasses.asdict(spec)))
+    with pytest.raises(runner.SweepExistsError, match="seed: 7 there, 8 now"):
+        runner.check_same_sweep(dataclasses.replace(spec, seed=8), tmp_path / "seeded")
+    runner.check_same_sweep(spec, tmp_path / "seeded")  # the same seed is the same sweep

@@ -24,9 +24,17 @@ def _percent(value: Optional[float]) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
 
 
+def _task_cell(entry: dict) -> str:
+    """A task's value in %, as ``mean ± sd`` where the entry carries the seed-to-seed ``sd``."""
+    cell = _percent(entry.get("value"))
+    sd = entry.get("sd")
+    return cell if sd is None or cell == "–" else f"{cell} ± {_percent(sd)}"
+
+
 def markdown_table(results: Sequence[dict], extra_columns: Optional[Dict[str, List[str]]] = None) -> str:
-    """One row per result; PER/WER and accuracies in %, parameters in millions. ``extra_columns`` maps a header to
-    one cell per result (e.g. an inference-time ratio)."""
+    """One row per result; PER/WER and accuracies in %, parameters in millions; a task entry with an ``sd`` (the
+    standard deviation over downstream seeds, ``value`` then being their mean) shows as ``mean ± sd``.
+    ``extra_columns`` maps a header to one cell per result (e.g. an inference-time ratio)."""
     tasks = [key for key in TASKS if any(key in r["tasks"] for r in results)]
     headers = ["upstream", "params (M)"] + [
         f"{TASKS[t].title} {TASKS[t].metric if TASKS[t].metric != 'accuracy' else 'acc'} % "
@@ -36,7 +44,7 @@ def markdown_table(results: Sequence[dict], extra_columns: Optional[Dict[str, Li
     for index, result in enumerate(results):
         params = result.get("parameters")
         cells = [result.get("label") or result["upstream"], "–" if params is None else f"{params / 1e6:.2f}"]
-        cells += [_percent(result["tasks"].get(t, {}).get("value")) for t in tasks]
+        cells += [_task_cell(result["tasks"].get(t, {})) for t in tasks]
         cells += [column[index] for column in (extra_columns or {}).values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -55,7 +63,9 @@ def chart_figure(results: Sequence[dict], title: str = "SUPERB") -> "Figure":
 
     tasks = [key for key in TASKS if any(key in r["tasks"] for r in results)]
     labels = [r.get("label") or r["upstream"] for r in results]
-    colours = [f"C{i % 10}" for i in range(len(results))]
+    # matplotlib's 10 default colours, or 20 distinct ones for more bars (the bench's 12 rows): never two alike
+    colours = ([f"C{i}" for i in range(len(results))] if len(results) <= 10 else
+               [plt.get_cmap("tab20")(i % 20) for i in range(len(results))])
     panel_width = max(2.2, 0.32 * len(results) + 1.0)
     width = panel_width * len(tasks) + 0.6
     # The legend's columns: as many of the longest name as fit across the figure (about 0.07 in a character at 7 pt).

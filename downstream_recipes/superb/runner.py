@@ -6,8 +6,8 @@ command skips finished experiments and resumes an interrupted training from its 
 so a half-finished sweep continues where it stopped.
 
 A sweep holds ``NAME/.s3prl-distill.lock`` while it runs (a second sweep on the same directory stops naming the
-holder's PID), and refuses a directory whose ``sweep.json`` names another upstream, checkpoint, config or feature:
-its finished experiments would otherwise be reported as this upstream's.
+holder's PID), and refuses a directory whose ``sweep.json`` names another upstream, checkpoint, config, feature or
+downstream seed: its finished experiments would otherwise be reported as this upstream's.
 """
 
 from __future__ import annotations
@@ -63,10 +63,11 @@ class SweepSpec:
     num_workers: int = field(default_factory=default_num_workers)  # data-loader workers of each experiment
     label: Optional[str] = None  # row name in tables
     folds: Optional[List[str]] = None  # ER folds to run (None = all five, SUPERB's protocol)
+    seed: Optional[int] = None  # s3prl's --seed for the downstream training; None = s3prl's default (1337)
 
 
 # What makes two sweeps the same experiment: results in a run directory belong to exactly this.
-IDENTITY = ("upstream", "ckpt", "model_config", "feature")
+IDENTITY = ("upstream", "ckpt", "model_config", "feature", "seed")
 
 
 class SweepExistsError(UserError, FileExistsError):
@@ -370,6 +371,7 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
             plan["train"] += ["-k", spec.ckpt] if spec.ckpt else []
             plan["train"] += ["-g", spec.model_config] if spec.model_config else []
             plan["train"] += ["-s", spec.feature] if spec.feature else []
+            plan["train"] += ["--seed", str(spec.seed)] if spec.seed is not None else []
 
     def trained_well() -> None:
         trained.write_text("")
