@@ -360,7 +360,7 @@ def test_report_notes_follow_the_table(tmp_path):
 def test_a_downstream_seed_reaches_s3prl_and_another_seed_is_another_sweep(data_root, tmp_path, monkeypatch):
     from s3prl_distill.downstream_recipes.superb import runner
 
-    def stop(plan, logs, environment=None, on_step=None, on_trained=None):
+    def stop(plan, logs, environment=None, on_step=None, on_trained=None, server=None):
         raise InterruptedError(plan["train"])
 
     monkeypatch.setattr(runner, "run_experiment_process", stop)
