@@ -171,10 +171,6 @@ def matched_width(make: Callable[[int], Dict], target: int, step: int, limit: in
     return best * step, count(best)
 
 
-def _lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
-
-
 class StudentPlan:
     """Every student row's pretrain config, validated and fitted to the teacher before anything trains."""
 
@@ -213,7 +209,7 @@ class StudentPlan:
                                   "method": {"discriminative_weight": kl}})
 
         thin_width, _ = matched_width(lambda w: deep_thin(w, settings.kl_weight), self.reference,
-                                      _lcm(heads, pos_groups), 4 * width, "bench deep-thin config")
+                                      math.lcm(heads, pos_groups), 4 * width, "bench deep-thin config")
         fbank = recipe_config("asr_distill/config_fbank.yaml", base(),
                               {"student": {"encoder": thin_encoder(thin_width)},
                                "method": {"discriminative_weight": settings.kl_weight,
@@ -464,7 +460,7 @@ def _commit() -> Optional[str]:
                              text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 # Settings that change how the work is scheduled, not its results: a resumed run may change them.
