@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared device check: one command, about 8 minutes at most on one GPU (each step has its own timeout).
 #
-#   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--out DIR]
+#   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--no-speed] [--out DIR]
 #
 # Defaults: --device cuda; --out $OUT when set (the device machine's result folder), else benchmarks/results/gpu_check.
 # Steps: (a) set-up: when the package does not import and .whl/ exists (benchmarks/gpu_wheels.sh fills it on a
@@ -9,23 +9,26 @@
 # device_check tests (tests/test_on_device.py) on the device, as JUnit XML; (c) speed: benchmarks/gpu_speed.py when
 # the tree has it; (d) gpu_check.json: versions, per-test outcomes and durations, step wall times, exit status.
 # Exits non-zero when a test failed or a step failed or timed out; gpu_check.json is written first in any case.
-# --quick: the speed step's short mode (the tests are the same). CI runs `--device cpu --quick`
+# --quick: the speed step's short mode (the tests are the same). --no-speed: set-up and tests only (about 90 s on one
+# H100: a re-check of fixes when little device time is left). CI runs `--device cpu --quick`
 # (tests/test_gpu_check.py). Environment: PYTHON (default python3), GPU_CHECK_WORKERS (pytest-xdist workers:
 # default 4 on CUDA, none on the CPU).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 
-DEVICE=cuda QUICK=0 OUTDIR=${OUT:-benchmarks/results/gpu_check}
+DEVICE=cuda QUICK=0 SPEED=1 OUTDIR=${OUT:-benchmarks/results/gpu_check}
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=${2:-}; shift 2 ;;
     --device=*) DEVICE=${1#*=}; shift ;;
     --quick) QUICK=1; shift ;;
+    --no-speed) SPEED=0; shift ;;
     --out) OUTDIR=${2:-}; shift 2 ;;
     --out=*) OUTDIR=${1#*=}; shift ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "gpu_check.sh: unknown argument $1 (expected --device cuda|cpu, --quick, --out DIR)" >&2; exit 2 ;;
+    *) echo "gpu_check.sh: unknown argument $1 (expected --device cuda|cpu, --quick, --no-speed, --out DIR)" >&2
+       exit 2 ;;
   esac
 done
 case "$DEVICE" in cuda|cpu) ;; *) echo "gpu_check.sh: --device must be cuda or cpu, not '$DEVICE'" >&2; exit 2 ;; esac
@@ -109,7 +112,10 @@ record tests "$tests_status" "$start"
 
 # --- (c) speed ----------------------------------------------------------------------------------------------------
 start=$(now)
-if [ ! -f benchmarks/gpu_speed.py ]; then
+if [ "$SPEED" = 0 ]; then
+  speed_status="skipped"
+  echo "== speed: skipped (--no-speed)"
+elif [ ! -f benchmarks/gpu_speed.py ]; then
   speed_status="absent"
   echo "== speed: benchmarks/gpu_speed.py is not in this tree: no speed figures this time"
 elif [ "$setup_status" != ok ]; then
@@ -127,7 +133,7 @@ record speed "$speed_status" "$start"
 # --- (d) the report -----------------------------------------------------------------------------------------------
 exit_status=0
 for status in "$setup_status" "$tests_status" "$speed_status"; do
-  case "$status" in ok|absent) ;; *) exit_status=1 ;; esac
+  case "$status" in ok|absent|skipped) ;; *) exit_status=1 ;; esac
 done
 DEVICE=$DEVICE QUICK=$QUICK INSTALLED=$INSTALLED VERSIONS=$VERSIONS STEPS_FILE=$STEPS_FILE EXIT_STATUS=$exit_status \
   JUNIT=$JUNIT REPORT="$OUTDIR/gpu_check.json" "$PYTHON" - <<'PY'

@@ -23,6 +23,17 @@ from s3prl_distill.model.config import StrictModel, StudentConfig
 from s3prl_distill.model.student import StudentOutput
 
 
+def take(tensor: Tensor, dim: int, indices: List[int]) -> Tensor:
+    """``tensor``'s entries ``indices`` along ``dim`` (a view when they are a contiguous run). Unlike indexing with a
+    Python list, which copies the list to the device as an index tensor, this never waits for a GPU."""
+    if not indices:
+        return tensor.narrow(dim, 0, 0)
+    start = indices[0]
+    if list(indices) == list(range(start, start + len(indices))):
+        return tensor.narrow(dim, start, len(indices))
+    return torch.cat([tensor.narrow(dim, index, 1) for index in indices], dim=dim)
+
+
 class DistillationBatch(NamedTuple):
     # predictions already reduced to ``prediction_indices`` and the common frames; None for a student without heads
     # (then the method cuts the hidden states it reads to the targets' frames)

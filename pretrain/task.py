@@ -21,7 +21,7 @@ from s3prl_distill.model.student import HEAD_PREFIXES
 from s3prl_distill.progress import progress as show_progress
 
 from .config import DataConfig, StudentInitConfig, TeacherConfig
-from .method import DistillationBatch
+from .method import DistillationBatch, take
 from .methods import build_method, method_spec
 from .teacher import Teacher, initialise_student
 from .teacher_cache import TeacherCache, cache_key, required_layers
@@ -133,7 +133,8 @@ class DistillationTask:
         frames = min(student_frames, teacher_frames)
         targets = self.method.target_stack(hidden_states, frames)
         if output.predictions is not None:
-            output = output._replace(predictions=output.predictions[:, self.method.prediction_indices, :frames])
+            output = output._replace(
+                predictions=take(output.predictions, 1, self.method.prediction_indices)[:, :, :frames])
         teacher_logits = codewords = None
         if self.codebook is not None:
             teacher_logits = self.codebook.logits(hidden_states[-1], self.method.codebook_temperature)

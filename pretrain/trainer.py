@@ -329,12 +329,6 @@ class Trainer:
             if self.step % runner.log_step == 0 or self.step == runner.total_steps:
                 elapsed = time.perf_counter() - window_start
                 self._log(writer, metrics, window, grad_norm, window_utterances / max(elapsed, 1e-9), progress)
-                skipped = int(self.skipped_updates)
-                if skipped:  # expected now and then under fp16, where the loss scale backs off
-                    logger.log(logging.INFO if self.precision == "fp16" else logging.WARNING,
-                               "step %d: %d update(s) skipped since the last log (non-finite gradients)",
-                               self.step, skipped)
-                self.skipped_updates.zero_()
                 window, window_utterances, window_start = {}, 0, time.perf_counter()
             if self.step % runner.save_step == 0 or self.step == runner.total_steps:
                 self.save()
@@ -350,6 +344,12 @@ class Trainer:
 
     def _log(self, writer, metrics: Optional[MetricsWriter], window, grad_norm, utterances_per_second,
              progress) -> None:
+        """The end of a log window: the one place between logs where a step reads values back from the device."""
+        skipped = int(self.skipped_updates)
+        if skipped:  # expected now and then under fp16, where the loss scale backs off
+            logger.log(logging.INFO if self.precision == "fp16" else logging.WARNING,
+                       "step %d: %d update(s) skipped since the last log (non-finite gradients)", self.step, skipped)
+        self.skipped_updates.zero_()
         if writer is None:  # not rank 0
             return
         means = {name: torch.stack(values).mean(0).cpu() for name, values in window.items()}

@@ -31,6 +31,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .hf_config import DistilledStudentConfig, register_config
 from .model.attention import SelfAttention
+from .model.fbank import FbankFrontEnd
 from .model.config import StudentConfig
 from .model.student import StudentModel
 
@@ -67,10 +68,13 @@ class DistilledStudentModel(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: torch.nn.Module) -> None:
-        """Our modules initialise themselves when built; what transformers' meta-device construction leaves unset is
-        the unsaved buffer of WavLM-style attention (which heads of the position bias a layer keeps)."""
+        """Our modules initialise themselves when built; what transformers' meta-device construction leaves unset are
+        the unsaved buffers: WavLM-style attention's (which heads of the position bias a layer keeps) and the fbank
+        front end's window and filterbank."""
         if isinstance(module, SelfAttention):
             module.reset_kept_heads()
+        elif isinstance(module, FbankFrontEnd):
+            module.reset_constants()
 
     def forward(
         self,

@@ -20,7 +20,8 @@ from s3prl_distill.model import (
     with_codeword_head,
     with_fbank_front_end,
 )
-from s3prl_distill.model.fbank import fbank_statistics, log_mel_fbank
+from s3prl_distill.model.fbank import (batch_log_mel_fbank, fbank_constants, fbank_frames, fbank_statistics,
+                                        log_mel_fbank)
 from s3prl_distill.pretrain.metrics import metric_values, read_metrics
 from s3prl_distill.pretrain.teacher import HubertCodebook, codebook_from_state, read_hubert_codebook
 
@@ -163,6 +164,49 @@ def test_fbank_front_end_frames_padding_and_statistics():
 
 def frames_total(waves):
     return sum(1 + (w.numel() - 400) // 160 for w in waves)
+
+
+def test_fbank_equals_torchaudio_kaldi_bit_for_bit():
+    """Our batched fbank (window and filterbank kept as buffers, so a GPU step copies nothing) is torchaudio's
+    Kaldi-compatible fbank, as the official recipe computes it, to the last bit: each row of a padded batch, a row
+    shorter than one window, and an all-zero row (the log floor)."""
+    import torchaudio.compliance.kaldi as kaldi
+
+    waves = random_waves([16000, 12345, 399, 4000], seed=5)
+    waves[3] = torch.zeros(4000)
+    padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+    for bins in (80, 40):
+        batch = batch_log_mel_fbank(padded, bins, fbank_constants(bins))
+        for row, wave in enumerate(waves):
+            if wave.numel() < 400:  # torchaudio refuses it; no frame, as Kaldi's snip_edges gives none
+                assert log_mel_fbank(wave, bins).shape == (0, bins)
+                continue
+            expected = kaldi.fbank(wave[None] * 32768.0, num_mel_bins=bins, sample_frequency=16000, frame_length=25.0,
+                                   frame_shift=10.0, dither=0.0, energy_floor=0.0)
+            count = int(fbank_frames(torch.tensor(wave.numel())))
+            assert expected.shape == (count, bins)
+            assert torch.equal(log_mel_fbank(wave, bins), expected)
+            assert torch.equal(batch[row, :count], expected)
+    # The module's buffers are those constants, not saved, and refilled on their device by reset_constants.
+    model = StudentModel(tiny_deepthin(codeword=None, fbank=True))
+    window, banks = fbank_constants(80)
+    assert "fbank.window" not in model.state_dict() and torch.equal(model.fbank.mel_banks, banks)
+    model.fbank.window, model.fbank.mel_banks = torch.zeros(1), torch.zeros(1)
+    model.fbank.reset_constants()
+    assert torch.equal(model.fbank.window, window) and torch.equal(model.fbank.mel_banks, banks)
+
+
+def test_fbank_statistics_check_reads_the_buffer_once_per_load():
+    """The has-statistics check is remembered on the host (a GPU step must not read the buffer), and forgotten when
+    a state dict is loaded: loading one without statistics makes the front end refuse again."""
+    model = StudentModel(tiny_deepthin(codeword=None, fbank=True)).eval()
+    empty = {k: v.clone() for k, v in model.state_dict().items()}
+    waves = random_waves([8000], seed=2)
+    model.fbank.set_statistics(*fbank_statistics(waves, 80))
+    model(waves[0][None])
+    model.load_state_dict(empty)
+    with pytest.raises(RuntimeError, match="no normalisation statistics"):
+        model(waves[0][None])
 
 
 def test_fbank_config_refuses_cnn_options():

@@ -68,7 +68,7 @@ class DPHuBERT(Method):
         self.prediction_indices = list(range(len(self.targets)))
         self.penalty = SparsityPenalty()
         self.full_parameters: Optional[int] = None  # DPHuBERT's size of the unpruned student, set by bind()
-        self.last_scalars: Dict[str, float] = {}
+        self.last_scalars: Dict[str, Union[Tensor, float]] = {}
 
     def bind(self, student: StudentModel) -> None:
         """Called once with the student: its unpruned size is the reference of the sparsity."""
@@ -107,10 +107,11 @@ class DPHuBERT(Method):
         expected = dphubert_expected_size(student)
         sparsity = 1.0 - expected / self.full_parameters
         target = self.target_sparsity(step)
+        # Kept as tensors, read only when logged: a float() here would make every step wait for the GPU.
         self.last_scalars = {
-            "expected_params": float(expected.detach()), "expected_sparsity": float(sparsity.detach()),
-            "target_sparsity": target, "lambda1": float(self.penalty.lambda_1.detach()),
-            "lambda2": float(self.penalty.lambda_2.detach()),
+            "expected_params": expected.detach(), "expected_sparsity": sparsity.detach(),
+            "target_sparsity": target, "lambda1": self.penalty.lambda_1.detach(),
+            "lambda2": self.penalty.lambda_2.detach(),
         }
         return {"sparsity_penalty": scalar_term(self.penalty(sparsity, target))}
 
@@ -131,7 +132,7 @@ class DPHuBERT(Method):
         return groups
 
     def scalars(self) -> Dict[str, float]:
-        return dict(self.last_scalars)
+        return {name: float(value) for name, value in self.last_scalars.items()}
 
     def state_dict(self) -> dict:
         return {"penalty": self.penalty.state_dict(), "full_parameters": self.full_parameters}

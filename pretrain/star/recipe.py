@@ -29,7 +29,7 @@ from torch import Tensor
 from s3prl_distill.losses import LossTerm, temporal_gram_term
 from s3prl_distill.model.config import StrictModel, StudentConfig
 
-from ..method import DistillationBatch, Method
+from ..method import DistillationBatch, Method, take
 
 
 class STaRMethodConfig(StrictModel):
@@ -107,7 +107,7 @@ class STaR(Method):
             return torch.stack([state[:, :frames] for state in student[first:first + depth]], dim=1)
 
         def teacher_stack(layers: List[int]) -> Tensor:  # (B, L, T, D_teacher)
-            return batch.targets[:, [self.target_layers.index(layer) for layer in layers]]
+            return take(batch.targets, 1, [self.target_layers.index(layer) for layer in layers])
 
         config = self.config
         outputs, teacher_outputs = student_stack(1), teacher_stack(self.teacher_outputs)

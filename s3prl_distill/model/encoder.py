@@ -34,7 +34,14 @@ class ConvPositionalEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (batch, frames, channels), padded frames already zeroed."""
-        y = self.conv(x.transpose(1, 2))
+        if x.is_cuda and torch.is_autocast_enabled("cuda"):
+            # cuDNN has no fast half-precision kernel for this grouped 128-tap convolution: on an H100 (DistilHuBERT's
+            # 768 channels in 16 groups, 8 x 10 s) it took 12.8 ms in bf16 and 0.64 ms in fp32. So it runs in fp32
+            # (TF32 where allowed) under autocast, its output float32 like autocast's LayerNorm's.
+            with torch.autocast("cuda", enabled=False):
+                y = self.conv(x.transpose(1, 2).float())
+        else:
+            y = self.conv(x.transpose(1, 2))
         if self.trim:
             y = y[..., : -self.trim]
         return F.gelu(y).transpose(1, 2)

@@ -19,6 +19,9 @@ from torch import Tensor, nn
 from .lengths import lengths_to_padding_mask
 
 WINDOW_SAMPLES, SHIFT_SAMPLES = 400, 160  # 25 ms / 10 ms at 16 kHz
+FFT_SIZE = 512  # the window zero-padded to a power of two, as Kaldi does
+PREEMPHASIS = 0.97
+LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi floors the mel energies there before the log
 
 
 def fbank_frames(samples: Tensor) -> Tensor:
@@ -27,33 +30,43 @@ def fbank_frames(samples: Tensor) -> Tensor:
 
 
 def log_mel_fbank(waveform: Tensor, num_mel_bins: int) -> Tensor:
-    """(samples,) float waveform in [-1, 1] -> (frames, num_mel_bins), as Kaldi computes it on 16-bit samples.
-
-    torchaudio's ``compliance.kaldi`` module is plain PyTorch, so this works without torchaudio's native libraries.
-    """
-    return _kaldi_fbank(waveform, num_mel_bins, frame_shift_ms=1000.0 * SHIFT_SAMPLES / 16000)
+    """(samples,) float waveform in [-1, 1] -> (frames, num_mel_bins), as Kaldi computes it on 16-bit samples."""
+    return batch_log_mel_fbank(waveform[None], num_mel_bins)[0]
 
 
-def _kaldi_fbank(waveform: Tensor, num_mel_bins: int, frame_shift_ms: float) -> Tensor:
+def fbank_constants(num_mel_bins: int) -> Tuple[Tensor, Tensor]:
+    """Kaldi's povey window (``WINDOW_SAMPLES``,) and its mel filterbank (num_mel_bins, ``FFT_SIZE`` // 2 + 1) for
+    16 kHz audio, 20 Hz up to Nyquist: float32, on the CPU. The filterbank is torchaudio's Kaldi-compatible one."""
     import torchaudio.compliance.kaldi as kaldi
 
-    return kaldi.fbank(waveform.float().unsqueeze(0) * 32768.0, num_mel_bins=num_mel_bins, sample_frequency=16000,
-                       frame_length=1000.0 * WINDOW_SAMPLES / 16000, frame_shift=frame_shift_ms, dither=0.0,
-                       energy_floor=0.0)
+    window = torch.hann_window(WINDOW_SAMPLES, periodic=False).pow(0.85)
+    banks, _ = kaldi.get_mel_banks(num_mel_bins, FFT_SIZE, 16000.0, 20.0, 0.0, 100.0, -500.0, 1.0)
+    return window, F.pad(banks.float(), (0, 1))  # Kaldi gives the Nyquist bin no weight
 
 
-def batch_log_mel_fbank(waveforms: Tensor, num_mel_bins: int) -> Tensor:
-    """(batch, samples) -> (batch, fbank_frames(samples), num_mel_bins): :func:`log_mel_fbank` of every row at once.
+def batch_log_mel_fbank(waveforms: Tensor, num_mel_bins: int,
+                        constants: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
+    """(batch, samples) -> (batch, fbank_frames(samples), num_mel_bins): Kaldi's fbank (torchaudio's
+    ``compliance.kaldi.fbank`` with dither 0, equal to it bit for bit; tested) of every row at once.
 
-    Every step of Kaldi's fbank (DC offset, pre-emphasis, window, FFT, mel, log) works within one frame, so the frames
-    of all rows are laid end to end and read with a shift of one whole window: the same frames, one call, no loop over
-    the batch (which is what lets the ONNX export keep the batch dynamic). Frame ``j`` of a row uses samples
-    ``[160 j, 160 j + 400)``, so the first ``fbank_frames(length)`` frames of a padded row are its own.
+    Frame ``j`` of a row uses samples ``[160 j, 160 j + 400)``, so the first ``fbank_frames(length)`` frames of a
+    padded row are its own. Each frame: DC offset removed, pre-emphasis 0.97, povey window, zero-padded to 512, power
+    spectrum, mel filterbank, log (floored at float32's epsilon). ``constants``: :func:`fbank_constants` already on
+    the waveforms' device (a module keeps them as buffers), so that nothing is copied to a GPU per call, which would
+    make it wait.
     """
-    frames = waveforms.unfold(1, WINDOW_SAMPLES, SHIFT_SAMPLES)  # (batch, frames, window)
-    batch, count = frames.shape[0], frames.shape[1]
-    features = _kaldi_fbank(frames.reshape(-1), num_mel_bins, frame_shift_ms=1000.0 * WINDOW_SAMPLES / 16000)
-    return features.reshape(batch, count, num_mel_bins)
+    window, banks = fbank_constants(num_mel_bins) if constants is None else constants
+    window, banks = window.to(waveforms.device), banks.to(waveforms.device)
+    batch = waveforms.shape[0]
+    if waveforms.shape[1] < WINDOW_SAMPLES:  # not one whole window: no frame (Kaldi's snip_edges)
+        return waveforms.new_zeros(batch, 0, banks.shape[0], dtype=torch.float32)
+    frames = (waveforms.float() * 32768.0).unfold(1, WINDOW_SAMPLES, SHIFT_SAMPLES).reshape(-1, WINDOW_SAMPLES)
+    frames = frames - frames.mean(dim=1, keepdim=True)
+    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # each frame's first sample is its own previous
+    frames = (frames - PREEMPHASIS * previous) * window
+    power = torch.fft.rfft(F.pad(frames, (0, FFT_SIZE - WINDOW_SAMPLES))).abs().pow(2.0)
+    features = torch.mm(power, banks.t()).clamp_min(LOG_FLOOR).log()
+    return features.reshape(batch, -1, banks.shape[0])
 
 
 class FbankFrontEnd(nn.Module):
@@ -67,6 +80,14 @@ class FbankFrontEnd(nn.Module):
         self.register_buffer("std", torch.ones(num_mel_bins))
         # Frames the statistics were computed from; 0 = not computed yet (a front end must not run unnormalised).
         self.register_buffer("statistics_frames", torch.zeros((), dtype=torch.long))
+        # The window and filterbank, fixed: not saved, moved with the module (see reset_constants).
+        window, banks = fbank_constants(num_mel_bins)
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("mel_banks", banks, persistent=False)
+        # A check that found statistics is remembered on the host: reading the buffer on a GPU every forward would
+        # make each training step wait for the device. Loading a state dict forgets it (the buffer may change).
+        self._statistics_checked = False
+        self.register_load_state_dict_post_hook(FbankFrontEnd._forget_statistics_check)
         self.subsample = nn.Conv1d(num_mel_bins, 2 * embed_dim, kernel_size, stride=2, padding=kernel_size // 2)
         self.projection = nn.Linear(embed_dim, embed_dim)
         nn.init.xavier_normal_(self.projection.weight)
@@ -87,15 +108,29 @@ class FbankFrontEnd(nn.Module):
         self.mean.copy_(mean)
         self.std.copy_(std.clamp(min=1e-5))
         self.statistics_frames.fill_(frames)
+        self._statistics_checked = True
+
+    def reset_constants(self) -> None:
+        """Refill the unsaved window and filterbank buffers, on their current device (for a module built on the meta
+        device, as transformers' from_pretrained does)."""
+        device = self.subsample.weight.device
+        window, banks = fbank_constants(self.num_mel_bins)
+        self.window, self.mel_banks = window.to(device), banks.to(device)
+
+    @staticmethod
+    def _forget_statistics_check(module: "FbankFrontEnd", incompatible_keys) -> None:
+        module._statistics_checked = False
 
     @property
     def has_statistics(self) -> bool:
-        return int(self.statistics_frames) > 0
+        if not self._statistics_checked:
+            self._statistics_checked = int(self.statistics_frames) > 0
+        return self._statistics_checked
 
     def features(self, waveforms: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """Normalised fbank, (batch, frames, mel) zero-padded, with fbank frame lengths."""
         with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            padded = batch_log_mel_fbank(waveforms, self.num_mel_bins)
+            padded = batch_log_mel_fbank(waveforms, self.num_mel_bins, (self.window, self.mel_banks))
         frames = None if lengths is None else fbank_frames(lengths)
         padded = (padded - self.mean) / self.std
         mask = lengths_to_padding_mask(frames, padded.shape[1])
