@@ -18,6 +18,7 @@ resumes where it stopped; every student and every SUPERB experiment is its own c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -463,24 +464,40 @@ def _commit() -> Optional[str]:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-# Settings that change how the work is scheduled, not its results: a resumed run may change them.
-HOW_IT_RUNS = ("jobs",)
+# The settings that decide what the trained stages (data, teacher, students) hold: a resumed run must keep them.
+# Every other setting may change between invocations: SUPERB's own settings get their own experiment directory
+# (superb_root), seeds and tasks add experiments, the low-resource split and the profile are named by their values,
+# the rest only changes the report.
+TRAINED_STAGE_KEYS = ("data_size", "teacher_steps", "teacher_batch", "student_steps", "final_distill_steps",
+                      "student_batch", "student_lr", "kl_weight", "skill_groups", "calibration_utterances")
+SUPERB_KEYS = ("superb_steps", "superb_task_steps", "superb_learning_rates", "superb_settings", "er_folds")
 
 
 def _record_settings(workdir: Path, settings: BenchSettings, seed: int) -> None:
-    """Write the run's settings, or refuse a work directory holding another run's (its cached stages would be
-    reported under these settings)."""
+    """Write the run's settings, or refuse a work directory whose trained stages were made with other settings
+    (they would be reported under these)."""
     path = workdir / "bench_settings.json"
     current = {"seed": seed, **settings.model_dump()}
     if path.is_file():
         saved = json.loads(path.read_text())
-        differences = [f"{key}: {saved.get(key)!r} there, {value!r} now" for key, value in current.items()
-                       if saved.get(key) != value and key not in HOW_IT_RUNS]
+        differences = [f"{key}: {saved.get(key)!r} there, {current[key]!r} now" for key in ("seed", *TRAINED_STAGE_KEYS)
+                       if saved.get(key) != current[key]]
         if differences:
-            raise UserError(f"{workdir} holds a bench run with other settings ({'; '.join(differences)}); "
-                            "use another --workdir")
-    else:
-        path.write_text(json.dumps(current, indent=2))
+            raise UserError(f"{workdir} holds a bench run whose data, teacher or students were made with other "
+                            f"settings ({'; '.join(differences)}); use another --workdir")
+    path.write_text(json.dumps(current, indent=2))
+
+
+def superb_root(workdir: Path, settings: BenchSettings) -> Path:
+    """The SUPERB experiments' directory for these SUPERB settings: ``stage_superb/<digest>`` (its
+    ``settings.json`` says which), so that a run with other task steps or learning rates reuses the students and
+    leaves the earlier experiments where they are."""
+    chosen = {key: getattr(settings, key) for key in SUPERB_KEYS}
+    text = json.dumps(chosen, sort_keys=True)
+    root = workdir / "stage_superb" / hashlib.sha256(text.encode()).hexdigest()[:10]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "settings.json").write_text(json.dumps(chosen, indent=2, sort_keys=True))
+    return root
 
 
 def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None, seed: int = 0,
@@ -527,13 +544,13 @@ def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None
 
     # 3. SUPERB: every row x seed, and PR on 10 % of its training utterances for deep-thin KL 0 / KL > 0
     start = time.perf_counter()
-    exproot = workdir / "stage_superb"
+    exproot = superb_root(workdir, settings)
     specs = sweep_specs(rows, data, exproot, settings, device, tasks=tuple(settings.tasks))
-    low_data = low_resource_data(data, workdir / f"data_pr{round(100 * settings.low_resource_fraction)}",
-                                 settings.low_resource_fraction)
+    percent = round(100 * settings.low_resource_fraction)
+    low_data = low_resource_data(data, workdir / f"data_pr{percent}", settings.low_resource_fraction)
     low_rows = [Row(row.key, row.label, row.upstream, row.ckpt, protocol) for row in rows
                 if row.key in ("deepthin_kl0", "deepthin_kl")]
-    low_specs = sweep_specs(low_rows, low_data, exproot, settings, device, tasks=("pr",), prefix="lowres_")
+    low_specs = sweep_specs(low_rows, low_data, exproot, settings, device, tasks=("pr",), prefix=f"pr{percent}_")
     run_dirs = run_sweeps([spec for _, _, spec in specs + low_specs],
                           jobs=1 if device.startswith("cuda") else settings.jobs, desc="bench SUPERB")
     timings["superb (this invocation)"] = round(time.perf_counter() - start, 1)
@@ -543,7 +560,7 @@ def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None
                                                          for entry in result["tasks"].values()), 1)
 
     # 4. profile
-    profile = profile_rows(rows, settings.timing_seconds, workdir / "stage_profile.json")
+    profile = profile_rows(rows, settings.timing_seconds, workdir / f"stage_profile_{settings.timing_seconds:g}s.json")
     timings["profile"] = profile["seconds"]
 
     # 5. report

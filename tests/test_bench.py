@@ -1,13 +1,15 @@
 """The bench's table arithmetic and inputs, without training anything: SUPERB's score, the protocol's margins, the
 settings' validation and the low-resource PR split. (The bench end to end: tests/test_demo.py.)"""
 
+import json
 import math
 import statistics
 
 import pytest
 
-from s3prl_distill.downstream_recipes.bench import (PRESETS, BenchSettings, higher_is_better_percent, load_settings,
-                                                    low_resource_data, protocol_margins, superb_score, summarise)
+from s3prl_distill.downstream_recipes.bench import (PRESETS, BenchSettings, _record_settings, higher_is_better_percent,
+                                                    load_settings, low_resource_data, protocol_margins, superb_root,
+                                                    superb_score, summarise)
 from s3prl_distill.errors import UserError
 
 
@@ -68,6 +70,26 @@ def test_settings_file_replaces_preset_keys_and_unknown_keys_are_errors(tmp_path
         load_settings("huge")
     assert len(PRESETS["full"].protocol_seeds) >= 3  # the protocol's minimum for teacher and control
     assert isinstance(PRESETS["full"], BenchSettings)
+
+
+def test_a_resumed_run_may_change_superb_settings_but_not_its_trained_stages(tmp_path):
+    """Task steps, seeds or tasks may change between invocations (the students are reused; other SUPERB settings get
+    their own experiment directory, the earlier one stays); data, teacher or student settings may not."""
+    tiny = PRESETS["tiny"]
+    _record_settings(tmp_path, tiny, seed=0)
+    first = superb_root(tmp_path, tiny)
+    longer = tiny.model_copy(update={"superb_steps": 50, "seeds": [1, 2, 3], "tasks": ["pr"]})
+    _record_settings(tmp_path, longer, seed=0)
+    second = superb_root(tmp_path, longer)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert json.loads((second / "settings.json").read_text())["superb_steps"] == 50
+    assert superb_root(tmp_path, tiny.model_copy(update={"seeds": [7], "jobs": 1})) == first
+    assert json.loads((tmp_path / "bench_settings.json").read_text())["superb_steps"] == 50
+    for change in ({"student_steps": 9}, {"teacher_steps": 9}, {"student_lr": 1.0}):
+        with pytest.raises(UserError, match=f"{next(iter(change))}: .* there, .* now"):
+            _record_settings(tmp_path, tiny.model_copy(update=change), seed=0)
+    with pytest.raises(UserError, match="seed: 0 there, 1 now"):
+        _record_settings(tmp_path, tiny, seed=1)
 
 
 def test_low_resource_split_keeps_a_tenth_of_pr_training_utterances(tmp_path):
