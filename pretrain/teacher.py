@@ -131,15 +131,23 @@ class Teacher(nn.Module):
             states[0] = hidden_state_zero(layer_zero, captured[0], states[0])
         return [state.float() for state in states]
 
+    def _fairseq_parts(self) -> Tuple[Optional[nn.Module], Optional[nn.Module]]:
+        """The expert's model and its fairseq-style transformer encoder (one with ``pos_conv``: s3prl's HuBERT, WavLM
+        and wav2vec 2.0), or None for what it lacks."""
+        model = getattr(self.upstream, "model", None)
+        encoder = getattr(model, "encoder", None)
+        if not isinstance(encoder, nn.Module) or not hasattr(encoder, "pos_conv"):
+            encoder = None
+        return model, encoder
+
     def feature_projection_module(
         self, setting: str = "student.prediction_head.layer_zero: transformer_input"
     ) -> nn.Module:
         """The fairseq-style transformer encoder (s3prl's HuBERT, WavLM and wav2vec 2.0 experts): its input is the
         feature projection's output, before the positional convolution. ``setting``: what the error suggests to use
         s3prl's hidden state 0 instead."""
-        model = getattr(self.upstream, "model", None)
-        encoder = getattr(model, "encoder", None)
-        if not isinstance(encoder, nn.Module) or not hasattr(encoder, "pos_conv"):
+        _, encoder = self._fairseq_parts()
+        if encoder is None:
             raise ValueError(
                 f"teacher {self.name!r} has no fairseq-style encoder (model.encoder with pos_conv) whose input is the "
                 "feature projection's output, which layer 0 in DPHuBERT's indexing needs; use a hubert, wavlm or "
@@ -150,11 +158,9 @@ class Teacher(nn.Module):
     def masking_parts(self) -> Tuple[nn.Module, Tensor]:
         """The fairseq-style encoder (its input: the projected CNN features, where fairseq masks) and the learned
         ``mask_emb`` of s3prl's HuBERT, WavLM and wav2vec 2.0 experts, for masking distillation's masked pass."""
-        model = getattr(self.upstream, "model", None)
-        encoder = getattr(model, "encoder", None)
+        model, encoder = self._fairseq_parts()
         mask_embedding = getattr(model, "mask_emb", None)
-        if not isinstance(encoder, nn.Module) or not hasattr(encoder, "pos_conv") or not isinstance(mask_embedding,
-                                                                                                   Tensor):
+        if encoder is None or not isinstance(mask_embedding, Tensor):
             raise ValueError(
                 f"teacher {self.name!r} has no fairseq-style encoder and mask embedding (model.encoder, "
                 "model.mask_emb), which masking distillation's masked teacher pass needs; use a hubert, wavlm or "
