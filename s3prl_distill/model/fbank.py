@@ -56,7 +56,8 @@ def batch_log_mel_fbank(waveforms: Tensor, num_mel_bins: int,
     make it wait.
     """
     window, banks = fbank_constants(num_mel_bins) if constants is None else constants
-    window, banks = window.to(waveforms.device), banks.to(waveforms.device)
+    # float32 always (a module cast to half keeps computing the fbank as Kaldi does); no copy when already there
+    window, banks = (t.to(device=waveforms.device, dtype=torch.float32) for t in (window, banks))
     batch = waveforms.shape[0]
     if waveforms.shape[1] < WINDOW_SAMPLES:  # not one whole window: no frame (Kaldi's snip_edges)
         return waveforms.new_zeros(batch, 0, banks.shape[0], dtype=torch.float32)
