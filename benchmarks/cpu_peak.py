@@ -39,9 +39,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     load_before = load_average()
     with tempfile.TemporaryDirectory() as folder:
-        checkpoints = write_paper_checkpoints(Path(folder), pruned=True)
-        specs = [UpstreamSpec(entry, str(path), label=label) for label, (entry, path) in checkpoints.items()
-                 if not args.only or entry in args.only]
+        checkpoints = write_paper_checkpoints(Path(folder), pruned=True,
+                                              keep=lambda label, entry: not args.only or entry in args.only)
+        specs = [UpstreamSpec(entry, str(path), label=label) for label, (entry, path) in checkpoints.items()]
         result = profile_upstreams(specs, [args.seconds], args.batch, args.threads, args.repeats, args.warmup,
                                    memory=False, peak=True, peak_seconds=args.peak_seconds)
     bf16 = bf16_gemm_supported()

@@ -14,8 +14,9 @@ import argparse
 import json
 import platform
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -40,47 +41,63 @@ from s3prl_distill.model import (
 from s3prl_distill.profiling import forward_times
 
 
-def write_paper_checkpoints(folder: Path, pruned: bool = False) -> Dict[str, Tuple[str, Path]]:
+def write_paper_checkpoints(folder: Path, pruned: bool = False,
+                            keep: Optional[Callable[[str, str], bool]] = None) -> Dict[str, Tuple[str, Path]]:
     """Randomly initialised checkpoints at the papers' sizes, written by our code into ``folder``: label -> (s3prl
     entry, checkpoint). The HuBERT-Base-sized teacher (s3prl's ``hubert_local``) first, then DistilHuBERT (ours and
     s3prl's ``distiller_local`` on the same file), FitHuBERT, Wang et al.'s students with and without the fbank
-    front end, and ARMHuBERT(-S), MaskHuBERT and STaRHuBERT(-L) (sungnyun/ARMHuBERT's models); ``pruned`` adds DPHuBERT- and SKILL-sized pruned students (see :func:`pruned_config`) and a 4-layer
-    student through the generic ``student_local``."""
-    torch.manual_seed(0)
-    checkpoints = {"HuBERT Base (teacher, s3prl hubert_local)": (
-        "hubert_local", write_random_hubert(folder / "hubert.ckpt", HUBERT_BASE))}
-    config = distilhubert_config()
-    path = save_checkpoint(export_distiller(config, StudentModel(config).state_dict()), folder / "distilhubert.ckpt")
-    checkpoints["DistilHuBERT (distilhubert_local)"] = ("distilhubert_local", path)
-    checkpoints["s3prl's DistilHuBERT (distiller_local), same weights"] = ("distiller_local", path)
-    config = fithubert_config()
-    checkpoints["FitHuBERT (fithubert_local)"] = ("fithubert_local", save_checkpoint(
-        export_student("fithubert", config, StudentModel(config).state_dict()), folder / "fit.ckpt"))
-    for shape, base in (("deepthin", deepthin_config()), ("shallowwide", shallowwide_config())):
-        for suffix, config in (("", base), ("_fbank", with_fbank_front_end(base))):
+    front end, and ARMHuBERT(-S), MaskHuBERT and STaRHuBERT(-L) (sungnyun/ARMHuBERT's models); ``pruned`` adds
+    DPHuBERT- and SKILL-sized pruned students (see :func:`pruned_config`) and a 4-layer student through the generic
+    ``student_local``. ``keep(label, entry)``: write only the checkpoints it accepts (default: all). Each file's
+    weights come from a seed of its own, so a selection writes the same weights as the whole set."""
+
+    def native(family: str, config: StudentConfig) -> Callable[[Path], Path]:
+        def write(path: Path) -> Path:
             model = StudentModel(config)
             if model.fbank is not None:  # statistics would come from training data; any will do for timing
                 model.fbank.set_statistics(torch.zeros(80), torch.ones(80), 1)
-            path = save_checkpoint(export_student("asr_distill", config, model.state_dict()),
-                                   folder / f"{shape}{suffix}.ckpt")
-            checkpoints[f"Wang et al. {shape}{suffix.replace('_', ' ')} ({shape}{suffix}_local)"] = (
-                f"{shape}{suffix}_local", path)
+            return save_checkpoint(export_student(family, config, model.state_dict()), path)
+        return write
+
+    distil = distilhubert_config()
+
+    def write_distil(path: Path) -> Path:
+        return save_checkpoint(export_distiller(distil, StudentModel(distil).state_dict()), path)
+
+    # (label, entry, file name, writer); a file named twice is written once
+    plan: List[Tuple[str, str, str, Callable[[Path], Path]]] = [
+        ("HuBERT Base (teacher, s3prl hubert_local)", "hubert_local", "hubert.ckpt",
+         lambda path: write_random_hubert(path, HUBERT_BASE)),
+        ("DistilHuBERT (distilhubert_local)", "distilhubert_local", "distilhubert.ckpt", write_distil),
+        ("s3prl's DistilHuBERT (distiller_local), same weights", "distiller_local", "distilhubert.ckpt", write_distil),
+        ("FitHuBERT (fithubert_local)", "fithubert_local", "fit.ckpt", native("fithubert", fithubert_config())),
+    ]
+    for shape, base in (("deepthin", deepthin_config()), ("shallowwide", shallowwide_config())):
+        for suffix, config in (("", base), ("_fbank", with_fbank_front_end(base))):
+            plan.append((f"Wang et al. {shape}{suffix.replace('_', ' ')} ({shape}{suffix}_local)",
+                         f"{shape}{suffix}_local", f"{shape}{suffix}.ckpt", native("asr_distill", config)))
     for label, family, config in (("ARMHuBERT", "armhubert", armhubert_config()),
                                   ("ARMHuBERT-S", "armhubert", armhubert_config(small=True)),
                                   ("MaskHuBERT", "maskhubert", maskhubert_config()),
                                   ("STaRHuBERT", "starhubert", starhubert_config()),
                                   ("STaRHuBERT-L", "starhubert", starhubert_config(large=True))):
-        checkpoints[f"{label} ({family}_local)"] = (f"{family}_local", save_checkpoint(
-            export_student(family, config, StudentModel(config).state_dict()), folder / f"{label}.ckpt"))
+        plan.append((f"{label} ({family}_local)", f"{family}_local", f"{label}.ckpt", native(family, config)))
     if pruned:
         for family in ("dphubert", "skill"):
-            config = pruned_config(family)
-            checkpoints[f"{PRUNED_NAMES[family]} ({family}_local)"] = (f"{family}_local", save_checkpoint(
-                export_student(family, config, StudentModel(config).state_dict()), folder / f"{family}.ckpt"))
-        config = distilhubert_config()
-        config = config.model_copy(update={"encoder": config.encoder.model_copy(update={"num_layers": 4})})
-        checkpoints["4-layer student (student_local)"] = ("student_local", save_checkpoint(
-            export_student("distilhubert", config, StudentModel(config).state_dict()), folder / "student.ckpt"))
+            plan.append((f"{PRUNED_NAMES[family]} ({family}_local)", f"{family}_local", f"{family}.ckpt",
+                         native(family, pruned_config(family))))
+        config = distil.model_copy(update={"encoder": distil.encoder.model_copy(update={"num_layers": 4})})
+        plan.append(("4-layer student (student_local)", "student_local", "student.ckpt",
+                     native("distilhubert", config)))
+    checkpoints: Dict[str, Tuple[str, Path]] = {}
+    written: Dict[str, Path] = {}
+    for label, entry, name, write in plan:
+        if keep is not None and not keep(label, entry):
+            continue
+        if name not in written:
+            torch.manual_seed(zlib.crc32(name.encode()))
+            written[name] = write(folder / name)
+        checkpoints[label] = (entry, written[name])
     return checkpoints
 
 
@@ -127,10 +144,9 @@ def main() -> None:
     wavs = [0.1 * torch.randn(int(16000 * args.seconds), generator=generator) for _ in range(args.batch)]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        checkpoints = write_paper_checkpoints(Path(folder))
-        teacher = next(iter(checkpoints))
-        models = {label: getattr(hub, entry)(ckpt=str(path)) for label, (entry, path) in checkpoints.items()
-                  if label == teacher or not args.only or any(part in label for part in args.only)}
+        checkpoints = write_paper_checkpoints(Path(folder), keep=lambda label, entry: (
+            entry == "hubert_local" or not args.only or any(part in label for part in args.only)))
+        models = {label: getattr(hub, entry)(ckpt=str(path)) for label, (entry, path) in checkpoints.items()}
         for threads in args.threads:
             torch.set_num_threads(threads)
             medians = forward_times(models, wavs, args.repeats)
