@@ -41,7 +41,9 @@ def write_students(folder: Path, labels: List[str]) -> Dict[str, Path]:
     """Full-size random students, label -> the checkpoint its entry reads: the shared builder's
     (:func:`inference_ratio.write_paper_checkpoints`, the pruned DPHuBERT- and SKILL-sized ones included), plus
     ``skill_wavlm``, the SKILL-sized student pruned from WavLM Base+ (gated relative position bias, SKILL's recipe)."""
-    by_entry = {entry: path for entry, path in write_paper_checkpoints(folder, pruned=True).values()}
+    by_entry: Dict[str, Path] = {}
+    for entry, path in write_paper_checkpoints(folder, pruned=True).values():
+        by_entry.setdefault(entry, path)  # a family's first size: ARMHuBERT, not ARMHuBERT-S
     students = {label: by_entry[f"{label}_local"] for label in labels if f"{label}_local" in by_entry}
     if "skill_wavlm" in labels:
         config = pruned_config("skill", wavlm=True)

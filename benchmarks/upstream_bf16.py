@@ -32,9 +32,12 @@ def write_checkpoints(folder: Path) -> Dict[str, Tuple[str, Path]]:
     (:func:`inference_ratio.write_paper_checkpoints`, pruned ones included), without s3prl's own upstreams, which
     have no ``precision`` option."""
     found: Dict[str, Tuple[str, Path]] = {}
-    for entry, path in write_paper_checkpoints(folder, pruned=True).values():
+    for label, (entry, path) in write_paper_checkpoints(folder, pruned=True).items():
         if entry not in ("hubert_local", "distiller_local"):
-            found[entry[: -len("_local")]] = (entry, path)
+            family = entry[: -len("_local")]
+            if family in found:  # a second size of one family (ARMHuBERT-S, STaRHuBERT-L): armhubert_s, starhubert_l
+                family += "_" + label.split(" (")[0].rsplit("-", 1)[-1].lower()
+            found[family] = (entry, path)
     return found
 
 
