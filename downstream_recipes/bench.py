@@ -22,18 +22,18 @@ import hashlib
 import json
 import logging
 import math
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import yaml
 from pydantic import Field
 
+from s3prl_distill.checkpoint import file_sha256
 from s3prl_distill.errors import UserError, validated
 from s3prl_distill.model import StudentModel
 from s3prl_distill.model.config import StrictModel
@@ -44,15 +44,14 @@ from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig
 from s3prl_distill.progress import progress as show_progress
 
 from .demo import (SHORT_RUN, SHORT_RUN_LEARNING_RATES, SMALL_ASR_HEAD, SMALL_BATCHES, data_stage, inference_ratios,
-                   load_upstreams, student_configs, student_run_config, teacher_stage, train_student)
-from .superb.report import write_report
+                   load_upstreams, stage_digest, student_configs, student_run_config, teacher_stage, train_student,
+                   tree_digest)
+from .bench_report import ROW_KEYS, STUDENT_KEYS, TASK_KEYS, render_bench
 from .superb.runner import SweepSpec, run_sweeps
-from .superb.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
 RECIPES = Path(__file__).resolve().parents[1] / "pretrain"
-TASK_KEYS = ("pr", "asr", "ks", "sid", "er")
 
 
 class BenchSettings(StrictModel):
@@ -253,6 +252,8 @@ class StudentPlan:
             "skill": ("SKILL (pruned teacher)", "skill_local", skill, True),
             "novel_skill_deepthin": ("new: SKILL groups on a deep-thin student", "skill_local", novel, False),
         }
+        if tuple(self.students) != STUDENT_KEYS:  # --rows and the table's order name students by these keys
+            raise RuntimeError(f"StudentPlan's students {tuple(self.students)} differ from STUDENT_KEYS")
         self.sizes = {key: backbone_parameters(config, f"bench {key} config")
                       for key, (_, _, config, _) in self.students.items()}
         self.shapes = {"reference_parameters": self.reference, "fithubert_width": fit_width,
@@ -276,15 +277,16 @@ def skill_groups_stage(stage: Path, teacher: Path, libri: Path, settings: BenchS
     return snippet
 
 
-def train_students(stage: Path, plan: StudentPlan, settings: BenchSettings,
-                   timings: Dict[str, float]) -> Dict[str, Path]:
-    """Every student (each one cached and resumable on its own); DPHuBERT / SKILL: distil + prune, prune, final
-    distillation (their ``plan.sizes`` become the pruned students'). Returns each row's final checkpoint."""
+def train_students(stage: Path, plan: StudentPlan, settings: BenchSettings, timings: Dict[str, float],
+                   keys: Tuple[str, ...] = STUDENT_KEYS) -> Dict[str, Path]:
+    """The students ``keys`` (each one cached and resumable on its own); DPHuBERT / SKILL: distil + prune, prune,
+    final distillation (their ``plan.sizes`` become the pruned students'). Returns each row's final checkpoint."""
     from s3prl_distill.pretrain.dphubert.prune import prune_checkpoint
 
     checkpoints: Dict[str, Path] = {}
-    with show_progress(total=len(plan.students), desc="bench students", unit="students") as bar:
-        for key, (_, _, config, is_pruned) in plan.students.items():
+    chosen = [(key, entry) for key, entry in plan.students.items() if key in keys]
+    with show_progress(total=len(chosen), desc="bench students", unit="students") as bar:
+        for key, (_, _, config, is_pruned) in chosen:
             start = time.perf_counter()
             timing = stage / f"{key}.seconds.json"  # the time it took when it trained (a resumed run skips it)
             final = train_student(stage, key, config, f"bench {key} config")
@@ -362,71 +364,6 @@ def sweep_specs(rows: List[Row], data: Path, exproot: Path, settings: BenchSetti
     return specs
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The table's numbers
-
-
-def higher_is_better_percent(task: str, value: float) -> float:
-    """A task's metric on SUPERB's higher-is-better scale, in %: 100 − PER / WER, accuracies as they are."""
-    return 100 * value if TASKS[task].higher_is_better else 100 * (1 - value)
-
-
-def summarise(values: List[float]) -> Dict[str, Any]:
-    """Per-seed values -> {values, mean, sd}; sd is the sample standard deviation, None with one seed."""
-    return {"values": values, "mean": statistics.fmean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else None}
-
-
-def superb_score(rows: Dict[str, Dict[str, float]], floor: str, ceiling: str) -> Tuple[Dict[str, Optional[float]],
-                                                                                       List[str]]:
-    """SUPERB's overall score (the SUPERB paper's formula, as its leaderboard computes it) with ``floor`` (fbank) at 0
-    and ``ceiling`` (our teacher, in place of the leaderboard's state of the art) at 1000:
-
-        score(u) = 1000 / T · Σ_t (s_t(u) − s_t(floor)) / (s_t(ceiling) − s_t(floor))
-
-    ``rows``: {row: {task: mean metric on the higher-is-better scale}}. A task where the ceiling does not beat the
-    floor cannot scale anything and is left out (T counts the others); returns (scores, tasks left out). With no
-    task left, every score is None."""
-    tasks = [t for t in TASK_KEYS if t in rows[floor] and t in rows[ceiling]]
-    usable = [t for t in tasks if rows[ceiling][t] > rows[floor][t]]
-    left_out = [t for t in tasks if t not in usable]
-    scores: Dict[str, Optional[float]] = {}
-    for name, values in rows.items():
-        if not usable or any(t not in values for t in usable):
-            scores[name] = None
-            continue
-        scores[name] = 1000 / len(usable) * sum((values[t] - rows[floor][t]) / (rows[ceiling][t] - rows[floor][t])
-                                                for t in usable)
-    return scores, left_out
-
-
-def protocol_margins(teacher: Dict[str, List[float]], control: Dict[str, List[float]], min_seeds: int = 3,
-                     factor: float = 3.0) -> Dict[str, Dict[str, Any]]:
-    """Per task: the teacher's mean minus the random-weight control's (higher-is-better %, from per-seed values), in
-    units of the seed-to-seed sd (pooled: the root mean square of the two rows' sample sds), and whether it exceeds
-    ``factor`` (assessed only with ``min_seeds`` seeds or more on both rows; a zero sd gives no margin)."""
-    margins = {}
-    for task in TASK_KEYS:
-        if task not in teacher or task not in control:
-            continue
-        ours, theirs = teacher[task], control[task]
-        difference = statistics.fmean(ours) - statistics.fmean(theirs)
-        pooled = None
-        if len(ours) > 1 and len(theirs) > 1:
-            pooled = math.sqrt((statistics.variance(ours) + statistics.variance(theirs)) / 2)
-        margin = difference / pooled if pooled else None
-        assessed = min(len(ours), len(theirs)) >= min_seeds
-        if not assessed:
-            verdict = f"not assessed ({min(len(ours), len(theirs))} seeds < {min_seeds})"
-        elif pooled == 0:
-            verdict = "passes (sd 0)" if difference > 0 else "fails (sd 0)"
-        else:
-            verdict = "passes" if margin > factor else "fails"
-        margins[task] = {"difference": difference, "pooled_sd": pooled, "margin_in_sd": margin,
-                         "seeds": [len(ours), len(theirs)], "verdict": verdict}
-    return margins
-
-
 def profile_rows(rows: List[Row], seconds: float, path: Path) -> Dict[str, Any]:
     """MACs per second of audio (one utterance of ``seconds``, the features s3prl's runner reads) and CPU time
     relative to the first row (the demo's interleaved measurement); cached in ``path``."""
@@ -500,12 +437,28 @@ def superb_root(workdir: Path, settings: BenchSettings) -> Path:
     return root
 
 
+def selected_rows(rows: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """``--rows``: the chosen row keys in the table's order (all by default); an unknown key is an error."""
+    if not rows:
+        return ROW_KEYS
+    unknown = [key for key in rows if key not in ROW_KEYS]
+    if unknown:
+        raise UserError(f"--rows {' '.join(unknown)}: no such row; choose from {', '.join(ROW_KEYS)}")
+    return tuple(key for key in ROW_KEYS if key in rows)
+
+
 def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None, seed: int = 0,
               device: str = "cpu", from_demo: Optional[Path] = None,
-              command: Optional[List[str]] = None) -> Dict[str, Path]:
+              command: Optional[List[str]] = None, rows: Optional[Sequence[str]] = None,
+              teacher_ckpt: Optional[Path] = None) -> Dict[str, Path]:
     """Run (or resume) the bench in ``workdir``; returns the paths of ``results.md``, ``results.png`` and
     ``bench.json``. ``from_demo``: a finished demo work directory whose data and teacher stages are used (they must
-    have been made with this preset's data size and teacher settings)."""
+    have been made with this preset's data size and teacher settings). ``rows``: only these rows (keys of
+    :data:`~.bench_report.ROW_KEYS`) are trained, evaluated and reported, e.g. :data:`~.bench_report.PROTOCOL_ROWS` to check that the protocol
+    discriminates before any student trains; a later invocation with more rows reuses what they made. ``teacher_ckpt``:
+    an earlier run's teacher checkpoint, used instead of training one, so that a run can be made in parts on
+    separate machines and merged (``bench-merge`` checks that the parts share data, teacher and settings)."""
+    chosen = selected_rows(rows)
     settings = load_settings(preset, config)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -522,8 +475,11 @@ def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None
                                 "first, with the same preset size)")
     libri, buckets, timings["data"] = data_stage(source, settings.data_size, seed)
     teacher_config = HubertTeacherConfig(steps=settings.teacher_steps, batch_size=settings.teacher_batch, seed=seed)
-    teacher, random_teacher, timings["teacher"] = teacher_stage(source, libri, buckets, teacher_config)
+    teacher, random_teacher, timings["teacher"] = teacher_stage(source, libri, buckets, teacher_config, teacher_ckpt)
     data = libri.parent
+    digests = {"data_digest": stage_digest(source / "stage_data", "digest", lambda: tree_digest(data)),
+               "teacher_sha256": stage_digest(source / "stage_teacher", "teacher_sha256",
+                                              lambda: file_sha256(teacher))}
 
     # 2. students: every config built, validated and fitted before anything trains
     stage = workdir / "stage_students"
@@ -533,14 +489,15 @@ def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None
     plan = StudentPlan(settings, teacher, teacher_config.model, libri, buckets, seed, device, groups)
     (stage / "shapes.json").write_text(json.dumps(plan.shapes, indent=2))
     timings["student configs and SKILL groups"] = round(time.perf_counter() - start, 1)
-    checkpoints = train_students(stage, plan, settings, timings)
+    checkpoints = train_students(stage, plan, settings, timings, keys=chosen)
 
     protocol = tuple(settings.protocol_seeds)
-    rows = [Row("teacher", "teacher (HuBERT, pretrained)", "hubert_local", teacher, protocol, "teacher"),
-            Row("random_teacher", "teacher, random weights", "hubert_local", random_teacher, protocol, "control")]
-    rows += [Row(key, label, upstream, checkpoints[key], tuple(settings.seeds))
-             for key, (label, upstream, _, _) in plan.students.items()]
-    rows.append(Row("fbank", "fbank (s3prl)", "fbank", None, protocol, "floor"))
+    table = [Row("teacher", "teacher (HuBERT, pretrained)", "hubert_local", teacher, protocol, "teacher"),
+             Row("random_teacher", "teacher, random weights", "hubert_local", random_teacher, protocol, "control")]
+    table += [Row(key, label, upstream, checkpoints[key], tuple(settings.seeds))
+              for key, (label, upstream, _, _) in plan.students.items() if key in chosen]
+    table.append(Row("fbank", "fbank (s3prl)", "fbank", None, protocol, "floor"))
+    rows = [row for row in table if row.key in chosen]
 
     # 3. SUPERB: every row x seed, and PR on 10 % of its training utterances for deep-thin KL 0 / KL > 0
     start = time.perf_counter()
@@ -560,119 +517,43 @@ def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None
                                                          for entry in result["tasks"].values()), 1)
 
     # 4. profile
-    profile = profile_rows(rows, settings.timing_seconds, workdir / f"stage_profile_{settings.timing_seconds:g}s.json")
+    # 4. profile: CPU times relative to the teacher, which is timed even when a --rows subset leaves it out (each
+    # subset has its own file: its rows are timed together)
+    timed = rows if rows[0].key == "teacher" else [table[0], *rows]
+    subset = "" if chosen == ROW_KEYS else "_" + hashlib.sha256(" ".join(chosen).encode()).hexdigest()[:8]
+    profile = profile_rows(timed, settings.timing_seconds,
+                           workdir / f"stage_profile_{settings.timing_seconds:g}s{subset}.json")
     timings["profile"] = profile["seconds"]
 
     # 5. report
-    paths = write_bench_report(workdir, preset, settings, rows, specs, low_specs, results, profile, plan,
-                               timings, command or sys.argv)
-    return paths
+    facts = bench_facts(preset, settings, seed, rows, specs, low_specs, results, profile, plan, timings,
+                        command or sys.argv, digests)
+    return render_bench(facts, workdir)
 
 
-def write_bench_report(workdir: Path, preset: str, settings: BenchSettings, rows: List[Row],
-                       specs: List[Tuple[Row, int, SweepSpec]], low_specs: List[Tuple[Row, int, SweepSpec]],
-                       results: List[dict], profile: Dict[str, Any], plan: StudentPlan, timings: Dict[str, float],
-                       command: List[str]) -> Dict[str, Path]:
-    """``results.md`` + ``results.png`` (the demo's report writer, means ± sd) and ``bench.json``."""
-    per_row: Dict[str, Dict[str, List[float]]] = {row.key: {} for row in rows}
+def bench_facts(preset: str, settings: BenchSettings, seed: int, rows: List[Row],
+                specs: List[Tuple[Row, int, SweepSpec]], low_specs: List[Tuple[Row, int, SweepSpec]],
+                results: List[dict], profile: Dict[str, Any], plan: StudentPlan, timings: Dict[str, float],
+                command: List[str], digests: Dict[str, str]) -> Dict[str, Any]:
+    """What this run measured, as :func:`~.bench_report.render_bench` (and ``bench-merge``) read it."""
+    values: Dict[str, Dict[str, List[float]]] = {row.key: {} for row in rows}
     parameters: Dict[str, int] = {}
     for (row, _, _), result in zip(specs, results):
         parameters[row.key] = result["parameters"]
         for task, entry in result["tasks"].items():
-            per_row[row.key].setdefault(task, []).append(entry["value"])
+            values[row.key].setdefault(task, []).append(entry["value"])
     low: Dict[str, List[float]] = {}
     for (row, _, _), result in zip(low_specs, results[len(specs):]):
         low.setdefault(row.key, []).append(result["tasks"]["pr"]["value"])
-
-    means = {row.key: {t: higher_is_better_percent(t, statistics.fmean(v)) for t, v in per_row[row.key].items()}
-             for row in rows}
-    scores, left_out = superb_score(means, floor="fbank", ceiling="teacher")
-    scaled = {key: {t: [higher_is_better_percent(t, v) for v in values] for t, values in tasks.items()}
-              for key, tasks in per_row.items()}
-    margins = protocol_margins(scaled["teacher"], scaled["random_teacher"])
-    teacher_wer = statistics.fmean(per_row["teacher"]["asr"]) if "asr" in per_row["teacher"] else None
-    asr_learns = teacher_wer is not None and teacher_wer < settings.asr_max_wer
-    reference = plan.reference
-    table_rows, json_rows = [], []
-    for row in rows:
-        tasks = {}
-        for task, values in per_row[row.key].items():
-            summary = summarise(values)
-            tasks[task] = {"metric": TASKS[task].metric, "higher_is_better": TASKS[task].higher_is_better,
-                           "value": summary["mean"], "sd": summary["sd"], "values": values}
-        macs = profile["macs_per_second"][row.label]
-        table_rows.append({"label": row.label, "upstream": row.upstream, "parameters": parameters[row.key],
-                           "tasks": tasks})
-        json_rows.append({"key": row.key, "label": row.label, "upstream": row.upstream,
-                          "ckpt": str(row.ckpt) if row.ckpt else None, "kind": row.kind,
-                          "seeds": list(row.seeds), "parameters": parameters[row.key],
-                          "backbone_parameters": plan.sizes.get(row.key),
-                          "macs_per_second_of_audio": macs, "time_vs_teacher": profile["time_ratio"][row.label],
-                          "superb_score": scores[row.key], "tasks": tasks})
-    low_resource = {key: summarise(values) for key, values in low.items()}
-    stage_times = {**timings}
-    summary = {
-        "preset": preset, "settings": settings.model_dump(), "command": command, "commit": _commit(),
-        "rows": json_rows,
-        "superb_score": {"formula": "1000/T * sum_t (s_t(u) - s_t(fbank)) / (s_t(teacher) - s_t(fbank)), s_t on the "
-                                    "higher-is-better scale (100 - PER/WER, accuracy) in %",
-                         "floor": "fbank", "ceiling": "teacher", "tasks_left_out": left_out},
-        "protocol": {"margins": margins, "teacher_asr_wer": teacher_wer, "asr_max_wer": settings.asr_max_wer,
-                     "asr_learns": asr_learns},
-        "low_resource_pr": {"fraction_of_training_utterances": settings.low_resource_fraction,
-                            "per": low_resource},
-        "sizes": plan.shapes, "profile": {k: profile[k] for k in ("method", "conditions")},
-        "stage_seconds": stage_times,
+    return {
+        "preset": preset, "seed": seed, "settings": settings.model_dump(), "command": command, "commit": _commit(),
+        **digests, "rows_selected": [row.key for row in rows], "all_rows": len(rows) == len(ROW_KEYS),
+        "rows": [{"key": row.key, "label": row.label, "upstream": row.upstream,
+                  "ckpt": str(row.ckpt) if row.ckpt else None, "kind": row.kind, "seeds": list(row.seeds),
+                  "parameters": parameters[row.key], "backbone_parameters": plan.sizes.get(row.key),
+                  "macs_per_second_of_audio": profile["macs_per_second"][row.label],
+                  "time_vs_teacher": profile["time_ratio"][row.label], "time_cell": profile["time_cell"][row.label],
+                  "values": values[row.key]} for row in rows],
+        "low_resource_values": low, "sizes": plan.shapes,
+        "profile": {k: profile[k] for k in ("method", "conditions")}, "stage_seconds": dict(timings), "parts": [],
     }
-    json_path = workdir / "bench.json"
-    json_path.write_text(json.dumps(summary, indent=2))
-
-    def cell(value: Optional[float], digits: int = 0) -> str:
-        if value is None or not math.isfinite(value):
-            return "–"
-        text = f"{value:.{digits}f}"
-        return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0"
-
-    extra = {"MACs / s of audio (G)": [cell(row["macs_per_second_of_audio"] / 1e9, 2) for row in json_rows],
-             "CPU time / teacher": [profile["time_cell"][row.label] for row in rows],
-             "SUPERB score": [cell(row["superb_score"]) for row in json_rows]}
-    off = [f"{row['label']} {row['backbone_parameters'] / reference - 1:+.0%}" for row in json_rows
-           if row["backbone_parameters"] is not None and abs(row["backbone_parameters"] / reference - 1)
-           > settings.size_tolerance]
-    margin_text = "; ".join(
-        f"{TASKS[t].title} {m['difference']:+.2f} points"
-        + (f" = {m['margin_in_sd']:.1f} sd" if m["margin_in_sd"] is not None else "") + f" ({m['verdict']})"
-        for t, m in margins.items())
-    low_text = "; ".join(f"{next(r.label for r in rows if r.key == key)}: PER {100 * s['mean']:.2f} %"
-                         + (f" ± {100 * s['sd']:.2f}" if s["sd"] is not None else "")
-                         for key, s in low_resource.items())
-    notes = [
-        f"Every student is distilled from the same teacher; backbone parameters (without training heads) are "
-        f"matched to the DistilHuBERT-shaped student's {reference / 1e6:.2f} M (deep-thin width "
-        f"{plan.shapes['deepthin_width']}, FitHuBERT width {plan.shapes['fithubert_width']}, DPHuBERT / SKILL target "
-        f"sparsity {plan.shapes['target_sparsity']:.2f} of {plan.shapes['unpruned_parameters'] / 1e6:.2f} M); "
-        f"`params (M)` is what s3prl's upstream loads (DistilHuBERT keeps its heads). "
-        + (f"Outside ±{settings.size_tolerance:.0%} of it: {', '.join(off)}." if off else
-           f"All within ±{settings.size_tolerance:.0%} before training."),
-        f"Tasks: mean ± sample sd over downstream seeds (teacher, random-weight teacher, fbank: "
-        f"{settings.protocol_seeds}; other rows: {settings.seeds}). `SUPERB score`: SUPERB's formula 1000/T · Σ_t "
-        f"(s_t(u) − s_t(fbank)) / (s_t(teacher) − s_t(fbank)) on the higher-is-better scale (100 − PER/WER, "
-        f"accuracy), with our teacher as the ceiling (the leaderboard uses the state of the art), so the teacher is "
-        f"1000 and fbank 0 by construction"
-        + (f"; left out (teacher not above fbank): {', '.join(TASKS[t].title for t in left_out)}." if left_out
-           else "."),
-        f"Protocol, teacher − random-weight teacher (higher-is-better points, in units of the pooled seed sd; "
-        f"passes above 3 sd with ≥ 3 seeds): {margin_text}. ASR learns (teacher WER below "
-        f"{100 * settings.asr_max_wer:.0f} %): {'yes' if asr_learns else 'no'}"
-        + (f" ({100 * teacher_wer:.2f} %)." if teacher_wer is not None else "."),
-        f"Low-resource PR (Wang et al.'s claim; {settings.low_resource_fraction:.0%} of PR's training utterances, "
-        f"seeds {settings.protocol_seeds}): {low_text}.",
-        f"`MACs / s of audio`: one {settings.timing_seconds:g} s utterance, hidden states, torch's FLOP counter / 2. "
-        f"`CPU time / teacher`: {profile['method']}. Measured on {profile['conditions']}.",
-        f"Stage times (s): {', '.join(f'{k} {v:.0f}' for k, v in stage_times.items())}. Command: "
-        f"`{' '.join(command)}`; commit {summary['commit'] or 'unknown'}.",
-    ]
-    paths = write_report(table_rows, workdir, title=f"s3prl-distill bench ({preset})", extra_columns=extra,
-                         notes=notes)
-    (workdir / "timings.json").write_text(json.dumps(stage_times, indent=2))
-    return {**paths, "json": json_path}

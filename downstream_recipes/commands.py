@@ -111,7 +111,19 @@ def bench(args: argparse.Namespace) -> None:
 
     paths = run_bench(Path(args.workdir), args.preset, Path(args.config) if args.config else None, args.seed,
                       args.device or default_device(), Path(args.from_demo) if args.from_demo else None,
-                      command=["s3prl-distill", *sys.argv[1:]])
+                      command=["s3prl-distill", *sys.argv[1:]], rows=args.rows,
+                      teacher_ckpt=Path(args.teacher) if args.teacher else None)
+    print(paths["markdown"].read_text())
+    print(f"table: {paths['markdown']}, chart: {paths['chart']}, numbers: {paths['json']}")
+
+
+def bench_merge(args: argparse.Namespace) -> None:
+    import sys
+
+    from .bench_report import merge_benches
+
+    paths = merge_benches([Path(part) for part in args.parts], Path(args.out),
+                          command=["s3prl-distill", *sys.argv[1:]])
     print(paths["markdown"].read_text())
     print(f"table: {paths['markdown']}, chart: {paths['chart']}, numbers: {paths['json']}")
 
@@ -229,7 +241,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     benchmark.add_argument("--seed", type=int, default=0, help="seeds data, teacher and students (default: 0)")
     benchmark.add_argument("--device", help="where students and SUPERB runs train (default: cuda where torch sees a "
                            "GPU, else cpu)")
+    benchmark.add_argument("--rows", nargs="+", metavar="ROW",
+                           help="only these rows (teacher random_teacher distilhubert fithubert deepthin_kl0 "
+                                "deepthin_kl deepthin_fbank shallowwide dphubert skill novel_skill_deepthin fbank); "
+                                "'--rows teacher random_teacher fbank' checks the protocol before any student trains")
+    benchmark.add_argument("--teacher", metavar="CKPT",
+                           help="an earlier bench run's teacher.ckpt, used instead of training one (for a run made "
+                                "in parts on separate machines; its SHA-256 is checked by bench-merge)")
     benchmark.set_defaults(handler=bench)
+
+    joined = commands.add_parser(
+        "bench-merge", help="one table from a bench run made in parts (--rows in separate work directories), after "
+                            "checking they share data, teacher and settings")
+    joined.add_argument("parts", nargs="+", metavar="WORKDIR", help="the parts' work directories (or bench.json)")
+    joined.add_argument("--out", required=True, help="where results.md, results.png and bench.json go")
+    joined.set_defaults(handler=bench_merge)
 
     quick = commands.add_parser(
         "quickstart", help="smallest end-to-end run: a DistilHuBERT-shaped checkpoint through s3prl's ER runner"

@@ -12,12 +12,14 @@ Stages, each cached in the work directory and skipped when already done (an inte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import yaml
@@ -28,7 +30,7 @@ from s3prl_distill.pretrain.config import validate_config
 from s3prl_distill.pretrain.follow_teacher import layer_scale
 from s3prl_distill.audio_lists import read_length_csvs
 from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig, train_hubert_teacher
-from s3prl_distill.checkpoint import latest_step_checkpoint
+from s3prl_distill.checkpoint import file_sha256, latest_step_checkpoint, load_checkpoint
 from s3prl_distill.errors import UserError
 from s3prl_distill.profiling import InterleavedTiming
 from s3prl_distill.pretrain.runner import run as run_pretrain
@@ -96,31 +98,75 @@ def data_stage(workdir: Path, size: str, seed: int) -> Tuple[Path, Path, float]:
     if not _done(stage):
         start = time.perf_counter()
         generate_minisuperb(data, size=size, seed=seed)
-        _finish(stage, {"seconds": time.perf_counter() - start, **record})
+        _finish(stage, {"seconds": time.perf_counter() - start, **record, "digest": tree_digest(data)})
     done = json.loads((stage / "done.json").read_text())
     _check_same(stage, done, record)
     return data / "LibriSpeech", data / "len_for_bucket", done["seconds"]
 
 
-def teacher_stage(workdir: Path, libri: Path, buckets: Path, config: HubertTeacherConfig) -> Tuple[Path, Path, float]:
+def tree_digest(root: Path) -> str:
+    """SHA-256 over every file under ``root`` (relative path and bytes, in path order): two work directories hold
+    the same generated data exactly when their digests agree (the bench's parts are checked with it)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root).as_posix()}\t{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def stage_digest(stage: Path, key: str, compute: Callable[[], str]) -> str:
+    """``key`` of a finished stage's ``done.json``, computed and added there when a stage finished before it was
+    recorded."""
+    path = stage / "done.json"
+    done = json.loads(path.read_text())
+    if key not in done:
+        done[key] = compute()
+        path.write_text(json.dumps(done, indent=2))
+    return done[key]
+
+
+def teacher_stage(workdir: Path, libri: Path, buckets: Path, config: HubertTeacherConfig,
+                  trained: Optional[Path] = None) -> Tuple[Path, Path, float]:
     """Stage ``teacher``: the small HuBERT trained on the training set, and the same architecture with random weights
     (the control), in ``workdir/stage_teacher`` (skipped when done; refused when done with another config). Returns
-    (teacher, random teacher, seconds it took)."""
+    (teacher, random teacher, seconds it took). ``trained``: a teacher this config already trained (an earlier
+    run's, e.g. the one committed with the bench's results), copied instead of training one; its SHA-256 is recorded
+    and a finished stage holding another teacher is refused."""
     stage = workdir / "stage_teacher"
     stage.mkdir(exist_ok=True)
     teacher, random_teacher = stage / "teacher.ckpt", stage / "random_teacher.ckpt"
-    record = {"config": config.model_dump()}
+    record: Dict[str, object] = {"config": config.model_dump()}
+    if trained is not None:
+        record["teacher_sha256"] = _checked_teacher(Path(trained), config)
     if not _done(stage):
         start = time.perf_counter()
-        items = read_length_csvs(libri, buckets, ["train-clean-100"])
-        train_hubert_teacher(items, teacher, config)
+        if trained is None:
+            items = read_length_csvs(libri, buckets, ["train-clean-100"])
+            train_hubert_teacher(items, teacher, config)
+        else:
+            shutil.copyfile(trained, teacher)
+            record["copied_from"] = str(Path(trained).resolve())
         torch.manual_seed(config.seed + 1)
         model, task_cfg, dictionaries = build_hubert(dict(config.model), num_labels=config.clusters)
         save_hubert_checkpoint(model, dict(config.model), task_cfg, dictionaries, random_teacher)
-        _finish(stage, {"seconds": time.perf_counter() - start, **record})
+        _finish(stage, {"seconds": time.perf_counter() - start, **record, "teacher_sha256": file_sha256(teacher)})
     done = json.loads((stage / "done.json").read_text())
-    _check_same(stage, done, record)
+    _check_same(stage, done, {key: value for key, value in record.items() if key != "copied_from"})
     return teacher, random_teacher, done["seconds"]
+
+
+def _checked_teacher(path: Path, config: HubertTeacherConfig) -> str:
+    """``path``'s SHA-256 after checking it is a ``hubert_local`` checkpoint of ``config``'s architecture (a teacher
+    of another shape would silently change every row); errors name the file."""
+    if not path.is_file():
+        raise UserError(f"--teacher {path}: no such file")
+    saved = load_checkpoint(path, what="--teacher")
+    if not isinstance(saved, dict) or "model_cfg" not in saved or "model_weight" not in saved:
+        raise UserError(f"--teacher {path}: not a hubert_local checkpoint (no model_cfg / model_weight)")
+    differences = [f"{key}: {saved['model_cfg'].get(key)!r} there, {value!r} here"
+                   for key, value in config.model.items() if saved["model_cfg"].get(key) != value]
+    if differences:
+        raise UserError(f"--teacher {path}: another architecture than this run's teacher ({'; '.join(differences)})")
+    return file_sha256(path)
 
 
 def _check_same(stage: Path, done: dict, record: dict) -> None:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from s3prl_distill.audio_lists import SAMPLE_RATE, AudioItem, check_audio_files, read_length_csvs
+from s3prl_distill.checkpoint import file_sha256
 from s3prl_distill.errors import UserError
 from s3prl_distill.locking import ExclusiveLock
 from s3prl_distill.progress import progress as show_progress
@@ -58,13 +59,7 @@ class CacheMismatchError(UserError, ValueError):
 
 
 def _sha256_file(path: Optional[str]) -> Optional[str]:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return None if path is None else file_sha256(path)
 
 
 def data_digest(items: Sequence[AudioItem], root: Path) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import io
 import json
 import os
@@ -102,6 +103,15 @@ def _allowed_globals() -> list:
         cls = _s3prl_schedule_class("s3prl.optimizers", name) or _s3prl_schedule_class("optimizers", name)
         allowed += [(cls or UnpickledPlaceholder, f"{module}.{name}") for module in ("optimizers", "s3prl.optimizers")]
     return allowed
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """SHA-256 of a file's bytes (hex), read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False, what: str = "checkpoint") -> Any:

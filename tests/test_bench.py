@@ -7,9 +7,11 @@ import statistics
 
 import pytest
 
-from s3prl_distill.downstream_recipes.bench import (PRESETS, BenchSettings, _record_settings, higher_is_better_percent,
-                                                    load_settings, low_resource_data, protocol_margins, superb_root,
-                                                    superb_score, summarise)
+from s3prl_distill.downstream_recipes.bench import (PRESETS, BenchSettings, _record_settings, load_settings,
+                                                    low_resource_data, selected_rows, superb_root)
+from s3prl_distill.downstream_recipes.bench_report import (PROTOCOL_ROWS, ROW_KEYS, STUDENT_KEYS,
+                                                           higher_is_better_percent, merge_benches, protocol_margins,
+                                                           superb_score, summarise)
 from s3prl_distill.errors import UserError
 
 
@@ -127,3 +129,112 @@ def test_the_chart_gives_each_of_the_benchs_twelve_rows_its_own_colour():
     colours = {tuple(bar.get_facecolor()) for bar in figure.axes[0].containers[0]}
     plt.close(figure)
     assert len(colours) == 12
+
+
+def test_rows_are_chosen_by_key_in_the_tables_order_and_unknown_keys_are_errors():
+    assert selected_rows(None) == ROW_KEYS and selected_rows([]) == ROW_KEYS
+    assert selected_rows(["fbank", "random_teacher", "teacher"]) == PROTOCOL_ROWS
+    assert selected_rows(["skill", "distilhubert"]) == ("distilhubert", "skill")
+    assert ROW_KEYS[2:-1] == STUDENT_KEYS
+    with pytest.raises(UserError, match="--rows tacher skil: no such row; choose from teacher, random_teacher"):
+        selected_rows(["teacher", "tacher", "skil"])
+
+
+
+def _part(tmp_path, name, keys, low=None, **changes):
+    """A bench.json of a run made with `--rows keys`, as bench_facts writes it (values per seed, per task)."""
+    settings = PRESETS["tiny"].model_dump()
+    rows = []
+    for key in keys:
+        index = ROW_KEYS.index(key)
+        values = {"pr": [0.5 - 0.1 * index, 0.52 - 0.1 * index, 0.49 - 0.1 * index],
+                  "ks": [0.2 + 0.2 * index, 0.25 + 0.2 * index, 0.22 + 0.2 * index]}
+        if key == "fbank":
+            values = {"pr": [0.9, 0.91, 0.89], "ks": [0.05, 0.06, 0.05]}
+        rows.append({"key": key, "label": key.replace("_", " "), "upstream": "hubert_local", "ckpt": None,
+                     "kind": "student", "seeds": [1, 2, 3], "parameters": 1_000_000 + index,
+                     "backbone_parameters": 1_000_000, "macs_per_second_of_audio": 1e9, "time_vs_teacher": 1.0,
+                     "time_cell": "1.00", "values": values})
+    facts = {"preset": "full", "seed": 0, "settings": settings, "command": ["s3prl-distill", "bench", name],
+             "commit": "abc", "data_digest": "d" * 64, "teacher_sha256": "t" * 64, "rows_selected": list(keys),
+             "all_rows": False, "rows": rows, "low_resource_values": low or {},
+             "sizes": {"reference_parameters": 1_000_000, "deepthin_width": 8, "fithubert_width": 8,
+                       "target_sparsity": 0.4, "unpruned_parameters": 2_000_000},
+             "profile": {"method": "m", "conditions": "c"}, "stage_seconds": {"data": 1.0}, "parts": []}
+    facts.update(changes)
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "bench.json").write_text(json.dumps(facts))
+    return folder
+
+
+def test_a_run_made_in_parts_merges_into_one_table_only_when_data_teacher_and_settings_agree(tmp_path):
+    protocol = _part(tmp_path, "protocol", ["fbank", "teacher", "random_teacher"])
+    students = _part(tmp_path, "students", ["teacher", "deepthin_kl0", "deepthin_kl"],
+                     low={"deepthin_kl0": [0.6, 0.61, 0.62], "deepthin_kl": [0.55, 0.56, 0.57]})
+    paths = merge_benches([students, protocol], tmp_path / "merged", command=["s3prl-distill", "bench-merge"])
+    merged = json.loads(paths["json"].read_text())
+    # the table's order, the teacher once, scores against the protocol part's fbank and teacher
+    assert [row["key"] for row in merged["rows"]] == ["teacher", "random_teacher", "deepthin_kl0", "deepthin_kl",
+                                                      "fbank"]
+    scores = {row["key"]: row["superb_score"] for row in merged["rows"]}
+    assert scores["teacher"] == pytest.approx(1000) and scores["fbank"] == pytest.approx(0)
+    assert set(merged["protocol"]["margins"]) == {"pr", "ks"}
+    assert merged["low_resource_pr"]["per"]["deepthin_kl"]["mean"] == pytest.approx(0.56)
+    assert [part["name"] for part in merged["parts"]] == ["students", "protocol"]
+    assert "Made in 2 parts" in paths["markdown"].read_text()
+    with pytest.raises(UserError, match="already a merged table"):
+        merge_benches([tmp_path / "merged", protocol], tmp_path / "again", command=[])
+
+    for name, change, message in (
+            ("other_teacher", {"teacher_sha256": "x" * 64}, "teacher_sha256"),
+            ("other_data", {"data_digest": "x" * 64}, "data_digest"),
+            ("other_steps", {"settings": {**PRESETS["tiny"].model_dump(), "superb_steps": 9}},
+             "settings.superb_steps")):
+        other = _part(tmp_path, name, ["distilhubert"], **change)
+        with pytest.raises(UserError, match=f"not parts of one run .*{message}"):
+            merge_benches([protocol, other], tmp_path / f"merged_{name}", command=[])
+    # `jobs` only changes how a part ran
+    faster = _part(tmp_path, "faster", ["distilhubert"], settings={**PRESETS["tiny"].model_dump(), "jobs": 1})
+    merge_benches([protocol, faster], tmp_path / "merged_jobs", command=[])
+    # the same row with other results in two parts is refused
+    clash = _part(tmp_path, "clash", ["fbank", "random_teacher"])
+    merged_clash = json.loads((clash / "bench.json").read_text())
+    merged_clash["rows"][1]["values"]["pr"][0] = 0.1
+    (clash / "bench.json").write_text(json.dumps(merged_clash))
+    with pytest.raises(UserError, match="row random_teacher has other results"):
+        merge_benches([protocol, clash], tmp_path / "merged_clash", command=[])
+    with pytest.raises(UserError, match="no bench.json"):
+        merge_benches([protocol, tmp_path / "nothing"], tmp_path / "merged_none", command=[])
+
+
+def test_a_teacher_from_an_earlier_run_is_copied_checked_and_recorded(tmp_path):
+    """`bench --teacher CKPT` (the parts of a run on separate machines share one teacher): the stage copies it
+    instead of training, records its SHA-256, refuses another architecture, and a finished stage refuses another
+    teacher."""
+    from s3prl_distill.checkpoint import file_sha256
+    from s3prl_distill.downstream_recipes.demo import teacher_stage
+    from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT, write_random_hubert
+    from s3prl_distill.pretrain.hubert_teacher import HubertTeacherConfig
+
+    config = HubertTeacherConfig(model=dict(TINY_HUBERT), steps=3, batch_size=2)
+    earlier = write_random_hubert(tmp_path / "earlier.ckpt", dict(TINY_HUBERT), num_labels=config.clusters, seed=5)
+    missing = tmp_path / "no_such_data"  # nothing is read from the data when the teacher is given
+    for run in ("run", "run2", "run3"):
+        (tmp_path / run).mkdir()
+    teacher, control, _ = teacher_stage(tmp_path / "run", missing, missing, config, trained=earlier)
+    assert teacher.read_bytes() == earlier.read_bytes()
+    assert control.is_file() and control.read_bytes() != earlier.read_bytes()
+    done = json.loads((tmp_path / "run" / "stage_teacher" / "done.json").read_text())
+    assert done["teacher_sha256"] == file_sha256(earlier)
+    # resumed with the same teacher: nothing changes; with another one: refused, naming the digest
+    assert teacher_stage(tmp_path / "run", missing, missing, config, trained=earlier)[0] == teacher
+    other = write_random_hubert(tmp_path / "other.ckpt", dict(TINY_HUBERT), num_labels=config.clusters, seed=6)
+    with pytest.raises(UserError, match="teacher_sha256"):
+        teacher_stage(tmp_path / "run", missing, missing, config, trained=other)
+    wider = write_random_hubert(tmp_path / "wider.ckpt", {**TINY_HUBERT, "encoder_embed_dim": 64},
+                                num_labels=config.clusters)
+    with pytest.raises(UserError, match=r"--teacher .*wider.ckpt: another architecture .*encoder_embed_dim: 64"):
+        teacher_stage(tmp_path / "run2", missing, missing, config, trained=wider)
+    with pytest.raises(UserError, match="--teacher .*nothing.ckpt: no such file"):
+        teacher_stage(tmp_path / "run3", missing, missing, config, trained=tmp_path / "nothing.ckpt")

@@ -158,3 +158,17 @@ def test_bench_every_row_on_the_demo_teacher(tiny_demo, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert student.stat().st_mtime_ns == stamp and "distill:" not in second.stderr
     assert json.loads((workdir / "bench.json").read_text())["rows"] == bench["rows"]
+
+    # The protocol's rows alone (what `--rows` is for: checking the protocol before students train): the cached
+    # experiments, a table of those rows with their margins, and no student trained.
+    third = run_python(command + ["--rows", "fbank", "teacher", "random_teacher"], timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    protocol = json.loads((workdir / "bench.json").read_text())
+    assert protocol["rows_selected"] == ["teacher", "random_teacher", "fbank"] and not protocol["all_rows"]
+    assert [row["key"] for row in protocol["rows"]] == ["teacher", "random_teacher", "fbank"]
+    assert protocol["rows"][0]["tasks"] == bench["rows"][0]["tasks"]  # the same cached experiments
+    assert protocol["protocol"]["margins"] == bench["protocol"]["margins"]
+    assert student.stat().st_mtime_ns == stamp and "distill:" not in third.stderr
+    assert "Rows chosen with `--rows`: 3 of the bench's 12" in (workdir / "results.md").read_text()
+    wrong = run_python(command + ["--rows", "teacher", "tacher"], timeout=120)
+    assert wrong.returncode != 0 and "--rows tacher: no such row" in wrong.stderr
