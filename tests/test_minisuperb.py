@@ -251,6 +251,31 @@ def test_iemocap_folds(paths):
         assert_16k_mono_pcm16(path)
 
 
+def test_an_emotion_shows_in_the_words_of_most_of_its_utterances():
+    """ER's content cue (what a pretrained upstream can use beyond the delivery): ~70 % of an emotion's utterances
+    open with one of its own interjections, never another emotion's, and every interjection is in CMUdict."""
+    import numpy as np
+
+    from s3prl_distill.downstream_recipes.minisuperb.iemocap import INTERJECTIONS, emotional_text
+    from s3prl_distill.downstream_recipes.minisuperb.text import cmudict_pronunciations
+
+    owner = {word: emotion for emotion, words in INTERJECTIONS.items() for word in words}
+    assert len(owner) == sum(len(words) for words in INTERJECTIONS.values())  # no word shared by two emotions
+    assert set(owner) <= set(cmudict_pronunciations())
+    rng = np.random.default_rng(0)
+    for emotion in INTERJECTIONS:
+        opened = 0
+        for _ in range(400):
+            text = emotional_text("THE DOG SLEPT", emotion, rng)
+            first = text.split()[0]
+            if first in owner:
+                assert owner[first] == emotion and text.endswith(" THE DOG SLEPT")
+                opened += 1
+            else:
+                assert text == "THE DOG SLEPT"
+        assert 0.62 < opened / 400 < 0.78, (emotion, opened)
+
+
 # --- determinism and options ----------------------------------------------------------------------------------------
 
 def text_files(root: Path) -> Dict[str, bytes]:
