@@ -27,7 +27,7 @@ SHIPPED_MODEL = {path.stem: path.read_text() for path in sorted((BEFORE / "confi
 COMMANDS = {"downstream", "pretrain", "cache-teacher", "prune", "export", "prepare-data", "hubert-teacher",
             "link-pretrain", "superb", "superb-prepare", "mini-superb", "superb-report", "submit", "profile",
             "layer-similarity", "upstreams", "demo", "quickstart"}
-ADDED = {"superb-config", "bench"}  # since then (issues 18 and 20)
+ADDED = {"superb-config", "bench", "bench-merge"}  # since then (issues 18 and 20)
 
 
 def generated(folder: str) -> dict:
