@@ -456,10 +456,11 @@ def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None
     """Run (or resume) the bench in ``workdir``; returns the paths of ``results.md``, ``results.png`` and
     ``bench.json``. ``from_demo``: a finished demo work directory whose data and teacher stages are used (they must
     have been made with this preset's data size and teacher settings). ``rows``: only these rows (keys of
-    :data:`~.bench_report.ROW_KEYS`) are trained, evaluated and reported, e.g. :data:`~.bench_report.PROTOCOL_ROWS` to check that the protocol
-    discriminates before any student trains; a later invocation with more rows reuses what they made. ``teacher_ckpt``:
-    an earlier run's teacher checkpoint, used instead of training one, so that a run can be made in parts on
-    separate machines and merged (``bench-merge`` checks that the parts share data, teacher and settings)."""
+    :data:`~.bench_report.ROW_KEYS`) are trained, evaluated and reported, e.g. :data:`~.bench_report.PROTOCOL_ROWS`
+    to check that the protocol discriminates before any student trains; a later invocation with more rows reuses
+    what they made. ``teacher_ckpt``: an earlier run's teacher checkpoint, used instead of training one, so that a
+    run can be made in parts on separate machines and merged (``bench-merge`` checks that the parts share data,
+    teacher and settings)."""
     chosen = selected_rows(rows)
     settings = load_settings(preset, config)
     workdir = Path(workdir).resolve()
@@ -518,7 +519,6 @@ def run_bench(workdir: Path, preset: str = "tiny", config: Optional[Path] = None
     timings["superb (sum over experiments)"] = round(sum(entry["train_s"] + entry["evaluate_s"] for result in results
                                                          for entry in result["tasks"].values()), 1)
 
-    # 4. profile
     # 4. profile: CPU times relative to the teacher, which is timed even when a --rows subset leaves it out (each
     # subset has its own file: its rows are timed together)
     timed = rows if rows[0].key == "teacher" else [table[0], *rows]
