@@ -240,6 +240,16 @@ def merge_benches(sources: Sequence[Path], out_dir: Path, command: Sequence[str]
     if len(sources) < 2:
         raise UserError("bench-merge: give two or more bench work directories")
     parts = [read_bench(source) for source in sources]
+    # the merged table may replace an earlier merge, never a part's own record
+    existing = Path(out_dir) / "bench.json"
+    if existing.is_file():
+        try:
+            merged_before = bool(json.loads(existing.read_text()).get("parts"))
+        except ValueError:
+            merged_before = False
+        if not merged_before:
+            raise UserError(f"--out {out_dir}: holds a bench run's own bench.json, which the merge would overwrite; "
+                            "choose another directory")
     first = parts[0]
 
     def shared(bench: Dict[str, Any]) -> Dict[str, Any]:

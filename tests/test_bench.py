@@ -185,6 +185,12 @@ def test_a_run_made_in_parts_merges_into_one_table_only_when_data_teacher_and_se
     assert "Made in 2 parts" in paths["markdown"].read_text()
     with pytest.raises(UserError, match="already a merged table"):
         merge_benches([tmp_path / "merged", protocol], tmp_path / "again", command=[])
+    # merging again replaces the earlier merge, but never a part's own record
+    merge_benches([students, protocol], tmp_path / "merged", command=[])
+    record = (protocol / "bench.json").read_text()
+    with pytest.raises(UserError, match="--out .*protocol: holds a bench run's own bench.json"):
+        merge_benches([students, protocol], protocol, command=[])
+    assert (protocol / "bench.json").read_text() == record
 
     for name, change, message in (
             ("other_teacher", {"teacher_sha256": "x" * 64}, "teacher_sha256"),
