@@ -36,8 +36,17 @@ def test_a_student_checkpoint_loads_and_gives_the_same_outputs(name):
         outputs = upstream([wave[row, :length] for row, length in enumerate(lengths)])
     assert len(outputs["hidden_states"]) == len(recorded["hidden_states"])
     for now, then in zip(outputs["hidden_states"], recorded["hidden_states"]):
-        torch.testing.assert_close(now, then, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(outputs["last_hidden_state"], recorded["last_hidden_state"], rtol=1e-5, atol=1e-6)
+        assert_same_float32(now, then)
+    assert_same_float32(outputs["last_hidden_state"], recorded["last_hidden_state"])
+
+
+def assert_same_float32(now: torch.Tensor, then: torch.Tensor) -> None:
+    """Equal up to float32 rounding of the tensor's own scale. CPUs round differently in their last bits (FFT and
+    GEMM kernels for AVX2 and AVX-512 differ): the fbank front end's layer 0, log-mel energies up to 77, came out
+    7.2e-5 away from the recording on an AVX-512 EPYC (about 10 ulps at 77) while every later layer stayed within
+    2e-7; so the absolute tolerance is 4e-6 of the largest magnitude (at least 4e-6)."""
+    scale = max(1.0, then.abs().max().item())
+    torch.testing.assert_close(now, then, rtol=1e-5, atol=4e-6 * scale)
 
 
 @pytest.mark.parametrize("path", sorted(RUN_CONFIGS))
