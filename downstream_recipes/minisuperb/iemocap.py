@@ -11,7 +11,7 @@ it away) and, as in IEMOCAP, whose transcripts alone predict much of its labels,
 with one of the emotion's interjections.
 
 Why both: with emotions in the delivery alone (stronger shifts than now), a random-weight HuBERT told them apart as
-well as the pretrained one (test accuracy 59 / 62 % against 61 / 56 %, two seeds, 400 steps; measured on the bench's
+well as the pretrained one (test accuracy 59 / 62 % against 61 / 59 %, two seeds, 400 steps; measured on the bench's
 teacher), so ER could not rank upstreams; what a pretrained model adds is content.
 """
 
