@@ -29,6 +29,7 @@ itself, so each child starts as a fresh interpreter would (s3prl's ``main()`` se
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib
 import json
@@ -101,8 +102,21 @@ def _reply(control: socket.socket, message: dict) -> None:
     control.send(json.dumps(message).encode())
 
 
-def _child(control: socket.socket, output: int, plan: dict) -> int:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(server_pid: int) -> None:
+    """Have the kernel kill this process when the server ends, however it ends (SIGKILL included): an experiment
+    nobody reads any more must not hold its memory and cores. Linux only; elsewhere the server's own kill remains."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != server_pid:  # the server ended before the request above took effect
+        os._exit(1)
+
+
+def _child(control: socket.socket, output: int, plan: dict, server_pid: int) -> int:
     """In the forked child: stdout and stderr to ``output``, then the experiment; returns its exit status."""
+    _die_with(server_pid)
     control.close()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -138,7 +152,10 @@ def serve(control_fd: int) -> int:
 
     A request is ``{"id": N, "plan": PLAN}`` with one file descriptor attached (where the experiment's output goes);
     the server forks a child for it and replies ``{"id": N, "pid": PID}``, then ``{"id": N, "exit": STATUS}`` when
-    it ends. Should the sweep go away while experiments run, they are killed: nobody would read their output."""
+    it ends. Should the sweep go away while experiments run, they are killed: nobody would read their output. The
+    sweep is gone when its end of the socket closes, or when this process is handed to another parent (a process
+    the sweep forked, such as a data-loader worker, may keep the socket open after the sweep was killed)."""
+    sweep_pid = os.getppid()
     # s3prl's log_stft expert asks torch.cuda.is_available() when imported; through NVML that leaves the CUDA
     # driver uninitialised here, so the children can initialise it (the driver is not fork-safe once it is).
     user_setting = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
@@ -157,7 +174,8 @@ def serve(control_fd: int) -> int:
     sys.stderr.flush()
     control = socket.socket(fileno=control_fd)
     children: Dict[int, int] = {}
-    while True:
+    server_pid = os.getpid()
+    while os.getppid() == sweep_pid:
         readable, _, _ = select.select([control], [], [], 0.2)
         _reap(control, children)
         if not readable:
@@ -171,7 +189,7 @@ def serve(control_fd: int) -> int:
             continue
         pid = os.fork()
         if pid == 0:
-            os._exit(_child(control, fds[0], request["plan"]))
+            os._exit(_child(control, fds[0], request["plan"], server_pid))
         os.close(fds[0])
         children[pid] = request["id"]
         _reply(control, {"id": request["id"], "pid": pid})

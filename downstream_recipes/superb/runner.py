@@ -262,6 +262,10 @@ class ExperimentServer:
             self._experiments.clear()
 
     def _died(self) -> str:
+        try:  # its socket closes as it ends: give it the moment to end, so that its exit status can be told
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
         self._log.seek(0)
         tail = "\n".join(self._log.read().decode(errors="replace").splitlines()[-25:])
         return f"the process that runs s3prl's experiments ended (exit {self.process.poll()}); its output:\n{tail}"
