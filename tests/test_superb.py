@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from s3prl_distill.downstream_recipes.superb import prepare
+from s3prl_distill.downstream_recipes.superb import prepare, runner
 from s3prl_distill.errors import ConfigError
 from s3prl_distill.downstream_recipes.superb.tasks import CONFIG_DIR, TASKS, data_values, parse_settings, render_config
 
@@ -374,3 +374,20 @@ def test_a_downstream_seed_reaches_s3prl_and_another_seed_is_another_sweep(data_
     with pytest.raises(runner.SweepExistsError, match="seed: 7 there, 8 now"):
         runner.check_same_sweep(dataclasses.replace(spec, seed=8), tmp_path / "seeded")
     runner.check_same_sweep(spec, tmp_path / "seeded")  # the same seed is the same sweep
+
+
+@pytest.mark.parametrize("seed, settings, warned", [(7, [], True), (None, [], False),
+                                                    (7, ["er:runner.eval_step=1"], False)])
+def test_an_er_seed_that_cannot_change_the_training_is_named_before_any_run(seed, settings, warned, data_root,
+                                                                          tmp_path, monkeypatch, caplog):
+    """s3prl's emotion expert seeds torch with 0 before its split: with evaluation only at the end, --seed does
+    not reach ER's training, and a seed sweep would report a spread of zero without saying why."""
+    monkeypatch.setattr(runner, "_run_plans", lambda plans, jobs, desc: [run_dir for _, _, run_dir, _ in plans])
+    spec = runner.SweepSpec(upstream="fbank", data_root=str(data_root), name="er_seed", tasks=["er"], steps=3,
+                            exproot=str(tmp_path), seed=seed, settings=settings)
+    with caplog.at_level("WARNING", logger=runner.__name__):
+        runner.run_sweeps([spec])
+    named = [r.getMessage() for r in caplog.records if "will not depend on --seed" in r.getMessage()]
+    assert len(named) == int(warned)
+    if warned:
+        assert "er_seed: ER evaluates only at step 3" in named[0] and "--set er:runner.eval_step=1" in named[0]

@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from s3prl_distill.checkpoint import latest_step_checkpoint
 from s3prl_distill.errors import UserError
@@ -428,6 +428,20 @@ def _collect(spec: SweepSpec, records: List[Tuple[Task, Optional[str], dict]]) -
     return run_dir
 
 
+def warn_if_er_ignores_seed(spec: SweepSpec, config: Dict[str, Any]) -> None:
+    """s3prl's emotion expert calls ``torch.manual_seed(0)`` before its train/dev split, so until its first
+    evaluation reseeds with ``--seed``, every draw (head initialisation, batch order) is seed 0's. A run evaluated
+    only at its end then trains identically whatever ``--seed`` says: say so, rather than let a seed sweep report
+    a spread of zero."""
+    runner = config["runner"]
+    if spec.seed is not None and runner["eval_step"] >= runner["total_steps"]:
+        logger.warning(
+            "%s: ER evaluates only at step %d, and s3prl's emotion expert seeds torch with 0 before its split, so its "
+            "training will not depend on --seed %d (only the draws after an evaluation do); for seed-dependent ER "
+            "runs, evaluate during training, e.g. --set er:runner.eval_step=%d",
+            spec.name, runner["total_steps"], spec.seed, max(1, runner["total_steps"] // 8))
+
+
 def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> List[Path]:
     """Run (or resume) several sweeps; ``jobs`` experiments run at once, each s3prl process then getting an equal
     share of the CPU threads (unless OMP_NUM_THREADS is set). Returns each sweep's run directory (results.json,
@@ -444,6 +458,8 @@ def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> L
             values = data_values(Path(spec.data_root), spec.tasks, spec.num_workers)
             for task, fold in _units(spec):  # a malformed or unknown --set fails before any training
                 render_config(task, values, fold, *_unit_options(spec, task))
+            if "er" in spec.tasks:
+                warn_if_er_ignores_seed(spec, render_config(TASKS["er"], values, None, *_unit_options(spec, TASKS["er"])))
             (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
             plans.append((spec, values, run_dir, _units(spec)))
         return _run_plans(plans, jobs, desc)
