@@ -104,6 +104,11 @@ def demo(args: argparse.Namespace) -> None:
     print(f"table: {paths['markdown']}, chart: {paths['chart']}, stage times: {Path(args.workdir) / 'timings.json'}")
 
 
+def _show_bench(paths: dict) -> None:
+    print(paths["markdown"].read_text())
+    print(f"table: {paths['markdown']}, chart: {paths['chart']}, numbers: {paths['json']}")
+
+
 def bench(args: argparse.Namespace) -> None:
     import sys
 
@@ -113,8 +118,7 @@ def bench(args: argparse.Namespace) -> None:
                       args.device or default_device(), Path(args.from_demo) if args.from_demo else None,
                       command=["s3prl-distill", *sys.argv[1:]], rows=args.rows,
                       teacher_ckpt=Path(args.teacher) if args.teacher else None)
-    print(paths["markdown"].read_text())
-    print(f"table: {paths['markdown']}, chart: {paths['chart']}, numbers: {paths['json']}")
+    _show_bench(paths)
 
 
 def bench_merge(args: argparse.Namespace) -> None:
@@ -124,8 +128,7 @@ def bench_merge(args: argparse.Namespace) -> None:
 
     paths = merge_benches([Path(part) for part in args.parts], Path(args.out),
                           command=["s3prl-distill", *sys.argv[1:]])
-    print(paths["markdown"].read_text())
-    print(f"table: {paths['markdown']}, chart: {paths['chart']}, numbers: {paths['json']}")
+    _show_bench(paths)
 
 
 def quickstart(args: argparse.Namespace) -> None:

@@ -4,6 +4,8 @@ settings' validation and the low-resource PR split. (The bench end to end: tests
 import json
 import math
 import statistics
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -212,6 +214,24 @@ def test_a_run_made_in_parts_merges_into_one_table_only_when_data_teacher_and_se
         merge_benches([protocol, clash], tmp_path / "merged_clash", command=[])
     with pytest.raises(UserError, match="no bench.json"):
         merge_benches([protocol, tmp_path / "nothing"], tmp_path / "merged_none", command=[])
+
+
+def test_the_bench_merge_command_prints_the_merged_table_or_names_what_differs(tmp_path):
+    from helpers import run_python
+
+    command = str(Path(sys.executable).parent / "s3prl-distill")
+    protocol = _part(tmp_path, "protocol", ["fbank", "teacher", "random_teacher"])
+    students = _part(tmp_path, "students", ["teacher", "distilhubert"])
+    result = run_python([command, "bench-merge", str(protocol), str(students), "--out", str(tmp_path / "merged")],
+                        timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| distilhubert |" in result.stdout and "Made in 2 parts" in result.stdout
+    assert f"numbers: {tmp_path / 'merged' / 'bench.json'}" in result.stdout
+    other = _part(tmp_path, "other", ["skill"], data_digest="x" * 64)
+    result = run_python([command, "bench-merge", str(protocol), str(other), "--out", str(tmp_path / "refused")],
+                        timeout=300)
+    assert result.returncode == 2 and "data_digest" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "refused" / "bench.json").exists()
 
 
 def test_a_teacher_from_an_earlier_run_is_copied_checked_and_recorded(tmp_path):
