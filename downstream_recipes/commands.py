@@ -44,6 +44,7 @@ def run_superb(args: argparse.Namespace) -> None:
         tasks=parse_tasks(args.tasks), data_root=args.data_root, name=args.name, exproot=args.exproot,
         device=args.device or default_device(), steps=args.steps, learning_rates=learning_rates(args.lr),
         num_workers=sweep_workers(args.num_workers, args.jobs), label=args.label, settings=args.set, folds=args.folds,
+        seed=args.seed,
     )
     run_dir = sweep(spec, jobs=args.jobs)
     print((run_dir / "results.md").read_text())
@@ -170,6 +171,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     superb.add_argument("--jobs", type=int, default=1,
                         help="experiments run at once (CPU: each gets its share of the threads)")
     superb.add_argument("--label", help="row name in the results table (default: the upstream name)")
+    superb.add_argument("--seed", type=int,
+                        help="s3prl's --seed for every downstream training (default: s3prl's 1337); one sweep per "
+                             "seed (-n NAME per seed) gives seed-to-seed spreads")
     superb.set_defaults(handler=run_superb)
 
     prep = commands.add_parser(

@@ -391,3 +391,14 @@ def test_an_er_seed_that_cannot_change_the_training_is_named_before_any_run(seed
     assert len(named) == int(warned)
     if warned:
         assert "er_seed: ER evaluates only at step 3" in named[0] and "--set er:runner.eval_step=1" in named[0]
+
+
+def test_the_superb_command_passes_its_seed_to_the_sweep(data_root, tmp_path):
+    """--seed is part of what a run directory holds: the same -n with another seed is refused before any run."""
+    (tmp_path / "seeded").mkdir()
+    spec = runner.SweepSpec(upstream="fbank", data_root=str(data_root), name="seeded", tasks=["ks"], seed=7)
+    (tmp_path / "seeded" / "sweep.json").write_text(json.dumps(dataclasses.asdict(spec)))
+    result = run_python([COMMAND, "superb", "-u", "fbank", "--data-root", str(data_root), "-p", str(tmp_path),
+                         "-n", "seeded", "--tasks", "ks", "--steps", "1", "--seed", "8"], timeout=300)
+    assert result.returncode == 2 and "seed: 7 there, 8 now" in result.stderr, result.stderr
+    assert not (tmp_path / "seeded" / "ks").exists()
