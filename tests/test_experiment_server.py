@@ -108,7 +108,8 @@ def test_experiments_end_with_a_server_killed_by_sigkill(tmp_path):
             experiment.wait()
     finally:
         server.close()
-        if experiment is not None and experiment.pid is not None and running(experiment.pid):  # the failure this test looks for
+        # the failure this test looks for would leave the experiment running
+        if experiment is not None and experiment.pid is not None and running(experiment.pid):
             os.kill(experiment.pid, signal.SIGKILL)
 
 

@@ -456,10 +456,13 @@ def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> L
                                                hint="wait for that sweep to finish, or choose another -n"))
             check_same_sweep(spec, run_dir)
             values = data_values(Path(spec.data_root), spec.tasks, spec.num_workers)
+            er_config = None
             for task, fold in _units(spec):  # a malformed or unknown --set fails before any training
-                render_config(task, values, fold, *_unit_options(spec, task))
-            if "er" in spec.tasks:
-                warn_if_er_ignores_seed(spec, render_config(TASKS["er"], values, None, *_unit_options(spec, TASKS["er"])))
+                config = render_config(task, values, fold, *_unit_options(spec, task))
+                if task.key == "er":  # every fold has the same runner steps: one warning per sweep
+                    er_config = config
+            if er_config is not None:
+                warn_if_er_ignores_seed(spec, er_config)
             (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
             plans.append((spec, values, run_dir, _units(spec)))
         return _run_plans(plans, jobs, desc)
