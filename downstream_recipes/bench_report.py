@@ -186,7 +186,7 @@ def render_bench(facts: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
         f"Low-resource PR (Wang et al.'s claim; {settings['low_resource_fraction']:.0%} of PR's training utterances, "
         f"seeds {settings['protocol_seeds']}): {low_text}.",
         f"`MACs / s of audio`: one {settings['timing_seconds']:g} s utterance, hidden states, torch's FLOP counter / "
-        f"2. `CPU time / teacher`: {facts['profile']['method']}. Measured on {facts['profile']['conditions']}.",
+        f"2. `CPU time / teacher`: {facts['profile']['method']}. " + _measured_on(facts),
     ]
     if parts:
         notes.insert(0, f"Made in {len(parts)} parts (`s3prl-distill bench --rows ...` in separate work directories, "
@@ -207,6 +207,15 @@ def render_bench(facts: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
     paths = write_report(table_rows, out_dir, title=f"s3prl-distill bench ({facts['preset']})", extra_columns=extra,
                          notes=notes)
     return {**paths, "json": json_path}
+
+
+def _measured_on(facts: Dict[str, Any]) -> str:
+    """Where the CPU times were taken: one machine, or each part's own (a merged table's rows come from several)."""
+    parts = facts.get("parts") or []
+    if not parts:
+        return f"Measured on {facts['profile']['conditions']}."
+    return "Measured per part: " + "; ".join(f"{part['name']} on {part.get('conditions') or 'unrecorded conditions'}"
+                                              for part in parts) + "."
 
 
 def read_bench(path: Path) -> Dict[str, Any]:

@@ -20,6 +20,7 @@ This module sets the run up (config, directory, lock, resume, CLI); the training
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -204,7 +205,13 @@ def _train(config: PretrainConfig, expdir: Path, checkpoint: Optional[dict], sou
     trainer = Trainer(config, expdir, checkpoint, source, student_format)
     try:
         trainer.train()
+        if dist.is_initialized():
+            dist.barrier()  # no rank tears gloo / NCCL down while another still saves or logs its last step
     finally:
+        # DDP's reducer holds the process group: free it while the interpreter is whole, not in its teardown, where
+        # gloo's threads could be destroyed unjoined (SIGABRT after a finished run).
+        del trainer
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
     return expdir

@@ -162,7 +162,8 @@ def _part(tmp_path, name, keys, low=None, **changes):
              "all_rows": False, "rows": rows, "low_resource_values": low or {},
              "sizes": {"reference_parameters": 1_000_000, "deepthin_width": 8, "fithubert_width": 8,
                        "target_sparsity": 0.4, "unpruned_parameters": 2_000_000},
-             "profile": {"method": "m", "conditions": "c"}, "stage_seconds": {"data": 1.0}, "parts": []}
+             "profile": {"method": "m", "conditions": f"machine of {name}"}, "stage_seconds": {"data": 1.0},
+             "parts": []}
     facts.update(changes)
     folder = tmp_path / name
     folder.mkdir()
@@ -184,7 +185,10 @@ def test_a_run_made_in_parts_merges_into_one_table_only_when_data_teacher_and_se
     assert set(merged["protocol"]["margins"]) == {"pr", "ks"}
     assert merged["low_resource_pr"]["per"]["deepthin_kl"]["mean"] == pytest.approx(0.56)
     assert [part["name"] for part in merged["parts"]] == ["students", "protocol"]
-    assert "Made in 2 parts" in paths["markdown"].read_text()
+    report = paths["markdown"].read_text()
+    assert "Made in 2 parts" in report
+    # each part timed its rows on its own machine: the note names both, not only the first part's
+    assert "Measured per part: students on machine of students; protocol on machine of protocol." in report
     with pytest.raises(UserError, match="already a merged table"):
         merge_benches([tmp_path / "merged", protocol], tmp_path / "again", command=[])
     # merging again replaces the earlier merge, but never a part's own record

@@ -113,12 +113,18 @@ def test_two_process_ddp_equals_one_process(setup, tmp_path):
                  "config.data.max_length=8000")
     single = pretrain(["-g", str(setup["config"]), "-n", "single", "-p", str(tmp_path), "-o", overrides], cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
+    # The production runner (python -m s3prl_distill.pretrain), wrapped to count DDP wrappers at teardown.
+    probe = Path(__file__).with_name("ddp_teardown_probe.py")
     ddp = run_python(
-        ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "s3prl_distill.pretrain",
+        ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(probe),
          "-g", str(setup["config"]), "-n", "ddp", "-p", str(tmp_path), "-o", overrides],
         cwd=tmp_path, timeout=600, extra_env={"OMP_NUM_THREADS": "1"},
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # Each rank frees its DDP wrapper (which holds the process group) before destroying the group, so gloo is not
+    # left to the interpreter's teardown (where rank 1 sometimes died of SIGABRT after a finished run).
+    for rank in (0, 1):
+        assert f"rank {rank}: 0 DDP wrapper(s) alive at destroy_process_group" in ddp.stderr, ddp.stderr[-3000:]
     assert [record["step"] for record in read_metrics(tmp_path / "ddp")] == [1, 2, 3]  # rank 0 writes, once
     one, two = student_weights(tmp_path / "single" / "states-3.ckpt"), student_weights(tmp_path / "ddp" / "states-3.ckpt")
     moved = max((one[k] - load_initial(setup, k)).abs().max().item() for k in one if k.startswith("encoder.layers"))
