@@ -186,7 +186,7 @@ def render_bench(facts: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
         f"Low-resource PR (Wang et al.'s claim; {settings['low_resource_fraction']:.0%} of PR's training utterances, "
         f"seeds {settings['protocol_seeds']}): {low_text}.",
         f"`MACs / s of audio`: one {settings['timing_seconds']:g} s utterance, hidden states, torch's FLOP counter / "
-        f"2. `CPU time / teacher`: {facts['profile']['method']}. " + _measured_on(facts),
+        f"2. " + _timing_note(facts),
     ]
     if parts:
         notes.insert(0, f"Made in {len(parts)} parts (`s3prl-distill bench --rows ...` in separate work directories, "
@@ -209,13 +209,20 @@ def render_bench(facts: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:
     return {**paths, "json": json_path}
 
 
-def _measured_on(facts: Dict[str, Any]) -> str:
-    """Where the CPU times were taken: one machine, or each part's own (a merged table's rows come from several)."""
+def _timing_note(facts: Dict[str, Any]) -> str:
+    """How and where the CPU times were taken: one run's method and machine, or each part's own (a merged table's
+    rows were timed in several runs, each against its own teacher forward)."""
     parts = facts.get("parts") or []
     if not parts:
-        return f"Measured on {facts['profile']['conditions']}."
-    return "Measured per part: " + "; ".join(f"{part['name']} on {part.get('conditions') or 'unrecorded conditions'}"
-                                              for part in parts) + "."
+        return f"`CPU time / teacher`: {facts['profile']['method']}. Measured on {facts['profile']['conditions']}."
+    methods = {part.get("method") for part in parts}
+    if len(methods) == 1 and None not in methods:
+        return (f"`CPU time / teacher`: {methods.pop()}. Measured per part: "
+                + "; ".join(f"{part['name']} on {part.get('conditions') or 'unrecorded conditions'}" for part in parts)
+                + ".")
+    return "`CPU time / teacher`, per part: " + "; ".join(
+        f"{part['name']}: {part.get('method') or 'method unrecorded'}, on "
+        f"{part.get('conditions') or 'unrecorded conditions'}" for part in parts) + "."
 
 
 def read_bench(path: Path) -> Dict[str, Any]:
@@ -302,6 +309,7 @@ def merge_benches(sources: Sequence[Path], out_dir: Path, command: Sequence[str]
         "parts": [{"name": Path(part["file"]).parent.name, "file": str(part["file"]), "rows": part["rows_selected"],
                    "commit": part.get("commit"), "command": part.get("command", []),
                    "stage_seconds": part.get("stage_seconds", {}),
+                   "method": part.get("profile", {}).get("method"),
                    "conditions": part.get("profile", {}).get("conditions")} for part in parts],
     }
     return render_bench(facts, out_dir)

@@ -188,7 +188,12 @@ def test_a_run_made_in_parts_merges_into_one_table_only_when_data_teacher_and_se
     report = paths["markdown"].read_text()
     assert "Made in 2 parts" in report
     # each part timed its rows on its own machine: the note names both, not only the first part's
-    assert "Measured per part: students on machine of students; protocol on machine of protocol." in report
+    assert "`CPU time / teacher`: m. Measured per part: students on machine of students; protocol on machine of " \
+           "protocol." in report
+    # parts timed with different round counts: each part's method is named with its machine
+    rounds = _part(tmp_path, "rounds", ["teacher", "deepthin_kl0"], profile={"method": "50 rounds", "conditions": "x"})
+    report = merge_benches([protocol, rounds], tmp_path / "merged_rounds", command=[])["markdown"].read_text()
+    assert "`CPU time / teacher`, per part: protocol: m, on machine of protocol; rounds: 50 rounds, on x." in report
     with pytest.raises(UserError, match="already a merged table"):
         merge_benches([tmp_path / "merged", protocol], tmp_path / "again", command=[])
     # merging again replaces the earlier merge, but never a part's own record
