@@ -34,6 +34,9 @@ bf16 (autocast) cases over the higher of the bf16 and fp32 peaks (:func:`peak_fo
 ``--quick``) written by our own code, loaded through its s3prl entry (``build_upstream``), plus s3prl's own
 ``distiller_local`` on our DistilHuBERT's weights: seconds of audio per second over ``--upstream-batch`` utterances
 of ``--upstream-seconds``, fp32 and bf16 (the upstreams' own ``precision: bf16`` option, :func:`in_precision`), median of repeats after warm-up.
+Each case also records where its time goes (:func:`forward_breakdown`): the time until the forward call returns
+without a final synchronisation (close to the synchronised time = launch-bound), the ops and casts the host
+dispatched, the CUDA kernels, and the top ops by device time.
 
 **Memory** (c): CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (training: over the whole
 ``train()``, weights and optimizer state included; upstreams: one forward, over the memory allocated before it).
@@ -515,7 +518,55 @@ def run_upstream_case(entry: str, ckpt: Path, precision: str, sizes: Sizes, devi
             "parameters": sum(p.numel() for p in upstream.parameters()), "batch": sizes.upstream_batch,
             "seconds_each": sizes.upstream_seconds, "forward_s": [round(s, 6) for s in samples],
             "median_forward_s": median, "audio_seconds_per_s": audio / median, "model_flops_per_forward": flops,
-            "mfu": flops / median / peak_for(precision, peaks), "memory": memory}
+            "mfu": flops / median / peak_for(precision, peaks), "memory": memory,
+            **forward_breakdown(model, wavs, device, sizes.upstream_repeats)}
+
+
+def forward_breakdown(model, wavs, device, repeats: int, top: int = 8) -> Dict[str, Any]:
+    """Where one forward's time goes, to tell a launch-bound forward from a compute-bound one.
+
+    ``host_forward_s``: median time until the forward call returns, the device synchronised before the clock starts
+    but not before it stops: on CUDA, when this is close to ``median_forward_s`` the host's op dispatch and kernel
+    launches are the bottleneck, not the GPU (on a CPU the two are the same). From one profiled forward
+    (``torch.profiler``): ``ops``, the aten ops the host dispatched (every level: autocast's casts run inside
+    ``aten::linear``), ``casts`` (``aten::_to_copy``, dtype conversions among them), ``device_kernels`` (CUDA kernels
+    and copies; None on a CPU) and the ``top`` entries by self time on the device (the CPU's self time on a CPU)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from s3prl_distill.profiling import device_synchronizer, upstream_features
+
+    sync = device_synchronizer(device)
+    cuda = device.type == "cuda"
+    host = []
+    with torch.no_grad():
+        for _ in range(max(repeats, 1)):
+            sync()
+            start = time.perf_counter()
+            upstream_features(model, wavs)
+            host.append(time.perf_counter() - start)
+            sync()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            upstream_features(model, wavs)
+            sync()
+    events = list(prof.events())
+    kernels = [event for event in events if event.device_type == torch.autograd.DeviceType.CUDA]
+    ops = [event for event in events if event.device_type == torch.autograd.DeviceType.CPU
+           and event.name.startswith("aten::")]
+
+    def self_time_us(average) -> float:  # the device's self time where one is recorded, else the CPU's
+        if cuda:
+            return getattr(average, "self_device_time_total", getattr(average, "self_cuda_time_total", 0.0))
+        return average.self_cpu_time_total
+
+    averages = [average for average in prof.key_averages() if self_time_us(average) > 0]
+    averages.sort(key=self_time_us, reverse=True)
+    return {"host_forward_s": statistics.median(host), "ops": len(ops),
+            "casts": sum(1 for event in ops if event.name == "aten::_to_copy"),
+            "device_kernels": len(kernels) if cuda else None,
+            "top_self_time": [{"name": average.key[:120], "calls": average.count,
+                               "self_ms": round(self_time_us(average) / 1e3, 4)} for average in averages[:top]]}
 
 
 # --- the run -----------------------------------------------------------------------------------------------------------
@@ -594,6 +645,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "TF32 tensor cores, so a convolution-heavy fp32 case can pass 1 against the strict-fp32 peak",
             "upstream_throughput": "seconds of audio per wall second: batch x seconds / median forward (forward + "
                                    "reading hidden_states), after warm-up; bf16 = the forward under torch.autocast",
+            "forward_breakdown": "per upstream case: host_forward_s (median time until the forward returns, no "
+                                 "synchronisation at the end: near median_forward_s on CUDA means launch-bound), and "
+                                 "from one torch.profiler forward: aten ops dispatched (all levels), casts "
+                                 "(aten::_to_copy), CUDA kernels, the top ops by self device (CPU: host) time",
             "memory": MemoryMeter(device).method,
         },
         "peaks": {}, "training": [], "upstreams": [], "skipped": [], "errors": [],
@@ -709,7 +764,8 @@ def summary(data: Dict[str, Any]) -> None:
             print(f"{row['case']:40s} ERROR {row['error']['type']}: {row['error']['message'][:120]}")
             continue
         print(f"{row['case']:40s} {row['median_forward_s'] * 1000:9.1f} ms/fwd  {row['audio_seconds_per_s']:9.1f} "
-              f"audio-s/s  MFU {row['mfu']:.3f}")
+              f"audio-s/s  MFU {row['mfu']:.3f}  host {row['host_forward_s'] * 1000:.1f} ms, {row['ops']} ops, "
+              f"{row['casts']} casts")
     for row in data["skipped"]:
         print(f"{row['case']:40s} skipped: {row['reason']}")
     print(f"status {data['status']}, {data['cases_ran']} case(s) ran in {data['wall_s']:.1f} s")

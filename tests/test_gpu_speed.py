@@ -77,6 +77,16 @@ def test_quick_run_has_every_case_without_errors(quick_run, gpu_speed):
         assert "error" not in row, row["case"]
         assert positive(row["audio_seconds_per_s"]) and positive(row["model_flops_per_forward"]), row["case"]
         assert 0 < row["mfu"] <= 1, (row["case"], row["mfu"])
+        # On a CPU the forward returns when its work is done: the host time is the forward's own time.
+        assert 0 < row["host_forward_s"] <= 10 * row["median_forward_s"], row["case"]
+        assert row["device_kernels"] is None and row["ops"] > 10, row["case"]
+        top = row["top_self_time"]
+        assert 0 < len(top) <= 8 and all(entry["calls"] >= 1 and entry["self_ms"] > 0 for entry in top), row["case"]
+        assert [entry["self_ms"] for entry in top] == sorted((entry["self_ms"] for entry in top), reverse=True)
+    # bf16 autocast casts weights and activations inside the ops; fp32 casts (almost) nothing.
+    casts = {row["case"]: row["casts"] for row in data["upstreams"]}
+    for entry in entries:
+        assert casts[f"{entry}/bf16"] > casts[f"{entry}/fp32"] + 10, (entry, casts)
     # s3prl's distiller_local ran on the very checkpoint our distilhubert_local read.
     ckpt = {row["upstream"]: row["ckpt"] for row in data["upstreams"]}
     assert ckpt["distiller_local"] == ckpt["distilhubert_local"]

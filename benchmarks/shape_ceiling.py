@@ -1,0 +1,225 @@
+"""How close each upstream's CPU forward could come to the GEMM peak at its own matrix shapes: the ceiling for the
+fraction-of-peak figure of ``cpu_peak.py``.
+
+The fraction of peak counts only matrix products, convolutions and attention (FlopCounterMode's ops) and divides
+their FLOPs by the forward's whole time. Two things keep it below 1: the uncounted work (norms, activations, copies,
+the fbank) and the counted ops themselves running slower than the peak's large square GEMM at the model's shapes (a
+480-wide layer, a 3-tap convolution over 256 channels, 40-wide attention heads). This script separates the two.
+For every family (the same random checkpoints as ``cpu_peak.py``, loaded through their s3prl entries) it
+
+1. records every counted op of one forward with its exact operand shapes, strides and dtype (a dispatch mode, the
+   same ops FlopCounterMode counts);
+2. times each distinct call alone on fresh operands of that layout (median of ``--repeats`` after a warm-up), in the
+   same process and thread count as the forwards, and adds them up with their multiplicity: the time the forward
+   would take if everything but these ops were free;
+3. reports ``fraction`` = counted FLOPs / forward time / fp32 GEMM peak (``cpu_peak.py``'s figure), ``ceiling`` =
+   counted FLOPs / that sum / the same peak, and ``counted_share`` = the sum / forward time.
+
+A family whose ``ceiling`` is below a target cannot reach the target by removing overhead: only other kernels or
+other shapes would. The GEMM peak is measured before and after, as in ``cpu_peak.py``.
+
+    python benchmarks/shape_ceiling.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5] [--only ENTRY ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from inference_ratio import write_paper_checkpoints
+from s3prl_distill.profiler import (UpstreamSpec, count_macs, extra_flop_formulas, gemm_peak, load_upstream,
+                                    peak_rates, profile_waves)
+from s3prl_distill.profiling import load_average, upstream_features
+
+logger = logging.getLogger("shape_ceiling")
+
+
+class TensorLayout(tuple):
+    """(shape, stride, dtype) of an operand: what a replay allocates in its place."""
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> "TensorLayout":
+        return cls((tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype))
+
+    def allocate(self, generator: torch.Generator) -> torch.Tensor:
+        shape, stride, dtype = self
+        tensor = torch.empty_strided(shape, stride, dtype=dtype)
+        if dtype.is_floating_point:
+            # fill the whole storage the strides reach, not only the view (a broadcast stride of 0 reaches one value)
+            tensor.as_strided((tensor.untyped_storage().nbytes() // tensor.element_size(),), (1,)).normal_(
+                generator=generator)
+        else:
+            tensor.zero_()
+        return tensor
+
+
+Call = Tuple[Any, tuple, tuple]  # (op, args, sorted kwargs items) with tensors replaced by their TensorLayout
+
+
+class CountedOps(TorchDispatchMode):
+    """Records each call of an op FlopCounterMode counts (plus our CPU attention formulas), with its operands'
+    layouts; the ops still run, so the forward's outputs are unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counted = set(flop_registry) | set(extra_flop_formulas())
+        self.calls: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket in self.counted:
+            keywords = tuple(sorted((key, frozen(value)) for key, value in kwargs.items()))
+            self.calls[(func, frozen(tuple(args)), keywords)] += 1
+        return func(*args, **kwargs)
+
+
+def frozen(value: Any) -> Any:
+    """``value`` as a hashable record: tensors as their :class:`TensorLayout`, lists as tuples."""
+    if isinstance(value, torch.Tensor):
+        return TensorLayout.of(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen(item) for item in value)
+    return value
+
+
+def call_flops(call: Call, generator: torch.Generator) -> int:
+    """FLOPs FlopCounterMode counts for one call."""
+    func, args, kwargs = call
+    operands = materialise(args, generator)
+    keywords = {key: materialise(value, generator) for key, value in kwargs}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
+        func(*operands, **keywords)
+    return counter.get_total_flops()
+
+
+def materialise(value: Any, generator: torch.Generator) -> Any:
+    """The inverse of :func:`frozen`: fresh tensors in place of layouts (random values), lists in place of tuples."""
+    if isinstance(value, TensorLayout):
+        return value.allocate(generator)
+    if isinstance(value, tuple):
+        return [materialise(item, generator) for item in value]
+    return value
+
+
+def time_call(call: Call, repeats: int, generator: torch.Generator) -> float:
+    """Median seconds of the call alone on fresh operands of the recorded layouts, after one warm-up call."""
+    func, args, kwargs = call
+    operands = materialise(args, generator)
+    keywords = {key: materialise(value, generator) for key, value in kwargs}
+    samples = []
+    with torch.no_grad():
+        func(*operands, **keywords)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            func(*operands, **keywords)
+            samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def describe(call: Call) -> str:
+    func, args, _ = call
+    shapes = [list(item[0]) for item in args if isinstance(item, TensorLayout)]
+    return f"{func.overloadpacket.__name__} {shapes}"
+
+
+def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int, peak_flops: Callable[[], float],
+            top: int = 8) -> Dict[str, Any]:
+    """Forward time, counted ops alone, and the two fractions of peak for one upstream (see the module docstring)."""
+    generator = torch.Generator().manual_seed(0)
+    upstream.eval()
+    recorder = CountedOps()
+    with torch.no_grad():
+        upstream_features(upstream, wavs)  # warm-up
+        with recorder:
+            upstream_features(upstream, wavs)
+        forward = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            upstream_features(upstream, wavs)
+            forward.append(time.perf_counter() - start)
+    macs, _ = count_macs(upstream, wavs)
+    rows = []
+    for call, count in recorder.calls.items():
+        seconds = time_call(call, repeats, generator)
+        flops = call_flops(call, generator)
+        rows.append({"op": describe(call), "calls": count, "seconds_each": seconds, "flops_each": flops})
+    replay_flops = sum(row["flops_each"] * row["calls"] for row in rows)
+    counted_s = sum(row["seconds_each"] * row["calls"] for row in rows)
+    latency = statistics.median(forward)
+    peak = peak_flops()
+    for row in rows:
+        row["fraction_of_peak"] = row["flops_each"] / row["seconds_each"] / peak if row["seconds_each"] > 0 else None
+        row["share_of_counted_time"] = row["seconds_each"] * row["calls"] / counted_s
+    rows.sort(key=lambda row: row["share_of_counted_time"], reverse=True)
+    return {"macs": macs, "replayed_flops": replay_flops, "forward_s": forward, "median_forward_s": latency,
+            "counted_ops_s": counted_s, "counted_share": counted_s / latency,
+            "fraction": 2 * macs / latency / peak, "ceiling": 2 * macs / counted_s / peak,
+            "distinct_calls": len(rows), "calls": sum(row["calls"] for row in rows), "top_ops": rows[:top]}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peak-seconds", type=float, default=5.0, help="GEMM seconds before and after the upstreams")
+    parser.add_argument("--only", nargs="+", help="entries to keep (e.g. fithubert_local); default: all")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "shape_ceiling.json")
+    args = parser.parse_args(argv)
+    for name in ("seconds", "batch", "threads", "repeats", "peak_seconds"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    wavs = profile_waves(args.seconds, args.batch, torch.device("cpu"))
+    rows: Dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoints = write_paper_checkpoints(Path(folder), pruned=True,
+                                              keep=lambda label, entry: not args.only or entry in args.only)
+        if not checkpoints:
+            parser.error(f"--only {' '.join(args.only)}: no such entry")
+        before = gemm_peak(torch.float32, args.threads, args.peak_seconds)
+        for label, (entry, path) in checkpoints.items():
+            logger.info("%s", label)
+            upstream = load_upstream(UpstreamSpec(entry, str(path), label=label))
+            # Each row's own denominator is the peak measured before any upstream; the summary uses both runs'.
+            rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats, lambda: before["gflops"] * 1e9)}
+            del upstream
+    after = gemm_peak(torch.float32, args.threads, args.peak_seconds)
+    peak = peak_rates(before, after)
+    for row in rows.values():  # both fractions over the run's peak (median of the calls before and after)
+        scale = before["gflops"] / peak["gflops"]
+        row["fraction"] *= scale
+        row["ceiling"] *= scale
+        for op in row["top_ops"]:
+            if op["fraction_of_peak"] is not None:
+                op["fraction_of_peak"] *= scale
+    result = {"benchmark": "shape_ceiling", "seconds": args.seconds, "batch": args.batch, "threads": args.threads,
+              "repeats": args.repeats, "torch": torch.__version__, "peak_fp32": peak, "upstreams": rows,
+              "load_average_before": load_before, "load_average_after": load_average()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"fp32 GEMM peak {peak['gflops']:.1f} GFLOP/s ({before['gflops']:.1f} before, {after['gflops']:.1f} after)")
+    print(f"{'upstream':55s} {'GMACs':>7s} {'forward':>9s} {'counted':>9s} {'share':>6s} {'fraction':>8s} "
+          f"{'ceiling':>8s}")
+    for label, row in rows.items():
+        print(f"{label[:55]:55s} {row['macs'] / 1e9 / args.batch:7.1f} {row['median_forward_s']:8.2f}s "
+              f"{row['counted_ops_s']:8.2f}s {row['counted_share']:6.2f} {row['fraction']:8.2f} {row['ceiling']:8.2f}")
+    print(f"load average before {load_before}, after {result['load_average_after']}; json: {args.output}")
+
+
+if __name__ == "__main__":
+    main()
