@@ -3,12 +3,14 @@ and checkpoints, and the subprocess launchers of our commands and s3prl's runner
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from types import ModuleType
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import soundfile
@@ -29,6 +31,19 @@ if TYPE_CHECKING:
 
 
 # --- processes ---------------------------------------------------------------------------------------------------------
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def import_benchmark(name: str) -> Iterator[ModuleType]:
+    """A fixture body: the script ``benchmarks/<name>.py`` imported as a module (benchmarks import their sibling
+    scripts by name, so the folder is on ``sys.path`` while the fixture lives, and taken off after)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
 
 def python_env(autoload: bool = True, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     env = dict(os.environ)

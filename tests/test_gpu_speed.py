@@ -6,26 +6,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-from helpers import run_python
+from helpers import BENCHMARKS, import_benchmark, run_python
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPT = BENCHMARKS / "gpu_speed.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_speed():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import gpu_speed
-
-        yield gpu_speed
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    yield from import_benchmark("gpu_speed")
 
 
 def positive(value) -> bool:

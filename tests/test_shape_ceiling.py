@@ -5,7 +5,6 @@ timing assertions: only that the figures are finite and positive."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,15 @@ import torch
 
 from s3prl_distill.profiler import UpstreamSpec, load_upstream, profile_waves
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers import import_benchmark
+
 BEFORE = Path(__file__).resolve().parent / "data" / "before_issue17"
 FAMILIES = ("distilhubert", "fithubert", "deepthin", "deepthin_fbank", "dphubert")
 
 
 @pytest.fixture(scope="module")
 def shape_ceiling():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import shape_ceiling
-
-        yield shape_ceiling
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    yield from import_benchmark("shape_ceiling")
 
 
 def upstream(family: str) -> torch.nn.Module:
