@@ -260,7 +260,9 @@ class StudentPlan:
                       for key, (_, _, config, _) in self.students.items()}
         self.shapes = {"reference_parameters": self.reference, "fithubert_width": fit_width,
                        "deepthin_width": thin_width, "target_sparsity": sparsity,
-                       "unpruned_parameters": unpruned, "backbone_parameters_before_training": self.sizes}
+                       # a copy: train_students replaces the pruned rows' entries of self.sizes by the pruned sizes,
+                       # and these planned sizes must stay what every part of a run agrees on (bench-merge checks)
+                       "unpruned_parameters": unpruned, "backbone_parameters_before_training": dict(self.sizes)}
 
 
 def skill_groups_stage(stage: Path, teacher: Path, libri: Path, settings: BenchSettings, device: str) -> Path:

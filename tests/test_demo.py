@@ -168,6 +168,12 @@ def test_bench_every_row_on_the_demo_teacher(tiny_demo, tmp_path):
     assert [row["key"] for row in protocol["rows"]] == ["teacher", "random_teacher", "fbank"]
     assert protocol["rows"][0]["tasks"] == bench["rows"][0]["tasks"]  # the same cached experiments
     assert protocol["protocol"]["margins"] == bench["protocol"]["margins"]
+    # The planned sizes do not depend on which rows ran: pruning in the first run must not rewrite them (bench-merge
+    # refuses parts whose sizes differ), while the pruned rows report their pruned size.
+    assert protocol["sizes"] == bench["sizes"]
+    planned = bench["sizes"]["backbone_parameters_before_training"]
+    assert planned["dphubert"] == planned["skill"] == bench["sizes"]["unpruned_parameters"]
+    assert by_key["dphubert"]["backbone_parameters"] < planned["dphubert"]
     assert student.stat().st_mtime_ns == stamp and "distill:" not in third.stderr
     assert "Rows chosen with `--rows`: 3 of the bench's 12" in (workdir / "results.md").read_text()
     wrong = run_python(command + ["--rows", "teacher", "tacher"], timeout=120)
