@@ -187,6 +187,8 @@ def test_a_run_made_in_parts_merges_into_one_table_only_when_data_teacher_and_se
     assert [part["name"] for part in merged["parts"]] == ["students", "protocol"]
     report = paths["markdown"].read_text()
     assert "Made in 2 parts" in report
+    # no ASR among these rows: the report says ASR was not measured, not that it failed to learn
+    assert merged["protocol"]["asr_learns"] is None and "): not measured (no teacher ASR values)." in report
     # each part timed its rows on its own machine: the note names both, not only the first part's
     assert "`CPU time / teacher`: m. Measured per part: students on machine of students; protocol on machine of " \
            "protocol." in report
