@@ -31,16 +31,16 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from inference_ratio import write_paper_checkpoints
-from s3prl_distill.profiler import (UpstreamSpec, count_macs, extra_flop_formulas, gemm_peak, load_upstream,
-                                    peak_rates, profile_waves)
-from s3prl_distill.profiling import load_average, upstream_features
+from s3prl_distill.profiler import (UpstreamSpec, count_macs, extra_flop_formulas, fraction_of_peak, gemm_peak,
+                                    load_upstream, peak_rates, profile_waves)
+from s3prl_distill.profiling import forward_time_samples, load_average, upstream_features
 
 logger = logging.getLogger("shape_ceiling")
 
@@ -93,16 +93,6 @@ def frozen(value: Any) -> Any:
     return value
 
 
-def call_flops(call: Call, generator: torch.Generator) -> int:
-    """FLOPs FlopCounterMode counts for one call."""
-    func, args, kwargs = call
-    operands = materialise(args, generator)
-    keywords = {key: materialise(value, generator) for key, value in kwargs}
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
-        func(*operands, **keywords)
-    return counter.get_total_flops()
-
-
 def materialise(value: Any, generator: torch.Generator) -> Any:
     """The inverse of :func:`frozen`: fresh tensors in place of layouts (random values), lists in place of tuples."""
     if isinstance(value, TensorLayout):
@@ -112,19 +102,21 @@ def materialise(value: Any, generator: torch.Generator) -> Any:
     return value
 
 
-def time_call(call: Call, repeats: int, generator: torch.Generator) -> float:
-    """Median seconds of the call alone on fresh operands of the recorded layouts, after one warm-up call."""
+def replay(call: Call, repeats: int, generator: torch.Generator) -> Tuple[float, int]:
+    """The call alone on fresh operands of the recorded layouts: median seconds of ``repeats`` calls after one
+    warm-up call, and the FLOPs FlopCounterMode counts for it."""
     func, args, kwargs = call
     operands = materialise(args, generator)
     keywords = {key: materialise(value, generator) for key, value in kwargs}
     samples = []
     with torch.no_grad():
-        func(*operands, **keywords)
+        with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
+            func(*operands, **keywords)  # the warm-up call, counted
         for _ in range(repeats):
             start = time.perf_counter()
             func(*operands, **keywords)
             samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return statistics.median(samples), counter.get_total_flops()
 
 
 def describe(call: Call) -> str:
@@ -133,39 +125,40 @@ def describe(call: Call) -> str:
     return f"{func.overloadpacket.__name__} {shapes}"
 
 
-def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int, peak_flops: Callable[[], float],
-            top: int = 8) -> Dict[str, Any]:
-    """Forward time, counted ops alone, and the two fractions of peak for one upstream (see the module docstring)."""
+def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int, top: int = 8) -> Dict[str, Any]:
+    """Forward time and the counted ops' time alone for one upstream (see the module docstring); the fractions of
+    peak are added by :func:`with_fractions` once the run's peak is known."""
     generator = torch.Generator().manual_seed(0)
     upstream.eval()
     recorder = CountedOps()
-    with torch.no_grad():
-        upstream_features(upstream, wavs)  # warm-up
-        with recorder:
-            upstream_features(upstream, wavs)
-        forward = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            upstream_features(upstream, wavs)
-            forward.append(time.perf_counter() - start)
+    with torch.no_grad(), recorder:
+        upstream_features(upstream, wavs)
+    forward = forward_time_samples({"upstream": upstream}, wavs, repeats, warmup=1)["upstream"]
     macs, _ = count_macs(upstream, wavs)
     rows = []
     for call, count in recorder.calls.items():
-        seconds = time_call(call, repeats, generator)
-        flops = call_flops(call, generator)
+        seconds, flops = replay(call, repeats, generator)
         rows.append({"op": describe(call), "calls": count, "seconds_each": seconds, "flops_each": flops})
-    replay_flops = sum(row["flops_each"] * row["calls"] for row in rows)
     counted_s = sum(row["seconds_each"] * row["calls"] for row in rows)
-    latency = statistics.median(forward)
-    peak = peak_flops()
     for row in rows:
-        row["fraction_of_peak"] = row["flops_each"] / row["seconds_each"] / peak if row["seconds_each"] > 0 else None
         row["share_of_counted_time"] = row["seconds_each"] * row["calls"] / counted_s
     rows.sort(key=lambda row: row["share_of_counted_time"], reverse=True)
-    return {"macs": macs, "replayed_flops": replay_flops, "forward_s": forward, "median_forward_s": latency,
-            "counted_ops_s": counted_s, "counted_share": counted_s / latency,
-            "fraction": 2 * macs / latency / peak, "ceiling": 2 * macs / counted_s / peak,
-            "distinct_calls": len(rows), "calls": sum(row["calls"] for row in rows), "top_ops": rows[:top]}
+    latency = statistics.median(forward)
+    return {"macs": macs, "replayed_flops": sum(row["flops_each"] * row["calls"] for row in rows),
+            "forward_s": forward, "median_forward_s": latency, "counted_ops_s": counted_s,
+            "counted_share": counted_s / latency, "distinct_calls": len(rows),
+            "calls": sum(row["calls"] for row in rows), "top_ops": rows[:top]}
+
+
+def with_fractions(row: Dict[str, Any], peak_gflops: float) -> Dict[str, Any]:
+    """``row`` from :func:`measure` with its fractions of an fp32 GEMM rate: ``fraction`` (counted FLOPs over the
+    forward's time), ``ceiling`` (over the counted ops' time alone) and each top op's own."""
+    row["fraction"] = fraction_of_peak(row["macs"], row["median_forward_s"], peak_gflops)
+    row["ceiling"] = fraction_of_peak(row["macs"], row["counted_ops_s"], peak_gflops)
+    for op in row["top_ops"]:
+        op["fraction_of_peak"] = (fraction_of_peak(op["flops_each"] / 2, op["seconds_each"], peak_gflops)
+                                  if op["seconds_each"] > 0 else None)
+    return row
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -195,18 +188,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         for label, (entry, path) in checkpoints.items():
             logger.info("%s", label)
             upstream = load_upstream(UpstreamSpec(entry, str(path), label=label))
-            # Each row's own denominator is the peak measured before any upstream; the summary uses both runs'.
-            rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats, lambda: before["gflops"] * 1e9)}
+            rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats)}
             del upstream
     after = gemm_peak(torch.float32, args.threads, args.peak_seconds)
-    peak = peak_rates(before, after)
-    for row in rows.values():  # both fractions over the run's peak (median of the calls before and after)
-        scale = before["gflops"] / peak["gflops"]
-        row["fraction"] *= scale
-        row["ceiling"] *= scale
-        for op in row["top_ops"]:
-            if op["fraction_of_peak"] is not None:
-                op["fraction_of_peak"] *= scale
+    peak = peak_rates(before, after)  # the median of the GEMM calls before and after the upstreams
+    for row in rows.values():
+        with_fractions(row, peak["gflops"])
     result = {"benchmark": "shape_ceiling", "seconds": args.seconds, "batch": args.batch, "threads": args.threads,
               "repeats": args.repeats, "torch": torch.__version__, "peak_fp32": peak, "upstreams": rows,
               "load_average_before": load_before, "load_average_after": load_average()}

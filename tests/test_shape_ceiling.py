@@ -30,7 +30,7 @@ def upstream(family: str) -> torch.nn.Module:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_replay_covers_exactly_the_counted_ops(shape_ceiling, family):
     wavs = profile_waves(0.5, 2, torch.device("cpu"))
-    row = shape_ceiling.measure(upstream(family), wavs, repeats=1, peak_flops=lambda: 1e10)
+    row = shape_ceiling.with_fractions(shape_ceiling.measure(upstream(family), wavs, repeats=1), peak_gflops=10.0)
     # Every op FlopCounterMode counts in the forward was recorded, with its multiplicity, and nothing else.
     assert row["replayed_flops"] == 2 * row["macs"] > 0
     assert row["calls"] >= row["distinct_calls"] >= 1
@@ -75,8 +75,9 @@ def test_operands_are_replayed_in_their_recorded_layout(shape_ceiling):
         torch.nn.functional.linear(torch.randn(3, 4), weight, torch.randn(6))
     (call, count), = recorder.calls.items()
     assert count == 1 and call[0].overloadpacket is torch.ops.aten.addmm
-    assert shape_ceiling.call_flops(call, generator) == 2 * 3 * 4 * 6
-    assert shape_ceiling.time_call(call, 2, generator) > 0
+    seconds, flops = shape_ceiling.replay(call, 2, generator)
+    assert flops == 2 * 3 * 4 * 6
+    assert seconds > 0
 
 
 @pytest.mark.parametrize("argv, message", [
