@@ -15,7 +15,8 @@ from s3prl_distill.formats.native import export_student
 from s3prl_distill.model.attention import SelfAttention
 from s3prl_distill.model.encoder import TimeReduction
 from s3prl_distill.model.fbank import FbankFrontEnd, fbank_frames
-from s3prl_distill.model.feature_extractor import ConvLayerBlock
+from s3prl_distill.model import feature_extractor
+from s3prl_distill.model.feature_extractor import ConvFeatureExtractor, ConvLayerBlock
 from s3prl_distill.profiler import UpstreamSpec, count_macs, load_upstream, profile_upstreams, profile_waves
 
 from test_pruned_blocks import official_with_removed_blocks
@@ -28,16 +29,28 @@ SAMPLES = int(SECONDS * 16000)
 def independent_macs(upstream: torch.nn.Module, wav: torch.Tensor) -> int:
     """MACs of one forward on ``wav`` from module shapes, without torch's counter: every conv layer of the CNN from
     its config (our CNN runs some as a GEMM, not through its Conv1d; so does FitHuBERT's time reduction), every other Conv1d / ConvTranspose1d / Linear
-    from its input and output, attention as q @ k^T plus scores @ v, and the fbank's mel filterbank product."""
+    from its input and output, attention as q @ k^T plus scores @ v, the fbank's mel filterbank product, and in
+    inference the first CNN layer's group-norm statistics from its input windows."""
     total = 0
     counted_by_block: set = set()
     hooks = []
 
     def conv_layer(block: ConvLayerBlock, inputs, output) -> None:
-        nonlocal total
+        nonlocal total  # called once per piece of time in inference (ConvFeatureExtractor.stream): pieces add up
         conv = block.conv
         features = output[0]
         total += features.shape[0] * features.shape[-1] * conv.out_channels * conv.in_channels * conv.kernel_size[0]
+
+    def first_layer_statistics(extractor: ConvFeatureExtractor, inputs, output) -> None:
+        nonlocal total  # a streamed CNN computes the first layer's group-norm statistics from its input windows:
+        first = extractor.conv_layers[0]  # k x k covariance per frame, then w . mu and w^T Sigma w per channel
+        if first.norm_type != "group_norm" or \
+                extractor._largest_output_bytes(inputs[0]) <= feature_extractor.STREAM_ABOVE_BYTES:
+            return
+        batch, samples = inputs[0].shape
+        k, channels = first.kernel_size, first.conv.out_channels
+        frames = (samples - k) // first.stride + 1
+        total += batch * (k * k * frames + k * channels + channels * k * k)
 
     def time_reduction(block: TimeReduction, inputs, output) -> None:
         nonlocal total  # a strided conv run as one GEMM, so its Conv1d is never called: counted from its output
@@ -69,7 +82,9 @@ def independent_macs(upstream: torch.nn.Module, wav: torch.Tensor) -> int:
         total += frames * 257 * module.num_mel_bins  # power spectrum (512-point window: 257 bins) @ mel banks
 
     for module in upstream.modules():
-        if isinstance(module, ConvLayerBlock):
+        if isinstance(module, ConvFeatureExtractor):
+            hooks.append(module.register_forward_hook(first_layer_statistics))
+        elif isinstance(module, ConvLayerBlock):
             counted_by_block.add(module.conv)
             hooks.append(module.register_forward_hook(conv_layer))
         elif isinstance(module, TimeReduction):
@@ -118,7 +133,10 @@ def family_specs(tmp_path_factory) -> List[UpstreamSpec]:
     return specs
 
 
-def test_every_family_is_profiled_with_macs_of_an_independent_count(family_specs):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_every_family_is_profiled_with_macs_of_an_independent_count(family_specs, streamed, monkeypatch):
+    if streamed:  # 1 s would run the CNN whole: make every inference CNN run in pieces, as long inputs do
+        monkeypatch.setattr(feature_extractor, "STREAM_ABOVE_BYTES", 0)
     names = {spec.name for spec in family_specs}
     assert names == {"distilhubert_local", "fithubert_local", "deepthin_local", "deepthin_fbank_local",
                      "shallowwide_local", "dphubert_local", "skill_local", "student_local"}

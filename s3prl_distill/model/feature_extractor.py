@@ -14,6 +14,15 @@ from .config import ConvLayerSpec
 from .gates import HardConcreteGate
 from .lengths import conv_output_lengths, lengths_to_padding_mask
 
+# Inference runs the CNN over pieces of time (ConvFeatureExtractor.stream) when the whole batch would make a layer
+# output larger than glibc's largest mmap threshold (32 MiB: every larger block is a fresh mapping, paged in on each
+# forward); smaller batches are as fast or faster whole. Pieces are sized so that their widest layer output is about
+# STREAM_CHUNK_BYTES: on a 2-core EPYC (4 x 10 s, 512 channels) 8 MB pieces ran the CNN in 0.83x the whole-batch
+# time, 16-32 MB ones in more than 1x, and pieces shorter than the minimum pay more per-call overhead.
+STREAM_ABOVE_BYTES = 32 * 2**20
+STREAM_CHUNK_BYTES = 8 * 2**20
+STREAM_MIN_CHUNK_FRAMES = 512
+
 
 def _masked_instance_norm(x: Tensor, lengths: Optional[Tensor], weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """GroupNorm with one group per channel, whose statistics use only the valid frames of each utterance.
@@ -29,9 +38,10 @@ def _masked_instance_norm(x: Tensor, lengths: Optional[Tensor], weight: Tensor, 
 def _masked_instance_norm_fp32(x: Tensor, lengths: Optional[Tensor], weight: Tensor, bias: Tensor,
                                eps: float) -> Tensor:
     dtype = x.dtype
-    x = x.float()
+    compute = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for a float64 model
+    x = x.to(compute)
     if lengths is None:
-        y = F.group_norm(x, x.shape[1], weight.float(), bias.float(), eps)
+        y = F.group_norm(x, x.shape[1], weight.to(compute), bias.to(compute), eps)
         return y.to(dtype)
     # Masked sums as batched matrix-vector products rather than masked copies of x; two passes (mean, then the
     # centred second moment) keep the variance exact when the mean is large. This layer sees 512 channels at 3.2 ms
@@ -41,8 +51,34 @@ def _masked_instance_norm_fp32(x: Tensor, lengths: Optional[Tensor], weight: Ten
     mean = torch.bmm(x, valid) / count  # (B, C, 1)
     centred = x - mean
     variance = torch.bmm(centred.square(), valid) / count
-    scale = torch.rsqrt(variance + eps) * weight.float()[:, None]
-    return torch.addcmul(bias.float()[:, None], centred, scale).to(dtype)
+    scale = torch.rsqrt(variance + eps) * weight.to(compute)[:, None]
+    return torch.addcmul(bias.to(compute)[:, None], centred, scale).to(dtype)
+
+
+def first_layer_statistics(conv: nn.Conv1d, waveforms: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Mean and variance per (utterance, channel) over the valid output frames of the CNN's first convolution
+    (one input channel), found without computing its output: the conv is affine in its input windows, so
+    ``mean = w . mu + b`` and ``variance = w^T Sigma w``, with ``mu`` and ``Sigma`` the mean and covariance of the
+    ``kernel``-sample windows it reads. Float64 (a few kernel x kernel matrices), so the quadratic form loses nothing
+    to cancellation. ``lengths``: valid frames of that layer's output, None when all are valid."""
+    with torch.autocast(device_type=waveforms.device.type, enabled=False):
+        kernel, stride = conv.kernel_size[0], conv.stride[0]
+        windows = waveforms.double().unfold(-1, kernel, stride)  # (B, T, kernel), a view
+        frames = windows.shape[1]
+        if lengths is None:
+            valid = torch.ones(windows.shape[0], frames, 1, dtype=windows.dtype, device=windows.device)
+        else:
+            valid = (~lengths_to_padding_mask(lengths, frames)).to(windows.dtype).unsqueeze(-1)
+        count = valid.sum(1).clamp(min=1.0)  # (B, 1)
+        window_mean = (windows * valid).sum(1) / count  # (B, kernel)
+        centred = windows - window_mean[:, None]
+        covariance = torch.bmm(centred.transpose(1, 2), centred * valid) / count[..., None]  # (B, kernel, kernel)
+        weight = conv.weight.double().flatten(1)  # (C, kernel)
+        mean = window_mean @ weight.t()
+        if conv.bias is not None:
+            mean = mean + conv.bias.double()
+        variance = (torch.matmul(weight, covariance) * weight).sum(-1)  # (B, C): w_c^T Sigma w_c per channel
+        return mean, variance
 
 
 class ConvLayerBlock(nn.Module):
@@ -89,12 +125,21 @@ class ConvLayerBlock(nn.Module):
         y = torch.bmm(weight.expand(x.shape[0], *weight.shape), windows)  # (B, C_out, frames), contiguous
         return y if self.conv.bias is None else y + self.conv.bias[:, None]
 
-    def forward(self, x: Tensor, lengths: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-        """``x``: (batch, channels, time) -> same layout; ``lengths`` in time steps."""
+    def forward(self, x: Tensor, lengths: Optional[Tensor],
+                statistics: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """``x``: (batch, channels, time) -> same layout; ``lengths`` in time steps. ``statistics``: the group norm's
+        (mean, variance) per (batch, channel), given when ``x`` is only a piece of the utterance they describe."""
         x = self.dropout(self._convolve(x))
         if lengths is not None:
             lengths = conv_output_lengths(lengths, self.kernel_size, self.stride)
-        if self.norm_type == "group_norm":
+        if self.norm_type == "group_norm" and statistics is not None:
+            mean, variance = statistics
+            with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 at least, as in the branch below
+                scale = torch.rsqrt(variance + self.norm.eps) * self.norm.weight.double()
+                shift = self.norm.bias.double() - mean * scale
+                compute = torch.promote_types(x.dtype, torch.float32)
+                x = torch.addcmul(shift.to(compute)[..., None], x.to(compute), scale.to(compute)[..., None]).to(x.dtype)
+        elif self.norm_type == "group_norm":
             x = _masked_instance_norm(x, lengths, self.norm.weight, self.norm.bias, self.norm.eps)
         elif self.norm_type == "layer_norm":
             # fp32 like fairseq's Fp32LayerNorm; per frame, so padding cannot leak in.
@@ -154,7 +199,27 @@ class ConvFeatureExtractor(nn.Module):
         return lengths
 
     def forward(self, waveforms: Tensor, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        """``waveforms``: (batch, samples) -> features (batch, frames, channels), frame lengths."""
+        """``waveforms``: (batch, samples) -> features (batch, frames, channels), frame lengths.
+
+        On CPU in eval mode without autograd (inference, SUPERB with a frozen upstream), when the whole batch would
+        make a layer output of more than ``STREAM_ABOVE_BYTES``, the stack runs over pieces of time (:meth:`stream`);
+        otherwise over the whole batch at once, layer by layer (:meth:`whole`). Not on CUDA: its caching allocator
+        never maps memory afresh, and pieces would multiply the kernel launches."""
+        if not self.training and not torch.is_grad_enabled() and waveforms.device.type == "cpu" and \
+                self._largest_output_bytes(waveforms) > STREAM_ABOVE_BYTES:
+            return self.stream(waveforms, lengths, self._chunk_frames(waveforms))
+        return self.whole(waveforms, lengths)
+
+    def _largest_output_bytes(self, waveforms: Tensor) -> int:
+        """Bytes of the largest layer output :meth:`whole` would allocate for ``waveforms``."""
+        frames, largest = waveforms.shape[-1], 0
+        for block in self.conv_layers:
+            frames = max(0, (frames - block.kernel_size) // block.stride + 1)
+            largest = max(largest, frames * block.conv.out_channels)
+        return waveforms.shape[0] * largest * waveforms.element_size()
+
+    def whole(self, waveforms: Tensor, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """The forward over the whole batch, one layer at a time (training, and any use of autograd)."""
         x = waveforms.unsqueeze(1)
         for block in self.conv_layers:
             x, lengths = block(x, lengths)
@@ -162,3 +227,64 @@ class ConvFeatureExtractor(nn.Module):
         if self.output_scale is not None:
             x = x * self.output_scale.to(x.dtype)
         return x, lengths
+
+    def _chunk_frames(self, waveforms: Tensor) -> int:
+        """First-layer frames per piece: the widest layer's piece of the batch within ``STREAM_CHUNK_BYTES``."""
+        widest = max(block.conv.out_channels for block in self.conv_layers)
+        per_frame = waveforms.shape[0] * widest * waveforms.element_size()
+        return max(STREAM_MIN_CHUNK_FRAMES, STREAM_CHUNK_BYTES // per_frame)
+
+    def stream(self, waveforms: Tensor, lengths: Optional[Tensor], chunk_frames: int) -> Tuple[Tensor, Optional[Tensor]]:
+        """The forward computed ``chunk_frames`` first-layer frames at a time, every layer keeping the input frames
+        its next output frame still needs (``kernel - stride`` of them, or fewer): the same outputs (to float
+        rounding) and the same multiply-accumulates as :meth:`whole`, none repeated, plus the group norm's
+        statistics (``kernel``-squared per first-layer frame, against ``kernel`` x channels for the layer itself).
+
+        Why: the whole-batch forward writes each layer's output for the whole utterance before the next layer reads
+        it; at the first layers those are 100+ MB tensors, which the allocator maps fresh (and the kernel zero-fills
+        page by page) on every forward and which the next layer reads back from memory. Pieces of a few MB stay in
+        the allocator's pool and in cache. The first layer's group norm needs statistics over whole utterances,
+        which :func:`first_layer_statistics` gets from the waveform. Only for inference: pieces would break
+        dropout's and the pruning gates' per-forward sampling, and save nothing when autograd keeps every output."""
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be positive, got {chunk_frames}")
+        if self.training:
+            raise RuntimeError("ConvFeatureExtractor.stream is for inference: call eval() first (in training, "
+                               "dropout and the pruning gates sample once per forward, not once per piece)")
+        blocks = list(self.conv_layers)
+        first = blocks[0]
+        batch, samples = waveforms.shape
+        first_frames = max(0, (samples - first.kernel_size) // first.stride + 1)
+        total = first_frames
+        for block in blocks[1:]:
+            total = max(0, (total - block.kernel_size) // block.stride + 1)
+        if total == 0:
+            raise ValueError(f"waveforms of {samples} samples are shorter than the CNN's receptive field "
+                             f"({self.receptive_field} samples)")
+        statistics = None
+        if first.norm_type == "group_norm":
+            first_lengths = None if lengths is None else conv_output_lengths(lengths, first.kernel_size, first.stride)
+            statistics = first_layer_statistics(first.conv, waveforms, first_lengths)
+        pieces: List[Tensor] = []  # the last layer's output, (B, C, frames) each, in order
+        pending: List[Optional[Tensor]] = [None] * len(blocks)  # per layer: its input frames not consumed yet
+        for start in range(0, first_frames, chunk_frames):
+            end = samples if start + chunk_frames >= first_frames else (start + chunk_frames) * first.stride
+            x: Optional[Tensor] = waveforms[:, None, start * first.stride: end]
+            for index, block in enumerate(blocks):
+                if pending[index] is not None:
+                    x = torch.cat([pending[index], x], dim=-1)
+                if x.shape[-1] < block.kernel_size:  # not one output frame yet: wait for the next piece
+                    pending[index], x = x, None
+                    break
+                # The whole of x goes in (a valid conv ignores the frames past its last window; a slice of them
+                # would be a strided view, which the conv copies first); what it did not consume waits.
+                consumed = ((x.shape[-1] - block.kernel_size) // block.stride + 1) * block.stride
+                pending[index] = x[..., consumed:] if consumed < x.shape[-1] else None
+                x = block(x, None, statistics if index == 0 else None)[0]
+            if x is not None:
+                pieces.append(x)
+        out = torch.cat([piece.transpose(1, 2) for piece in pieces], dim=1)  # (B, frames, C), contiguous
+        assert out.shape[1] == total, (out.shape, total)
+        if self.output_scale is not None:
+            out = out * self.output_scale.to(out.dtype)
+        return out, (None if lengths is None else self.output_lengths(lengths))

@@ -1,0 +1,140 @@
+"""What running the CNN over pieces of time gains in inference: each upstream with a CNN front end, its CNN streamed
+(the inference default) against the same CNN over the whole batch, in one run.
+
+Every family at its paper's size with random weights (:func:`inference_ratio.write_paper_checkpoints`, through its
+s3prl entry), batch 4 x 10 s, forwards under ``no_grad`` in eval mode. The whole-batch path is selected by putting
+only the CNN in train mode, which changes nothing else in it (checked: dropout 0, no pruning gates), and the two
+paths alternate round by round. Recorded per upstream: the median forward (reading ``hidden_states``) each way and
+their ratio, the CNN alone each way, and the largest difference between the two paths' hidden states.
+
+    python benchmarks/cnn_stream.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5] [--only fithubert_local]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List
+
+import torch
+
+from inference_ratio import write_paper_checkpoints
+from s3prl_distill.model import feature_extractor
+from s3prl_distill.model.feature_extractor import ConvFeatureExtractor
+from s3prl_distill.profiler import UpstreamSpec, load_upstream, profile_waves
+from s3prl_distill.profiling import load_average
+
+logger = logging.getLogger("cnn_stream")
+
+
+def the_cnn(upstream: torch.nn.Module) -> ConvFeatureExtractor:
+    found = [module for module in upstream.modules() if isinstance(module, ConvFeatureExtractor)]
+    if len(found) != 1:
+        raise ValueError(f"expected one ConvFeatureExtractor, found {len(found)}")
+    cnn = found[0]
+    if any(isinstance(module, torch.nn.Dropout) and module.p > 0 for module in cnn.modules()) or \
+            any(block.gate is not None for block in cnn.conv_layers):
+        raise ValueError("train mode would change this CNN's outputs (dropout or gates): no like-for-like path")
+    return cnn
+
+
+@contextmanager
+def whole_batch(cnn: ConvFeatureExtractor) -> Iterator[None]:
+    """The CNN alone in train mode: its whole-batch path, with the same arithmetic (dropout 0, no gates)."""
+    cnn.train()
+    try:
+        yield
+    finally:
+        cnn.eval()
+
+
+def alternate(runs: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, List[float]]:
+    """Seconds of each run, the runs interleaved round by round, after one untimed round."""
+    times: Dict[str, List[float]] = {name: [] for name in runs}
+    for round_index in range(repeats + 1):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int) -> dict:
+    cnn = the_cnn(upstream)
+    batch = torch.stack(wavs)
+
+    def forward() -> List[torch.Tensor]:
+        return upstream(wavs)["hidden_states"]
+
+    def forward_whole() -> List[torch.Tensor]:
+        with whole_batch(cnn):
+            return forward()
+
+    def cnn_whole() -> torch.Tensor:
+        with whole_batch(cnn):
+            return cnn(batch)[0]
+
+    with torch.no_grad():
+        difference = max((a - b).abs().max().item() for a, b in zip(forward(), forward_whole()))
+        times = alternate({"streamed": forward, "whole": forward_whole, "cnn_streamed": lambda: cnn(batch)[0],
+                           "cnn_whole": cnn_whole}, repeats)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        # Whether the default forward streams at this batch (else both timings are of the whole-batch path).
+        "streams_at_this_size": cnn._largest_output_bytes(batch) > feature_extractor.STREAM_ABOVE_BYTES,
+        "forward_s": {"streamed": medians["streamed"], "whole": medians["whole"]},
+        "ratio": medians["streamed"] / medians["whole"],
+        "cnn_s": {"streamed": medians["cnn_streamed"], "whole": medians["cnn_whole"]},
+        "cnn_ratio": medians["cnn_streamed"] / medians["cnn_whole"],
+        "cnn_share_whole": medians["cnn_whole"] / medians["whole"],
+        "max_abs_difference": difference,
+        "samples_s": times,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="+", help="entries to keep (e.g. fithubert_local); default: all with a CNN")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "cnn_stream.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    wavs = profile_waves(args.seconds, args.batch, torch.device("cpu"))
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        # Students only (the teacher is s3prl's code), and only those with a CNN front end.
+        checkpoints = write_paper_checkpoints(
+            Path(folder), pruned=True, keep=lambda label, entry: entry != "hubert_local" and "fbank" not in entry
+            and "distiller" not in entry and (not args.only or entry in args.only))
+        for label, (entry, path) in checkpoints.items():
+            logger.info("timing %s", label)
+            upstream = load_upstream(UpstreamSpec(entry, str(path), label=label)).eval()
+            rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats)}
+            logger.info("  streamed / whole: forward %.3f, CNN alone %.3f; max |difference| %.2e",
+                        rows[label]["ratio"], rows[label]["cnn_ratio"], rows[label]["max_abs_difference"])
+    result = {"benchmark": "cnn_stream", "seconds": args.seconds, "batch": args.batch, "threads": args.threads,
+              "repeats": args.repeats, "torch": torch.__version__, "upstreams": rows,
+              "load_average_before": load_before, "load_average_after": load_average()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'upstream':55s} {'whole s':>8s} {'streamed s':>10s} {'ratio':>6s} {'CNN ratio':>9s} {'max |diff|':>10s}")
+    for label, row in rows.items():
+        print(f"{label:55s} {row['forward_s']['whole']:8.3f} {row['forward_s']['streamed']:10.3f} "
+              f"{row['ratio']:6.3f} {row['cnn_ratio']:9.3f} {row['max_abs_difference']:10.2e}")
+    print(f"load average before {load_before}, after {result['load_average_after']}; json: {args.output}")
+
+
+if __name__ == "__main__":
+    main()
