@@ -166,3 +166,36 @@ def test_the_benchmark_refuses_a_cnn_that_train_mode_would_change(cnn_stream):
     gated = extractor("pruned", "group_norm", gates=True)
     with pytest.raises(ValueError, match="train mode would change"):
         cnn_stream.the_cnn(torch.nn.Sequential(gated))
+
+
+@pytest.mark.parametrize("kernel, weight_norm", [(16, True), (7, False)])
+def test_positional_convolution_on_cpu_equals_the_grouped_conv1d(kernel, weight_norm):
+    """The CPU path (a 2-D convolution over the frames-first input read as channels-last) gives what the module's own
+    Conv1d gives, forward and backward, for even kernels (one frame trimmed) and odd ones, with and without weight
+    norm; and its output comes back frames-first and contiguous."""
+    from s3prl_distill.model.encoder import ConvPositionalEmbedding
+
+    torch.manual_seed(0)
+    module = ConvPositionalEmbedding(32, kernel, 4, weight_norm)
+    with torch.no_grad():
+        module.conv.bias.normal_()
+    x = torch.randn(3, 50, 32, requires_grad=True)
+    y = module(x)
+    reference = module.conv(x.transpose(1, 2))
+    if kernel % 2 == 0:
+        reference = reference[..., :-1]
+    reference = torch.nn.functional.gelu(reference).transpose(1, 2)
+    assert y.shape == x.shape and y.is_contiguous()
+    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-6)
+    weights = [p for p in module.parameters()]
+    grads = torch.autograd.grad(y.square().sum(), [x, *weights])
+    reference_grads = torch.autograd.grad(reference.square().sum(), [x, *weights])
+    for ours, theirs in zip(grads, reference_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=5e-5)
+
+
+def test_the_benchmark_compares_the_positional_convolution_with_its_conv1d(cnn_stream):
+    row = cnn_stream.positional_conv(32, 40, 2, repeats=1)
+    assert row["width"] == 32 and row["frames"] == 40
+    assert 0 <= row["max_abs_difference"] < 1e-5 and row["ratio"] > 0
+    assert all(len(samples) == 1 for samples in row["samples_s"].values())

@@ -1,6 +1,6 @@
 """benchmarks/gpu_speed.py at toy sizes on the CPU (``--device cpu --quick``): every case runs through the production
 paths and the JSON holds a sane figure for each. No timing assertions: the figures are only checked to be finite,
-positive and, for MFU, at most 1."""
+positive and, for MFU, at most MFU_BOUND."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import pytest
 from helpers import BENCHMARKS, import_benchmark, run_python
 
 SCRIPT = BENCHMARKS / "gpu_speed.py"
+# MFU is over a *measured* GEMM peak, not the hardware's: on a CPU, products whose operands stay in cache have run at
+# 1.1x the large GEMM's rate (README, the shape-ceiling table), and a loaded machine can depress the peak measurement
+# more than a toy forward. So not "at most 1"; a bound that still catches a FLOP count off by a large factor.
+MFU_BOUND = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def test_quick_run_has_every_case_without_errors(quick_run, gpu_speed):
         for key in ("median_step_s", "utterances_per_s", "audio_seconds_per_s", "model_flops_per_step",
                     "achieved_flops_per_s"):
             assert positive(row[key]), (row["case"], key, row[key])
-        assert 0 < row["mfu"] <= 1, (row["case"], row["mfu"])
+        assert 0 < row["mfu"] <= MFU_BOUND, (row["case"], row["mfu"])
         assert row["memory"]["peak_bytes"] is None and row["memory"]["growth_bytes"] >= 0  # CPU: RSS growth only
         if row["teacher"] == "cache":
             assert positive(row["cache_build_s"]) and positive(row["cache_bytes"])
@@ -67,7 +71,7 @@ def test_quick_run_has_every_case_without_errors(quick_run, gpu_speed):
     for row in data["upstreams"]:
         assert "error" not in row, row["case"]
         assert positive(row["audio_seconds_per_s"]) and positive(row["model_flops_per_forward"]), row["case"]
-        assert 0 < row["mfu"] <= 1, (row["case"], row["mfu"])
+        assert 0 < row["mfu"] <= MFU_BOUND, (row["case"], row["mfu"])
         # On a CPU the forward returns when its work is done: the host time is the forward's own time.
         assert 0 < row["host_forward_s"] <= 10 * row["median_forward_s"], row["case"]
         assert row["device_kernels"] is None and row["ops"] > 10, row["case"]

@@ -13,7 +13,7 @@ from s3prl_distill.checkpoint import save_checkpoint
 from s3prl_distill.formats.dphubert import dphubert_state_dict, dphubert_student_config
 from s3prl_distill.formats.native import export_student
 from s3prl_distill.model.attention import SelfAttention
-from s3prl_distill.model.encoder import TimeReduction
+from s3prl_distill.model.encoder import ConvPositionalEmbedding, TimeReduction
 from s3prl_distill.model.fbank import FbankFrontEnd, fbank_frames
 from s3prl_distill.model import feature_extractor
 from s3prl_distill.model.feature_extractor import ConvFeatureExtractor, ConvLayerBlock
@@ -81,8 +81,17 @@ def independent_macs(upstream: torch.nn.Module, wav: torch.Tensor) -> int:
         frames = int(fbank_frames(torch.tensor([inputs[0].shape[-1]]))[0])
         total += frames * 257 * module.num_mel_bins  # power spectrum (512-point window: 257 bins) @ mel banks
 
+    def positional(module: ConvPositionalEmbedding, inputs, output) -> None:
+        nonlocal total  # on CPU a 2-D convolution, so its Conv1d is never called: counted from its output
+        conv = module.conv
+        batch, frames, channels = output.shape  # before the even kernel's extra frame was trimmed
+        total += batch * (frames + module.trim) * channels * conv.in_channels // conv.groups * conv.kernel_size[0]
+
     for module in upstream.modules():
-        if isinstance(module, ConvFeatureExtractor):
+        if isinstance(module, ConvPositionalEmbedding):
+            counted_by_block.add(module.conv)
+            hooks.append(module.register_forward_hook(positional))
+        elif isinstance(module, ConvFeatureExtractor):
             hooks.append(module.register_forward_hook(first_layer_statistics))
         elif isinstance(module, ConvLayerBlock):
             counted_by_block.add(module.conv)

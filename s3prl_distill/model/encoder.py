@@ -40,6 +40,13 @@ class ConvPositionalEmbedding(nn.Module):
             # (TF32 where allowed) under autocast, its output float32 like autocast's LayerNorm's.
             with torch.autocast("cuda", enabled=False):
                 y = self.conv(x.transpose(1, 2).float())
+        elif x.device.type == "cpu":
+            # On CPU, oneDNN runs this grouped convolution about twice as fast as a 2-D one over (B, C, 1, T) in
+            # channels-last memory, which is what the frames-first x already is (no copy in, and the output comes
+            # back frames-first): 193 -> 91 ms for 768 channels, 71 -> 38 ms for 480 (4 x 10 s, 2-core EPYC).
+            weight = self.conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            y = F.conv2d(x.transpose(1, 2).unsqueeze(2), weight, self.conv.bias, padding=(0, self.conv.padding[0]),
+                         groups=self.conv.groups).squeeze(2)
         else:
             y = self.conv(x.transpose(1, 2))
         if self.trim:
