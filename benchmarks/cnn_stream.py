@@ -16,7 +16,6 @@ Conv1d, the way it ran before, alternating, with the largest difference between 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -29,7 +28,7 @@ from typing import Callable, Dict, Iterator, List
 import torch
 import torch.nn.functional as F
 
-from inference_ratio import write_paper_checkpoints
+from inference_ratio import paper_size_parser, write_paper_checkpoints
 from s3prl_distill.model import feature_extractor
 from s3prl_distill.model.encoder import ConvPositionalEmbedding
 from s3prl_distill.model.feature_extractor import ConvFeatureExtractor
@@ -124,13 +123,8 @@ def positional_conv(width: int, frames: int, batch: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="+", help="entries to keep (e.g. fithubert_local); default: all with a CNN")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "cnn_stream.json")
+    parser = paper_size_parser(__doc__.splitlines()[0], Path(__file__).parent / "results" / "cnn_stream.json",
+                               "default: all with a CNN")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)

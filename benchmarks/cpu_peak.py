@@ -12,7 +12,6 @@ The bf16 GEMM rate is recorded too where the CPU has native bf16 matrix instruct
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
@@ -20,21 +19,15 @@ from pathlib import Path
 
 import torch
 
-from inference_ratio import write_paper_checkpoints
+from inference_ratio import paper_size_parser, write_paper_checkpoints
 from s3prl_distill.profiler import UpstreamSpec, bf16_gemm_supported, format_table, gemm_peak, profile_upstreams
 from s3prl_distill.profiling import load_average
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = paper_size_parser(__doc__.splitlines()[0], Path(__file__).parent / "results" / "cpu_peak.json")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--peak-seconds", type=float, default=5.0, help="GEMM seconds before and after the forwards")
-    parser.add_argument("--only", nargs="+", help="entries to keep (e.g. fithubert_local); default: all")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "cpu_peak.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     load_before = load_average()

@@ -101,6 +101,20 @@ def write_paper_checkpoints(folder: Path, pruned: bool = False,
     return checkpoints
 
 
+def paper_size_parser(description: str, output: Path, only_help: str = "default: all") -> argparse.ArgumentParser:
+    """The options of the scripts that time the upstreams of :func:`write_paper_checkpoints` one thread count at a
+    time (``cpu_peak``, ``shape_ceiling``, ``cnn_stream``): audio length, batch, threads, repeats, the entries to
+    keep and the JSON to write."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="+", help=f"entries to keep (e.g. fithubert_local); {only_help}")
+    parser.add_argument("--output", type=Path, default=output)
+    return parser
+
+
 PRUNED_NAMES = {"dphubert": "DPHuBERT-sized pruned student", "skill": "SKILL-sized pruned student"}
 
 # Per-layer widths after pruning HuBERT Base (head width 64), shaped like the published students (~24 M parameters,

@@ -23,7 +23,6 @@ other shapes would. The GEMM peak is measured before and after, as in ``cpu_peak
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -37,7 +36,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from inference_ratio import write_paper_checkpoints
+from inference_ratio import paper_size_parser, write_paper_checkpoints
 from s3prl_distill.profiler import (UpstreamSpec, count_macs, extra_flop_formulas, fraction_of_peak, gemm_peak,
                                     load_upstream, peak_rates, profile_waves)
 from s3prl_distill.profiling import forward_time_samples, load_average, upstream_features
@@ -162,14 +161,8 @@ def with_fractions(row: Dict[str, Any], peak_gflops: float) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = paper_size_parser(__doc__.splitlines()[0], Path(__file__).parent / "results" / "shape_ceiling.json")
     parser.add_argument("--peak-seconds", type=float, default=5.0, help="GEMM seconds before and after the upstreams")
-    parser.add_argument("--only", nargs="+", help="entries to keep (e.g. fithubert_local); default: all")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "shape_ceiling.json")
     args = parser.parse_args(argv)
     for name in ("seconds", "batch", "threads", "repeats", "peak_seconds"):
         if getattr(args, name) <= 0:
