@@ -33,7 +33,7 @@ from s3prl_distill.model import feature_extractor
 from s3prl_distill.model.encoder import ConvPositionalEmbedding
 from s3prl_distill.model.feature_extractor import ConvFeatureExtractor
 from s3prl_distill.profiler import UpstreamSpec, load_upstream, profile_waves
-from s3prl_distill.profiling import load_average
+from s3prl_distill.profiling import load_average, rotated
 
 logger = logging.getLogger("cnn_stream")
 
@@ -60,12 +60,13 @@ def whole_batch(cnn: ConvFeatureExtractor) -> Iterator[None]:
 
 
 def alternate(runs: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, List[float]]:
-    """Seconds of each run, the runs interleaved round by round, after one untimed round."""
+    """Seconds of each run, the runs interleaved round by round (each round in a rotated order, so no run always
+    follows the same one), after one untimed round."""
     times: Dict[str, List[float]] = {name: [] for name in runs}
     for round_index in range(repeats + 1):
-        for name, run in runs.items():
+        for name in rotated(list(runs), round_index):
             start = time.perf_counter()
-            run()
+            runs[name]()
             if round_index:
                 times[name].append(time.perf_counter() - start)
     return times

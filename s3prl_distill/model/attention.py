@@ -4,7 +4,7 @@ relative position bias, and ARMHuBERT's attention-map reuse."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,45 @@ from torch import Tensor, nn
 
 from .config import RelativePositionConfig
 from .gates import HardConcreteGate
+
+# Explicit attention (ARMHuBERT's map-providing and map-reusing layers; the fused kernel keeps no map) writes
+# (batch, heads, frames, frames) scores, probabilities and reused weights: 48 MB each at 4 x 10 s and 12 heads. glibc
+# maps every block above 32 MiB afresh and the kernel zero-fills it page by page on first touch, so each such tensor
+# cost more than its softmax (2-core EPYC: a 48 MB softmax took 21 ms into a fresh tensor, 3.8 ms into memory already
+# mapped). Inference on CPU therefore computes it over blocks of (utterance, heads, query rows) whose scores stay
+# within ATTENTION_BLOCK_BYTES (2-8 MB ran level there, 12-16 MB slower), when the whole batch's scores would exceed
+# ATTENTION_BLOCKS_ABOVE_BYTES; the map itself is written in place into one buffer per forward.
+ATTENTION_BLOCKS_ABOVE_BYTES = 32 * 2**20
+ATTENTION_BLOCK_BYTES = 4 * 2**20
+
+
+class AttentionBlock(NamedTuple):
+    """One block of explicit attention: an utterance, a range of heads and a range of query rows (all keys)."""
+
+    utterance: int
+    heads: slice
+    rows: slice
+
+
+def _balanced_ranges(total: int, most: int) -> List[slice]:
+    """``total`` split into the fewest ranges of at most ``most``, of (nearly) equal length."""
+    count = -(-total // max(1, most))
+    bounds = [index * total // count for index in range(count + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
+def attention_blocks(batch: int, heads: int, frames: int, element_size: int,
+                     block_bytes: int = ATTENTION_BLOCK_BYTES) -> List[AttentionBlock]:
+    """Blocks covering every (utterance, head, query row) once, each with (heads, rows, frames) scores of at most
+    ``block_bytes`` where one row allows it: whole heads while one head's map fits, else ranges of query rows."""
+    per_head = frames * frames * element_size
+    if per_head <= block_bytes:
+        head_ranges, row_ranges = _balanced_ranges(heads, block_bytes // per_head), [slice(0, frames)]
+    else:
+        head_ranges = _balanced_ranges(heads, 1)
+        row_ranges = _balanced_ranges(frames, block_bytes // (frames * element_size))
+    return [AttentionBlock(utterance, head_range, row_range)
+            for utterance in range(batch) for head_range in head_ranges for row_range in row_ranges]
 
 
 def relative_position_buckets(query_length: int, key_length: int, num_buckets: int, max_distance: int,
@@ -56,13 +95,31 @@ class AttentionMaps:
     def __init__(self) -> None:
         self.probabilities: Optional[Tensor] = None
 
+    def inference_buffer(self, like: Tensor, heads: int) -> Tensor:
+        """Where a layer computing its map in blocks (inference only) writes it: the stored map's memory when it has
+        the same shape, as the layers reusing it have run by then; one fresh mapping per forward, not one per layer."""
+        batch, frames, _ = like.shape
+        shape = (batch, heads, frames, frames)
+        stored = self.probabilities
+        if stored is not None and stored.shape == shape and stored.dtype == like.dtype \
+                and stored.device == like.device and not stored.requires_grad:
+            return stored
+        return like.new_empty(shape)
+
+    def whole(self) -> Tensor:
+        if self.probabilities is None:
+            raise ValueError("this layer reuses an earlier layer's attention map, but none was passed")
+        return self.probabilities
+
 
 def reused_attention_weights(probabilities: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
     """The weights a reusing layer attends with: the earlier layer's probabilities, used as logits of a second
-    softmax over the valid keys (ARMHuBERT's official layer does this; its released weights were trained so)."""
+    softmax over the valid keys (ARMHuBERT's official layer does this; its released weights were trained so).
+    ``padding_mask``: (batch, frames) for a whole map, or one utterance's (frames,) for a block of it."""
     logits = probabilities
     if padding_mask is not None:
-        logits = logits.masked_fill(padding_mask[:, None, None, :], float("-inf"))
+        key_mask = padding_mask[:, None, None, :] if padding_mask.dim() == 2 else padding_mask
+        logits = logits.masked_fill(key_mask, float("-inf"))
     return torch.softmax(logits, dim=-1)
 
 
@@ -73,7 +130,8 @@ class SelfAttention(nn.Module):
 
     Attention-map reuse: ``reuses_map`` makes a layer without query/key projections that attends with the map an
     earlier layer left in :class:`AttentionMaps`; ``provides_map`` makes a layer compute its attention explicitly
-    (not through the fused kernel) and leave its probabilities there."""
+    (not through the fused kernel) and leave its probabilities there. In CPU inference both compute it block by block
+    (:meth:`attend_in_blocks`) once the whole batch's map would be large."""
 
     def __init__(
         self,
@@ -146,8 +204,6 @@ class SelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if not self.provides_map:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-        if maps is None:
-            raise ValueError("this layer's attention map is reused by a later layer: pass an AttentionMaps")
         # Scaling q, not the (frames x frames) scores, saves a pass over the largest tensor (fairseq scales q too);
         # the scores are a fresh tensor, so the mask goes in in place.
         scores = torch.matmul(q * (self.head_dim ** -0.5), k.transpose(-1, -2))
@@ -158,8 +214,79 @@ class SelfAttention(nn.Module):
         maps.probabilities = probabilities
         return torch.matmul(F.dropout(probabilities, dropout, self.training), v)
 
+    def _attends_in_blocks(self, x: Tensor, position_bias: Optional[Tensor]) -> bool:
+        """Whether this forward computes its explicit attention block by block (see ATTENTION_BLOCK_BYTES): CPU
+        inference (eval mode, no autograd) of a layer that provides or reuses a map, when the whole batch's scores
+        would be a fresh mapping. Not on CUDA: its caching allocator never maps memory afresh."""
+        if not (self.provides_map or self.reuses_map) or self.training or torch.is_grad_enabled() \
+                or x.device.type != "cpu" or (position_bias is not None and self.position_heads):
+            return False
+        batch, frames, _ = x.shape
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        return batch * self.num_heads * frames * frames * dtype.itemsize > ATTENTION_BLOCKS_ABOVE_BYTES
+
+    def attend_in_blocks(self, x: Tensor, padding_mask: Optional[Tensor], maps: AttentionMaps,
+                         block_bytes: int = ATTENTION_BLOCK_BYTES) -> Tensor:
+        """The explicit attention (a map provided or reused) computed over :func:`attention_blocks`, each block's
+        heads read from and written to the projections' own (batch, frames, heads x head_dim) layout: the same
+        outputs as the whole-batch path (to float rounding), without any (batch, heads, frames, frames) tensor.
+        Returns (batch, frames, heads, head_dim)."""
+        batch, frames, _ = x.shape
+        shape = (frames, self.num_heads, self.head_dim)
+        v = self.v_proj(x)
+        out = v.new_empty(batch, *shape)
+
+        def heads_first(t: Tensor, block: AttentionBlock, rows: slice = slice(None)) -> Tensor:
+            return t[block.utterance].view(shape)[rows, block.heads].transpose(0, 1)  # (heads, rows, head_dim)
+
+        def attend(block: AttentionBlock, weights: Tensor) -> None:
+            torch.bmm(weights.to(v.dtype), heads_first(v, block), out=heads_first(out, block, block.rows))
+
+        def key_mask(block: AttentionBlock) -> Optional[Tensor]:
+            return None if padding_mask is None else padding_mask[block.utterance]
+
+        if self.reuses_map:
+            probabilities = maps.whole()
+            for block in attention_blocks(batch, self.num_heads, frames, probabilities.element_size(), block_bytes):
+                attend(block, reused_attention_weights(probabilities[block.utterance, block.heads, block.rows],
+                                                       key_mask(block)))
+            return out
+        q = self.q_proj(x) * (self.head_dim ** -0.5)
+        k = self.k_proj(x)
+        probabilities = maps.inference_buffer(q, self.num_heads)
+        for block in attention_blocks(batch, self.num_heads, frames, q.element_size(), block_bytes):
+            # scores, mask and softmax in place in the map's own block: a (heads, rows, frames) slice, contiguous
+            scores = probabilities[block.utterance, block.heads, block.rows]
+            torch.bmm(heads_first(q, block, block.rows), heads_first(k, block).transpose(1, 2), out=scores)
+            mask = key_mask(block)
+            if mask is not None:
+                scores.masked_fill_(mask, float("-inf"))
+            torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+            attend(block, scores)
+        maps.probabilities = probabilities
+        return out
+
     def forward(self, x: Tensor, padding_mask: Optional[Tensor], position_bias: Optional[Tensor] = None,
                 maps: Optional[AttentionMaps] = None) -> Tensor:
+        batch, frames, _ = x.shape
+        if (self.provides_map or self.reuses_map) and maps is None:
+            raise ValueError("this layer reuses an earlier layer's attention map, but none was passed"
+                             if self.reuses_map else
+                             "this layer's attention map is reused by a later layer: pass an AttentionMaps")
+        if self._attends_in_blocks(x, position_bias):
+            out = self.attend_in_blocks(x, padding_mask, maps, ATTENTION_BLOCK_BYTES)  # (B, T, heads, head_dim)
+        else:
+            out = self._attend_whole(x, padding_mask, position_bias, maps).transpose(1, 2)
+        if self.head_gate is not None:
+            out = out * self.head_gate()[None, None, :, None].to(out.dtype)
+        out = self.out_proj(out.reshape(batch, frames, self.num_heads * self.head_dim))
+        if self.layer_gate is not None:
+            out = out * self.layer_gate().to(out.dtype)
+        return out
+
+    def _attend_whole(self, x: Tensor, padding_mask: Optional[Tensor], position_bias: Optional[Tensor],
+                      maps: Optional[AttentionMaps]) -> Tensor:
+        """The attention over the whole batch at once: (batch, heads, frames, head_dim)."""
         batch, frames, _ = x.shape
 
         def split_heads(t: Tensor) -> Tensor:
@@ -167,20 +294,10 @@ class SelfAttention(nn.Module):
 
         v = split_heads(self.v_proj(x))
         if self.reuses_map:
-            if maps is None or maps.probabilities is None:
-                raise ValueError("this layer reuses an earlier layer's attention map, but none was passed")
-            out = torch.matmul(reused_attention_weights(maps.probabilities, padding_mask).to(v.dtype), v)
-        else:
-            q, k = split_heads(self.q_proj(x)), split_heads(self.k_proj(x))
-            attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
-            if position_bias is not None and self.position_heads:
-                bias = self._position_mask(x, position_bias).to(q.dtype)
-                attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
-            out = self._attend(q, k, v, attn_mask, maps)
-        if self.head_gate is not None:
-            out = out * self.head_gate()[None, :, None, None].to(out.dtype)
-        out = out.transpose(1, 2).reshape(batch, frames, self.num_heads * self.head_dim)
-        out = self.out_proj(out)
-        if self.layer_gate is not None:
-            out = out * self.layer_gate().to(out.dtype)
-        return out
+            return torch.matmul(reused_attention_weights(maps.whole(), padding_mask).to(v.dtype), v)
+        q, k = split_heads(self.q_proj(x)), split_heads(self.k_proj(x))
+        attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+        if position_bias is not None and self.position_heads:
+            bias = self._position_mask(x, position_bias).to(q.dtype)
+            attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
+        return self._attend(q, k, v, attn_mask, maps)

@@ -1,0 +1,141 @@
+"""What computing the explicit attention in blocks gains in inference: each upstream whose layers reuse attention
+maps (ARMHuBERT, ARMHuBERT-S), its forward with the blocked attention (the CPU inference default) against the same
+forward with the whole-batch attention, in one run.
+
+Every such family at its paper's size with random weights (:func:`inference_ratio.write_paper_checkpoints`, through
+its s3prl entry), batch 4 x 10 s, forwards under ``no_grad`` in eval mode. The whole-batch path is selected by
+raising ``attention.ATTENTION_BLOCKS_ABOVE_BYTES`` out of reach, which changes nothing else; the two paths alternate
+round by round (rotating which goes first). Recorded per upstream: the median forward (reading ``hidden_states``)
+each way, their ratio, and the largest difference between the two paths' hidden states.
+
+Also one map-providing and one map-reusing layer alone at each width the families use (480 and 432, 12 heads), on
+4 x 10 s of frames, both ways, alternating, with the largest difference between their outputs.
+
+    python benchmarks/attention_blocks.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List
+
+import torch
+
+from cnn_stream import alternate
+from inference_ratio import paper_size_parser, write_paper_checkpoints
+from s3prl_distill.model import attention
+from s3prl_distill.model.attention import AttentionMaps, SelfAttention
+from s3prl_distill.profiler import UpstreamSpec, load_upstream, profile_waves
+from s3prl_distill.profiling import load_average
+
+logger = logging.getLogger("attention_blocks")
+
+
+@contextmanager
+def whole_batch_attention() -> Iterator[None]:
+    """Every layer attends over the whole batch at once, as before blocks (the rest of the forward is unchanged)."""
+    saved = attention.ATTENTION_BLOCKS_ABOVE_BYTES
+    attention.ATTENTION_BLOCKS_ABOVE_BYTES = sys.maxsize
+    try:
+        yield
+    finally:
+        attention.ATTENTION_BLOCKS_ABOVE_BYTES = saved
+
+
+def explicit_layers(upstream: torch.nn.Module) -> List[SelfAttention]:
+    found = [module for module in upstream.modules()
+             if isinstance(module, SelfAttention) and (module.provides_map or module.reuses_map)]
+    if not found:
+        raise ValueError("no attention layer of this upstream provides or reuses a map: nothing is blocked")
+    return found
+
+
+def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int) -> dict:
+    layers = explicit_layers(upstream)
+
+    def forward() -> List[torch.Tensor]:
+        return upstream(wavs)["hidden_states"]
+
+    def forward_whole() -> List[torch.Tensor]:
+        with whole_batch_attention():
+            return forward()
+
+    with torch.no_grad():
+        difference = max((a - b).abs().max().item() for a, b in zip(forward(), forward_whole()))
+        times = alternate({"blocked": forward, "whole": forward_whole}, repeats)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {"explicit_layers": len(layers), "forward_s": medians, "ratio": medians["blocked"] / medians["whole"],
+            "max_abs_difference": difference, "samples_s": times}
+
+
+def layer_pair(width: int, heads: int, frames: int, batch: int, repeats: int) -> dict:
+    """A providing and a reusing layer on ``(batch, frames, width)`` (padding in one utterance), both ways."""
+    torch.manual_seed(0)
+    provider = SelfAttention(width, heads, width // heads, 0.0, provides_map=True).eval()
+    reuser = SelfAttention(width, heads, width // heads, 0.0, reuses_map=True).eval()
+    x = torch.randn(batch, frames, width)
+    padding = torch.zeros(batch, frames, dtype=torch.bool)
+    padding[-1, frames * 3 // 4:] = True
+
+    def pair() -> torch.Tensor:
+        maps = AttentionMaps()
+        return reuser(provider(x, padding, maps=maps), padding, maps=maps)
+
+    def pair_whole() -> torch.Tensor:
+        with whole_batch_attention():
+            return pair()
+
+    with torch.no_grad():
+        difference = (pair() - pair_whole()).abs().max().item()
+        times = alternate({"blocked": pair, "whole": pair_whole}, repeats)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {"width": width, "heads": heads, "frames": frames, "batch": batch, "seconds": medians,
+            "ratio": medians["blocked"] / medians["whole"], "max_abs_difference": difference, "samples_s": times}
+
+
+def main() -> None:
+    parser = paper_size_parser(__doc__.splitlines()[0], Path(__file__).parent / "results" / "attention_blocks.json",
+                               "default: armhubert_local")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    wavs = profile_waves(args.seconds, args.batch, torch.device("cpu"))
+    only = args.only or ["armhubert_local"]
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoints = write_paper_checkpoints(Path(folder), keep=lambda label, entry: entry in only)
+        for label, (entry, path) in checkpoints.items():
+            logger.info("timing %s", label)
+            upstream = load_upstream(UpstreamSpec(entry, str(path), label=label)).eval()
+            rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats)}
+            logger.info("  blocked / whole: forward %.3f; max |difference| %.2e", rows[label]["ratio"],
+                        rows[label]["max_abs_difference"])
+    frames = (int(args.seconds * 16000) - 400) // 320 + 1  # the encoder's frames: the HuBERT CNN's output length
+    pairs = [layer_pair(width, 12, frames, args.batch, args.repeats) for width in (480, 432)]
+    result = {"benchmark": "attention_blocks", "seconds": args.seconds, "batch": args.batch, "threads": args.threads,
+              "repeats": args.repeats, "torch": torch.__version__,
+              "block_bytes": attention.ATTENTION_BLOCK_BYTES, "blocks_above_bytes": attention.ATTENTION_BLOCKS_ABOVE_BYTES,
+              "upstreams": rows, "layer_pairs": pairs,
+              "load_average_before": load_before, "load_average_after": load_average()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'upstream':40s} {'whole s':>8s} {'blocked s':>9s} {'ratio':>6s} {'max |diff|':>10s}")
+    for label, row in rows.items():
+        print(f"{label:40s} {row['forward_s']['whole']:8.3f} {row['forward_s']['blocked']:9.3f} "
+              f"{row['ratio']:6.3f} {row['max_abs_difference']:10.2e}")
+    for row in pairs:
+        print(f"providing + reusing layer, {row['width']} wide, {row['heads']} heads, {row['batch']} x {row['frames']} "
+              f"frames: blocked / whole {row['ratio']:.3f} ({row['seconds']['blocked'] * 1e3:.1f} / "
+              f"{row['seconds']['whole'] * 1e3:.1f} ms), max |difference| {row['max_abs_difference']:.2e}")
+    print(f"load average before {load_before}, after {result['load_average_after']}; json: {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Explicit attention (attention-map reuse) computed block by block in CPU inference, against the whole-batch path."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from s3prl_distill.checkpoint import save_checkpoint
+from s3prl_distill.formats.native import export_student
+from s3prl_distill.model import StudentConfig, StudentModel
+from s3prl_distill.model import attention
+from s3prl_distill.model.attention import AttentionMaps, SelfAttention, attention_blocks
+from s3prl_distill.profiler import UpstreamSpec, load_upstream, profile_waves
+
+from helpers import import_benchmark, tiny_armhubert
+
+BEFORE = Path(__file__).resolve().parent / "data" / "before_issue17"
+
+
+@pytest.mark.parametrize("batch,heads,frames,element,budget", [
+    (3, 12, 50, 4, 50 * 50 * 4 * 5),    # five heads fit: balanced into 4 + 4 + 4
+    (2, 4, 50, 4, 50 * 50 * 4 * 100),   # every head fits: one block per utterance
+    (2, 3, 50, 4, 50 * 4 * 7),          # not one head fits: 7 query rows at a time, balanced
+    (1, 2, 9, 2, 1),                    # not one row fits: one row at a time
+])
+def test_blocks_cover_every_head_and_row_once_within_the_budget(batch, heads, frames, element, budget):
+    blocks = attention_blocks(batch, heads, frames, element, budget)
+    covered = torch.zeros(batch, heads, frames, dtype=torch.long)
+    for block in blocks:
+        covered[block.utterance, block.heads, block.rows] += 1
+        size = (block.heads.stop - block.heads.start) * (block.rows.stop - block.rows.start) * frames * element
+        assert size <= max(budget, frames * element)  # one row is the smallest block
+    assert bool((covered == 1).all())
+    per_utterance = len(blocks) // batch
+    if frames * frames * element <= budget:
+        assert all(block.rows == slice(0, frames) for block in blocks)
+        assert per_utterance == -(-heads // (budget // (frames * frames * element)))
+        widths = {block.heads.stop - block.heads.start for block in blocks}
+        assert max(widths) - min(widths) <= 1  # balanced, not 5 + 5 + 2
+    else:
+        assert all(block.heads.stop - block.heads.start == 1 for block in blocks)
+        lengths = {block.rows.stop - block.rows.start for block in blocks}
+        assert max(lengths) - min(lengths) <= 1
+
+
+def attention_pair(width: int = 32, heads: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    provider = SelfAttention(width, heads, width // heads, 0.0, provides_map=True).eval()
+    reuser = SelfAttention(width, heads, width // heads, 0.0, reuses_map=True).eval()
+    return provider, reuser
+
+
+def padded_inputs(batch: int = 3, frames: int = 37, width: int = 32):
+    x = torch.randn(batch, frames, width, generator=torch.Generator().manual_seed(1))
+    padding = torch.zeros(batch, frames, dtype=torch.bool)
+    padding[1, 30:] = True
+    padding[2, 5:] = True
+    return x, padding
+
+
+def run_pair(provider, reuser, x, padding, blocked: bool, block_bytes: int, monkeypatch):
+    monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", 0 if blocked else 2**62)
+    monkeypatch.setattr(attention, "ATTENTION_BLOCK_BYTES", block_bytes)
+    maps = AttentionMaps()
+    with torch.inference_mode():
+        first = provider(x, padding, maps=maps)
+        second = reuser(x, padding, maps=maps)
+    return first, second, maps
+
+
+@pytest.mark.parametrize("block_bytes", [1, 37 * 4 * 5, 37 * 37 * 4, 37 * 37 * 4 * 3, 2**30])
+@pytest.mark.parametrize("padded", [True, False])
+def test_blocked_attention_equals_the_whole_batch_path(block_bytes, padded, monkeypatch):
+    """Single rows, row ranges, one head, three heads of four (uneven), whole utterances; with and without padding:
+    the provider's output and map and the reusing layer's output match the whole-batch computation."""
+    provider, reuser = attention_pair()
+    x, padding = padded_inputs()
+    padding = padding if padded else None
+    whole_first, whole_second, whole_maps = run_pair(provider, reuser, x, padding, False, block_bytes, monkeypatch)
+    first, second, maps = run_pair(provider, reuser, x, padding, True, block_bytes, monkeypatch)
+    assert torch.allclose(first, whole_first, atol=1e-6, rtol=0)
+    assert torch.allclose(second, whole_second, atol=1e-6, rtol=0)
+    assert torch.allclose(maps.probabilities, whole_maps.probabilities, atol=1e-7, rtol=0)
+    if padded:  # padded keys get no weight, in every head and row
+        assert bool((maps.probabilities[2, :, :, 5:] == 0).all())
+
+
+def test_the_blocked_path_runs_only_in_cpu_inference_above_the_size(monkeypatch):
+    provider, reuser = attention_pair()
+    x, padding = padded_inputs()
+    calls = []
+    original = SelfAttention.attend_in_blocks
+
+    def spy(self, *args, **kwargs):
+        calls.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SelfAttention, "attend_in_blocks", spy)
+    whole_bytes = 3 * 4 * 37 * 37 * 4
+    monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", whole_bytes)  # not above: whole
+    with torch.inference_mode():
+        provider(x, padding, maps=AttentionMaps())
+    assert calls == []
+    monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", whole_bytes - 1)
+    with torch.no_grad():
+        maps = AttentionMaps()
+        provider(x, padding, maps=maps)
+        reuser(x, padding, maps=maps)
+    assert calls == [provider, reuser]
+    provider(x, padding, maps=AttentionMaps())  # autograd on: the whole path, whose map a backward can use
+    provider.train()
+    with torch.no_grad():
+        provider(x, padding, maps=AttentionMaps())
+    assert calls == [provider, reuser]
+    plain = SelfAttention(32, 4, 8, 0.0).eval()  # the fused kernel keeps no map: nothing to block
+    with torch.no_grad():
+        plain(x, padding)
+    assert calls == [provider, reuser]
+
+
+def test_the_map_buffer_is_reused_across_providers_and_each_reuser_sees_the_latest_map(monkeypatch):
+    """Four layers, provide / reuse / provide / reuse: the second provider writes into the first one's memory (one
+    buffer per forward), and the second reusing layer attends with the second map, as on the whole path."""
+    first_pair, second_pair = attention_pair(seed=0), attention_pair(seed=1)
+    x, padding = padded_inputs()
+
+    def run(blocked: bool):
+        monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", 0 if blocked else 2**62)
+        maps, outputs, storage = AttentionMaps(), [], []
+        with torch.inference_mode():
+            for layer in (*first_pair, *second_pair):
+                outputs.append(layer(x, padding, maps=maps))
+                storage.append(maps.probabilities.data_ptr())
+        return outputs, storage
+
+    whole, whole_storage = run(False)
+    blocked, storage = run(True)
+    for got, expected in zip(blocked, whole):
+        assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    assert len(set(storage)) == 1
+    assert len(set(whole_storage)) == 2  # the whole path allocates each map afresh
+
+
+def test_a_reusing_layer_without_a_map_is_an_error_on_both_paths(monkeypatch):
+    _, reuser = attention_pair()
+    x, padding = padded_inputs()
+    for threshold in (0, 2**62):
+        monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", threshold)
+        with torch.no_grad(), pytest.raises(ValueError, match="reuses an earlier layer's attention map"):
+            reuser(x, padding, maps=AttentionMaps())
+        with torch.no_grad(), pytest.raises(ValueError, match="reuses an earlier layer's attention map"):
+            reuser(x, padding)
+
+
+def reuse_student() -> StudentModel:
+    data = tiny_armhubert(reuse=True).to_dict()
+    data["encoder"].update(num_layers=4, attention_reuse=[False, True, False, True])
+    data["prediction_head"].update(target_layers=[1, 2, 3, 4])
+    torch.manual_seed(0)
+    return StudentModel(StudentConfig.from_dict(data, "tiny ARMHuBERT, two maps")).eval()
+
+
+def student_hidden_states(model, waves, lengths, blocked: bool, monkeypatch, autocast: bool = False):
+    monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", 0 if blocked else 2**62)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return model(waves, lengths, predict=False).hidden_states()
+
+
+def test_an_armhubert_student_gives_the_same_hidden_states_either_way(monkeypatch):
+    model = reuse_student()
+    generator = torch.Generator().manual_seed(2)
+    lengths = torch.tensor([8000, 6100, 3000])
+    waves = 0.1 * torch.randn(3, 8000, generator=generator)
+    waves[1, 6100:] = waves[2, 3000:] = 0.0
+    whole = student_hidden_states(model, waves, lengths, False, monkeypatch)
+    blocked = student_hidden_states(model, waves, lengths, True, monkeypatch)
+    assert len(blocked) == 5
+    for got, expected in zip(blocked, whole):
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    # bf16 autocast (the upstream's ``precision: bf16``): the blocked path computes in the same dtypes
+    whole = student_hidden_states(model, waves, lengths, False, monkeypatch, autocast=True)
+    blocked = student_hidden_states(model, waves, lengths, True, monkeypatch, autocast=True)
+    for got, expected in zip(blocked, whole):
+        assert got.dtype == expected.dtype
+        assert torch.allclose(got.float(), expected.float(), atol=2e-2, rtol=0)
+
+
+def test_training_still_backpropagates_through_the_map(monkeypatch):
+    """The training path is untouched by the inference threshold: gradients reach the providing layer's q/k
+    projections through the reusing layer's map."""
+    monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", 0)
+    provider, reuser = attention_pair()
+    x, padding = padded_inputs()
+    maps = AttentionMaps()
+    provider(x, padding, maps=maps)
+    reuser(x, padding, maps=maps).square().sum().backward()
+    assert provider.q_proj.weight.grad is not None and provider.q_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def attention_blocks_benchmark():
+    yield from import_benchmark("attention_blocks")
+
+
+def test_the_benchmark_times_both_paths_of_a_reusing_upstream(attention_blocks_benchmark, tmp_path, monkeypatch):
+    """Through the s3prl entry, on a checkpoint written by our exporter: both paths run, with equal results, and the
+    blocking threshold is restored after the whole-batch runs."""
+    model = reuse_student()
+    checkpoint = save_checkpoint(export_student("armhubert", model.config, model.state_dict()),
+                                 tmp_path / "arm.ckpt")
+    upstream = load_upstream(UpstreamSpec("armhubert_local", str(checkpoint))).eval()
+    monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", 0)  # this tiny model blocks only when large
+    row = attention_blocks_benchmark.measure(upstream, profile_waves(0.5, 2, torch.device("cpu")), repeats=1)
+    assert row["explicit_layers"] == 4
+    assert 0 <= row["max_abs_difference"] < 1e-5
+    assert all(seconds > 0 for seconds in row["forward_s"].values()) and len(row["samples_s"]["blocked"]) == 1
+    assert attention.ATTENTION_BLOCKS_ABOVE_BYTES == 0
+    pair = attention_blocks_benchmark.layer_pair(32, 4, 40, 2, repeats=1)
+    assert pair["ratio"] > 0 and 0 <= pair["max_abs_difference"] < 1e-5
+    plain = load_upstream(UpstreamSpec("distilhubert_local", str(BEFORE / "distilhubert.ckpt")))
+    with pytest.raises(ValueError, match="provides or reuses a map"):
+        attention_blocks_benchmark.explicit_layers(plain)
