@@ -141,6 +141,51 @@ def test_the_map_buffer_is_reused_across_providers_and_each_reuser_sees_the_late
     assert len(set(whole_storage)) == 2  # the whole path allocates each map afresh
 
 
+def test_blocks_of_an_empty_dimension_are_none():
+    assert attention_blocks(0, 4, 10, 4) == attention_blocks(2, 0, 10, 4) == attention_blocks(2, 4, 0, 4) == []
+
+
+def test_a_map_of_another_shape_is_an_error_on_both_paths(monkeypatch):
+    """A reusing layer with other heads, or given fewer utterances, than the map it finds: a clear error, where the
+    blocked path would otherwise read part of the map."""
+    provider, _ = attention_pair()
+    x, padding = padded_inputs()
+    narrow = SelfAttention(16, 2, 8, 0.0, reuses_map=True).eval()
+    _, same_heads = attention_pair()
+    for threshold in (0, 2**62):
+        monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", threshold)
+        maps = AttentionMaps()
+        with torch.no_grad():
+            provider(x, padding, maps=maps)
+            with pytest.raises(ValueError, match=r"map to reuse is \(3, 4, 37, 37\).*attends over \(3, 2, 37, 37\)"):
+                narrow(torch.randn(3, 37, 16), padding, maps=maps)
+            with pytest.raises(ValueError, match=r"attends over \(2, 4, 37, 37\)"):
+                same_heads(x[:2], padding[:2], maps=maps)
+
+
+def test_a_map_is_only_overwritten_by_its_own_forward(monkeypatch):
+    """The buffer is the AttentionMaps object's own: a map kept from one forward survives the next forward, and one
+    object used first under inference_mode and then under no_grad still works."""
+    provider, reuser = attention_pair()
+    x, padding = padded_inputs()
+    monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", 0)
+    first = AttentionMaps()
+    with torch.no_grad():
+        provider(x, padding, maps=first)
+    kept = first.probabilities
+    snapshot = kept.clone()
+    with torch.no_grad():
+        provider(torch.randn_like(x), padding, maps=AttentionMaps())
+    assert torch.equal(kept, snapshot)
+    shared = AttentionMaps()
+    with torch.inference_mode():
+        provider(x, padding, maps=shared)
+    with torch.no_grad():
+        out = reuser(x, padding, maps=shared)
+        provider(x, padding, maps=shared)  # a buffer made in inference mode is not written outside it
+    assert torch.isfinite(out).all() and not shared.probabilities.is_inference()
+
+
 def test_a_reusing_layer_without_a_map_is_an_error_on_both_paths(monkeypatch):
     _, reuser = attention_pair()
     x, padding = padded_inputs()

@@ -4,7 +4,7 @@ relative position bias, and ARMHuBERT's attention-map reuse."""
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,8 @@ def attention_blocks(batch: int, heads: int, frames: int, element_size: int,
                      block_bytes: int = ATTENTION_BLOCK_BYTES) -> List[AttentionBlock]:
     """Blocks covering every (utterance, head, query row) once, each with (heads, rows, frames) scores of at most
     ``block_bytes`` where one row allows it: whole heads while one head's map fits, else ranges of query rows."""
+    if batch < 1 or heads < 1 or frames < 1:
+        return []
     per_head = frames * frames * element_size
     if per_head <= block_bytes:
         head_ranges, row_ranges = _balanced_ranges(heads, block_bytes // per_head), [slice(0, frames)]
@@ -90,25 +92,35 @@ class RelativePositionBias(nn.Module):
 
 class AttentionMaps:
     """Carries, within one encoder forward, the attention probabilities ``(batch, heads, frames, frames)`` of the
-    last layer that computed a map to the layers after it that reuse it (``EncoderConfig.attention_reuse``)."""
+    last layer that computed a map to the layers after it that reuse it (``EncoderConfig.attention_reuse``).
+
+    One object per forward: in blocked inference (:meth:`SelfAttention.attend_in_blocks`) each providing layer writes
+    its map into the memory of the previous one this object allocated, so an earlier map does not outlive the next
+    providing layer."""
 
     def __init__(self) -> None:
         self.probabilities: Optional[Tensor] = None
+        self._buffer: Optional[Tensor] = None
 
     def inference_buffer(self, like: Tensor, heads: int) -> Tensor:
-        """Where a layer computing its map in blocks (inference only) writes it: the stored map's memory when it has
-        the same shape, as the layers reusing it have run by then; one fresh mapping per forward, not one per layer."""
+        """Where a layer computing its map in blocks (inference only) writes it: this object's buffer when it has the
+        same shape, dtype and device and was made in the same inference mode (the layers reusing the map in it have
+        run by then); one fresh mapping per forward, not one per providing layer."""
         batch, frames, _ = like.shape
         shape = (batch, heads, frames, frames)
-        stored = self.probabilities
-        if stored is not None and stored.shape == shape and stored.dtype == like.dtype \
-                and stored.device == like.device and not stored.requires_grad:
-            return stored
-        return like.new_empty(shape)
+        buffer = self._buffer
+        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device \
+                or buffer.is_inference() != torch.is_inference_mode_enabled():
+            buffer = self._buffer = like.new_empty(shape)
+        return buffer
 
-    def whole(self) -> Tensor:
+    def whole(self, shape: Tuple[int, int, int, int]) -> Tensor:
+        """The stored map, checked against the (batch, heads, frames, frames) the reusing layer attends over."""
         if self.probabilities is None:
             raise ValueError("this layer reuses an earlier layer's attention map, but none was passed")
+        if tuple(self.probabilities.shape) != tuple(shape):
+            raise ValueError(f"the attention map to reuse is {tuple(self.probabilities.shape)} (batch, heads, frames, "
+                             f"frames), but this layer attends over {tuple(shape)}")
         return self.probabilities
 
 
@@ -222,14 +234,17 @@ class SelfAttention(nn.Module):
                 or x.device.type != "cpu" or (position_bias is not None and self.position_heads):
             return False
         batch, frames, _ = x.shape
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        # autocast runs the projections and products in its dtype, except for a float64 model
+        autocast = torch.is_autocast_enabled("cpu") and x.dtype != torch.float64
+        dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
         return batch * self.num_heads * frames * frames * dtype.itemsize > ATTENTION_BLOCKS_ABOVE_BYTES
 
     def attend_in_blocks(self, x: Tensor, padding_mask: Optional[Tensor], maps: AttentionMaps,
                          block_bytes: int = ATTENTION_BLOCK_BYTES) -> Tensor:
         """The explicit attention (a map provided or reused) computed over :func:`attention_blocks`, each block's
         heads read from and written to the projections' own (batch, frames, heads x head_dim) layout: the same
-        outputs as the whole-batch path (to float rounding), without any (batch, heads, frames, frames) tensor.
+        outputs as the whole-batch path (to float rounding), without any (batch, heads, frames, frames) tensor
+        besides the providing layer's map itself.
         Returns (batch, frames, heads, head_dim)."""
         batch, frames, _ = x.shape
         shape = (frames, self.num_heads, self.head_dim)
@@ -246,7 +261,7 @@ class SelfAttention(nn.Module):
             return None if padding_mask is None else padding_mask[block.utterance]
 
         if self.reuses_map:
-            probabilities = maps.whole()
+            probabilities = maps.whole((batch, self.num_heads, frames, frames))
             for block in attention_blocks(batch, self.num_heads, frames, probabilities.element_size(), block_bytes):
                 attend(block, reused_attention_weights(probabilities[block.utterance, block.heads, block.rows],
                                                        key_mask(block)))
@@ -294,7 +309,8 @@ class SelfAttention(nn.Module):
 
         v = split_heads(self.v_proj(x))
         if self.reuses_map:
-            return torch.matmul(reused_attention_weights(maps.whole(), padding_mask).to(v.dtype), v)
+            weights = reused_attention_weights(maps.whole((batch, self.num_heads, frames, frames)), padding_mask)
+            return torch.matmul(weights.to(v.dtype), v)
         q, k = split_heads(self.q_proj(x)), split_heads(self.k_proj(x))
         attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
         if position_bias is not None and self.position_heads:
