@@ -16,7 +16,6 @@ Also one map-providing and one map-reusing layer alone at each width the familie
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import sys
@@ -27,7 +26,7 @@ from typing import Iterator, List
 
 import torch
 
-from cnn_stream import alternate
+from cnn_stream import alternate, encoder_frames, write_result
 from inference_ratio import paper_size_parser, write_paper_checkpoints
 from s3prl_distill.model import attention
 from s3prl_distill.model.attention import AttentionMaps, SelfAttention
@@ -117,15 +116,11 @@ def main() -> None:
             rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats)}
             logger.info("  blocked / whole: forward %.3f; max |difference| %.2e", rows[label]["ratio"],
                         rows[label]["max_abs_difference"])
-    frames = (int(args.seconds * 16000) - 400) // 320 + 1  # the encoder's frames: the HuBERT CNN's output length
+    frames = encoder_frames(args.seconds)
     pairs = [layer_pair(width, 12, frames, args.batch, args.repeats) for width in (480, 432)]
-    result = {"benchmark": "attention_blocks", "seconds": args.seconds, "batch": args.batch, "threads": args.threads,
-              "repeats": args.repeats, "torch": torch.__version__,
-              "block_bytes": attention.ATTENTION_BLOCK_BYTES, "blocks_above_bytes": attention.ATTENTION_BLOCKS_ABOVE_BYTES,
-              "upstreams": rows, "layer_pairs": pairs,
-              "load_average_before": load_before, "load_average_after": load_average()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result("attention_blocks", args, load_before, block_bytes=attention.ATTENTION_BLOCK_BYTES,
+                          blocks_above_bytes=attention.ATTENTION_BLOCKS_ABOVE_BYTES, upstreams=rows,
+                          layer_pairs=pairs)
     print(f"{'upstream':40s} {'whole s':>8s} {'blocked s':>9s} {'ratio':>6s} {'max |diff|':>10s}")
     for label, row in rows.items():
         print(f"{label:40s} {row['forward_s']['whole']:8.3f} {row['forward_s']['blocked']:9.3f} "

@@ -16,6 +16,7 @@ Conv1d, the way it ran before, alternating, with the largest difference between 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import statistics
@@ -23,7 +24,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,21 @@ def alternate(runs: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, 
             if round_index:
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def encoder_frames(seconds: float) -> int:
+    """The encoder's frames for ``seconds`` of 16 kHz audio: the HuBERT CNN's output length."""
+    return (int(seconds * 16000) - 400) // 320 + 1
+
+
+def write_result(name: str, args: argparse.Namespace, load_before: Tuple[float, ...], **parts: Any) -> dict:
+    """The run's JSON (its settings, ``parts``, the load average around it) written to ``args.output``."""
+    result = {"benchmark": name, "seconds": args.seconds, "batch": args.batch, "threads": args.threads,
+              "repeats": args.repeats, "torch": torch.__version__, **parts,
+              "load_average_before": load_before, "load_average_after": load_average()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int) -> dict:
@@ -143,13 +159,9 @@ def main() -> None:
             rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats)}
             logger.info("  streamed / whole: forward %.3f, CNN alone %.3f; max |difference| %.2e",
                         rows[label]["ratio"], rows[label]["cnn_ratio"], rows[label]["max_abs_difference"])
-    frames = (int(args.seconds * 16000) - 400) // 320 + 1  # the encoder's frames: the HuBERT CNN's output length
+    frames = encoder_frames(args.seconds)
     positional = [positional_conv(width, frames, args.batch, args.repeats) for width in (768, 480, 432)]
-    result = {"benchmark": "cnn_stream", "seconds": args.seconds, "batch": args.batch, "threads": args.threads,
-              "repeats": args.repeats, "torch": torch.__version__, "upstreams": rows, "positional_conv": positional,
-              "load_average_before": load_before, "load_average_after": load_average()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result("cnn_stream", args, load_before, upstreams=rows, positional_conv=positional)
     print(f"{'upstream':55s} {'whole s':>8s} {'streamed s':>10s} {'ratio':>6s} {'CNN ratio':>9s} {'max |diff|':>10s}")
     for label, row in rows.items():
         print(f"{label:55s} {row['forward_s']['whole']:8.3f} {row['forward_s']['streamed']:10.3f} "
