@@ -5,7 +5,9 @@ Every family at its paper's size with random weights (:func:`inference_ratio.wri
 s3prl entry), batch 4 x 10 s, forwards under ``no_grad`` in eval mode. The whole-batch path is selected by putting
 only the CNN in train mode, which changes nothing else in it (checked: dropout 0, no pruning gates), and the two
 paths alternate round by round. Recorded per upstream: the median forward (reading ``hidden_states``) each way and
-their ratio, the CNN alone each way, and the largest difference between the two paths' hidden states.
+their ratio, the CNN alone each way, and the largest difference between the two paths' hidden states; and the CNN
+alone as streamed by default (its small last layers over the whole batch, ``_whole_from``) against every layer in
+pieces (``cnn_small_layers_whole_ratio``).
 
 Also the positional convolution (16 groups, kernel 128) alone at each width our families use, on 4 x 10 s of frames:
 its CPU path (a 2-D convolution over the frames-first input read as channels-last) against the module's own grouped
@@ -103,17 +105,23 @@ def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int) -
         with whole_batch(cnn):
             return cnn(batch)[0]
 
+    def cnn_all_pieces() -> torch.Tensor:  # every layer in pieces, the small last ones too
+        return cnn.stream(batch, None, cnn._chunk_frames(batch))[0]
+
     with torch.no_grad():
         difference = max((a - b).abs().max().item() for a, b in zip(forward(), forward_whole()))
         times = alternate({"streamed": forward, "whole": forward_whole, "cnn_streamed": lambda: cnn(batch)[0],
-                           "cnn_whole": cnn_whole}, repeats)
+                           "cnn_whole": cnn_whole, "cnn_all_pieces": cnn_all_pieces}, repeats)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {
         # Whether the default forward streams at this batch (else both timings are of the whole-batch path).
         "streams_at_this_size": cnn._largest_output_bytes(batch) > feature_extractor.STREAM_ABOVE_BYTES,
+        "whole_from_layer": cnn._whole_from(batch),
+        "cnn_small_layers_whole_ratio": medians["cnn_streamed"] / medians["cnn_all_pieces"],
         "forward_s": {"streamed": medians["streamed"], "whole": medians["whole"]},
         "ratio": medians["streamed"] / medians["whole"],
-        "cnn_s": {"streamed": medians["cnn_streamed"], "whole": medians["cnn_whole"]},
+        "cnn_s": {"streamed": medians["cnn_streamed"], "whole": medians["cnn_whole"],
+                  "all_pieces": medians["cnn_all_pieces"]},
         "cnn_ratio": medians["cnn_streamed"] / medians["cnn_whole"],
         "cnn_share_whole": medians["cnn_whole"] / medians["whole"],
         "max_abs_difference": difference,
@@ -162,10 +170,12 @@ def main() -> None:
     frames = encoder_frames(args.seconds)
     positional = [positional_conv(width, frames, args.batch, args.repeats) for width in (768, 480, 432)]
     result = write_result("cnn_stream", args, load_before, upstreams=rows, positional_conv=positional)
-    print(f"{'upstream':55s} {'whole s':>8s} {'streamed s':>10s} {'ratio':>6s} {'CNN ratio':>9s} {'max |diff|':>10s}")
+    print(f"{'upstream':55s} {'whole s':>8s} {'streamed s':>10s} {'ratio':>6s} {'CNN ratio':>9s} "
+          f"{'small whole':>11s} {'max |diff|':>10s}")
     for label, row in rows.items():
         print(f"{label:55s} {row['forward_s']['whole']:8.3f} {row['forward_s']['streamed']:10.3f} "
-              f"{row['ratio']:6.3f} {row['cnn_ratio']:9.3f} {row['max_abs_difference']:10.2e}")
+              f"{row['ratio']:6.3f} {row['cnn_ratio']:9.3f} {row['cnn_small_layers_whole_ratio']:11.3f} "
+              f"{row['max_abs_difference']:10.2e}")
     for row in positional:
         print(f"positional convolution, {row['width']} channels x {row['frames']} frames: CPU path / Conv1d "
               f"{row['ratio']:.3f} ({row['seconds']['cpu_path'] * 1e3:.1f} / {row['seconds']['conv1d'] * 1e3:.1f} ms), "

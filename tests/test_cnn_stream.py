@@ -56,9 +56,12 @@ def test_streamed_pieces_give_the_whole_batch_forward(layout, norm, padded):
     exact = copy.deepcopy(module).double()
     with torch.no_grad():
         reference, reference_lengths = exact.whole(x.double(), lengths)
-        for chunk in (1, 7, 37, 1000, 10 ** 6):
-            out, out_lengths = exact.stream(x.double(), lengths, chunk)
-            assert out.shape == reference.shape and out.is_contiguous()
+        layers = len(module.conv_layers)
+        for chunk, whole_from in ((1, None), (7, None), (37, None), (1000, None), (10 ** 6, None), (7, 1), (37, 3),
+                                  (1, layers - 1), (10 ** 6, layers)):
+            out, out_lengths = exact.stream(x.double(), lengths, chunk, whole_from)
+            assert out.shape == reference.shape
+            assert out.is_contiguous() or whole_from < layers  # joined pieces are (B, frames, C) in memory
             torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
             if padded:
                 assert torch.equal(out_lengths, reference_lengths)
@@ -74,6 +77,30 @@ def test_streamed_pieces_give_the_whole_batch_forward(layout, norm, padded):
     assert stream_error <= max(1.5 * whole_error, 4e-6), (stream_error, whole_error)
 
 
+def test_the_small_last_layers_run_whole_after_the_last_layer_above_the_threshold(monkeypatch):
+    """Whole from the layer after the last one whose output exceeds STREAM_ABOVE_BYTES (those after it are small:
+    short pieces of them are slow); every layer in pieces when the last output itself is above; a clear error for an
+    index out of range."""
+    from s3prl_distill.model import feature_extractor as fe
+
+    module = extractor("fithubert", "group_norm")
+    x = waves()
+    sizes = module._output_bytes(x)
+    assert sizes == [4 * frames * block.conv.out_channels * 4
+                     for frames, block in zip(module._frame_counts(x.shape[-1]), module.conv_layers)]
+    for threshold in sorted(set(sizes)) + [0, max(sizes) * 2]:
+        monkeypatch.setattr(fe, "STREAM_ABOVE_BYTES", threshold)
+        whole_from = module._whole_from(x)
+        assert 1 <= whole_from <= len(sizes)
+        assert all(size <= threshold for size in sizes[whole_from - 1:-1])  # joined and later outputs are small
+        if whole_from > 1:
+            assert sizes[whole_from - 2] > threshold  # and it is the earliest such layer
+    monkeypatch.setattr(fe, "STREAM_ABOVE_BYTES", 0)
+    assert module._whole_from(x) == len(sizes)
+    with torch.no_grad(), pytest.raises(ValueError, match="whole_from must be a layer index from 1 to 9"):
+        module.stream(x, None, 100, 0)
+
+
 def test_large_inference_batches_on_cpu_stream_and_training_or_autograd_runs_the_whole_batch(monkeypatch):
     from s3prl_distill.model import feature_extractor as fe
 
@@ -86,8 +113,9 @@ def test_large_inference_batches_on_cpu_stream_and_training_or_autograd_runs_the
         monkeypatch.setattr(fe, "STREAM_ABOVE_BYTES", largest)  # not above: the whole batch
         assert torch.equal(module(x, lengths)[0], whole)
     monkeypatch.setattr(fe, "STREAM_ABOVE_BYTES", largest - 1)
+    assert module._whole_from(x) == 2  # only the first layer's output is above: the rest run whole
     with torch.no_grad():
-        streamed = module.stream(x, lengths, module._chunk_frames(x))[0]
+        streamed = module.stream(x, lengths, module._chunk_frames(x), 2)[0]
         assert torch.equal(module(x, lengths)[0], streamed)
         assert not torch.equal(streamed, whole)  # the two paths differ in rounding, so the checks above can tell
     with torch.enable_grad():
@@ -158,8 +186,14 @@ def test_the_benchmark_times_both_paths_of_an_upstream_and_leaves_it_in_eval(cnn
     assert 0 < row["max_abs_difference"] < 1e-4  # two paths were run (they differ in rounding), with equal results
     for key in ("forward_s", "cnn_s"):
         assert all(seconds > 0 for seconds in row[key].values())
+    assert set(row["cnn_s"]) == {"streamed", "whole", "all_pieces"} and row["cnn_small_layers_whole_ratio"] > 0
+    assert row["whole_from_layer"] == len(the_cnn_of(upstream).conv_layers)  # threshold 0: every layer in pieces
     assert len(row["samples_s"]["streamed"]) == 1
     assert not any(module.training for module in upstream.modules())
+
+
+def the_cnn_of(upstream: torch.nn.Module) -> ConvFeatureExtractor:
+    return next(module for module in upstream.modules() if isinstance(module, ConvFeatureExtractor))
 
 
 def test_the_benchmark_refuses_a_cnn_that_train_mode_would_change(cnn_stream):
