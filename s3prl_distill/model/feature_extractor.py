@@ -299,7 +299,7 @@ class ConvFeatureExtractor(nn.Module):
         if first.norm_type == "group_norm":
             first_lengths = None if lengths is None else conv_output_lengths(lengths, first.kernel_size, first.stride)
             statistics = first_layer_statistics(first.conv, waveforms, first_lengths)
-        pieces: List[Tensor] = []  # the last layer's output, (B, C, frames) each, in order
+        pieces: List[Tensor] = []  # the last streamed layer's output, (B, C, frames) each, in order
         pending: List[Optional[Tensor]] = [None] * len(blocks)  # per layer: its input frames not consumed yet
         for start in range(0, first_frames, chunk_frames):
             end = samples if start + chunk_frames >= first_frames else (start + chunk_frames) * first.stride
