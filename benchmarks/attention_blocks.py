@@ -11,7 +11,13 @@ each way, their ratio, and the largest difference between the two paths' hidden 
 Also one map-providing and one map-reusing layer alone at each width the families use (480 and 432, 12 heads), on
 4 x 10 s of frames, both ways, alternating, with the largest difference between their outputs.
 
+And the sweep behind ``attention.ATTENTION_BLOCKS_ABOVE_BYTES`` (the whole-batch score size above which inference
+blocks): each upstream's forward both ways at batch sizes and lengths whose scores fall on either side of it,
+in fp32 and (where the CPU has native bf16 matrix instructions) under bf16 autocast, as ``upstream_bf16`` runs it.
+Each case records its whole-batch score bytes, whether the rule blocks it, and the blocked / whole ratio.
+
     python benchmarks/attention_blocks.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5]
+        [--sweep 8x2 1x6 2x5 ...] [--sweep-repeats 7]
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import logging
 import statistics
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Sequence, Tuple
 
 import torch
 
@@ -30,21 +36,39 @@ from cnn_stream import alternate, encoder_frames, write_result
 from inference_ratio import paper_size_parser, write_paper_checkpoints
 from s3prl_distill.model import attention
 from s3prl_distill.model.attention import AttentionMaps, SelfAttention
-from s3prl_distill.profiler import UpstreamSpec, load_upstream, profile_waves
+from s3prl_distill.profiler import UpstreamSpec, bf16_gemm_supported, load_upstream, profile_waves
 from s3prl_distill.profiling import load_average
 
 logger = logging.getLogger("attention_blocks")
 
+# (batch, seconds) of the sweep: 12 heads' fp32 scores of 3.8, 4.3, 6.0, 8.9, 11.9, 12.0, 23.9 and 47.8 MB (half in bf16)
+SWEEP = ("8x2", "1x6", "2x5", "3x5", "4x5", "1x10", "2x10", "4x10")
+
 
 @contextmanager
-def whole_batch_attention() -> Iterator[None]:
-    """Every layer attends over the whole batch at once, as before blocks (the rest of the forward is unchanged)."""
+def blocks_above(size: int) -> Iterator[None]:
+    """Attention blocked when the whole batch's scores exceed ``size`` bytes (``sys.maxsize``: never, as before
+    blocks; 0: always); the rest of the forward is unchanged."""
     saved = attention.ATTENTION_BLOCKS_ABOVE_BYTES
-    attention.ATTENTION_BLOCKS_ABOVE_BYTES = sys.maxsize
+    attention.ATTENTION_BLOCKS_ABOVE_BYTES = size
     try:
         yield
     finally:
         attention.ATTENTION_BLOCKS_ABOVE_BYTES = saved
+
+
+def whole_batch_attention():
+    """Every layer attends over the whole batch at once, as before blocks."""
+    return blocks_above(sys.maxsize)
+
+
+def sweep_case(text: str) -> Tuple[int, float]:
+    """``"4x10"`` -> (4 utterances, 10.0 s)."""
+    try:
+        batch, seconds = text.lower().split("x")
+        return int(batch), float(seconds)
+    except ValueError:
+        raise ValueError(f"--sweep takes BATCHxSECONDS cases such as 4x10, got {text!r}") from None
 
 
 def explicit_layers(upstream: torch.nn.Module) -> List[SelfAttention]:
@@ -71,6 +95,34 @@ def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int) -
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {"explicit_layers": len(layers), "forward_s": medians, "ratio": medians["blocked"] / medians["whole"],
             "max_abs_difference": difference, "samples_s": times}
+
+
+def threshold_sweep(upstream: torch.nn.Module, cases: Sequence[Tuple[int, float]], precisions: Sequence[str],
+                    repeats: int) -> List[dict]:
+    """The forward blocked against whole-batch at each (batch, seconds) and precision; each case also says whether
+    the current rule (``ATTENTION_BLOCKS_ABOVE_BYTES``) blocks it."""
+    heads, rule = explicit_layers(upstream)[0].num_heads, attention.ATTENTION_BLOCKS_ABOVE_BYTES
+    rows = []
+    for batch, seconds in cases:
+        wavs = profile_waves(seconds, batch, torch.device("cpu"))
+        frames = encoder_frames(seconds)
+        for precision in precisions:
+            bf16 = precision == "bf16"
+            scores_bytes = batch * heads * frames * frames * (2 if bf16 else 4)
+
+            def forward(size: int, bf16: bool = bf16) -> None:
+                with blocks_above(size), (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()):
+                    upstream(wavs)["hidden_states"]
+
+            with torch.no_grad():
+                times = alternate({"blocked": lambda: forward(0), "whole": lambda: forward(sys.maxsize)}, repeats)
+            medians = {name: statistics.median(values) for name, values in times.items()}
+            rows.append({"batch": batch, "seconds": seconds, "precision": precision, "frames": frames,
+                         "scores_bytes": scores_bytes, "blocked_by_rule": scores_bytes > rule, "forward_s": medians,
+                         "ratio": medians["blocked"] / medians["whole"], "samples_s": times})
+            logger.info("  %d x %g s %s (%.1f MB of scores): blocked / whole %.3f", batch, seconds, precision,
+                        scores_bytes / 1e6, rows[-1]["ratio"])
+    return rows
 
 
 def layer_pair(width: int, heads: int, frames: int, batch: int, repeats: int) -> dict:
@@ -101,13 +153,21 @@ def layer_pair(width: int, heads: int, frames: int, batch: int, repeats: int) ->
 def main() -> None:
     parser = paper_size_parser(__doc__.splitlines()[0], Path(__file__).parent / "results" / "attention_blocks.json",
                                "default: armhubert_local")
+    parser.add_argument("--sweep", nargs="*", default=list(SWEEP), metavar="BATCHxSECONDS",
+                        help="cases of the threshold sweep (none: no sweep); default: %(default)s")
+    parser.add_argument("--sweep-repeats", type=int, default=7)
     args = parser.parse_args()
+    try:
+        cases = [sweep_case(text) for text in args.sweep]
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     load_before = load_average()
     wavs = profile_waves(args.seconds, args.batch, torch.device("cpu"))
     only = args.only or ["armhubert_local"]
-    rows = {}
+    rows, sweeps = {}, []
+    precisions = ["fp32", "bf16"] if bf16_gemm_supported() else ["fp32"]
     with tempfile.TemporaryDirectory() as folder:
         checkpoints = write_paper_checkpoints(Path(folder), keep=lambda label, entry: entry in only)
         for label, (entry, path) in checkpoints.items():
@@ -116,11 +176,15 @@ def main() -> None:
             rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats)}
             logger.info("  blocked / whole: forward %.3f; max |difference| %.2e", rows[label]["ratio"],
                         rows[label]["max_abs_difference"])
+            if cases:
+                logger.info("threshold sweep, %s", label)
+                sweeps.append({"upstream": label, "precisions": precisions,
+                               "cases": threshold_sweep(upstream, cases, precisions, args.sweep_repeats)})
     frames = encoder_frames(args.seconds)
     pairs = [layer_pair(width, 12, frames, args.batch, args.repeats) for width in (480, 432)]
     result = write_result("attention_blocks", args, load_before, block_bytes=attention.ATTENTION_BLOCK_BYTES,
                           blocks_above_bytes=attention.ATTENTION_BLOCKS_ABOVE_BYTES, upstreams=rows,
-                          layer_pairs=pairs)
+                          layer_pairs=pairs, threshold_sweeps=sweeps)
     print(f"{'upstream':40s} {'whole s':>8s} {'blocked s':>9s} {'ratio':>6s} {'max |diff|':>10s}")
     for label, row in rows.items():
         print(f"{label:40s} {row['forward_s']['whole']:8.3f} {row['forward_s']['blocked']:9.3f} "
@@ -129,6 +193,10 @@ def main() -> None:
         print(f"providing + reusing layer, {row['width']} wide, {row['heads']} heads, {row['batch']} x {row['frames']} "
               f"frames: blocked / whole {row['ratio']:.3f} ({row['seconds']['blocked'] * 1e3:.1f} / "
               f"{row['seconds']['whole'] * 1e3:.1f} ms), max |difference| {row['max_abs_difference']:.2e}")
+    for sweep, row in ((sweep, row) for sweep in sweeps for row in sweep["cases"]):
+        print(f"sweep, {sweep['upstream']}, {row['batch']} x {row['seconds']:g} s, {row['precision']}: "
+              f"{row['scores_bytes'] / 1e6:.1f} MB of scores ({'blocked' if row['blocked_by_rule'] else 'whole'} by "
+              f"the rule), blocked / whole {row['ratio']:.3f}")
     print(f"load average before {load_before}, after {result['load_average_after']}; json: {args.output}")
 
 

@@ -265,3 +265,46 @@ def test_the_benchmark_times_both_paths_of_a_reusing_upstream(attention_blocks_b
     plain = load_upstream(UpstreamSpec("distilhubert_local", str(BEFORE / "distilhubert.ckpt")))
     with pytest.raises(ValueError, match="provides or reuses a map"):
         attention_blocks_benchmark.explicit_layers(plain)
+
+
+def test_the_threshold_sweep_times_each_case_both_ways_and_states_the_rule(attention_blocks_benchmark, tmp_path,
+                                                                           monkeypatch):
+    """Each (batch, seconds) x precision case runs the blocked and the whole-batch path (a spy counts the blocked
+    layers' calls), under bf16 autocast where asked; the case's score bytes and the rule's verdict are the ones the
+    layers would use, and the threshold is restored after."""
+    model = reuse_student()
+    checkpoint = save_checkpoint(export_student("armhubert", model.config, model.state_dict()), tmp_path / "a.ckpt")
+    upstream = load_upstream(UpstreamSpec("armhubert_local", str(checkpoint))).eval()
+    layer = attention_blocks_benchmark.explicit_layers(upstream)[0]
+    frames = attention_blocks_benchmark.encoder_frames(0.5)
+    rule = 2 * layer.num_heads * frames * frames * 4 - 1  # 2 x 0.5 s in fp32 is just above it, in bf16 below
+    monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", rule)
+    calls, dtypes = [], []
+    original = SelfAttention.attend_in_blocks
+
+    def spy(self, x, *args, **kwargs):
+        calls.append(self)
+        dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype)
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(SelfAttention, "attend_in_blocks", spy)
+    rows = attention_blocks_benchmark.threshold_sweep(upstream, [(2, 0.5), (1, 0.5)], ["fp32", "bf16"], repeats=2)
+    assert [(row["batch"], row["precision"]) for row in rows] == [(2, "fp32"), (2, "bf16"), (1, "fp32"), (1, "bf16")]
+    assert [row["blocked_by_rule"] for row in rows] == [True, False, False, False]
+    assert rows[0]["scores_bytes"] == 2 * rows[1]["scores_bytes"] == 2 * rows[2]["scores_bytes"] == rule + 1
+    explicit = len(attention_blocks_benchmark.explicit_layers(upstream))
+    assert len(calls) == 4 * 3 * explicit  # blocked runs only: 1 untimed + 2 timed rounds per case
+    assert dtypes.count(torch.bfloat16) == dtypes.count(torch.float32) == len(calls) // 2
+    assert all(len(row["samples_s"]["whole"]) == 2 and row["ratio"] > 0 for row in rows)
+    assert attention.ATTENTION_BLOCKS_ABOVE_BYTES == rule
+
+
+@pytest.mark.parametrize("text,expected", [("4x10", (4, 10.0)), ("1X2.5", (1, 2.5))])
+def test_sweep_cases_parse(attention_blocks_benchmark, text, expected):
+    assert attention_blocks_benchmark.sweep_case(text) == expected
+
+
+@pytest.mark.parametrize("text", ["4", "4x", "x10", "four x 10", "4x10x2"])
+def test_a_malformed_sweep_case_is_an_error_naming_it(attention_blocks_benchmark, text):
+    with pytest.raises(ValueError, match=f"--sweep takes BATCHxSECONDS.*{text!r}"):
+        attention_blocks_benchmark.sweep_case(text)

@@ -14,13 +14,16 @@ from .config import RelativePositionConfig
 from .gates import HardConcreteGate
 
 # Explicit attention (ARMHuBERT's map-providing and map-reusing layers; the fused kernel keeps no map) writes
-# (batch, heads, frames, frames) scores, probabilities and reused weights: 48 MB each at 4 x 10 s and 12 heads. glibc
-# maps every block above 32 MiB afresh and the kernel zero-fills it page by page on first touch, so each such tensor
-# cost more than its softmax (2-core EPYC: a 48 MB softmax took 21 ms into a fresh tensor, 3.8 ms into memory already
-# mapped). Inference on CPU therefore computes it over blocks of (utterance, heads, query rows) whose scores stay
-# within ATTENTION_BLOCK_BYTES (2-8 MB ran level there, 12-16 MB slower), when the whole batch's scores would exceed
-# ATTENTION_BLOCKS_ABOVE_BYTES; the map itself is written in place into one buffer per forward.
-ATTENTION_BLOCKS_ABOVE_BYTES = 32 * 2**20
+# (batch, heads, frames, frames) scores, probabilities and reused weights, then reads each back: 48 MB each at 4 x 10 s
+# and 12 heads. Above 32 MiB glibc maps every such tensor afresh and the kernel zero-fills it page by page (2-core
+# EPYC: a 48 MB softmax took 21 ms into a fresh tensor, 3.8 ms into memory already mapped); below it, each pass still
+# goes through memory rather than cache. Inference on CPU therefore computes it over blocks of (utterance, heads,
+# query rows) whose scores stay within ATTENTION_BLOCK_BYTES (2-8 MB ran level there, 12-16 MB and 0.25-0.5 MB slower)
+# once the whole batch's scores would exceed ATTENTION_BLOCKS_ABOVE_BYTES. There, with ARMHuBERT(-S), the blocked
+# forward took 0.81-0.84x the whole-batch one at 48 MB of scores (4 x 10 s, fp32), 0.93-0.95x at 24 MB (2 x 10 s) and
+# 0.97-0.98x at 24 MB in bf16 (4 x 10 s); at 12 MB and below 0.96-1.06x, bf16 up to 6 % slower
+# (benchmarks/attention_blocks.py's sweep). The map itself is written in place into one buffer per forward.
+ATTENTION_BLOCKS_ABOVE_BYTES = 16 * 2**20
 ATTENTION_BLOCK_BYTES = 4 * 2**20
 
 
@@ -105,7 +108,7 @@ class AttentionMaps:
     def inference_buffer(self, like: Tensor, heads: int) -> Tensor:
         """Where a layer computing its map in blocks (inference only) writes it: this object's buffer when it has the
         same shape, dtype and device and was made in the same inference mode (the layers reusing the map in it have
-        run by then); one fresh mapping per forward, not one per providing layer."""
+        run by then); one allocation per forward, not one per providing layer."""
         batch, frames, _ = like.shape
         shape = (batch, heads, frames, frames)
         buffer = self._buffer
@@ -229,7 +232,7 @@ class SelfAttention(nn.Module):
     def _attends_in_blocks(self, x: Tensor, position_bias: Optional[Tensor]) -> bool:
         """Whether this forward computes its explicit attention block by block (see ATTENTION_BLOCK_BYTES): CPU
         inference (eval mode, no autograd) of a layer that provides or reuses a map, when the whole batch's scores
-        would be a fresh mapping. Not on CUDA: its caching allocator never maps memory afresh."""
+        would exceed ATTENTION_BLOCKS_ABOVE_BYTES. Not on CUDA, where the whole-batch kernels are the fast ones."""
         if not (self.provides_map or self.reuses_map) or self.training or torch.is_grad_enabled() \
                 or x.device.type != "cpu" or (position_bias is not None and self.position_heads):
             return False
@@ -255,7 +258,10 @@ class SelfAttention(nn.Module):
             return t[block.utterance].view(shape)[rows, block.heads].transpose(0, 1)  # (heads, rows, head_dim)
 
         def attend(block: AttentionBlock, weights: Tensor) -> None:
-            torch.bmm(weights.to(v.dtype), heads_first(v, block), out=heads_first(out, block, block.rows))
+            # as (head_dim x keys) . (keys x rows), then into place: the head width as the product's rows rather
+            # than its narrow (36-40) columns ran faster on CPU, with the same sums (identical outputs)
+            product = torch.bmm(heads_first(v, block).transpose(1, 2), weights.to(v.dtype).transpose(1, 2))
+            heads_first(out, block, block.rows).copy_(product.transpose(1, 2))
 
         def key_mask(block: AttentionBlock) -> Optional[Tensor]:
             return None if padding_mask is None else padding_mask[block.utterance]
