@@ -7,20 +7,29 @@ with ``peak=True``: MACs by torch's FlopCounterMode, forwards interleaved round-
 before and after the forwards in the same process. Fraction of peak = 2 x MACs x batch / latency / fp32 GEMM FLOP/s.
 The bf16 GEMM rate is recorded too where the CPU has native bf16 matrix instructions.
 
-    python benchmarks/cpu_peak.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5] [--only fithubert ...]
+``--each``: every upstream profiled on its own instead, one after another in this process, as
+``s3prl-distill profile --peak -u ENTRY -k CKPT`` profiles one: its forwards back to back, its own GEMM peak measured
+just before and after them, its fraction against that peak (default output ``results/cpu_peak_each.json``). Round-robin
+timing makes every forward follow another model's; one at a time, each model's timing window is a few seconds, so a
+noisy phase of the host hits fewer rows.
+
+    python benchmarks/cpu_peak.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5] [--only fithubert ...] [--each]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any, Dict, List
 
 import torch
 
 from inference_ratio import paper_size_parser, write_paper_checkpoints
-from s3prl_distill.profiler import UpstreamSpec, bf16_gemm_supported, format_table, gemm_peak, profile_upstreams
+from s3prl_distill.profiler import (UpstreamSpec, bf16_gemm_supported, format_table, gemm_peak, length_key,
+                                    profile_upstreams)
 from s3prl_distill.profiling import load_average
 
 
@@ -28,15 +37,21 @@ def main() -> None:
     parser = paper_size_parser(__doc__.splitlines()[0], Path(__file__).parent / "results" / "cpu_peak.json")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--peak-seconds", type=float, default=5.0, help="GEMM seconds before and after the forwards")
+    parser.add_argument("--each", action="store_true", help="profile every upstream on its own, against its own peak")
     args = parser.parse_args()
+    if args.each and args.output == parser.get_default("output"):
+        args.output = args.output.with_name("cpu_peak_each.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     load_before = load_average()
     with tempfile.TemporaryDirectory() as folder:
         checkpoints = write_paper_checkpoints(Path(folder), pruned=True,
                                               keep=lambda label, entry: not args.only or entry in args.only)
         specs = [UpstreamSpec(entry, str(path), label=label) for label, (entry, path) in checkpoints.items()]
-        result = profile_upstreams(specs, [args.seconds], args.batch, args.threads, args.repeats, args.warmup,
-                                   memory=False, peak=True, peak_seconds=args.peak_seconds)
+        if args.each:
+            result = profile_each(specs, args)
+        else:
+            result = profile_upstreams(specs, [args.seconds], args.batch, args.threads, args.repeats, args.warmup,
+                                       memory=False, peak=True, peak_seconds=args.peak_seconds)
     bf16 = bf16_gemm_supported()
     result["peak_bf16"] = (gemm_peak(torch.bfloat16, args.threads, args.peak_seconds) if bf16 else
                            "not measured: no native bf16 matrix instructions on this CPU (oneDNN would emulate)")
@@ -44,8 +59,35 @@ def main() -> None:
     result["load_average_before"], result["load_average_after"] = load_before, load_average()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(format_table(result))
+    print(each_table(result) if args.each else format_table(result))
     print(f"load average before {load_before}, after {result['load_average_after']}; json: {args.output}")
+
+
+def profile_each(specs: List[UpstreamSpec], args: argparse.Namespace) -> Dict[str, Any]:
+    """One :func:`profile_upstreams` call per upstream (with ``peak=True``): each row keeps its own ``peak``."""
+    rows, runs = [], []
+    for spec in specs:
+        run = profile_upstreams([spec], [args.seconds], args.batch, args.threads, args.repeats, args.warmup,
+                                memory=False, peak=True, peak_seconds=args.peak_seconds)
+        rows.append({**run["upstreams"][0], "peak": run["peak"]})
+        runs.append(run)
+    settings = {**runs[0]["settings"],
+                "latency": f"median of {args.repeats} forwards of {args.batch} utterance(s) after {args.warmup} "
+                           "warm-up, each upstream on its own (its forwards back to back)",
+                "fraction_of_peak": "2 x MACs x batch / latency / the fp32 GEMM FLOP/s measured just before and "
+                                    "after this upstream's forwards (its row's peak.gflops)"}
+    return {"tool": runs[0]["tool"], "mode": "each", "environment": runs[0]["environment"], "settings": settings,
+            "upstreams": rows}
+
+
+def each_table(result: Dict[str, Any]) -> str:
+    """One line per upstream: GMACs, latency, its own GEMM peak, fraction of that peak."""
+    key = length_key(result["settings"]["seconds"][0])
+    lines = [f"{'upstream':55s} {'GMACs':>7s} {'latency s':>9s} {'GEMM GFLOP/s':>12s} {'% peak':>6s}"]
+    for row in result["upstreams"]:
+        lines.append(f"{row['label'][:55]:55s} {row['macs'][key] / 1e9:7.2f} {row['latency_s'][key]:9.3f} "
+                     f"{row['peak']['gflops']:12.1f} {100 * row['fraction_of_peak'][key]:6.1f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
