@@ -28,14 +28,14 @@ import sys
 import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 
 from cnn_stream import alternate, encoder_frames, write_result
 from inference_ratio import paper_size_parser, write_paper_checkpoints
 from s3prl_distill.model import attention
-from s3prl_distill.model.attention import AttentionMaps, SelfAttention
+from s3prl_distill.model.attention import AttentionMaps, SelfAttention, whole_batch_scores_bytes
 from s3prl_distill.profiler import UpstreamSpec, bf16_gemm_supported, load_upstream, profile_waves
 from s3prl_distill.profiling import load_average
 
@@ -71,6 +71,15 @@ def sweep_case(text: str) -> Tuple[int, float]:
         raise ValueError(f"--sweep takes BATCHxSECONDS cases such as 4x10, got {text!r}") from None
 
 
+def blocked_against_whole(blocked: Callable[[], object], whole: Callable[[], object], repeats: int) -> dict:
+    """Both runs alternating (:func:`cnn_stream.alternate`) under ``no_grad``: their medians (s), the blocked / whole
+    ratio of the medians, and every sample."""
+    with torch.no_grad():
+        times = alternate({"blocked": blocked, "whole": whole}, repeats)
+    medians: Dict[str, float] = {name: statistics.median(values) for name, values in times.items()}
+    return {"medians": medians, "ratio": medians["blocked"] / medians["whole"], "samples_s": times}
+
+
 def explicit_layers(upstream: torch.nn.Module) -> List[SelfAttention]:
     found = [module for module in upstream.modules()
              if isinstance(module, SelfAttention) and (module.provides_map or module.reuses_map)]
@@ -91,10 +100,9 @@ def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int) -
 
     with torch.no_grad():
         difference = max((a - b).abs().max().item() for a, b in zip(forward(), forward_whole()))
-        times = alternate({"blocked": forward, "whole": forward_whole}, repeats)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    return {"explicit_layers": len(layers), "forward_s": medians, "ratio": medians["blocked"] / medians["whole"],
-            "max_abs_difference": difference, "samples_s": times}
+    timed = blocked_against_whole(forward, forward_whole, repeats)
+    return {"explicit_layers": len(layers), "forward_s": timed["medians"], "ratio": timed["ratio"],
+            "max_abs_difference": difference, "samples_s": timed["samples_s"]}
 
 
 def threshold_sweep(upstream: torch.nn.Module, cases: Sequence[Tuple[int, float]], precisions: Sequence[str],
@@ -108,18 +116,16 @@ def threshold_sweep(upstream: torch.nn.Module, cases: Sequence[Tuple[int, float]
         frames = encoder_frames(seconds)
         for precision in precisions:
             bf16 = precision == "bf16"
-            scores_bytes = batch * heads * frames * frames * (2 if bf16 else 4)
+            scores_bytes = whole_batch_scores_bytes(batch, heads, frames, torch.bfloat16 if bf16 else torch.float32)
 
             def forward(size: int, bf16: bool = bf16) -> None:
                 with blocks_above(size), (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()):
                     upstream(wavs)["hidden_states"]
 
-            with torch.no_grad():
-                times = alternate({"blocked": lambda: forward(0), "whole": lambda: forward(sys.maxsize)}, repeats)
-            medians = {name: statistics.median(values) for name, values in times.items()}
+            timed = blocked_against_whole(lambda: forward(0), lambda: forward(sys.maxsize), repeats)
             rows.append({"batch": batch, "seconds": seconds, "precision": precision, "frames": frames,
-                         "scores_bytes": scores_bytes, "blocked_by_rule": scores_bytes > rule, "forward_s": medians,
-                         "ratio": medians["blocked"] / medians["whole"], "samples_s": times})
+                         "scores_bytes": scores_bytes, "blocked_by_rule": scores_bytes > rule,
+                         "forward_s": timed["medians"], "ratio": timed["ratio"], "samples_s": timed["samples_s"]})
             logger.info("  %d x %g s %s (%.1f MB of scores): blocked / whole %.3f", batch, seconds, precision,
                         scores_bytes / 1e6, rows[-1]["ratio"])
     return rows
@@ -144,10 +150,9 @@ def layer_pair(width: int, heads: int, frames: int, batch: int, repeats: int) ->
 
     with torch.no_grad():
         difference = (pair() - pair_whole()).abs().max().item()
-        times = alternate({"blocked": pair, "whole": pair_whole}, repeats)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    return {"width": width, "heads": heads, "frames": frames, "batch": batch, "seconds": medians,
-            "ratio": medians["blocked"] / medians["whole"], "max_abs_difference": difference, "samples_s": times}
+    timed = blocked_against_whole(pair, pair_whole, repeats)
+    return {"width": width, "heads": heads, "frames": frames, "batch": batch, "seconds": timed["medians"],
+            "ratio": timed["ratio"], "max_abs_difference": difference, "samples_s": timed["samples_s"]}
 
 
 def main() -> None:

@@ -93,6 +93,7 @@ def write_result(name: str, args: argparse.Namespace, load_before: Tuple[float, 
 def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int) -> dict:
     cnn = the_cnn(upstream)
     batch = torch.stack(wavs)
+    sizes = cnn._output_bytes(batch)
 
     def forward() -> List[torch.Tensor]:
         return upstream(wavs)["hidden_states"]
@@ -115,8 +116,8 @@ def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int) -
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {
         # Whether the default forward streams at this batch (else both timings are of the whole-batch path).
-        "streams_at_this_size": cnn._largest_output_bytes(batch) > feature_extractor.STREAM_ABOVE_BYTES,
-        "whole_from_layer": cnn._whole_from(batch),
+        "streams_at_this_size": max(sizes) > feature_extractor.STREAM_ABOVE_BYTES,
+        "whole_from_layer": cnn._whole_from(sizes),
         "cnn_small_layers_whole_ratio": medians["cnn_streamed"] / medians["cnn_all_pieces"],
         "forward_s": {"streamed": medians["streamed"], "whole": medians["whole"]},
         "ratio": medians["streamed"] / medians["whole"],

@@ -90,13 +90,13 @@ def test_the_small_last_layers_run_whole_after_the_last_layer_above_the_threshol
                      for frames, block in zip(module._frame_counts(x.shape[-1]), module.conv_layers)]
     for threshold in sorted(set(sizes)) + [0, max(sizes) * 2]:
         monkeypatch.setattr(fe, "STREAM_ABOVE_BYTES", threshold)
-        whole_from = module._whole_from(x)
+        whole_from = module._whole_from(sizes)
         assert 1 <= whole_from <= len(sizes)
         assert all(size <= threshold for size in sizes[whole_from - 1:-1])  # joined and later outputs are small
         if whole_from > 1:
             assert sizes[whole_from - 2] > threshold  # and it is the earliest such layer
     monkeypatch.setattr(fe, "STREAM_ABOVE_BYTES", 0)
-    assert module._whole_from(x) == len(sizes)
+    assert module._whole_from(sizes) == len(sizes)
     with torch.no_grad(), pytest.raises(ValueError, match="whole_from must be a layer index from 1 to 9"):
         module.stream(x, None, 100, 0)
 
@@ -106,14 +106,15 @@ def test_large_inference_batches_on_cpu_stream_and_training_or_autograd_runs_the
 
     module = extractor("hubert", "group_norm")
     x, lengths = waves(), torch.tensor(LENGTHS)
-    largest = module._largest_output_bytes(x)
+    largest = max(module._output_bytes(x))
     assert largest == 4 * 3199 * 24 * 4  # the first layer's output: 3199 frames of 24 channels, 4 rows, fp32
     with torch.no_grad():
         whole = module.whole(x, lengths)[0]
         monkeypatch.setattr(fe, "STREAM_ABOVE_BYTES", largest)  # not above: the whole batch
         assert torch.equal(module(x, lengths)[0], whole)
     monkeypatch.setattr(fe, "STREAM_ABOVE_BYTES", largest - 1)
-    assert module._whole_from(x) == 2  # only the first layer's output is above: the rest run whole
+    # only the first layer's output is above: the rest run whole
+    assert module._whole_from(module._output_bytes(x)) == 2
     with torch.no_grad():
         streamed = module.stream(x, lengths, module._chunk_frames(x), 2)[0]
         assert torch.equal(module(x, lengths)[0], streamed)

@@ -45,7 +45,7 @@ def independent_macs(upstream: torch.nn.Module, wav: torch.Tensor) -> int:
         nonlocal total  # a streamed CNN computes the first layer's group-norm statistics from its input windows:
         first = extractor.conv_layers[0]  # k x k covariance per frame, then w . mu and w^T Sigma w per channel
         if first.norm_type != "group_norm" or \
-                extractor._largest_output_bytes(inputs[0]) <= feature_extractor.STREAM_ABOVE_BYTES:
+                max(extractor._output_bytes(inputs[0])) <= feature_extractor.STREAM_ABOVE_BYTES:
             return
         batch, samples = inputs[0].shape
         k, channels = first.kernel_size, first.conv.out_channels

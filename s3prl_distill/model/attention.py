@@ -27,6 +27,12 @@ ATTENTION_BLOCKS_ABOVE_BYTES = 16 * 2**20
 ATTENTION_BLOCK_BYTES = 4 * 2**20
 
 
+def whole_batch_scores_bytes(batch: int, heads: int, frames: int, dtype: torch.dtype) -> int:
+    """Bytes of the (batch, heads, frames, frames) scores the whole-batch explicit attention would write: what
+    :meth:`SelfAttention._attends_in_blocks` compares with ``ATTENTION_BLOCKS_ABOVE_BYTES``."""
+    return batch * heads * frames * frames * dtype.itemsize
+
+
 class AttentionBlock(NamedTuple):
     """One block of explicit attention: an utterance, a range of heads and a range of query rows (all keys)."""
 
@@ -240,7 +246,7 @@ class SelfAttention(nn.Module):
         # autocast runs the projections and products in its dtype, except for a float64 model
         autocast = torch.is_autocast_enabled("cpu") and x.dtype != torch.float64
         dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
-        return batch * self.num_heads * frames * frames * dtype.itemsize > ATTENTION_BLOCKS_ABOVE_BYTES
+        return whole_batch_scores_bytes(batch, self.num_heads, frames, dtype) > ATTENTION_BLOCKS_ABOVE_BYTES
 
     def attend_in_blocks(self, x: Tensor, padding_mask: Optional[Tensor], maps: AttentionMaps,
                          block_bytes: int = ATTENTION_BLOCK_BYTES) -> Tensor:

@@ -214,9 +214,10 @@ class ConvFeatureExtractor(nn.Module):
         make a layer output of more than ``STREAM_ABOVE_BYTES``, the stack runs over pieces of time (:meth:`stream`);
         otherwise over the whole batch at once, layer by layer (:meth:`whole`). Not on CUDA: its caching allocator
         never maps memory afresh, and pieces would multiply the kernel launches."""
-        if not self.training and not torch.is_grad_enabled() and waveforms.device.type == "cpu" and \
-                self._largest_output_bytes(waveforms) > STREAM_ABOVE_BYTES:
-            return self.stream(waveforms, lengths, self._chunk_frames(waveforms), self._whole_from(waveforms))
+        if not self.training and not torch.is_grad_enabled() and waveforms.device.type == "cpu":
+            sizes = self._output_bytes(waveforms)
+            if max(sizes) > STREAM_ABOVE_BYTES:
+                return self.stream(waveforms, lengths, self._chunk_frames(waveforms), self._whole_from(sizes))
         return self.whole(waveforms, lengths)
 
     def _frame_counts(self, samples: int) -> List[int]:
@@ -232,20 +233,17 @@ class ConvFeatureExtractor(nn.Module):
         return [waveforms.shape[0] * frames * block.conv.out_channels * waveforms.element_size()
                 for frames, block in zip(self._frame_counts(waveforms.shape[-1]), self.conv_layers)]
 
-    def _whole_from(self, waveforms: Tensor) -> int:
-        """The first layer :meth:`stream` runs over the whole batch: the one after which no layer output exceeds
-        ``STREAM_ABOVE_BYTES`` (none: every layer in pieces). Pieces of the last layers are a few frames long, and
-        such short convolutions ran at a third to two thirds of the GEMM rate: on a 2-core EPYC at 4 x 10 s the CNN
-        took 0.90x (FitHuBERT) and 0.96x (DistilHuBERT) the time with its small layers whole."""
-        sizes = self._output_bytes(waveforms)
+    @staticmethod
+    def _whole_from(sizes: List[int]) -> int:
+        """The first layer :meth:`stream` runs over the whole batch, given each layer's whole-batch output bytes
+        (:meth:`_output_bytes`): the one after which no layer output exceeds ``STREAM_ABOVE_BYTES`` (none: every
+        layer in pieces). Pieces of the last layers are a few frames long, and such short convolutions ran at a third
+        to two thirds of the GEMM rate: on a 2-core EPYC at 4 x 10 s the CNN took 0.90x (FitHuBERT) and 0.96x
+        (DistilHuBERT) the time with its small layers whole."""
         whole_from = len(sizes)
         while whole_from > 1 and sizes[whole_from - 2] <= STREAM_ABOVE_BYTES:
             whole_from -= 1
         return whole_from
-
-    def _largest_output_bytes(self, waveforms: Tensor) -> int:
-        """Bytes of the largest layer output :meth:`whole` would allocate for ``waveforms``."""
-        return max(self._output_bytes(waveforms))
 
     def whole(self, waveforms: Tensor, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """The forward over the whole batch, one layer at a time (training, and any use of autograd)."""
