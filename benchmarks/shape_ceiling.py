@@ -18,6 +18,14 @@ For every family (the same random checkpoints as ``cpu_peak.py``, loaded through
 A family whose ``ceiling`` is below a target cannot reach the target by removing overhead: only other kernels or
 other shapes would. The GEMM peak is measured before and after, as in ``cpu_peak.py``.
 
+Where the rest goes: every op of ``--repeats`` more forwards is timed under a dispatch mode. ``uncounted_ops`` lists
+the ops the fraction does not count (softmax, GELU, copies, norms, ...) with their time per forward and share of it;
+``counted_ops_in_forward_s`` is the counted ops' time inside the forward, to set against their replay alone.
+
+A host that slows down between a model's forwards and its replay would read as a share (or ceiling) that is off:
+a short GEMM probe (``--probe-seconds``) runs just before each, ``host_drift`` is the replay's rate over the
+forwards', and the table marks a model whose drift is beyond 5 % or whose share is above 1: measure it again.
+
     python benchmarks/shape_ceiling.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5] [--only ENTRY ...]
 """
 
@@ -118,22 +126,67 @@ def replay(call: Call, repeats: int, generator: torch.Generator) -> Tuple[float,
     return statistics.median(samples), counter.get_total_flops()
 
 
+class TimedOps(TorchDispatchMode):
+    """Wall time of every op call made under it, summed per op: where a forward's time goes, counted ops or not.
+    Each call is timed from Python around its kernel, so a view's few microseconds of dispatch count too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: Counter = Counter()
+        self.calls: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.seconds[func.overloadpacket] += time.perf_counter() - start
+        self.calls[func.overloadpacket] += 1
+        return out
+
+
+def op_times(upstream: torch.nn.Module, wavs: List[torch.Tensor], forwards: int, forward_s: float,
+             top: int = 8) -> Dict[str, Any]:
+    """Every op of ``forwards`` forwards timed under :class:`TimedOps` (after the caller's warm-up), per forward:
+    the counted ops' time inside the forward (against their replay alone: what the forward's cache and memory state
+    costs them), and the ops FlopCounterMode does not count, with ``seconds`` and ``share_of_forward`` of
+    ``forward_s`` (the plain forward's median) for the ``top`` slowest and the total over all of them."""
+    counted = CountedOps().counted
+    timer = TimedOps()
+    with torch.no_grad(), timer:
+        for _ in range(forwards):
+            upstream_features(upstream, wavs)
+    rows = [{"op": op.__name__, "calls": timer.calls[op] // forwards, "seconds": seconds / forwards,
+             "share_of_forward": seconds / forwards / forward_s}
+            for op, seconds in timer.seconds.items() if op not in counted]
+    rows.sort(key=lambda row: row["seconds"], reverse=True)
+    total = sum(row["seconds"] for row in rows)
+    counted_s = sum(seconds for op, seconds in timer.seconds.items() if op in counted) / forwards
+    return {"counted_ops_in_forward_s": counted_s, "uncounted_ops_s": total, "uncounted_share": total / forward_s,
+            "uncounted_ops": rows[:top]}
+
+
 def describe(call: Call) -> str:
     func, args, _ = call
     shapes = [list(item[0]) for item in args if isinstance(item, TensorLayout)]
     return f"{func.overloadpacket.__name__} {shapes}"
 
 
-def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int, top: int = 8) -> Dict[str, Any]:
-    """Forward time and the counted ops' time alone for one upstream (see the module docstring); the fractions of
-    peak are added by :func:`with_fractions` once the run's peak is known."""
+def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int, top: int = 8,
+            probe_seconds: float = 0.5) -> Dict[str, Any]:
+    """Forward time, the uncounted ops' time and the counted ops' time alone for one upstream (see the module
+    docstring), each of the forwards and the replay after a GEMM probe of ``probe_seconds``; the fractions of peak
+    are added by :func:`with_fractions` once the run's peak is known."""
     generator = torch.Generator().manual_seed(0)
     upstream.eval()
     recorder = CountedOps()
     with torch.no_grad(), recorder:
         upstream_features(upstream, wavs)
+    threads = torch.get_num_threads()
+    at_forwards = gemm_peak(torch.float32, threads, probe_seconds)["gflops"]
     forward = forward_time_samples({"upstream": upstream}, wavs, repeats, warmup=1)["upstream"]
+    latency = statistics.median(forward)
+    uncounted = op_times(upstream, wavs, repeats, latency, top)
     macs, _ = count_macs(upstream, wavs)
+    at_replay = gemm_peak(torch.float32, threads, probe_seconds)["gflops"]
     rows = []
     for call, count in recorder.calls.items():
         seconds, flops = replay(call, repeats, generator)
@@ -142,11 +195,18 @@ def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int, t
     for row in rows:
         row["share_of_counted_time"] = row["seconds_each"] * row["calls"] / counted_s
     rows.sort(key=lambda row: row["share_of_counted_time"], reverse=True)
-    latency = statistics.median(forward)
     return {"macs": macs, "replayed_flops": sum(row["flops_each"] * row["calls"] for row in rows),
             "forward_s": forward, "median_forward_s": latency, "counted_ops_s": counted_s,
             "counted_share": counted_s / latency, "distinct_calls": len(rows),
-            "calls": sum(row["calls"] for row in rows), "top_ops": rows[:top]}
+            "calls": sum(row["calls"] for row in rows), "top_ops": rows[:top], **uncounted,
+            "gemm_gflops_at_forwards": at_forwards, "gemm_gflops_at_replay": at_replay,
+            "host_drift": at_replay / at_forwards}
+
+
+def suspect(row: Dict[str, Any], drift: float = 0.05) -> bool:
+    """Whether the host's speed moved between a model's forwards and its replay (GEMM probes more than ``drift``
+    apart), or the replay came out slower than the forward it was taken from (share above 1)."""
+    return abs(row["host_drift"] - 1.0) > drift or row["counted_share"] > 1.0
 
 
 def with_fractions(row: Dict[str, Any], peak_gflops: float) -> Dict[str, Any]:
@@ -163,8 +223,10 @@ def with_fractions(row: Dict[str, Any], peak_gflops: float) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = paper_size_parser(__doc__.splitlines()[0], Path(__file__).parent / "results" / "shape_ceiling.json")
     parser.add_argument("--peak-seconds", type=float, default=5.0, help="GEMM seconds before and after the upstreams")
+    parser.add_argument("--probe-seconds", type=float, default=0.5,
+                        help="GEMM seconds before each model's forwards and before its replay (host_drift)")
     args = parser.parse_args(argv)
-    for name in ("seconds", "batch", "threads", "repeats", "peak_seconds"):
+    for name in ("seconds", "batch", "threads", "repeats", "peak_seconds", "probe_seconds"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -181,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for label, (entry, path) in checkpoints.items():
             logger.info("%s", label)
             upstream = load_upstream(UpstreamSpec(entry, str(path), label=label))
-            rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats)}
+            rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats, probe_seconds=args.probe_seconds)}
             del upstream
     after = gemm_peak(torch.float32, args.threads, args.peak_seconds)
     peak = peak_rates(before, after)  # the median of the GEMM calls before and after the upstreams
@@ -194,10 +256,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"fp32 GEMM peak {peak['gflops']:.1f} GFLOP/s ({before['gflops']:.1f} before, {after['gflops']:.1f} after)")
     print(f"{'upstream':55s} {'GMACs':>7s} {'forward':>9s} {'counted':>9s} {'share':>6s} {'fraction':>8s} "
-          f"{'ceiling':>8s}")
+          f"{'ceiling':>8s} {'drift':>6s}  slowest uncounted ops (share of the forward)")
     for label, row in rows.items():
+        slowest = ", ".join(f"{op['op']} {op['share_of_forward']:.3f}" for op in row["uncounted_ops"][:3])
         print(f"{label[:55]:55s} {row['macs'] / 1e9 / args.batch:7.1f} {row['median_forward_s']:8.2f}s "
-              f"{row['counted_ops_s']:8.2f}s {row['counted_share']:6.2f} {row['fraction']:8.2f} {row['ceiling']:8.2f}")
+              f"{row['counted_ops_s']:8.2f}s {row['counted_share']:6.2f} {row['fraction']:8.2f} {row['ceiling']:8.2f} "
+              f"{row['host_drift']:6.2f}{'!' if suspect(row) else ' '} {slowest}")
+    if any(suspect(row) for row in rows.values()):
+        print("!: the host's GEMM rate moved by more than 5 % between the forwards and the replay, or the replay "
+              "was slower than the forward (share above 1): measure these again (--only ENTRY)")
     print(f"load average before {load_before}, after {result['load_average_after']}; json: {args.output}")
 
 

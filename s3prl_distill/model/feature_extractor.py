@@ -250,10 +250,11 @@ class ConvFeatureExtractor(nn.Module):
         x = waveforms.unsqueeze(1)
         for block in self.conv_layers:
             x, lengths = block(x, lengths)
-        x = x.transpose(1, 2)
-        if self.output_scale is not None:
-            x = x * self.output_scale.to(x.dtype)
-        return x, lengths
+        return self._scaled(x.transpose(1, 2)), lengths
+
+    def _scaled(self, frames: Tensor) -> Tensor:
+        """(batch, frames, channels) times the fixed per-channel ``output_scale``, if the stack has one."""
+        return frames if self.output_scale is None else frames * self.output_scale.to(frames.dtype)
 
     def _chunk_frames(self, waveforms: Tensor) -> int:
         """First-layer frames per piece: the widest layer's piece of the batch within ``STREAM_CHUNK_BYTES``."""
@@ -323,6 +324,4 @@ class ConvFeatureExtractor(nn.Module):
                 x = block(x, None)[0]
             out = x.transpose(1, 2)
         assert out.shape[1] == counts[-1], (out.shape, counts[-1])
-        if self.output_scale is not None:
-            out = out * self.output_scale.to(out.dtype)
-        return out, (None if lengths is None else self.output_lengths(lengths))
+        return self._scaled(out), (None if lengths is None else self.output_lengths(lengths))
