@@ -23,14 +23,16 @@ the ops the fraction does not count (softmax, GELU, copies, norms, ...) with the
 ``counted_ops_in_forward_s`` is the counted ops' time inside the forward, to set against their replay alone.
 
 A host that slows down between a model's forwards and its replay would read as a share (or ceiling) that is off:
-a short GEMM probe (``--probe-seconds``) runs just before each, ``host_drift`` is the replay's rate over the
-forwards', and the table marks a model whose drift is beyond 5 % or whose share is above 1: measure it again.
+a short GEMM probe (``--probe-seconds``) runs just before each, and ``host_drift`` is the replay's rate over the
+forwards'. A model whose drift is beyond 5 % or whose share is above 1 is measured again (``--retries``), the
+steadiest measurement kept; the table marks one that stays so.
 
     python benchmarks/shape_ceiling.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5] [--only ENTRY ...]
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import statistics
@@ -38,7 +40,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -209,6 +211,19 @@ def suspect(row: Dict[str, Any], drift: float = 0.05) -> bool:
     return abs(row["host_drift"] - 1.0) > drift or row["counted_share"] > 1.0
 
 
+def steadiest(measurement: Callable[[], Dict[str, Any]], retries: int, label: str = "") -> Dict[str, Any]:
+    """``measurement()``, taken again up to ``retries`` times while the result is :func:`suspect`; the one whose
+    ``host_drift`` is nearest 1 is kept, with ``attempts`` (how many were taken) and ``suspect`` (whether even that one
+    is). A host's slow phases last seconds to minutes: a later measurement usually misses them."""
+    attempts = [measurement()]
+    while suspect(attempts[-1]) and len(attempts) <= retries:
+        logger.info("%s: host drift %.2f, share %.2f: measuring again", label, attempts[-1]["host_drift"],
+                    attempts[-1]["counted_share"])
+        attempts.append(measurement())
+    kept = min(attempts, key=lambda row: (suspect(row), abs(row["host_drift"] - 1.0)))
+    return {**kept, "attempts": len(attempts), "suspect": suspect(kept)}
+
+
 def with_fractions(row: Dict[str, Any], peak_gflops: float) -> Dict[str, Any]:
     """``row`` from :func:`measure` with its fractions of an fp32 GEMM rate: ``fraction`` (counted FLOPs over the
     forward's time), ``ceiling`` (over the counted ops' time alone) and each top op's own."""
@@ -223,12 +238,16 @@ def with_fractions(row: Dict[str, Any], peak_gflops: float) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = paper_size_parser(__doc__.splitlines()[0], Path(__file__).parent / "results" / "shape_ceiling.json")
     parser.add_argument("--peak-seconds", type=float, default=5.0, help="GEMM seconds before and after the upstreams")
-    parser.add_argument("--probe-seconds", type=float, default=0.5,
+    parser.add_argument("--probe-seconds", type=float, default=1.0,
                         help="GEMM seconds before each model's forwards and before its replay (host_drift)")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="measurements more of a model the host moved under (see suspect); the steadiest is kept")
     args = parser.parse_args(argv)
     for name in ("seconds", "batch", "threads", "repeats", "peak_seconds", "probe_seconds"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.retries < 0:
+        parser.error(f"--retries must be 0 or more, got {args.retries}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     load_before = load_average()
@@ -243,7 +262,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         for label, (entry, path) in checkpoints.items():
             logger.info("%s", label)
             upstream = load_upstream(UpstreamSpec(entry, str(path), label=label))
-            rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats, probe_seconds=args.probe_seconds)}
+            measurement = functools.partial(measure, upstream, wavs, args.repeats, probe_seconds=args.probe_seconds)
+            rows[label] = {"entry": entry, **steadiest(measurement, args.retries, label)}
+            del measurement
             del upstream
     after = gemm_peak(torch.float32, args.threads, args.peak_seconds)
     peak = peak_rates(before, after)  # the median of the GEMM calls before and after the upstreams
@@ -261,10 +282,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         slowest = ", ".join(f"{op['op']} {op['share_of_forward']:.3f}" for op in row["uncounted_ops"][:3])
         print(f"{label[:55]:55s} {row['macs'] / 1e9 / args.batch:7.1f} {row['median_forward_s']:8.2f}s "
               f"{row['counted_ops_s']:8.2f}s {row['counted_share']:6.2f} {row['fraction']:8.2f} {row['ceiling']:8.2f} "
-              f"{row['host_drift']:6.2f}{'!' if suspect(row) else ' '} {slowest}")
-    if any(suspect(row) for row in rows.values()):
-        print("!: the host's GEMM rate moved by more than 5 % between the forwards and the replay, or the replay "
-              "was slower than the forward (share above 1): measure these again (--only ENTRY)")
+              f"{row['host_drift']:6.2f}{'!' if row['suspect'] else ' '} {slowest}")
+    if any(row["suspect"] for row in rows.values()):
+        print(f"!: after {args.retries} more measurement(s), the host's GEMM rate still moved by more than 5 % between "
+              "the forwards and the replay, or the replay was slower than the forward (share above 1): measure these "
+              "again (--only ENTRY)")
     print(f"load average before {load_before}, after {result['load_average_after']}; json: {args.output}")
 
 

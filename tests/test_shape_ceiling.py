@@ -130,10 +130,30 @@ def test_operands_are_replayed_in_their_recorded_layout(shape_ceiling):
     assert seconds > 0
 
 
+def test_a_moved_measurement_is_taken_again_and_the_steadiest_kept(shape_ceiling):
+    def measurements(*drifts):
+        taken = iter([{"host_drift": drift, "counted_share": 0.9, "n": n} for n, drift in enumerate(drifts)])
+        return lambda: next(taken)
+
+    # steady at once: measured once
+    row = shape_ceiling.steadiest(measurements(1.01, 0.5), retries=2)
+    assert (row["n"], row["attempts"], row["suspect"]) == (0, 1, False)
+    # moved, then steady: the steady one, no more
+    row = shape_ceiling.steadiest(measurements(1.3, 0.98, 2.0), retries=2)
+    assert (row["n"], row["attempts"], row["suspect"]) == (1, 2, False)
+    # moved every time: all retries taken, the one nearest 1 kept and still marked
+    row = shape_ceiling.steadiest(measurements(1.3, 0.8, 1.1, 1.0), retries=2)
+    assert (row["n"], row["attempts"], row["suspect"]) == (2, 3, True)
+    # no retries
+    row = shape_ceiling.steadiest(measurements(1.3, 1.0), retries=0)
+    assert (row["n"], row["attempts"], row["suspect"]) == (0, 1, True)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--only", "no_such_local"], "no such entry"),
     (["--repeats", "0"], "--repeats must be positive"),
     (["--probe-seconds", "0"], "--probe-seconds must be positive"),
+    (["--retries", "-1"], "--retries must be 0 or more"),
 ])
 def test_bad_arguments_are_refused_by_name(shape_ceiling, argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
