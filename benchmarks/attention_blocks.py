@@ -16,6 +16,10 @@ blocks): each upstream's forward both ways at batch sizes and lengths whose scor
 in fp32 and (where the CPU has native bf16 matrix instructions) under bf16 autocast, as ``upstream_bf16`` runs it.
 Each case records its whole-batch score bytes, whether the rule blocks it, and the blocked / whole ratio.
 
+And what the softmaxes cost the blocked forward: the same forward with the providing layers' softmax and the reusing
+layers' second softmax left out (``without_softmax``: wrong outputs, timing only), alternating with the real one;
+``softmax_free_ratio`` is the most any faster softmax could save.
+
     python benchmarks/attention_blocks.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5]
         [--sweep 8x2 1x6 2x5 ...] [--sweep-repeats 7]
 """
@@ -62,6 +66,19 @@ def whole_batch_attention():
     return blocks_above(sys.maxsize)
 
 
+@contextmanager
+def without_softmax() -> Iterator[None]:
+    """The blocked attention with its softmaxes left out: a providing layer attends with its raw scores, a reusing
+    layer with the map as it is. Everything else runs as before (outputs are wrong: for timing only)."""
+    saved = attention.softmax_rows_, attention.reused_attention_weights
+    attention.softmax_rows_ = lambda scores: scores
+    attention.reused_attention_weights = lambda probabilities, padding_mask: probabilities
+    try:
+        yield
+    finally:
+        attention.softmax_rows_, attention.reused_attention_weights = saved
+
+
 def sweep_case(text: str) -> Tuple[int, float]:
     """``"4x10"`` -> (4 utterances, 10.0 s)."""
     try:
@@ -98,11 +115,18 @@ def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int) -
         with whole_batch_attention():
             return forward()
 
+    def forward_without_softmax() -> List[torch.Tensor]:
+        with without_softmax():
+            return forward()
+
     with torch.no_grad():
         difference = max((a - b).abs().max().item() for a, b in zip(forward(), forward_whole()))
+        softmax_free = alternate({"real": forward, "without_softmax": forward_without_softmax}, repeats)
     timed = blocked_against_whole(forward, forward_whole, repeats)
+    paired = [free / real for real, free in zip(softmax_free["real"], softmax_free["without_softmax"])]
     return {"explicit_layers": len(layers), "forward_s": timed["medians"], "ratio": timed["ratio"],
-            "max_abs_difference": difference, "samples_s": timed["samples_s"]}
+            "max_abs_difference": difference, "samples_s": timed["samples_s"],
+            "softmax_free_ratio": statistics.median(paired), "softmax_free_samples_s": softmax_free}
 
 
 def threshold_sweep(upstream: torch.nn.Module, cases: Sequence[Tuple[int, float]], precisions: Sequence[str],
@@ -179,8 +203,8 @@ def main() -> None:
             logger.info("timing %s", label)
             upstream = load_upstream(UpstreamSpec(entry, str(path), label=label)).eval()
             rows[label] = {"entry": entry, **measure(upstream, wavs, args.repeats)}
-            logger.info("  blocked / whole: forward %.3f; max |difference| %.2e", rows[label]["ratio"],
-                        rows[label]["max_abs_difference"])
+            logger.info("  blocked / whole: forward %.3f; max |difference| %.2e; without softmax / real %.3f",
+                        rows[label]["ratio"], rows[label]["max_abs_difference"], rows[label]["softmax_free_ratio"])
             if cases:
                 logger.info("threshold sweep, %s", label)
                 sweeps.append({"upstream": label, "precisions": precisions,
@@ -190,10 +214,11 @@ def main() -> None:
     result = write_result("attention_blocks", args, load_before, block_bytes=attention.ATTENTION_BLOCK_BYTES,
                           blocks_above_bytes=attention.ATTENTION_BLOCKS_ABOVE_BYTES, upstreams=rows,
                           layer_pairs=pairs, threshold_sweeps=sweeps)
-    print(f"{'upstream':40s} {'whole s':>8s} {'blocked s':>9s} {'ratio':>6s} {'max |diff|':>10s}")
+    print(f"{'upstream':40s} {'whole s':>8s} {'blocked s':>9s} {'ratio':>6s} {'max |diff|':>10s} "
+          f"{'without softmax / real':>22s}")
     for label, row in rows.items():
         print(f"{label:40s} {row['forward_s']['whole']:8.3f} {row['forward_s']['blocked']:9.3f} "
-              f"{row['ratio']:6.3f} {row['max_abs_difference']:10.2e}")
+              f"{row['ratio']:6.3f} {row['max_abs_difference']:10.2e} {row['softmax_free_ratio']:22.3f}")
     for row in pairs:
         print(f"providing + reusing layer, {row['width']} wide, {row['heads']} heads, {row['batch']} x {row['frames']} "
               f"frames: blocked / whole {row['ratio']:.3f} ({row['seconds']['blocked'] * 1e3:.1f} / "

@@ -260,11 +260,43 @@ def test_the_benchmark_times_both_paths_of_a_reusing_upstream(attention_blocks_b
     assert 0 <= row["max_abs_difference"] < 1e-5
     assert all(seconds > 0 for seconds in row["forward_s"].values()) and len(row["samples_s"]["blocked"]) == 1
     assert attention.ATTENTION_BLOCKS_ABOVE_BYTES == 0
+    assert row["softmax_free_ratio"] > 0 and len(row["softmax_free_samples_s"]["without_softmax"]) == 1
     pair = attention_blocks_benchmark.layer_pair(32, 4, 40, 2, repeats=1)
     assert pair["ratio"] > 0 and 0 <= pair["max_abs_difference"] < 1e-5
     plain = load_upstream(UpstreamSpec("distilhubert_local", str(BEFORE / "distilhubert.ckpt")))
     with pytest.raises(ValueError, match="provides or reuses a map"):
         attention_blocks_benchmark.explicit_layers(plain)
+
+
+def test_without_softmax_leaves_out_both_softmaxes_and_restores_them(attention_blocks_benchmark, monkeypatch):
+    """The timing-only ablation: a providing layer attends with its raw scores and a reusing layer with the map as
+    it is, on the blocked path; after it the layers give their real outputs again."""
+    monkeypatch.setattr(attention, "ATTENTION_BLOCKS_ABOVE_BYTES", 0)
+    provider, reuser = attention_pair()
+    x, _ = padded_inputs()
+
+    def pair():
+        maps = AttentionMaps()
+        out = provider(x, None, maps=maps)
+        return out, maps.probabilities.clone(), reuser(x, None, maps=maps)
+
+    with torch.no_grad():
+        real_out, real_map, real_reused = pair()
+        with attention_blocks_benchmark.without_softmax():
+            raw_out, raw_map, raw_reused = pair()
+        again = pair()
+    assert torch.allclose(real_map.sum(-1), torch.ones(()), atol=1e-5)  # the real map is a softmax
+    scale = provider.head_dim ** -0.5
+    q = provider.q_proj(x).view(*x.shape[:2], provider.num_heads, -1).transpose(1, 2)
+    k = provider.k_proj(x).view(*x.shape[:2], provider.num_heads, -1).transpose(1, 2)
+    with torch.no_grad():
+        assert torch.allclose(raw_map, (q * scale) @ k.transpose(-1, -2), atol=1e-5)  # raw scores, no softmax
+        v = reuser.v_proj(x).view(*x.shape[:2], reuser.num_heads, -1).transpose(1, 2)
+        attended = (raw_map @ v).transpose(1, 2).reshape(*x.shape[:2], -1)
+        assert torch.allclose(raw_reused, reuser.out_proj(attended), atol=1e-4)  # the map as it is, no softmax
+    assert not torch.allclose(raw_out, real_out) and not torch.allclose(raw_reused, real_reused)
+    for got, expected in zip(again, (real_out, real_map, real_reused)):
+        assert torch.equal(got, expected)
 
 
 def test_the_threshold_sweep_times_each_case_both_ways_and_states_the_rule(attention_blocks_benchmark, tmp_path,

@@ -133,6 +133,11 @@ class AttentionMaps:
         return self.probabilities
 
 
+def softmax_rows_(scores: Tensor) -> Tensor:
+    """Softmax over the last dimension, written over ``scores`` (a providing layer's block of its map)."""
+    return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+
+
 def reused_attention_weights(probabilities: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
     """The weights a reusing layer attends with: the earlier layer's probabilities, used as logits of a second
     softmax over the valid keys (ARMHuBERT's official layer does this; its released weights were trained so).
@@ -288,8 +293,7 @@ class SelfAttention(nn.Module):
             mask = key_mask(block)
             if mask is not None:
                 scores.masked_fill_(mask, float("-inf"))
-            torch.ops.aten._softmax.out(scores, -1, False, out=scores)
-            attend(block, scores)
+            attend(block, softmax_rows_(scores))
         maps.probabilities = probabilities
         return out
 
