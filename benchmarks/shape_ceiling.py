@@ -173,7 +173,7 @@ def describe(call: Call) -> str:
 
 
 def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int, top: int = 8,
-            probe_seconds: float = 0.5) -> Dict[str, Any]:
+            probe_seconds: float = 1.0) -> Dict[str, Any]:
     """Forward time, the uncounted ops' time and the counted ops' time alone for one upstream (see the module
     docstring), each of the forwards and the replay after a GEMM probe of ``probe_seconds``; the fractions of peak
     are added by :func:`with_fractions` once the run's peak is known."""
