@@ -11,14 +11,18 @@ The bf16 GEMM rate is recorded too where the CPU has native bf16 matrix instruct
 ``s3prl-distill profile --peak -u ENTRY -k CKPT`` profiles one: its forwards back to back, its own GEMM peak measured
 just before and after them, its fraction against that peak (default output ``results/cpu_peak_each.json``). Round-robin
 timing makes every forward follow another model's; one at a time, each model's timing window is a few seconds, so a
-noisy phase of the host hits fewer rows.
+noisy phase of the host hits fewer rows. An upstream whose GEMM rates before and after its forwards differ by more
+than 5 % (``host_drift``: the host's speed moved under it) is profiled again (``--retries``, default 2), the steadiest
+profile kept (``attempts`` and ``suspect`` in its row; the table marks one that stays suspect).
 
-    python benchmarks/cpu_peak.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5] [--only fithubert ...] [--each]
+    python benchmarks/cpu_peak.py [--seconds 10] [--batch 4] [--threads 2] [--repeats 5] [--only fithubert ...]
+        [--each [--retries 2]]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import tempfile
@@ -27,7 +31,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from inference_ratio import paper_size_parser, write_paper_checkpoints
+from inference_ratio import host_moved, paper_size_parser, steadiest, write_paper_checkpoints
 from s3prl_distill.profiler import (UpstreamSpec, bf16_gemm_supported, format_table, gemm_peak, length_key,
                                     profile_upstreams)
 from s3prl_distill.profiling import load_average
@@ -38,7 +42,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--peak-seconds", type=float, default=5.0, help="GEMM seconds before and after the forwards")
     parser.add_argument("--each", action="store_true", help="profile every upstream on its own, against its own peak")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="with --each: profiles more of an upstream the host's speed moved under")
     args = parser.parse_args()
+    if args.retries < 0:
+        parser.error(f"--retries must be 0 or more, got {args.retries}")
     if args.each and args.output == parser.get_default("output"):
         args.output = args.output.with_name("cpu_peak_each.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -64,13 +72,22 @@ def main() -> None:
 
 
 def profile_each(specs: List[UpstreamSpec], args: argparse.Namespace) -> Dict[str, Any]:
-    """One :func:`profile_upstreams` call per upstream (with ``peak=True``): each row keeps its own ``peak``."""
+    """One :func:`profile_upstreams` call per upstream (with ``peak=True``): each row keeps its own ``peak``, and
+    ``host_drift`` = its GEMM rate after the forwards / before; a row whose drift is beyond 5 % is profiled again
+    (``args.retries`` times at most, :func:`inference_ratio.steadiest`)."""
     rows, runs = [], []
-    for spec in specs:
+
+    def profile(spec: UpstreamSpec) -> Dict[str, Any]:
         run = profile_upstreams([spec], [args.seconds], args.batch, args.threads, args.repeats, args.warmup,
                                 memory=False, peak=True, peak_seconds=args.peak_seconds)
-        rows.append({**run["upstreams"][0], "peak": run["peak"]})
         runs.append(run)
+        peak = run["peak"]
+        return {**run["upstreams"][0], "peak": peak,
+                "host_drift": peak["after"]["gflops"] / peak["before"]["gflops"]}
+
+    for spec in specs:
+        rows.append(steadiest(functools.partial(profile, spec), args.retries, lambda row: host_moved(row["host_drift"]),
+                              spec.label or spec.entry))
     settings = {**runs[0]["settings"],
                 "latency": f"median of {args.repeats} forwards of {args.batch} utterance(s) after {args.warmup} "
                            "warm-up, each upstream on its own (its forwards back to back)",
@@ -83,10 +100,14 @@ def profile_each(specs: List[UpstreamSpec], args: argparse.Namespace) -> Dict[st
 def each_table(result: Dict[str, Any]) -> str:
     """One line per upstream: GMACs, latency, its own GEMM peak, fraction of that peak."""
     key = length_key(result["settings"]["seconds"][0])
-    lines = [f"{'upstream':55s} {'GMACs':>7s} {'latency s':>9s} {'GEMM GFLOP/s':>12s} {'% peak':>6s}"]
+    lines = [f"{'upstream':55s} {'GMACs':>7s} {'latency s':>9s} {'GEMM GFLOP/s':>12s} {'% peak':>6s} {'drift':>6s}"]
     for row in result["upstreams"]:
         lines.append(f"{row['label'][:55]:55s} {row['macs'][key] / 1e9:7.2f} {row['latency_s'][key]:9.3f} "
-                     f"{row['peak']['gflops']:12.1f} {100 * row['fraction_of_peak'][key]:6.1f}")
+                     f"{row['peak']['gflops']:12.1f} {100 * row['fraction_of_peak'][key]:6.1f} "
+                     f"{row['host_drift']:6.2f}{'!' if row['suspect'] else ''}")
+    if any(row["suspect"] for row in result["upstreams"]):
+        lines.append("!: the GEMM rate still moved by more than 5 % across this upstream's forwards after every retry: "
+                     "profile it again (--only ENTRY)")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import tempfile
 import zlib
@@ -39,6 +40,8 @@ from s3prl_distill.model import (
     with_fbank_front_end,
 )
 from s3prl_distill.profiling import forward_times
+
+logger = logging.getLogger("inference_ratio")
 
 
 def write_paper_checkpoints(folder: Path, pruned: bool = False,
@@ -127,6 +130,26 @@ PRUNED_SHAPES = {
               "heads": [7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 1],
               "ffn": [900, 800, 700, 600, 500, 450, 400, 350, 300, 250, 200, 150]},
 }
+
+
+def host_moved(drift: float, limit: float = 0.05) -> bool:
+    """Whether two GEMM-rate readings around one measurement (their ratio, ``drift``) differ by more than ``limit``:
+    this shared machine's rate moves by 10-30 % within minutes, and a measurement it moved under is off."""
+    return abs(drift - 1.0) > limit
+
+
+def steadiest(measurement: Callable[[], Dict], retries: int, suspect: Callable[[Dict], bool],
+              label: str = "") -> Dict:
+    """``measurement()`` (a row with a ``host_drift``), taken again up to ``retries`` times while ``suspect(row)``;
+    the first row that is not suspect is kept, else the one whose drift is nearest 1, with ``attempts`` (how many
+    were taken) and ``suspect`` (whether the kept one is). The host's slow phases last seconds to minutes: a later
+    measurement usually misses them."""
+    attempts = [measurement()]
+    while suspect(attempts[-1]) and len(attempts) <= retries:
+        logger.info("%s: host drift %.2f: measuring again", label, attempts[-1]["host_drift"])
+        attempts.append(measurement())
+    kept = min(attempts, key=lambda row: (suspect(row), abs(row["host_drift"] - 1.0)))
+    return {**kept, "attempts": len(attempts), "suspect": suspect(kept)}
 
 
 def pruned_config(family: str, wavlm: bool = False) -> StudentConfig:

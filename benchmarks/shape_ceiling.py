@@ -40,13 +40,13 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from inference_ratio import paper_size_parser, write_paper_checkpoints
+from inference_ratio import host_moved, paper_size_parser, steadiest, write_paper_checkpoints
 from s3prl_distill.profiler import (UpstreamSpec, count_macs, extra_flop_formulas, fraction_of_peak, gemm_peak,
                                     load_upstream, peak_rates, profile_waves)
 from s3prl_distill.profiling import forward_time_samples, load_average, upstream_features
@@ -205,23 +205,10 @@ def measure(upstream: torch.nn.Module, wavs: List[torch.Tensor], repeats: int, t
             "host_drift": at_replay / at_forwards}
 
 
-def suspect(row: Dict[str, Any], drift: float = 0.05) -> bool:
-    """Whether the host's speed moved between a model's forwards and its replay (GEMM probes more than ``drift``
-    apart), or the replay came out slower than the forward it was taken from (share above 1)."""
-    return abs(row["host_drift"] - 1.0) > drift or row["counted_share"] > 1.0
-
-
-def steadiest(measurement: Callable[[], Dict[str, Any]], retries: int, label: str = "") -> Dict[str, Any]:
-    """``measurement()``, taken again up to ``retries`` times while the result is :func:`suspect`; the one whose
-    ``host_drift`` is nearest 1 is kept, with ``attempts`` (how many were taken) and ``suspect`` (whether even that one
-    is). A host's slow phases last seconds to minutes: a later measurement usually misses them."""
-    attempts = [measurement()]
-    while suspect(attempts[-1]) and len(attempts) <= retries:
-        logger.info("%s: host drift %.2f, share %.2f: measuring again", label, attempts[-1]["host_drift"],
-                    attempts[-1]["counted_share"])
-        attempts.append(measurement())
-    kept = min(attempts, key=lambda row: (suspect(row), abs(row["host_drift"] - 1.0)))
-    return {**kept, "attempts": len(attempts), "suspect": suspect(kept)}
+def suspect(row: Dict[str, Any]) -> bool:
+    """Whether the host's speed moved between a model's forwards and its replay (GEMM probes more than 5 % apart),
+    or the replay came out slower than the forward it was taken from (share above 1)."""
+    return host_moved(row["host_drift"]) or row["counted_share"] > 1.0
 
 
 def with_fractions(row: Dict[str, Any], peak_gflops: float) -> Dict[str, Any]:
@@ -263,7 +250,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             logger.info("%s", label)
             upstream = load_upstream(UpstreamSpec(entry, str(path), label=label))
             measurement = functools.partial(measure, upstream, wavs, args.repeats, probe_seconds=args.probe_seconds)
-            rows[label] = {"entry": entry, **steadiest(measurement, args.retries, label)}
+            rows[label] = {"entry": entry, **steadiest(measurement, args.retries, suspect, label)}
             del measurement
             del upstream
     after = gemm_peak(torch.float32, args.threads, args.peak_seconds)

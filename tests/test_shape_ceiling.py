@@ -136,16 +136,16 @@ def test_a_moved_measurement_is_taken_again_and_the_steadiest_kept(shape_ceiling
         return lambda: next(taken)
 
     # steady at once: measured once
-    row = shape_ceiling.steadiest(measurements(1.01, 0.5), retries=2)
+    row = shape_ceiling.steadiest(measurements(1.01, 0.5), retries=2, suspect=shape_ceiling.suspect)
     assert (row["n"], row["attempts"], row["suspect"]) == (0, 1, False)
     # moved, then steady: the steady one, no more
-    row = shape_ceiling.steadiest(measurements(1.3, 0.98, 2.0), retries=2)
+    row = shape_ceiling.steadiest(measurements(1.3, 0.98, 2.0), retries=2, suspect=shape_ceiling.suspect)
     assert (row["n"], row["attempts"], row["suspect"]) == (1, 2, False)
     # moved every time: all retries taken, the one nearest 1 kept and still marked
-    row = shape_ceiling.steadiest(measurements(1.3, 0.8, 1.1, 1.0), retries=2)
+    row = shape_ceiling.steadiest(measurements(1.3, 0.8, 1.1, 1.0), retries=2, suspect=shape_ceiling.suspect)
     assert (row["n"], row["attempts"], row["suspect"]) == (2, 3, True)
     # no retries
-    row = shape_ceiling.steadiest(measurements(1.3, 1.0), retries=0)
+    row = shape_ceiling.steadiest(measurements(1.3, 1.0), retries=0, suspect=shape_ceiling.suspect)
     assert (row["n"], row["attempts"], row["suspect"]) == (0, 1, True)
 
 
