@@ -20,9 +20,10 @@ from .gates import HardConcreteGate
 # goes through memory rather than cache. Inference on CPU therefore computes it over blocks of (utterance, heads,
 # query rows) whose scores stay within ATTENTION_BLOCK_BYTES (2-8 MB ran level there, 12-16 MB and 0.25-0.5 MB slower)
 # once the whole batch's scores would exceed ATTENTION_BLOCKS_ABOVE_BYTES. There, with ARMHuBERT(-S), the blocked
-# forward took 0.81-0.84x the whole-batch one at 48 MB of scores (4 x 10 s, fp32), 0.93-0.95x at 24 MB (2 x 10 s) and
-# 0.97-0.98x at 24 MB in bf16 (4 x 10 s); at 12 MB and below 0.96-1.06x, bf16 up to 6 % slower
-# (benchmarks/attention_blocks.py's sweep). The map itself is written in place into one buffer per forward.
+# forward took 0.81-0.89x the whole-batch one at 48 MB of scores (4 x 10 s, fp32) and 0.93-0.96x at 24 MB (2 x 10 s);
+# at 24 MB in bf16 (4 x 10 s) 0.91-1.02x, within noise; at 12 MB and below 0.96-1.09x, short utterances and bf16 up
+# to 9 % slower (two runs of benchmarks/attention_blocks.py's sweep). The map itself is written in place into one
+# buffer per forward.
 ATTENTION_BLOCKS_ABOVE_BYTES = 16 * 2**20
 ATTENTION_BLOCK_BYTES = 4 * 2**20
 
