@@ -69,3 +69,68 @@ def test_negative_retries_are_refused_by_name(cpu_peak, monkeypatch, capsys, tmp
         cpu_peak.main()
     assert stopped.value.code == 2 and "--retries must be 0 or more" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_runs_report_the_median_run_with_every_runs_fraction(cpu_peak, monkeypatch):
+    """Three passes over two upstreams with faked fractions: each row is the run with its median fraction, carries
+    all three in run order with their median and range, and the order of the upstreams rotates between passes."""
+    fractions = {"distil": iter([0.9, 0.7, 0.8]), "fit": iter([0.6, 0.65, 0.5])}
+    orders = []
+
+    def profile_upstreams(specs, *args, **kwargs):
+        label = specs[0].label
+        orders.append(label)
+        fraction = next(fractions[label])
+        return {"tool": "t", "environment": {}, "settings": {"seconds": [10.0], "latency": "median"},
+                "upstreams": [{"label": label, "macs": {"10s": 1}, "latency_s": {"10s": 1.0 / fraction},
+                               "fraction_of_peak": {"10s": fraction}}],
+                "peak": {"gflops": 100.0, "before": {"gflops": 100.0}, "after": {"gflops": 100.0}}}
+
+    monkeypatch.setattr(cpu_peak, "profile_upstreams", profile_upstreams)
+    specs = [UpstreamSpec("distilhubert_local", "a.ckpt", label="distil"),
+             UpstreamSpec("fithubert_local", "b.ckpt", label="fit")]
+    args = argparse.Namespace(seconds=10.0, batch=4, threads=2, repeats=3, warmup=1, peak_seconds=1.0, retries=0,
+                              runs=3)
+    result = cpu_peak.profile_each_runs(specs, args)
+    assert orders == ["distil", "fit", "fit", "distil", "distil", "fit"]
+    distil, fit = result["upstreams"]
+    assert distil["label"] == "distil" and fit["label"] == "fit"
+    assert distil["fraction_runs"]["10s"] == [0.9, 0.7, 0.8] and fit["fraction_runs"]["10s"] == [0.6, 0.65, 0.5]
+    assert distil["fraction_of_peak"]["10s"] == 0.8 and distil["median_run"] == 2
+    assert distil["latency_s"]["10s"] == pytest.approx(1 / 0.8)  # the median run's fields, not a mix of runs
+    assert fit["fraction_of_peak"]["10s"] == 0.6 and fit["median_run"] == 0
+    assert (fit["fraction_min"]["10s"], fit["fraction_median"]["10s"], fit["fraction_max"]["10s"]) == (0.5, 0.6, 0.65)
+    assert distil["attempts_runs"] == [1, 1, 1] and distil["suspect_runs"] == [False, False, False]
+    assert result["settings"]["runs"] == 3 and "3 times" in result["settings"]["latency"]
+    table = cpu_peak.each_table(result).splitlines()
+    assert table[0].split()[-3:] == ["%", "peak,", "runs"]
+    assert table[1].split()[-1] == "70.0-90.0" and table[2].split()[-1] == "50.0-65.0"
+    assert table[1].split()[-3] == "80.0"
+
+
+def test_even_runs_keep_the_lower_middle_run(cpu_peak, monkeypatch):
+    values = iter([0.9, 0.7, 0.8, 0.75])
+
+    def profile_upstreams(specs, *args, **kwargs):
+        fraction = next(values)
+        return {"tool": "t", "environment": {}, "settings": {"seconds": [10.0], "latency": "median"},
+                "upstreams": [{"label": specs[0].label, "fraction_of_peak": {"10s": fraction}}],
+                "peak": {"gflops": 100.0, "before": {"gflops": 100.0}, "after": {"gflops": 100.0}}}
+
+    monkeypatch.setattr(cpu_peak, "profile_upstreams", profile_upstreams)
+    args = argparse.Namespace(seconds=10.0, batch=4, threads=2, repeats=3, warmup=1, peak_seconds=1.0, retries=0,
+                              runs=4)
+    row, = cpu_peak.profile_each_runs([UpstreamSpec("distilhubert_local", "a.ckpt", label="distil")],
+                                      args)["upstreams"]
+    assert row["fraction_of_peak"]["10s"] == 0.75 and row["median_run"] == 3
+    assert row["fraction_median"]["10s"] == pytest.approx(0.775)
+
+
+@pytest.mark.parametrize("argv, message", [(["--each", "--runs", "0"], "--runs must be 1 or more"),
+                                           (["--runs", "3"], "--runs needs --each")])
+def test_bad_runs_are_refused_by_name(cpu_peak, monkeypatch, capsys, tmp_path, argv, message):
+    monkeypatch.setattr("sys.argv", ["cpu_peak.py", *argv, "--output", str(tmp_path / "o.json")])
+    with pytest.raises(SystemExit) as stopped:
+        cpu_peak.main()
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
