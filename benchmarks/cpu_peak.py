@@ -153,14 +153,14 @@ def each_table(result: Dict[str, Any]) -> str:
     """One line per upstream: GMACs, latency, its own GEMM peak, fraction of that peak, host drift; with
     ``--runs`` > 1 (the row being the median run's) the range of the fraction over the runs too."""
     key = length_key(result["settings"]["seconds"][0])
-    runs = result["settings"].get("runs", 1) > 1
+    several_runs = result["settings"].get("runs", 1) > 1
     lines = [f"{'upstream':55s} {'GMACs':>7s} {'latency s':>9s} {'GEMM GFLOP/s':>12s} {'% peak':>6s} {'drift':>6s}"
-             + (f" {'% peak, runs':>13s}" if runs else "")]
+             + (f" {'% peak, runs':>13s}" if several_runs else "")]
     for row in result["upstreams"]:
         line = (f"{row['label'][:55]:55s} {row['macs'][key] / 1e9:7.2f} {row['latency_s'][key]:9.3f} "
                 f"{row['peak']['gflops']:12.1f} {100 * row['fraction_of_peak'][key]:6.1f} "
                 f"{row['host_drift']:6.2f}{'!' if row['suspect'] else ' '}")
-        if runs:
+        if several_runs:
             line += f" {100 * row['fraction_min'][key]:6.1f}-{100 * row['fraction_max'][key]:.1f}"
         lines.append(line)
     if any(row["suspect"] for row in result["upstreams"]):
