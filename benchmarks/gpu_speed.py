@@ -36,7 +36,9 @@ bf16 (autocast) cases over the higher of the bf16 and fp32 peaks (:func:`peak_fo
 of ``--upstream-seconds``, fp32 and bf16 (the upstreams' own ``precision: bf16`` option, :func:`in_precision`), median of repeats after warm-up.
 Each case also records where its time goes (:func:`forward_breakdown`): the time until the forward call returns
 without a final synchronisation (close to the synchronised time = launch-bound), the ops and casts the host
-dispatched, the CUDA kernels, and the top ops by device time.
+dispatched, the CUDA kernels, and the top ops by device time; and the median forward over a padded batch of the same
+size (SUPERB's batches are padded: the masks run, and on CUDA a padding mask rules out some fused attention kernels).
+Each bf16 case records its deviation from fp32 on that padded batch (:func:`deviation_vs_fp32`).
 
 **Memory** (c): CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (training: over the whole
 ``train()``, weights and optimizer state included; upstreams: one forward, over the memory allocated before it).
@@ -487,7 +489,7 @@ def uncovered_families(entries: List[str]) -> List[str]:
 
 def run_upstream_case(entry: str, ckpt: Path, precision: str, sizes: Sizes, device, peaks: Dict[str, float],
                       models: Dict[str, Any]) -> Dict[str, Any]:
-    from s3prl_distill.profiler import count_macs, profile_waves
+    from s3prl_distill.profiler import SAMPLE_RATE, count_macs, profile_waves
     from s3prl_distill.profiling import device_synchronizer, forward_time_samples, upstream_features
     from s3prl_distill.registry import build_upstream
 
@@ -514,12 +516,47 @@ def run_upstream_case(entry: str, ckpt: Path, precision: str, sizes: Sizes, devi
         upstream_features(model, wavs)
     memory = meter.peak()
     audio = sizes.upstream_batch * sizes.upstream_seconds
-    return {"case": f"{entry}/{precision}", "upstream": entry, "precision": precision, "ckpt": ckpt.name,
-            "parameters": sum(p.numel() for p in upstream.parameters()), "batch": sizes.upstream_batch,
-            "seconds_each": sizes.upstream_seconds, "forward_s": [round(s, 6) for s in samples],
-            "median_forward_s": median, "audio_seconds_per_s": audio / median, "model_flops_per_forward": flops,
-            "mfu": flops / median / peak_for(precision, peaks), "memory": memory,
-            **forward_breakdown(model, wavs, device, sizes.upstream_repeats)}
+    # A padded batch, as SUPERB's are: the masked paths run (padding masks, which also decide the fused attention
+    # kernel CUDA can use).
+    padded = profile_waves(sizes.upstream_seconds, sizes.upstream_batch, device, uneven=True)
+    padded_samples = forward_time_samples({entry: model}, padded, sizes.upstream_repeats, sizes.upstream_warmup,
+                                          sync)[entry]
+    row = {"case": f"{entry}/{precision}", "upstream": entry, "precision": precision, "ckpt": ckpt.name,
+           "parameters": sum(p.numel() for p in upstream.parameters()), "batch": sizes.upstream_batch,
+           "seconds_each": sizes.upstream_seconds, "forward_s": [round(s, 6) for s in samples],
+           "median_forward_s": median, "audio_seconds_per_s": audio / median, "model_flops_per_forward": flops,
+           "mfu": flops / median / peak_for(precision, peaks), "memory": memory,
+           "padded_batch_s": [round(len(wave) / SAMPLE_RATE, 3) for wave in padded],
+           "padded_median_forward_s": statistics.median(padded_samples),
+           **forward_breakdown(model, wavs, device, sizes.upstream_repeats)}
+    if precision != "fp32":
+        row["deviation_vs_fp32"] = deviation_vs_fp32(upstream, model, padded, device)
+    return row
+
+
+def deviation_vs_fp32(fp32, model, wavs, device) -> Dict[str, Any]:
+    """``model``'s hidden states against the fp32 upstream's on the same padded batch and device, per state
+    (``profiling.state_deviations``): the worst element's and the typical element's error over the fp32 state's rms.
+    The fp32 reference runs with TF32 off (cuDNN's default would let its convolutions round to TF32)."""
+    import torch
+
+    from s3prl_distill.profiling import state_deviations, upstream_features
+
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.no_grad():
+            reference = upstream_features(fp32, wavs)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    with torch.no_grad():
+        states = upstream_features(model, wavs)
+    rows = state_deviations(reference, states)
+    return {"relative": [round(row["relative"], 5) for row in rows],
+            "mean_abs_relative": [round(row["mean_abs_relative"], 6) for row in rows],
+            "worst_relative": max(row["relative"] for row in rows),
+            "worst_mean_abs_relative": max(row["mean_abs_relative"] for row in rows),
+            "device": device.type}
 
 
 def forward_breakdown(model, wavs, device, repeats: int, top: int = 8) -> Dict[str, Any]:
@@ -645,6 +682,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "TF32 tensor cores, so a convolution-heavy fp32 case can pass 1 against the strict-fp32 peak",
             "upstream_throughput": "seconds of audio per wall second: batch x seconds / median forward (forward + "
                                    "reading hidden_states), after warm-up; bf16 = the forward under torch.autocast",
+            "padded": "per upstream case: padded_median_forward_s, the median forward over a padded batch of the same "
+                      "size (padded_batch_s: utterance i cut to 1 - 0.12 i of the length, at least a quarter), as "
+                      "SUPERB's batches are: the masked paths run, and a padding mask rules out some fused attention "
+                      "kernels on CUDA",
+            "deviation_vs_fp32": "per bf16 upstream case, on the padded batch: per hidden state max |bf16 - fp32| "
+                                 "(relative) and mean |bf16 - fp32| (mean_abs_relative) over the fp32 state's rms, "
+                                 "the fp32 reference on the same device with TF32 off",
             "forward_breakdown": "per upstream case: host_forward_s (median time until the forward returns, no "
                                  "synchronisation at the end: near median_forward_s on CUDA means launch-bound), and "
                                  "from one torch.profiler forward: aten ops dispatched (all levels), casts "
@@ -765,7 +809,9 @@ def summary(data: Dict[str, Any]) -> None:
             continue
         print(f"{row['case']:40s} {row['median_forward_s'] * 1000:9.1f} ms/fwd  {row['audio_seconds_per_s']:9.1f} "
               f"audio-s/s  MFU {row['mfu']:.3f}  host {row['host_forward_s'] * 1000:.1f} ms, {row['ops']} ops, "
-              f"{row['casts']} casts")
+              f"{row['casts']} casts; padded {row['padded_median_forward_s'] * 1000:.1f} ms/fwd"
+              + (f", max dev. {row['deviation_vs_fp32']['worst_relative']:.3f} of rms"
+                 if "deviation_vs_fp32" in row else ""))
     for row in data["skipped"]:
         print(f"{row['case']:40s} skipped: {row['reason']}")
     print(f"status {data['status']}, {data['cases_ran']} case(s) ran in {data['wall_s']:.1f} s")

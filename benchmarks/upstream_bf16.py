@@ -23,7 +23,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from inference_ratio import write_paper_checkpoints
-from s3prl_distill.profiling import Spread, interleaved_times
+from s3prl_distill.profiler import profile_waves
+from s3prl_distill.profiling import Spread, interleaved_times, state_deviations
 
 logger = logging.getLogger("upstream_bf16")
 
@@ -44,16 +45,10 @@ def write_checkpoints(folder: Path) -> Dict[str, Tuple[str, Path]]:
 def deviations(fp32: torch.nn.Module, bf16: torch.nn.Module, wavs: List[torch.Tensor]) -> List[Dict[str, float]]:
     with torch.no_grad():
         expected, got = fp32(wavs)["hidden_states"], bf16(wavs)["hidden_states"]
-    rows = []
-    for index, (a, b) in enumerate(zip(expected, got)):
-        if b.dtype != torch.float32:
-            raise RuntimeError(f"hidden state {index} is {b.dtype}, expected float32")
-        max_abs = float((b - a).abs().max())
-        rms = float(a.pow(2).mean().sqrt())
-        mean_abs = float((b - a).abs().mean())
-        rows.append({"state": index, "max_abs": max_abs, "rms_fp32": rms, "relative": max_abs / rms,
-                     "mean_abs_relative": mean_abs / rms})
-    return rows
+    for index, state in enumerate(got):
+        if state.dtype != torch.float32:
+            raise RuntimeError(f"hidden state {index} is {state.dtype}, expected float32")
+    return [{"state": index, **row} for index, row in enumerate(state_deviations(expected, got))]
 
 
 def main() -> None:
@@ -70,10 +65,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import s3prl.hub as hub
 
-    generator = torch.Generator().manual_seed(0)
-    wavs = [0.1 * torch.randn(int(16000 * args.seconds), generator=generator) for _ in range(args.batch)]
+    wavs = profile_waves(args.seconds, args.batch, torch.device("cpu"))
     # Unequal lengths for the deviation: padding and the masked statistics are part of what bf16 changes.
-    uneven = [wav[: max(16000, int(len(wav) * (1.0 - 0.12 * index)))] for index, wav in enumerate(wavs)]
+    uneven = profile_waves(args.seconds, args.batch, torch.device("cpu"), uneven=True)
     result: Dict[str, object] = {"benchmark": "upstream_bf16", "batch": f"{args.batch} x {args.seconds:g} s",
                                  "deviation_batch_s": [round(len(w) / 16000, 2) for w in uneven],
                                  "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}

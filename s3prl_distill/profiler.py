@@ -260,11 +260,19 @@ def peak_rates(before: Dict[str, Any], after: Optional[Dict[str, Any]] = None) -
                       + ("and after " if after else "") + "the forwards in the same process"}
 
 
-def profile_waves(seconds: float, batch: int, device: torch.device, seed: int = 0) -> List[torch.Tensor]:
-    """``batch`` utterances of ``seconds`` of low-level noise: the same audio for every upstream."""
+def profile_waves(seconds: float, batch: int, device: torch.device, seed: int = 0,
+                  uneven: bool = False) -> List[torch.Tensor]:
+    """``batch`` utterances of ``seconds`` of low-level noise: the same audio for every upstream.
+
+    ``uneven``: a padded batch, as SUPERB's are, so the masked paths (padding masks, masked norm statistics) run:
+    utterance ``i`` is the first ``1 - 0.12 i`` of its noise (10, 8.8, 7.6, 6.4 s for 4 x 10 s), at least a quarter
+    of ``seconds``."""
     generator = torch.Generator().manual_seed(seed)
     samples = int(round(SAMPLE_RATE * seconds))
-    return [(0.1 * torch.randn(samples, generator=generator)).to(device) for _ in range(batch)]
+    waves = [0.1 * torch.randn(samples, generator=generator) for _ in range(batch)]
+    if uneven:
+        waves = [wave[: max(int(samples * (1.0 - 0.12 * index)), samples // 4)] for index, wave in enumerate(waves)]
+    return [wave.to(device) for wave in waves]
 
 
 def length_key(seconds: float) -> str:

@@ -1,4 +1,4 @@
-"""Timing upstream forwards fairly on a shared machine."""
+"""Timing upstream forwards fairly on a shared machine, and comparing their outputs."""
 
 from __future__ import annotations
 
@@ -31,6 +31,27 @@ def upstream_features(model: torch.nn.Module, wavs: List[torch.Tensor], feature:
     if feature not in outputs:
         raise MissingFeatureError(f"{type(model).__name__} has no output {feature!r}; it has {', '.join(outputs)}")
     return outputs[feature]
+
+
+def state_deviations(reference: Sequence[torch.Tensor], states: Sequence[torch.Tensor]) -> List[Dict[str, float]]:
+    """How far each of ``states`` is from its ``reference`` (e.g. a bf16 forward's hidden states against fp32's on the
+    same input), per state: ``max_abs`` = max |state - reference|, ``rms_reference``, ``relative`` = max_abs over
+    that rms (the worst element, in units of the state's typical size) and ``mean_abs_relative`` = mean |difference|
+    over the same rms (the typical element's error). Computed in float32 on the states' device."""
+    if len(reference) != len(states):
+        raise ValueError(f"{len(states)} states against {len(reference)} reference states")
+    rows = []
+    for index, (expected, got) in enumerate(zip(reference, states)):
+        if got.shape != expected.shape:
+            raise ValueError(f"state {index}: shape {tuple(got.shape)} against {tuple(expected.shape)}")
+        difference = (got.float() - expected.float()).abs()
+        rms = float(expected.float().pow(2).mean().sqrt())
+        if rms == 0.0:
+            raise ValueError(f"reference state {index} is all zeros: no scale to measure its deviation against")
+        max_abs = float(difference.max())
+        rows.append({"max_abs": max_abs, "rms_reference": rms, "relative": max_abs / rms,
+                     "mean_abs_relative": float(difference.mean()) / rms})
+    return rows
 
 
 def device_synchronizer(device: Union[str, torch.device]) -> Callable[[], None]:

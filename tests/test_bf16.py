@@ -18,14 +18,10 @@ from s3prl_distill.formats.s3prl_hubert import TINY_HUBERT
 from s3prl_distill.model import StudentConfig, StudentModel, with_fbank_front_end
 from s3prl_distill.upstream.interfaces import LazyOutputs
 
-from helpers import TINY_STUDENT, random_waves, tiny_fithubert
+from helpers import (BF16_RELATIVE_TOLERANCE, TINY_STUDENT, random_waves, relative_deviation,
+                     tiny_armhubert, tiny_fithubert, tiny_star)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# max |bf16 - fp32| / rms(fp32) per hidden state, on the tiny models below: measured at most 0.09 (FitHuBERT's
-# hidden_states; 0.08 for the HuBERT-shaped students). bf16 keeps 8 significant bits (relative rounding 2^-9), and the
-# largest elements of a state are several times its rms, so a few roundings per layer reach ~10% of the rms at worst.
-RELATIVE_TOLERANCE = 0.2
 
 
 def random_model(config: StudentConfig) -> StudentModel:
@@ -62,6 +58,13 @@ def checkpoints(tmp_path_factory, session_distiller_ckpt) -> Dict[str, Tuple[str
                                                      folder / "skill.ckpt"))
     found["student"] = ("student_local", save_checkpoint(
         export_student("student", copy.config, copy.state_dict()), folder / "student.ckpt"))
+    # sungnyun/ARMHuBERT's families: reused attention maps (explicit softmax), MaskHuBERT's fused attention, and
+    # STaRHuBERT's student without prediction heads.
+    for name, config in (("armhubert", tiny_armhubert(reuse=True)), ("maskhubert", tiny_armhubert(reuse=False)),
+                         ("starhubert", tiny_star())):
+        model = random_model(config)
+        found[name] = (f"{name}_local", save_checkpoint(export_student(name, config, model.state_dict()),
+                                                        folder / f"{name}.ckpt"))
     return found
 
 
@@ -72,11 +75,7 @@ def build(entry: str, ckpt: Path, **kwargs):
 
 
 FAMILIES = ["distilhubert", "fithubert", "deepthin", "deepthin_fbank", "shallowwide", "shallowwide_fbank",
-            "dphubert", "skill", "student"]
-
-
-def relative_deviation(fp32: torch.Tensor, bf16: torch.Tensor) -> float:
-    return float((bf16 - fp32).abs().max() / fp32.pow(2).mean().sqrt())
+            "dphubert", "skill", "student", "armhubert", "maskhubert", "starhubert"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -96,7 +95,7 @@ def test_bf16_outputs_are_float32_and_close_to_fp32(checkpoints, family):
         assert len(ours) == len(theirs)
         for a, b in zip(theirs, ours):
             assert b.dtype == torch.float32 and b.shape == a.shape
-            assert relative_deviation(a, b) < RELATIVE_TOLERANCE, (key, relative_deviation(a, b))
+            assert relative_deviation(a, b) < BF16_RELATIVE_TOLERANCE, (key, relative_deviation(a, b))
     if "pad_mask" in expected:
         assert torch.equal(got["pad_mask"], expected["pad_mask"])
     if not isinstance(got, LazyOutputs):  # a plain dict: its aliases stay aliases (FitHuBERT's heads are separate)
@@ -131,7 +130,7 @@ def test_fithubert_lazy_outputs_run_under_bf16_when_read(checkpoints):
         theirs = expected[key] if isinstance(expected[key], list) else [expected[key]]
         ours = got[key] if isinstance(got[key], list) else [got[key]]
         for a, b in zip(theirs, ours):
-            assert b.dtype == torch.float32 and relative_deviation(a, b) < RELATIVE_TOLERANCE
+            assert b.dtype == torch.float32 and relative_deviation(a, b) < BF16_RELATIVE_TOLERANCE
     assert not torch.equal(expected["last_hidden_state"], got["last_hidden_state"])
 
 
@@ -182,7 +181,7 @@ def test_s3prl_upstream_with_a_model_config_dict(checkpoints):
         (expected, expected_lengths), (got, got_lengths) = fp32(waves, lengths), bf16(waves, lengths)
     assert [length.tolist() for length in got_lengths] == [length.tolist() for length in expected_lengths]
     for a, b in zip(expected, got):
-        assert b.dtype == torch.float32 and relative_deviation(a, b) < RELATIVE_TOLERANCE
+        assert b.dtype == torch.float32 and relative_deviation(a, b) < BF16_RELATIVE_TOLERANCE
 
 
 def test_s3prl_featurizer_takes_bf16_features(checkpoints):
@@ -199,7 +198,7 @@ def test_s3prl_featurizer_takes_bf16_features(checkpoints):
             features[precision] = featurizer(waves, upstream(waves))
     assert [f.dtype for f in features["bf16"]] == [torch.float32] * 2
     for a, b in zip(features["fp32"], features["bf16"]):
-        assert a.shape == b.shape and relative_deviation(a, b) < RELATIVE_TOLERANCE
+        assert a.shape == b.shape and relative_deviation(a, b) < BF16_RELATIVE_TOLERANCE
 
 
 def test_profile_takes_precision_through_g(session_distiller_ckpt, tmp_path):
@@ -217,3 +216,12 @@ def test_profile_takes_precision_through_g(session_distiller_ckpt, tmp_path):
                                               f"distilhubert_local:{Path(ckpt).name} -g bf16.yaml")
     assert bf16["model_config"] == str(options)
     assert fp32["macs"] == bf16["macs"] and fp32["parameters"] == bf16["parameters"]
+
+
+def test_every_local_entry_of_ours_is_checked(checkpoints):
+    """A family added to the registry without a case here fails: each ``*_local`` entry of ours is in FAMILIES."""
+    from s3prl_distill.registry import upstream_names
+
+    assert sorted(checkpoints) == sorted(FAMILIES)
+    assert sorted(entry for entry, _ in checkpoints.values()) == sorted(
+        name for name in upstream_names() if name.endswith("_local"))

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from helpers import BENCHMARKS, import_benchmark, run_python
+from helpers import BENCHMARKS, BF16_RELATIVE_TOLERANCE, import_benchmark, run_python
 
 SCRIPT = BENCHMARKS / "gpu_speed.py"
 # MFU is over a *measured* GEMM peak, not the hardware's: on a CPU, products whose operands stay in cache have run at
@@ -78,6 +78,21 @@ def test_quick_run_has_every_case_without_errors(quick_run, gpu_speed):
         top = row["top_self_time"]
         assert 0 < len(top) <= 8 and all(entry["calls"] >= 1 and entry["self_ms"] > 0 for entry in top), row["case"]
         assert [entry["self_ms"] for entry in top] == sorted((entry["self_ms"] for entry in top), reverse=True)
+    # Each case also timed a padded batch of the same size; each bf16 case measured its deviation from fp32 there.
+    for row in data["upstreams"]:
+        assert (row["batch"], row["seconds_each"]) == (2, 1.0)  # --quick: 2 x 1 s, so the padded batch is 1 and 0.88 s
+        assert row["padded_batch_s"] == [1.0, 0.88], row["case"]
+        assert positive(row["padded_median_forward_s"]), row["case"]
+        deviation = row.get("deviation_vs_fp32")
+        if row["precision"] == "fp32":
+            assert deviation is None, row["case"]
+            continue
+        # bf16 really ran (not equal to fp32) and stayed close to it, in every hidden state.
+        assert len(deviation["relative"]) == len(deviation["mean_abs_relative"]) >= 2, row["case"]
+        assert 0 < deviation["worst_relative"] < BF16_RELATIVE_TOLERANCE, (row["case"], deviation)
+        assert deviation["worst_relative"] == pytest.approx(max(deviation["relative"]), abs=1e-5)
+        assert 0 < deviation["worst_mean_abs_relative"] < deviation["worst_relative"], row["case"]
+    assert "max dev." in stdout and "padded" in stdout
     # bf16 autocast casts weights and activations inside the ops; fp32 casts (almost) nothing.
     casts = {row["case"]: row["casts"] for row in data["upstreams"]}
     for entry in entries:

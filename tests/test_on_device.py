@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 import torch
@@ -31,8 +31,9 @@ from s3prl_distill.model.fbank import fbank_statistics
 from s3prl_distill.model.pruning import prune
 from s3prl_distill.pretrain.runner import Trainer
 
-from helpers import (TINY_STUDENT, gated_student, make_trainer, random_waves, tiny_deepthin, tiny_fithubert,
-                     tiny_armhubert, tiny_shallowwide, tiny_star, write_audio_tree, write_s3prl_distiller_checkpoint)
+from helpers import (BF16_RELATIVE_TOLERANCE, TINY_STUDENT, gated_student, make_trainer, random_waves,
+                     relative_deviation, tiny_deepthin, tiny_fithubert, tiny_armhubert, tiny_shallowwide, tiny_star,
+                     write_audio_tree, write_s3prl_distiller_checkpoint)
 
 DEVICE_VARIABLE = "S3PRL_DISTILL_TEST_DEVICE"
 DEVICE = os.environ.get(DEVICE_VARIABLE) or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -332,13 +333,16 @@ def test_every_local_entry_is_checked():
     assert sorted(ours) == sorted(set(UPSTREAMS) - {"distiller_local"})
 
 
-def hidden_states(name: str, checkpoint: Path, device: str) -> List[torch.Tensor]:
+def hidden_states(name: str, checkpoint: Path, device: str, options: Optional[Path] = None) -> List[torch.Tensor]:
+    """The upstream's hidden states for a padded batch, built as s3prl's runner builds it (``options``: its ``-g``)."""
     from s3prl_distill.registry import build_upstream
 
-    upstream = build_upstream(name, str(checkpoint)).to(device).eval()
+    upstream = build_upstream(name, str(checkpoint), None if options is None else str(options)).to(device).eval()
     waves = [wave.to(device) for wave in random_waves([16000, 11000])]
     with torch.no_grad():
-        return [state.float().cpu() for state in upstream(waves)["hidden_states"]]
+        states = upstream(waves)["hidden_states"]
+    assert all(state.dtype == torch.float32 for state in states), (name, [state.dtype for state in states])
+    return [state.cpu() for state in states]
 
 
 @pytest.mark.parametrize("name", UPSTREAMS)
@@ -368,6 +372,20 @@ def test_upstream_on_cuda_equals_cpu(upstream_checkpoints, name):
     for layer, (expected, actual) in enumerate(zip(on_cpu, on_cuda)):
         torch.testing.assert_close(actual, expected, atol=FP32_ATOL, rtol=FP32_RTOL,
                                    msg=lambda message: f"{name} layer {layer} (max-abs per layer {differences}): {message}")
+
+
+@pytest.mark.parametrize("name", [name for name in UPSTREAMS if name != "distiller_local"])  # s3prl's: no option
+def test_bf16_upstream_on_the_device_is_close_to_fp32_on_the_cpu(upstream_checkpoints, name, tmp_path):
+    """``precision: bf16`` (from a ``-g`` file) on the device under test, against the fp32 forward on the CPU: float32
+    outputs, every hidden state within BF16_RELATIVE_TOLERANCE of its rms, and not equal to fp32 (bf16 really ran)."""
+    options = tmp_path / "bf16.yaml"
+    options.write_text("precision: bf16\n")
+    on_cpu = hidden_states(name, upstream_checkpoints[name], "cpu")
+    in_bf16 = hidden_states(name, upstream_checkpoints[name], DEVICE, options)
+    assert len(on_cpu) == len(in_bf16)
+    deviations = [relative_deviation(expected, got) for expected, got in zip(on_cpu, in_bf16)]
+    assert max(deviations) < BF16_RELATIVE_TOLERANCE, (name, deviations)
+    assert max(deviations) > 0, name
 
 
 # --- s3prl's downstream runner -----------------------------------------------------------------------------------

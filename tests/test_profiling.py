@@ -1,11 +1,14 @@
-"""Interleaved timing (s3prl_distill.profiling): per-round ratios with a spread, rotating order, fixed threads."""
+"""Interleaved timing (s3prl_distill.profiling): per-round ratios with a spread, rotating order, fixed threads; output
+deviations between two forwards; the padded profiling batch."""
 
 from typing import Dict, List
 
 import pytest
 import torch
 
-from s3prl_distill.profiling import InterleavedTiming, Spread, forward_time_samples, interleaved_times, rotated
+from s3prl_distill.profiler import profile_waves
+from s3prl_distill.profiling import (InterleavedTiming, Spread, forward_time_samples, interleaved_times, rotated,
+                                    state_deviations)
 
 
 class RepeatedLayer(torch.nn.Module):
@@ -127,3 +130,33 @@ def test_spread_of_few_values():
     assert spread.median == 3.0 and spread.low == 2.0 and spread.high == 4.0  # the outlier moves neither quartile
     with pytest.raises(ValueError):
         Spread.of([])
+
+
+def test_state_deviations_per_state_in_units_of_the_reference_rms():
+    reference = [torch.full((2, 3), 2.0), torch.tensor([[3.0, -4.0]])]  # rms 2 and sqrt(12.5)
+    states = [reference[0].clone(), torch.tensor([[3.0, -4.0]])]
+    states[0][1, 2] += 0.5  # one element off by 0.5; the second state is equal
+    rows = state_deviations(reference, [state.bfloat16() for state in states])  # compared in float32
+    assert rows[0] == pytest.approx({"max_abs": 0.5, "rms_reference": 2.0, "relative": 0.25,
+                                     "mean_abs_relative": 0.5 / 6 / 2.0})
+    assert rows[1]["max_abs"] == 0.0 and rows[1]["relative"] == 0.0 and rows[1]["rms_reference"] == pytest.approx(
+        12.5 ** 0.5)
+
+
+@pytest.mark.parametrize("reference, states, message", [
+    ([torch.ones(2)], [torch.ones(2), torch.ones(2)], "2 states against 1 reference"),
+    ([torch.ones(2)], [torch.ones(3)], r"state 0: shape \(3,\) against \(2,\)"),
+    ([torch.zeros(2)], [torch.ones(2)], "reference state 0 is all zeros"),
+])
+def test_state_deviations_refuses_what_it_cannot_compare(reference, states, message):
+    with pytest.raises(ValueError, match=message):
+        state_deviations(reference, states)
+
+
+def test_uneven_profile_waves_are_a_padded_batch_of_the_same_noise():
+    even = profile_waves(2.0, 10, torch.device("cpu"))
+    uneven = profile_waves(2.0, 10, torch.device("cpu"), uneven=True)
+    # 1 - 0.12 i of 32 000 samples, never below a quarter (i = 7, 8, 9)
+    assert [len(wave) for wave in uneven] == [32000, 28160, 24320, 20480, 16640, 12800, 8960, 8000, 8000, 8000]
+    assert all(torch.equal(cut, whole[: len(cut)]) for cut, whole in zip(uneven, even))
+    assert len({len(wave) for wave in even}) == 1
