@@ -47,6 +47,12 @@ def test_cpu_mode_passes_and_reports_every_test(tmp_path):
     if not speed_present:
         assert "benchmarks/gpu_speed.py is not in this tree" in result.stdout
     assert all(step["seconds"] >= 0 for step in report["steps"].values())
+    # The speed step had at least its own limit, and otherwise what set-up and tests left of the total (less 10 s).
+    limits = report["limits_s"]
+    assert (limits["setup"], limits["tests"], limits["total"]) == (120, 900, 1620)
+    left = limits["total"] - 10 - (report["steps"]["setup"]["seconds"] + report["steps"]["tests"]["seconds"])
+    assert limits["speed"] >= 600 and abs(limits["speed"] - max(600, left)) <= 2, (limits, report["steps"])
+    assert f"limit {limits['speed']} s of the 1620 s in all" in result.stdout
 
     tests = report["tests"]
     assert {test["name"].split("[")[0] for test in tests} == device_test_functions()  # every test reported
