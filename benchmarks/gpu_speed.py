@@ -530,7 +530,10 @@ def run_upstream_case(entry: str, ckpt: Path, precision: str, sizes: Sizes, devi
            "padded_median_forward_s": statistics.median(padded_samples),
            **forward_breakdown(model, wavs, device, sizes.upstream_repeats)}
     if precision != "fp32":
-        row["deviation_vs_fp32"] = deviation_vs_fp32(upstream, model, padded, device)
+        try:  # a failure here keeps the case's timings
+            row["deviation_vs_fp32"] = deviation_vs_fp32(upstream, model, padded, device)
+        except Exception as exc:  # noqa: BLE001 - recorded in the row
+            row["deviation_vs_fp32"] = {"error": _error(exc)}
     return row
 
 
@@ -811,7 +814,8 @@ def summary(data: Dict[str, Any]) -> None:
               f"audio-s/s  MFU {row['mfu']:.3f}  host {row['host_forward_s'] * 1000:.1f} ms, {row['ops']} ops, "
               f"{row['casts']} casts; padded {row['padded_median_forward_s'] * 1000:.1f} ms/fwd"
               + (f", max dev. {row['deviation_vs_fp32']['worst_relative']:.3f} of rms"
-                 if "deviation_vs_fp32" in row else ""))
+                 if "worst_relative" in row.get("deviation_vs_fp32", {}) else "")
+              + (", deviation failed" if "error" in row.get("deviation_vs_fp32", {}) else ""))
     for row in data["skipped"]:
         print(f"{row['case']:40s} skipped: {row['reason']}")
     print(f"status {data['status']}, {data['cases_ran']} case(s) ran in {data['wall_s']:.1f} s")

@@ -129,3 +129,23 @@ def test_argument_errors_exit_2_naming_the_argument(argv, message, gpu_speed, mo
         gpu_speed.main(argv)
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_failed_deviation_keeps_the_case_and_its_timings(tmp_path, monkeypatch, gpu_speed, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+    def fail(*args):
+        raise RuntimeError("TF32 flags set through both APIs")
+
+    monkeypatch.setattr(gpu_speed, "deviation_vs_fp32", fail)
+    out = tmp_path / "upstreams.json"
+    assert gpu_speed.main(["--device", "cpu", "--quick", "--only", "upstreams", "--out", str(out),
+                           "--budget-s", "100000"]) == 0
+    data = json.loads(out.read_text())
+    assert data["errors"] == [] and data["training"] == [] and len(data["upstreams"]) >= 2
+    for row in data["upstreams"]:
+        assert "error" not in row and positive(row["median_forward_s"]), row["case"]
+        if row["precision"] == "bf16":
+            failure = row["deviation_vs_fp32"]["error"]
+            assert (failure["type"], failure["message"]) == ("RuntimeError", "TF32 flags set through both APIs")
+    assert "deviation failed" in capsys.readouterr().out
