@@ -93,7 +93,7 @@ def superb_report(args: argparse.Namespace) -> None:
 def submit(args: argparse.Namespace) -> None:
     from .superb.submit import submit as write_submission
 
-    written = write_submission(Path(args.run), Path(args.output), args.seconds)
+    written = write_submission(Path(args.run), Path(args.output), args.seconds, force=args.force)
     print(f"{written['zip']}\n{written['efficiency']}")
 
 
@@ -223,6 +223,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     leaderboard.add_argument("-o", "--output", required=True, help="folder for predict/, predict.zip, efficiency.json")
     leaderboard.add_argument("--seconds", type=float, nargs="+", default=[1.0, 5.0, 10.0],
                              help="utterance lengths the MACs are counted on")
+    leaderboard.add_argument("--force", action="store_true",
+                             help="replace a submission already in the output folder (once the new one is complete)")
     leaderboard.set_defaults(handler=submit)
 
     offline = commands.add_parser(

@@ -17,20 +17,31 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from s3prl_distill.errors import UserError
+
 from .metrics import prediction_file
 from .tasks import TASKS, experiment_name
 
 logger = logging.getLogger(__name__)
+
+SUBMISSION_FILES = ("predict", "predict.zip", "efficiency.json")  # what submit writes into its output folder
+STAGING_NAME = ".submit.partial"
+
+
+class SubmissionExistsError(UserError, FileExistsError):
+    """The output folder already holds a submission (``--force`` replaces it)."""
+
 
 LEADERBOARD_NAMES = {"pr": "pr_public/predict.ark", "asr": "asr_public/predict.ark", "ks": "ks_public/predict.txt",
                      "sid": "sid_public/predict.txt"}
 
 
 def collect_predictions(run_dir: Path, out_dir: Path) -> List[str]:
-    """Copy each evaluated task's prediction file to ``out_dir/predict/...``; returns the relative paths."""
+    """Copy each evaluated task's prediction file to ``out_dir/predict/...`` (a folder that must not exist yet);
+    returns the relative paths."""
     run_dir, predict = Path(run_dir), Path(out_dir) / "predict"
     if predict.exists():
-        shutil.rmtree(predict)
+        raise SubmissionExistsError(f"{predict} already exists")
     written = []
     for key, task in TASKS.items():
         units = [(experiment_name(task, fold), fold, f"er_{fold}_public/predict.txt") for fold in task.folds] \
@@ -77,16 +88,37 @@ def efficiency(upstream: str, ckpt: Optional[str], model_config: Optional[str],
     return figures
 
 
-def submit(run_dir: Path, out_dir: Path, seconds: Sequence[float] = (1.0, 5.0, 10.0)) -> Dict[str, Path]:
-    """predict/ + predict.zip + efficiency.json for the sweep in ``run_dir``."""
+def submit(run_dir: Path, out_dir: Path, seconds: Sequence[float] = (1.0, 5.0, 10.0),
+           force: bool = False) -> Dict[str, Path]:
+    """predict/ + predict.zip + efficiency.json for the sweep in ``run_dir``.
+
+    An ``out_dir`` that already holds any of them is refused unless ``force``; then the old ones are replaced only
+    once the new submission is complete. Everything is built in ``out_dir/.submit.partial`` first, after the
+    upstream has loaded (its efficiency figures): a missing checkpoint or prediction stops the command with the
+    previous submission untouched."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     sweep = json.loads((run_dir / "sweep.json").read_text()) if (run_dir / "sweep.json").is_file() else None
     if sweep is None:
         raise FileNotFoundError(f"{run_dir}/sweep.json does not exist: is it an `s3prl-distill superb` run?")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = collect_predictions(run_dir, out_dir)
-    archive = zip_predictions(out_dir)
+    existing = [name for name in SUBMISSION_FILES if (out_dir / name).exists()]
+    if existing and not force:
+        raise SubmissionExistsError(
+            f"{out_dir} already holds a submission ({', '.join(existing)}): choose another -o, or pass --force to "
+            "replace it once the new one is complete")
     figures = efficiency(sweep["upstream"], sweep.get("ckpt"), sweep.get("model_config"), seconds)
-    figures["files"] = files
-    (out_dir / "efficiency.json").write_text(json.dumps(figures, indent=2))
-    return {"zip": archive, "efficiency": out_dir / "efficiency.json"}
+    staging = out_dir / STAGING_NAME
+    if staging.exists():  # left by an interrupted submit: only this command writes there
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    figures["files"] = collect_predictions(run_dir, staging)
+    zip_predictions(staging)
+    (staging / "efficiency.json").write_text(json.dumps(figures, indent=2))
+    for name in SUBMISSION_FILES:
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        (staging / name).rename(target)
+    staging.rmdir()
+    return {"zip": out_dir / "predict.zip", "efficiency": out_dir / "efficiency.json"}
