@@ -12,7 +12,8 @@ state are restored, so a killed-and-resumed run equals an uninterrupted one.
 One run per directory: a run holds ``NAME/.s3prl-distill.lock`` while it lives (the OS drops it when the process
 dies, ``kill -9`` included), so a second run there stops at once naming the holder's PID. A new run refuses a
 directory that holds another run's checkpoints unless ``--overwrite`` moves them aside (into
-``NAME/superseded-<time>/``; nothing is deleted).
+``NAME/superseded-<time>/``; nothing is deleted); so does a resume from an earlier checkpoint of a directory that holds
+later ones (the continuation it abandons), unless ``--overwrite`` moves those later checkpoints aside.
 
 This module sets the run up (config, directory, lock, resume, CLI); the training loop is :mod:`.trainer`.
 """
@@ -23,6 +24,7 @@ import argparse
 import gc
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,7 @@ from s3prl_distill.options import SAVE_FORMATS
 from .config import PretrainConfig, apply_overrides, load_config, validate_config
 from .follow_teacher import fit_to_teacher, following_summary
 from .loader import build_data
+from .metrics import METRICS_NAME
 from .trainer import (Distributed, Trainer, linear_warmup_decay, setup_distributed, training_device,
                       training_precision)
 
@@ -150,6 +153,12 @@ def run(
             logger.info("%s", format_note)
         if _finished(checkpoint, config, path):
             return expdir
+        if moved_to is None and checkpoint is not None:  # resuming in the checkpoint's own directory
+            aside = _set_aside_later_checkpoints(expdir, checkpoint["TrainingState"]["step"], path, overwrite)
+            if aside is not None:
+                logger.warning("--overwrite: the checkpoints after step %d are now in %s, with a copy of "
+                               "metrics.jsonl as it was; this run goes on from %s", checkpoint["TrainingState"]["step"],
+                               aside, path)
         (expdir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         _warn_precision_fallback(config)
         return _train(config, expdir, checkpoint, path, student_format)
@@ -230,13 +239,46 @@ def _claim_directory(expdir: Path, overwrite: bool) -> Optional[Path]:
             f"-e {expdir}, start this one under another -n NAME, or pass --overwrite to move the old run's files "
             f"into {expdir}/superseded-<time>/ first"
         )
+    aside = _new_aside_folder(expdir)
+    for entry in sorted(expdir.iterdir()):
+        if entry.name != LOCK_NAME and not entry.name.startswith("superseded-"):
+            entry.rename(aside / entry.name)
+    return aside
+
+
+def _set_aside_later_checkpoints(expdir: Path, step: int, path: Path, overwrite: bool) -> Optional[Path]:
+    """A resume from step ``step`` in ``expdir`` while it holds checkpoints of later steps (the continuation that
+    resume abandons): refused, or with ``overwrite`` those checkpoints (and their safetensors) moved into
+    ``expdir/superseded-<time>/`` with a copy of ``metrics.jsonl``, whose later records the resumed run drops. Left
+    in place they would pass for the newest state of the run: keep_last would delete the resumed run's own
+    checkpoints before them, and ``-e DIR`` would resume from them."""
+    later = [candidate for number, candidate in step_checkpoints(expdir) if number > step]
+    if not later:
+        return None
+    names = ", ".join(candidate.name for candidate in later[-3:])
+    if not overwrite:
+        raise RunExistsError(
+            f"{path} is step {step} of {expdir}, which also holds later checkpoints ({names}): resuming there would "
+            f"mix the two continuations. Resume from the latest with -e {expdir}, resume into another directory with "
+            f"-e {path} -n NAME, or pass --overwrite to move the later checkpoints into {expdir}/superseded-<time>/ "
+            "first (nothing is deleted)")
+    aside = _new_aside_folder(expdir)
+    for candidate in later:
+        for companion in (candidate, candidate.with_suffix(".safetensors")):
+            if companion.exists():
+                companion.rename(aside / companion.name)
+    metrics = expdir / METRICS_NAME
+    if metrics.exists():
+        shutil.copy2(metrics, aside / METRICS_NAME)
+    return aside
+
+
+def _new_aside_folder(expdir: Path) -> Path:
+    """A fresh ``expdir/superseded-<time>/`` for files a run sets aside instead of deleting."""
     aside = expdir / time.strftime("superseded-%Y%m%d-%H%M%S")
     while aside.exists():
         aside = aside.with_name(aside.name + "_")
     aside.mkdir()
-    for entry in sorted(expdir.iterdir()):
-        if entry.name != LOCK_NAME and not entry.name.startswith("superseded-"):
-            entry.rename(aside / entry.name)
     return aside
 
 
@@ -251,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-e", "--resume", help="checkpoint (or experiment directory) to resume from")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in a directory that holds another run's checkpoints, after moving "
-                             "that run's files into NAME/superseded-<time>/ (nothing is deleted)")
+                             "that run's files into NAME/superseded-<time>/ (nothing is deleted); with -e, resume "
+                             "from an earlier checkpoint after moving the later ones there")
     parser.add_argument("--format", choices=SAVE_FORMATS, default=None, dest="student_format",
                         help="pickle (default): states-<step>.ckpt only; safetensors: also each step's student as "
                              "states-<step>.safetensors (no pickle, for sharing; every *_local of its family loads "

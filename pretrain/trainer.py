@@ -212,7 +212,10 @@ class Trainer:
             # The shareable student only (what export --to safetensors would write); resuming needs the .ckpt.
             shared = save_student_checkpoint_as_safetensors(checkpoint, path, path.with_suffix(".safetensors"))
             logger.info("saved %s (the %s student, safetensors)", path.with_suffix(".safetensors"), shared.family)
-        for _, old in step_checkpoints(self.expdir)[: -self.config.runner.keep_last]:
+        # Only this run's steps so far: a later step's checkpoint here is not this run's to delete (the runner sets
+        # such files aside before a resume), and the one just written is never among the deleted.
+        saved = [(number, candidate) for number, candidate in step_checkpoints(self.expdir) if number <= self.step]
+        for _, old in saved[: -self.config.runner.keep_last]:
             old.unlink(missing_ok=True)
             old.with_suffix(".safetensors").unlink(missing_ok=True)
         logger.info("saved %s", path)

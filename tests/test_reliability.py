@@ -367,3 +367,34 @@ def test_checkpoints_get_the_umask_permissions(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == mode
+
+
+def test_a_resume_from_an_earlier_checkpoint_keeps_the_later_ones_and_its_own(setup, tmp_path):
+    """Resuming step 2 of a run that reached step 4: refused while the later checkpoints are there (they would pass for
+    the newest, keep_last would delete the resumed run's own before them, and -e DIR would pick them); --overwrite
+    moves them aside with the metrics as they were, and the resumed run keeps what it writes."""
+    first = pretrain(["-g", str(setup["config"]), "-n", "run", "-p", str(tmp_path), "-o",
+                      "config.runner.total_steps=4,,config.runner.save_step=1,,config.runner.keep_last=4,,"
+                      "config.runner.log_step=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    expdir = tmp_path / "run"
+    later = {name: (expdir / name).read_bytes() for name in ("states-3.ckpt", "states-4.ckpt")}
+    metrics = (expdir / "metrics.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in metrics.splitlines()] == [1, 2, 3, 4]
+
+    resume = ["-e", str(expdir / "states-2.ckpt"), "-o", "config.runner.keep_last=1,,config.runner.total_steps=3"]
+    refused = pretrain(resume, cwd=tmp_path)
+    assert_clean_error(refused, f"{expdir / 'states-2.ckpt'} is step 2 of {expdir}, which also holds later "
+                                "checkpoints (states-3.ckpt, states-4.ckpt)", f"-e {expdir}", "-n NAME", "--overwrite")
+    assert sorted(path.name for path in expdir.glob("states-*")) == [f"states-{n}.ckpt" for n in (1, 2, 3, 4)]
+    assert (expdir / "metrics.jsonl").read_text() == metrics
+
+    resumed = pretrain(resume + ["--overwrite"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    [aside] = expdir.glob("superseded-*")
+    assert {name: (aside / name).read_bytes() for name in later} == later
+    assert (aside / "metrics.jsonl").read_text() == metrics
+    # keep_last=1 kept the resumed run's own step 3, the newest of its steps, and nothing else of the directory's.
+    assert sorted(path.name for path in expdir.glob("states-*")) == ["states-3.ckpt"]
+    assert load_checkpoint(expdir / "states-3.ckpt")["TrainingState"]["step"] == 3
+    assert [json.loads(line)["step"] for line in (expdir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -138,3 +138,16 @@ def test_wrong_family_is_refused_as_for_a_ckpt(tmp_path):
     path = export_checkpoint(BEFORE / "skill.ckpt", "safetensors", tmp_path / "s.safetensors")["output"]
     with pytest.raises(CheckpointError, match="dphubert expects"):
         load_upstream(UpstreamSpec("dphubert_local", path))
+
+
+@pytest.mark.parametrize("to", ["safetensors", "dphubert", "onnx"])
+def test_an_export_onto_its_own_checkpoint_is_refused_and_the_checkpoint_kept(tmp_path, to):
+    run = tmp_path / "run"
+    run.mkdir()
+    source = run / "states-6.ckpt"
+    source.write_bytes((BEFORE / "skill.ckpt").read_bytes())
+    before = source.read_bytes()
+    for given in (source, run):  # the file, or its run directory (whose latest checkpoint it is)
+        with pytest.raises(CheckpointError, match=rf"--output {source} is the checkpoint being exported"):
+            export_checkpoint(given, to, source)
+    assert source.read_bytes() == before

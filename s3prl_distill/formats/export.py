@@ -25,7 +25,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict
 
-from ..checkpoint import CheckpointError, checkpoint_or_latest, load_checkpoint, save_checkpoint
+from ..checkpoint import (CheckpointError, checkpoint_or_latest, latest_step_checkpoint, load_checkpoint,
+                          save_checkpoint)
 from ..model.config import StudentConfig
 from ..options import EXPORT_FORMATS
 from .huggingface import export_huggingface
@@ -138,4 +139,10 @@ def export_checkpoint(path: Path, to: str, output: Path) -> Dict[str, Any]:
     """``s3prl-distill export``: dispatch on ``to`` (one of :data:`EXPORT_FORMATS`)."""
     if to not in EXPORTERS:
         raise ValueError(f"--to {to!r}: unknown format; choose from {', '.join(EXPORT_FORMATS)}")
-    return EXPORTERS[to](Path(path), Path(output))
+    source, output = Path(path), Path(output)
+    if source.is_dir():
+        source = latest_step_checkpoint(source) or source
+    if output.resolve() == source.resolve():  # it would be replaced by its own export: the training state lost
+        raise CheckpointError(f"--output {output} is the checkpoint being exported: exporting there would replace "
+                              "it (and the optimizer and training state a resume needs); choose another output")
+    return EXPORTERS[to](Path(path), output)
