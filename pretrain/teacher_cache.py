@@ -220,6 +220,10 @@ def _build(config: PretrainConfig, output: Path, batch_size: int, device: str, p
 
     if (output / "meta.json").is_file():
         raise CacheExistsError(f"teacher cache {output} exists; remove it to rebuild, or choose another --output")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        # Checked now, not when the finished cache is moved into place after the whole teacher pass.
+        raise CacheExistsError(f"--output {output} exists and is not an empty folder (nor a teacher cache): choose "
+                               "another --output")
     data = config.data
     items = read_length_csvs(Path(data.root), Path(data.bucket_dir), data.sets)
     if data.check_files:

@@ -118,6 +118,22 @@ def test_a_cache_for_another_teacher_layers_or_data_is_refused(setup, cache, tmp
         build_teacher_cache(load_config(setup["config"]), cache, progress=False)
 
 
+def test_an_output_folder_with_other_files_is_refused_before_the_teacher_runs(setup, tmp_path, monkeypatch):
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was built before the output was checked")
+
+    monkeypatch.setattr("s3prl_distill.pretrain.teacher.Teacher", no_teacher)
+    notes = tmp_path / "taken" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine\n")
+    for output in (notes.parent, notes):  # a folder with files in it, or a file
+        with pytest.raises(FileExistsError, match=rf"--output {output} exists and is not an empty folder"):
+            build_teacher_cache(load_config(setup["config"]), output, progress=False)
+    # Nothing else was made (the builders' hidden lock files aside): no partial cache.
+    made = sorted(path for path in tmp_path.rglob("*") if not path.name.endswith(".lock"))
+    assert notes.read_text() == "mine\n" and made == [notes.parent, notes]
+
+
 def test_training_from_the_cache(setup, cache, tmp_path):
     overrides = f"config.data.teacher_cache={cache},,config.runner.total_steps=12,,config.runner.save_step=12"
     result = pretrain(["-g", str(setup["config"]), "-n", "cached", "-p", str(tmp_path), "-o", overrides], cwd=tmp_path)
