@@ -131,11 +131,24 @@ class TeacherCache:
             partial = self.directory.with_name(self.directory.name + ".partial")
             hint = f" ({partial} exists: its build did not finish; run cache-teacher again)" if partial.exists() else ""
             raise FileNotFoundError(f"teacher cache {self.directory} has no meta.json{hint}")
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except ValueError as error:
+            raise CacheMismatchError(f"{meta_path} is not readable JSON ({error}): rebuild the cache with "
+                                     "s3prl-distill cache-teacher") from None
         if self.meta.get("format") != FORMAT:
             raise CacheMismatchError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
         self.layers: List[int] = list(self.meta["key"]["layers"])
         self.width: int = int(self.meta["width"])
+        for info in self.meta["shards"]:  # a cut shard would fail later as a bare mmap error, or read short
+            shard = self.directory / info["file"]
+            expected = info["frames"] * len(self.layers) * self.width * np.dtype(np.float16).itemsize
+            found = shard.stat().st_size if shard.is_file() else None
+            if found != expected:
+                raise CacheMismatchError(
+                    f"teacher cache shard {shard} is {'missing' if found is None else f'{found} bytes'}, expected "
+                    f"{expected} ({info['frames']} frames x {len(self.layers)} layers x {self.width} float16): "
+                    "rebuild the cache with s3prl-distill cache-teacher")
         self.index = np.load(self.directory / "index.npy")
         self._by_item: Dict[int, List[int]] = {}
         for row, item in enumerate(self.index[:, 0].tolist()):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import soundfile
 
+from .atomic import atomic_text_file
 from .errors import UserError
 from .progress import progress as show_progress
 
@@ -254,22 +254,11 @@ def _discover_sets(audio_root: Path, extensions: Tuple[str, ...]) -> Dict[str, L
 
 def _write_csv_atomically(path: Path, rows: Sequence[Tuple[str, int, str]]) -> None:
     """Writes s3prl's CSV layout to a temporary file beside ``path``, then renames it over ``path``."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, newline="", encoding="utf-8"
-    )
-    try:
-        with handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(CSV_HEADER)
-            for index, (file_path, length, label) in enumerate(rows):
-                writer.writerow((index, file_path, length, label))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        # Leave no half-written temporary file behind.
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_text_file(path, newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        for index, (file_path, length, label) in enumerate(rows):
+            writer.writerow((index, file_path, length, label))
 
 
 def write_length_csvs(

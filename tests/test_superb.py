@@ -402,3 +402,31 @@ def test_the_superb_command_passes_its_seed_to_the_sweep(data_root, tmp_path):
                          "-n", "seeded", "--tasks", "ks", "--steps", "1", "--seed", "8"], timeout=300)
     assert result.returncode == 2 and "seed: 7 there, 8 now" in result.stderr, result.stderr
     assert not (tmp_path / "seeded" / "ks").exists()
+
+
+def test_an_unreadable_done_json_is_evaluated_again(data_root, tmp_path, monkeypatch, caplog):
+    """A done.json cut short (by a kill, before it was written atomically) is no result: the unit runs its evaluation
+    again, without training again, rather than stopping the sweep with a JSON traceback."""
+    from s3prl_distill.downstream_recipes.superb import runner
+
+    plans = []
+
+    def stop(plan, logs, environment=None, on_step=None, on_trained=None, server=None):
+        plans.append(plan)
+        raise InterruptedError
+
+    monkeypatch.setattr(runner, "run_experiment_process", stop)
+    spec = runner.SweepSpec(upstream="fbank", data_root=str(data_root), name="cut", tasks=["ks"], steps=3,
+                            num_workers=0)
+    unit = tmp_path / "cut" / "ks"
+    unit.mkdir(parents=True)
+    (unit / "train.done").write_text("")
+    (unit / "done.json").write_text('{"task": "ks", "val')
+    values = data_values(data_root, ["ks"], 0)
+    with pytest.raises(InterruptedError):
+        runner.run_unit(spec, TASKS["ks"], None, values, unit)
+    assert plans[0]["train"] is None and plans[0]["expdir"] == str(unit)  # evaluation only
+    assert f"{unit / 'done.json'} is unreadable" in caplog.text
+    (unit / "done.json").write_text(json.dumps({"task": "ks", "value": 0.5}))
+    assert runner.run_unit(spec, TASKS["ks"], None, values, unit) == {"task": "ks", "value": 0.5}
+    assert len(plans) == 1

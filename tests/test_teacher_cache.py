@@ -141,3 +141,26 @@ def test_training_from_the_cache(setup, cache, tmp_path):
     assert "no teacher forward" in (tmp_path / "cached" / "train.log").read_text()
     losses = metric_values(read_metrics(tmp_path / "cached"), "loss")
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_a_cut_shard_or_meta_file_is_named(cache, tmp_path):
+    """A cache damaged on disk (a copy cut short, a full disk) stops with the file named, not a bare mmap or JSON
+    error later."""
+    import shutil
+
+    from s3prl_distill.pretrain.teacher_cache import CacheMismatchError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cache, copy)
+    shard = copy / json.loads((copy / "meta.json").read_text())["shards"][0]["file"]
+    size = shard.stat().st_size
+    with shard.open("r+b") as handle:
+        handle.truncate(size - 2)
+    with pytest.raises(CacheMismatchError, match=rf"shard {shard} is {size - 2} bytes, expected {size} "):
+        TeacherCache(copy)
+    shard.unlink()
+    with pytest.raises(CacheMismatchError, match=rf"shard {shard} is missing"):
+        TeacherCache(copy)
+    (copy / "meta.json").write_text('{"format": ')
+    with pytest.raises(CacheMismatchError, match=rf"{copy / 'meta.json'} is not readable JSON"):
+        TeacherCache(copy)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
+from s3prl_distill.atomic import write_text_atomically
 from s3prl_distill.checkpoint import latest_step_checkpoint
 from s3prl_distill.errors import UserError
 from s3prl_distill.locking import ExclusiveLock, directory_lock
@@ -352,7 +353,10 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     s3prl's steps under ``run_name``; ``server`` runs it (see :class:`ExperimentServer`)."""
     done = expdir / "done.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        try:
+            return json.loads(done.read_text())
+        except ValueError as error:  # cut short by a kill before it was written atomically: evaluate again
+            logger.warning("%s is unreadable (%s): evaluating %s again", done, error, expdir)
     on_step: Optional[Callable[[int, int], None]] = None
     if progress is not None and run_name is not None:
         progress.starting(run_name)
@@ -392,7 +396,7 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     record["evaluated_checkpoint"] = checkpoint_to_evaluate(expdir, task.best_checkpoint).name
     record["evaluate_s"] = round(phase_times[-1], 1)
     record["value"] = task_metric(task, expdir, fold)
-    done.write_text(json.dumps(record, indent=2))
+    write_text_atomically(done, json.dumps(record, indent=2))
     return record
 
 
@@ -423,7 +427,7 @@ def _collect(spec: SweepSpec, records: List[Tuple[Task, Optional[str], dict]]) -
         else:
             entry.setdefault("folds", {})[fold] = record["value"]
             entry["value"] = sum(entry["folds"].values()) / len(entry["folds"])
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_text_atomically(run_dir / "results.json", json.dumps(results, indent=2))
     write_report([results], run_dir, title=f"SUPERB: {results['label']}")
     return run_dir
 
@@ -463,7 +467,7 @@ def run_sweeps(specs: List[SweepSpec], jobs: int = 1, desc: str = "SUPERB") -> L
                     er_config = config
             if er_config is not None:
                 warn_if_er_ignores_seed(spec, er_config)
-            (run_dir / "sweep.json").write_text(json.dumps(asdict(spec), indent=2))
+            write_text_atomically(run_dir / "sweep.json", json.dumps(asdict(spec), indent=2))
             plans.append((spec, values, run_dir, _units(spec)))
         return _run_plans(plans, jobs, desc)
 

@@ -1,0 +1,29 @@
+"""Whole-or-absent text files (s3prl_distill.atomic): the SUPERB sweep's records and the length CSVs use them."""
+
+import pytest
+
+from s3prl_distill.atomic import atomic_text_file, write_text_atomically
+
+
+def test_a_write_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "done.json"
+    path.write_text("old")
+    write_text_atomically(path, '{"value": 1}')
+    assert path.read_text() == '{"value": 1}'
+    assert [entry.name for entry in tmp_path.iterdir()] == ["done.json"]  # no temporary file left
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    path = tmp_path / "sweep.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_text_file(path) as handle:
+            handle.write('{"half": ')
+            raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert [entry.name for entry in tmp_path.iterdir()] == ["sweep.json"]
+    fresh = tmp_path / "new.json"
+    with pytest.raises(RuntimeError):
+        with atomic_text_file(fresh) as handle:
+            raise RuntimeError("killed")
+    assert not fresh.exists()
