@@ -1,5 +1,6 @@
 """Files that are either whole or absent: written to a temporary file beside the target, flushed to disk, then
-renamed over it, so a kill mid-write leaves the previous version (or nothing), never a half-written file."""
+renamed over it (and the rename flushed), so a kill mid-write leaves the previous version (or nothing), never a
+half-written file."""
 
 from __future__ import annotations
 
@@ -26,6 +27,22 @@ def atomic_text_file(path: Union[str, Path], newline: Optional[str] = None) -> I
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+    sync_directory(path.parent)
+
+
+def sync_directory(folder: Union[str, Path]) -> None:
+    """Flush ``folder``'s entries to disk, so that a rename into it survives a power loss (the renamed file's data
+    is flushed by its writer). Where the file system cannot sync a folder (some network ones), nothing happens."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def write_text_atomically(path: Union[str, Path], text: str) -> None:

@@ -37,6 +37,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, S
 
 import torch
 
+from .atomic import sync_directory
 from .errors import UserError
 from .pickle_scan import pickle_globals
 
@@ -428,6 +429,8 @@ def save_checkpoint(obj: Any, path: Union[str, Path], write: Optional[Callable[[
             raise CheckpointError(f"could not write checkpoint {path}: {_first_line(error)} "
                                   f"({_free_space(path.parent)}); the previous file, if any, is unchanged") from error
         raise
+    # The rename itself reaches the disk before anyone (keep_last) deletes the checkpoint it replaces as the newest.
+    sync_directory(path.parent)
     return path
 
 

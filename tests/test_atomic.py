@@ -27,3 +27,30 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file(tmp
         with atomic_text_file(fresh) as handle:
             raise RuntimeError("killed")
     assert not fresh.exists()
+
+
+def test_the_rename_is_flushed_after_the_data(tmp_path, monkeypatch):
+    """The file's data, then the folder holding the rename, reach the disk: for the sweep records and checkpoints."""
+    import os
+
+    from s3prl_distill.checkpoint import save_checkpoint
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor):
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    write_text_atomically(tmp_path / "done.json", "{}")
+    assert len(synced) == 2 and synced[0].startswith(str(tmp_path / ".done.json.")) and synced[1] == str(tmp_path)
+    synced.clear()
+    save_checkpoint({"Step": 1}, tmp_path / "run" / "states-1.ckpt")
+    assert len(synced) == 2 and synced[1] == str(tmp_path / "run")
+
+
+def test_a_folder_that_cannot_be_synced_is_left_alone(tmp_path):
+    from s3prl_distill.atomic import sync_directory
+
+    sync_directory(tmp_path / "missing")  # cannot be opened: nothing to flush, no error

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -370,7 +371,7 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     plan = {"train": None, "expdir": str(expdir), "best": task.best_checkpoint, "split": task.evaluate_split,
             "device": spec.device}
     if not trained.is_file():
-        previous = latest_step_checkpoint(expdir)
+        previous = latest_whole_step_checkpoint(expdir)
         if previous is not None:  # interrupted: s3prl resumes from the checkpoint's saved arguments
             plan["train"] = ["-m", "train", "-e", str(previous), "--device", spec.device]
         else:
@@ -398,6 +399,22 @@ def run_unit(spec: SweepSpec, task: Task, fold: Optional[str], values: dict, exp
     record["value"] = task_metric(task, expdir, fold)
     write_text_atomically(done, json.dumps(record, indent=2))
     return record
+
+
+def latest_whole_step_checkpoint(expdir: Path) -> Optional[Path]:
+    """The newest ``states-<step>.ckpt`` of ``expdir`` that is a whole file. s3prl's runner deletes its older
+    checkpoints and then writes the new one in place (not atomically): a sweep stopped during that write leaves a
+    truncated file, which resuming with ``-e`` would fail on every time. Such a file (no zip directory at its end)
+    is set aside as ``<name>.unreadable`` and the next newest whole one is used, if any."""
+    while True:
+        latest = latest_step_checkpoint(expdir)
+        if latest is None or zipfile.is_zipfile(latest):
+            return latest
+        aside = latest.with_name(latest.name + ".unreadable")
+        latest.rename(aside)
+        logger.warning("%s is cut short (s3prl's runner was stopped while writing it): set aside as %s; %s", latest,
+                       aside.name, "resuming from the one before it" if latest_step_checkpoint(expdir) else
+                       "training this task from the start")
 
 
 def _units(spec: SweepSpec) -> List[Tuple[Task, Optional[str]]]:
