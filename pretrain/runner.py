@@ -140,7 +140,8 @@ def run(
                         hint="wait for that run to finish, or choose another -n"):
         leftovers = remove_temporary_files(expdir)
         moved_to = None
-        if source_dir is None or source_dir.resolve() != expdir.resolve():
+        in_place = source_dir is not None and source_dir.resolve() == expdir.resolve()  # a resume in its own folder
+        if not in_place:
             moved_to = _claim_directory(expdir, overwrite)
         _configure_logging(expdir, is_main)
         if moved_to is not None:
@@ -153,7 +154,7 @@ def run(
             logger.info("%s", format_note)
         if _finished(checkpoint, config, path):
             return expdir
-        if moved_to is None and checkpoint is not None:  # resuming in the checkpoint's own directory
+        if in_place:
             aside = _set_aside_later_checkpoints(expdir, checkpoint["TrainingState"]["step"], path, overwrite)
             if aside is not None:
                 logger.warning("--overwrite: the checkpoints after step %d are now in %s, with a copy of "
@@ -227,17 +228,23 @@ def _train(config: PretrainConfig, expdir: Path, checkpoint: Optional[dict], sou
 
 
 def _claim_directory(expdir: Path, overwrite: bool) -> Optional[Path]:
-    """A new run may use ``expdir`` only if it holds no other run's checkpoints, or if ``overwrite`` moves that
-    run's files aside (never deleting them); returns where they went."""
+    """A new run may use ``expdir`` only if it holds no other run's checkpoints or logged metrics (a run that
+    trained but crashed before its first checkpoint; the new run's metrics writer would drop them), or if
+    ``overwrite`` moves that run's files aside (never deleting them); returns where they went."""
     existing = step_checkpoints(expdir)
-    if not existing:
+    metrics = expdir / METRICS_NAME
+    logged = metrics.is_file() and metrics.stat().st_size > 0
+    if not existing and not logged:
         return None
-    names = ", ".join(path.name for _, path in existing[-3:])
     if not overwrite:
+        if existing:
+            names = ", ".join(path.name for _, path in existing[-3:])
+            held = f"checkpoints ({names}). Resume that run with -e {expdir}, "
+        else:
+            held = f"logged metrics ({metrics}) but no checkpoint to resume from. "
         raise RunExistsError(
-            f"experiment directory {expdir} already holds another run's checkpoints ({names}). Resume that run with "
-            f"-e {expdir}, start this one under another -n NAME, or pass --overwrite to move the old run's files "
-            f"into {expdir}/superseded-<time>/ first"
+            f"experiment directory {expdir} already holds another run's {held}start this one under another -n NAME, "
+            f"or pass --overwrite to move the old run's files into {expdir}/superseded-<time>/ first"
         )
     aside = _new_aside_folder(expdir)
     for entry in sorted(expdir.iterdir()):

@@ -228,6 +228,30 @@ def test_a_new_run_refuses_another_runs_directory_and_overwrite_moves_it_aside(s
     assert yaml.safe_load((expdir / "config.yaml").read_text())["runner"]["total_steps"] == 1
 
 
+def test_a_new_run_refuses_a_directory_with_another_runs_metrics_and_no_checkpoint(setup, tmp_path):
+    """A run that trained but died before its first checkpoint left metrics.jsonl: a new run there would drop its
+    records (a new run's metrics writer keeps none), so it is another run's work like a checkpoint."""
+    expdir = tmp_path / "crashed"
+    expdir.mkdir()
+    records = "".join(json.dumps({"step": step, "loss": 1.0 / step}) + "\n" for step in (100, 200, 300))
+    (expdir / "metrics.jsonl").write_text(records)
+    refused = pretrain(["-g", str(setup["config"]), "-n", "crashed", "-p", str(tmp_path)], cwd=tmp_path)
+    assert_clean_error(refused, f"{expdir} already holds another run's logged metrics ({expdir / 'metrics.jsonl'}) "
+                                "but no checkpoint to resume from", "-n NAME", "--overwrite")
+    assert (expdir / "metrics.jsonl").read_text() == records
+    moved = pretrain(["-g", str(setup["config"]), "-n", "crashed", "-p", str(tmp_path), "--overwrite", "-o",
+                      "config.runner.total_steps=1,,config.runner.save_step=1"], cwd=tmp_path)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    [aside] = expdir.glob("superseded-*")
+    assert (aside / "metrics.jsonl").read_text() == records
+    # An empty metrics file (a run stopped before its first log step) holds nothing to lose.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text("")
+    fresh = pretrain(["-g", str(setup["config"]), "-n", "empty", "-p", str(tmp_path), "-o",
+                      "config.runner.total_steps=1,,config.runner.save_step=1"], cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+
+
 def test_a_second_process_on_a_locked_output_refuses_naming_the_holder(setup, tmp_path):
     me = str(os.getpid())
     with directory_lock(tmp_path / "busy", "experiment directory"):
