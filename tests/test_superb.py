@@ -404,41 +404,10 @@ def test_the_superb_command_passes_its_seed_to_the_sweep(data_root, tmp_path):
     assert not (tmp_path / "seeded" / "ks").exists()
 
 
-def test_an_unreadable_done_json_is_evaluated_again(data_root, tmp_path, monkeypatch, caplog):
-    """A done.json cut short (by a kill, before it was written atomically) is no result: the unit runs its evaluation
-    again, without training again, rather than stopping the sweep with a JSON traceback."""
-    from s3prl_distill.downstream_recipes.superb import runner
-
-    plans = []
-
-    def stop(plan, logs, environment=None, on_step=None, on_trained=None, server=None):
-        plans.append(plan)
-        raise InterruptedError
-
-    monkeypatch.setattr(runner, "run_experiment_process", stop)
-    spec = runner.SweepSpec(upstream="fbank", data_root=str(data_root), name="cut", tasks=["ks"], steps=3,
-                            num_workers=0)
-    unit = tmp_path / "cut" / "ks"
-    unit.mkdir(parents=True)
-    (unit / "train.done").write_text("")
-    (unit / "done.json").write_text('{"task": "ks", "val')
-    values = data_values(data_root, ["ks"], 0)
-    with pytest.raises(InterruptedError):
-        runner.run_unit(spec, TASKS["ks"], None, values, unit)
-    assert plans[0]["train"] is None and plans[0]["expdir"] == str(unit)  # evaluation only
-    assert f"{unit / 'done.json'} is unreadable" in caplog.text
-    (unit / "done.json").write_text(json.dumps({"task": "ks", "value": 0.5}))
-    assert runner.run_unit(spec, TASKS["ks"], None, values, unit) == {"task": "ks", "value": 0.5}
-    assert len(plans) == 1
-
-
-def test_a_checkpoint_cut_short_by_s3prl_is_set_aside_and_the_unit_resumes_or_restarts(data_root, tmp_path,
-                                                                                      monkeypatch, caplog):
-    """s3prl's runner writes its checkpoints in place after deleting the older ones: a sweep stopped mid-write leaves
-    a cut file. The unit resumes from the newest whole checkpoint, or trains from the start, instead of resuming
-    from the cut one (which would fail on every rerun)."""
-    import torch
-
+@pytest.fixture
+def ks_unit(data_root, tmp_path, monkeypatch):
+    """A KS unit of an fbank sweep whose run_unit stops where s3prl's runner would start: (run it, its folder, the
+    plans s3prl would have been given)."""
     from s3prl_distill.downstream_recipes.superb import runner
 
     plans = []
@@ -452,19 +421,44 @@ def test_a_checkpoint_cut_short_by_s3prl_is_set_aside_and_the_unit_resumes_or_re
                             num_workers=0)
     unit, values = tmp_path / "cut" / "ks", data_values(data_root, ["ks"], 0)
     unit.mkdir(parents=True)
+    return (lambda: runner.run_unit(spec, TASKS["ks"], None, values, unit)), unit, plans
+
+
+def test_an_unreadable_done_json_is_evaluated_again(ks_unit, caplog):
+    """A done.json cut short (by a kill, before it was written atomically) is no result: the unit runs its evaluation
+    again, without training again, rather than stopping the sweep with a JSON traceback."""
+    run_unit, unit, plans = ks_unit
+    (unit / "train.done").write_text("")
+    (unit / "done.json").write_text('{"task": "ks", "val')
+    with pytest.raises(InterruptedError):
+        run_unit()
+    assert plans[0]["train"] is None and plans[0]["expdir"] == str(unit)  # evaluation only
+    assert f"{unit / 'done.json'} is unreadable" in caplog.text
+    (unit / "done.json").write_text(json.dumps({"task": "ks", "value": 0.5}))
+    assert run_unit() == {"task": "ks", "value": 0.5}
+    assert len(plans) == 1
+
+
+def test_a_checkpoint_cut_short_by_s3prl_is_set_aside_and_the_unit_resumes_or_restarts(ks_unit, caplog):
+    """s3prl's runner writes its checkpoints in place after deleting the older ones: a sweep stopped mid-write leaves
+    a cut file. The unit resumes from the newest whole checkpoint, or trains from the start, instead of resuming
+    from the cut one (which would fail on every rerun)."""
+    import torch
+
+    run_unit, unit, plans = ks_unit
     torch.save({"Step": 50}, unit / "states-50.ckpt")
     torch.save({"Step": 100}, unit / "states-100.ckpt")
     whole = (unit / "states-100.ckpt").read_bytes()
     (unit / "states-100.ckpt").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(InterruptedError):
-        runner.run_unit(spec, TASKS["ks"], None, values, unit)
+        run_unit()
     assert plans[-1]["train"][:4] == ["-m", "train", "-e", str(unit / "states-50.ckpt")]
     assert (unit / "states-100.ckpt.unreadable").read_bytes() == whole[: len(whole) // 2]
     assert "states-100.ckpt is cut short" in caplog.text and "resuming from the one before it" in caplog.text
 
     (unit / "states-50.ckpt").write_bytes(b"PK\x03\x04 cut")  # the only one left, cut too
     with pytest.raises(InterruptedError):
-        runner.run_unit(spec, TASKS["ks"], None, values, unit)
+        run_unit()
     assert "-e" not in plans[-1]["train"] and "-u" in plans[-1]["train"]  # from the start
     assert "training this task from the start" in caplog.text
     assert sorted(path.name for path in unit.glob("states-*")) == ["states-100.ckpt.unreadable",
