@@ -131,13 +131,23 @@ def test_argument_errors_exit_2_naming_the_argument(argv, message, gpu_speed, mo
     assert message in capsys.readouterr().err
 
 
-def test_a_failed_deviation_keeps_the_case_and_its_timings(tmp_path, monkeypatch, gpu_speed, capsys):
+def test_a_failed_padded_forward_or_deviation_keeps_the_case_and_its_timings(tmp_path, monkeypatch, gpu_speed,
+                                                                            capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
     def fail(*args):
         raise RuntimeError("TF32 flags set through both APIs")
 
+    def padded_fails(models, wavs, *args, **kwargs):
+        if len({len(wave) for wave in wavs}) > 1:  # the padded batch
+            raise RuntimeError("no kernel for this mask")
+        return real_samples(models, wavs, *args, **kwargs)
+
+    from s3prl_distill import profiling
+
+    real_samples = profiling.forward_time_samples
     monkeypatch.setattr(gpu_speed, "deviation_vs_fp32", fail)
+    monkeypatch.setattr(profiling, "forward_time_samples", padded_fails)
     out = tmp_path / "upstreams.json"
     assert gpu_speed.main(["--device", "cpu", "--quick", "--only", "upstreams", "--out", str(out),
                            "--budget-s", "100000"]) == 0
@@ -145,7 +155,9 @@ def test_a_failed_deviation_keeps_the_case_and_its_timings(tmp_path, monkeypatch
     assert data["errors"] == [] and data["training"] == [] and len(data["upstreams"]) >= 2
     for row in data["upstreams"]:
         assert "error" not in row and positive(row["median_forward_s"]), row["case"]
+        assert "padded_median_forward_s" not in row and row["padded_error"]["message"] == "no kernel for this mask"
         if row["precision"] == "bf16":
             failure = row["deviation_vs_fp32"]["error"]
             assert (failure["type"], failure["message"]) == ("RuntimeError", "TF32 flags set through both APIs")
-    assert "deviation failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "deviation failed" in out and "padded failed" in out
