@@ -573,16 +573,22 @@ def asr_upstream_name(config: StudentConfig) -> str:
 
 
 # The families presented by an upstream of their own name (<family>_local); asr_distill's name follows the student's
-# shape, and every other family is presented by student_local.
+# shape, and the generic "student" family is presented by student_local. tests/test_families.py holds every method's
+# family to one of these.
 OWN_UPSTREAM_FAMILIES = ("distilhubert", "fithubert", "dphubert", "skill", "armhubert", "maskhubert", "starhubert")
+GENERIC_FAMILY = "student"
 
 
 def upstream_of(config: StudentConfig, family: str) -> str:
     """The registered upstream (without ``_local``) that presents a student of ``family`` (the transformers export's
-    record and model card, the ONNX export's forward)."""
+    record and model card, the ONNX export's forward). A family outside :data:`OWN_UPSTREAM_FAMILIES`, asr_distill
+    and the generic one is an error rather than a guess: its export would name an upstream that may not present it."""
     if family == "asr_distill":
         return asr_upstream_name(config)
-    return family if family in OWN_UPSTREAM_FAMILIES else "student"
+    if family in OWN_UPSTREAM_FAMILIES or family == GENERIC_FAMILY:
+        return family
+    raise CheckpointError(f"no upstream of ours is known to present a {family!r} student (known: "
+                          f"{', '.join((*OWN_UPSTREAM_FAMILIES, 'asr_distill', GENERIC_FAMILY))})")
 
 
 # The family a transformers directory without our record is read as: a HuBERT one as a plain HuBERT-shaped student,
