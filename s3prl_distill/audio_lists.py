@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import soundfile
 
-from .atomic import atomic_text_file
+from .atomic import atomic_file
 from .errors import UserError
 from .progress import progress as show_progress
 
@@ -254,7 +254,7 @@ def _discover_sets(audio_root: Path, extensions: Tuple[str, ...]) -> Dict[str, L
 
 def _write_csv_atomically(path: Path, rows: Sequence[Tuple[str, int, str]]) -> None:
     """Writes s3prl's CSV layout to a temporary file beside ``path``, then renames it over ``path``."""
-    with atomic_text_file(path, newline="") as handle:
+    with atomic_file(path, newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(CSV_HEADER)
         for index, (file_path, length, label) in enumerate(rows):

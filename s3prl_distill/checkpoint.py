@@ -29,7 +29,6 @@ import re
 import shutil
 import struct
 import sys
-import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, S
 
 import torch
 
-from .atomic import sync_directory
+from .atomic import TEMPORARY_SUFFIX, atomic_file
 from .errors import UserError
 from .pickle_scan import pickle_globals
 
@@ -405,32 +404,20 @@ def checkpoint_or_latest(path: Union[str, Path]) -> Path:
     return path
 
 
-TEMPORARY_SUFFIX = ".tmp"  # save_checkpoint writes ".<name>.<random>.tmp" beside its target
-
-
 def save_checkpoint(obj: Any, path: Union[str, Path], write: Optional[Callable[[Any, IO[bytes]], None]] = None) -> Path:
-    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename), with the permissions the umask gives
-    any new file. ``write(obj, file)`` serialises it (default ``torch.save``; the safetensors writer passes its own).
-    A failed write (e.g. a full disk) leaves ``path`` as it was and raises :class:`CheckpointError` naming the file
-    and the free space."""
+    """Write ``obj`` to ``path`` atomically (:func:`~.atomic.atomic_file`: temporary file, fsync, rename, the folder
+    synced), with the permissions the umask gives any new file. ``write(obj, file)`` serialises it (default
+    ``torch.save``; the safetensors writer passes its own). A failed write (e.g. a full disk) leaves ``path`` as it was
+    and raises :class:`CheckpointError` naming the file and the free space. The folder sync makes the rename reach the
+    disk before anyone (keep_last) deletes the checkpoint it replaces as the newest."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
-        os.fchmod(descriptor, 0o666 & ~_umask())  # mkstemp creates 0600
-        with os.fdopen(descriptor, "wb") as file:
+        with atomic_file(path, binary=True) as file:
             (write or torch.save)(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, (OSError, RuntimeError)):
-            raise CheckpointError(f"could not write checkpoint {path}: {_first_line(error)} "
-                                  f"({_free_space(path.parent)}); the previous file, if any, is unchanged") from error
-        raise
-    # The rename itself reaches the disk before anyone (keep_last) deletes the checkpoint it replaces as the newest.
-    sync_directory(path.parent)
+    except (OSError, RuntimeError) as error:
+        raise CheckpointError(f"could not write checkpoint {path}: {_first_line(error)} "
+                              f"({_free_space(path.parent)}); the previous file, if any, is unchanged") from error
     return path
 
 
@@ -445,18 +432,6 @@ def remove_temporary_files(folder: Union[str, Path]) -> List[Path]:
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
 
 
 def _first_line(error: BaseException) -> str:

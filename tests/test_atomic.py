@@ -2,7 +2,7 @@
 
 import pytest
 
-from s3prl_distill.atomic import atomic_text_file, write_text_atomically
+from s3prl_distill.atomic import atomic_file, write_text_atomically
 
 
 def test_a_write_replaces_the_file_whole(tmp_path):
@@ -17,14 +17,14 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file(tmp
     path = tmp_path / "sweep.json"
     path.write_text("old")
     with pytest.raises(RuntimeError, match="killed"):
-        with atomic_text_file(path) as handle:
+        with atomic_file(path) as handle:
             handle.write('{"half": ')
             raise RuntimeError("killed")
     assert path.read_text() == "old"
     assert [entry.name for entry in tmp_path.iterdir()] == ["sweep.json"]
     fresh = tmp_path / "new.json"
     with pytest.raises(RuntimeError):
-        with atomic_text_file(fresh) as handle:
+        with atomic_file(fresh) as handle:
             raise RuntimeError("killed")
     assert not fresh.exists()
 
@@ -54,3 +54,17 @@ def test_a_folder_that_cannot_be_synced_is_left_alone(tmp_path):
     from s3prl_distill.atomic import sync_directory
 
     sync_directory(tmp_path / "missing")  # cannot be opened: nothing to flush, no error
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_a_new_file_gets_the_umask_permissions_not_the_temporary_files(tmp_path, umask, mode):
+    import os
+
+    previous = os.umask(umask)
+    try:
+        write_text_atomically(tmp_path / "results.json", "{}")
+        with atomic_file(tmp_path / "weights.bin", binary=True) as handle:
+            handle.write(b"\0")
+    finally:
+        os.umask(previous)
+    assert [(tmp_path / name).stat().st_mode & 0o777 for name in ("results.json", "weights.bin")] == [mode, mode]
