@@ -140,7 +140,7 @@ def export_checkpoint(path: Path, to: str, output: Path) -> Dict[str, Any]:
     if to not in EXPORTERS:
         raise ValueError(f"--to {to!r}: unknown format; choose from {', '.join(EXPORT_FORMATS)}")
     source, output = Path(path), Path(output)
-    if source.is_dir():
+    if source.is_dir():  # a run directory is read as its latest checkpoint (checkpoint_or_latest); other folders as is
         source = latest_step_checkpoint(source) or source
     if output.resolve() == source.resolve():  # it would be replaced by its own export: the training state lost
         raise CheckpointError(f"--output {output} is the checkpoint being exported: exporting there would replace "
